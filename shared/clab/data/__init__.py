@@ -1,0 +1,1 @@
+"""Task data sets: generators and readers of the Parquet files in ``data/``."""

@@ -1,0 +1,1 @@
+"""Reward functions, shared by trainers and the evaluator."""

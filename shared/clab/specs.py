@@ -1,0 +1,116 @@
+"""Specs: the YAML files that say what a service does.
+
+A spec is a YAML mapping with a ``kind:``; the kind picks a pydantic model
+(unknown keys rejected) and a recipe that runs it. Users' mistakes become one
+:class:`ClabError` naming the file, the field and what is wrong.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from clab.errors import ClabError
+
+
+class SpecModel(BaseModel):
+    """Base for every spec section: strict about keys, so a typo is an error."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class Spec(SpecModel):
+    """A whole spec file. Subclasses set ``kind`` and implement ``run``."""
+
+    kind: str
+    KIND: ClassVar[str]
+
+    def reads(self) -> list[Path]:
+        """Volume paths this spec reads; Compose must mount them (tests check)."""
+        return []
+
+    def writes(self) -> list[Path]:
+        """Volume paths this spec writes."""
+        return []
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+
+# kind -> "module:Class"; imported lazily so `clab validate` stays fast and a
+# kind's heavy dependencies load only when it runs.
+KINDS: dict[str, str] = {
+    "countdown": "clab.data.countdown.curriculum:CountdownSpec",
+    "countdown-random-split": "clab.data.countdown.random_split:RandomSplitSpec",
+}
+
+
+def spec_class(kind: str) -> type[Spec]:
+    module, name = KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ClabError(f"--set {item!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ClabError(f"--set {item!r}: value is not valid YAML: {e}") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set ``dotted.key=value`` items; values are YAML (``5``, ``true``, ``[3,4]``)."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ClabError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling; `clab validate` lists nothing extra)"
+        else:
+            msg = e["msg"]
+            if "input" in e and e["type"] != "missing" and not isinstance(e["input"], dict):
+                msg += f" (got {e['input']!r})"
+        lines.append(f"{source}: field '{field}': {msg}")
+    return "\n".join(lines)
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
+    """Read, override and validate a spec file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ClabError(f"{path}: spec file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ClabError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ClabError(f"{path}: a spec must be a YAML mapping with a 'kind:' key")
+    data = apply_overrides(data, overrides)
+    kind = data.get("kind")
+    if kind not in KINDS:
+        known = ", ".join(sorted(KINDS))
+        raise ClabError(f"{path}: field 'kind': {kind!r} is not a known kind (known: {known})")
+    try:
+        return spec_class(kind).model_validate(data)
+    except ValidationError as e:
+        raise ClabError(_format_errors(str(path), e)) from None

@@ -1,0 +1,1 @@
+"""How services write into and read from the shared volumes."""

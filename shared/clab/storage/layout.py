@@ -1,0 +1,79 @@
+"""Where things live in the volumes, and what a complete stage looks like.
+
+Every experiment kind in clab is a sequence of stages: a stage is one pass
+over one task in one round (a Countdown operator group, SFT task A or B, a
+DPO task, a text corpus). Naming stages the same way for every kind lets one
+evaluator and one plotter serve them all.
+
+    data/<dataset>/<task>/{train,test}.parquet, data/<dataset>/manifest.json
+    checkpoints/<run>/initial/                  the model before training (stage 0)
+    checkpoints/<run>/r<round>-g<task>/         after stage (round, task)
+    checkpoints/<run>/<stage>/COMPLETE          written last: the stage is whole
+    metrics/<run>/...  logs/<run>/...  plots/<run>/...
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from clab.storage.atomic import write_json
+
+VOLUMES = ("data", "checkpoints", "logs", "metrics", "plots")
+COMPLETE_MARKER = "COMPLETE"
+INITIAL_STAGE = "initial"
+_STAGE_RE = re.compile(r"^r(\d+)-g(\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Stage:
+    """One (round, task) step of a run; ``index`` 0 is the untrained model.
+
+    ``index`` counts stages from 1 in training order, so the continual-learning
+    matrix R[index, task] can be read straight off a run's stages.
+    """
+
+    index: int
+    round: int
+    task: int
+
+    @property
+    def name(self) -> str:
+        return INITIAL_STAGE if self.index == 0 else f"r{self.round}-g{self.task}"
+
+
+def stage_sequence(rounds: int, num_tasks: int) -> list[Stage]:
+    """The stages of a run in training order, after the initial stage 0."""
+    return [
+        Stage(index=r * num_tasks + t + 1, round=r, task=t)
+        for r in range(rounds)
+        for t in range(num_tasks)
+    ]
+
+
+def mark_complete(stage_dir: str | Path, stage: Stage, **info: object) -> None:
+    """Write the marker that makes a stage visible to readers; call it last."""
+    write_json(Path(stage_dir) / COMPLETE_MARKER, {**asdict(stage), **info})
+
+
+def complete_stages(run_dir: str | Path) -> list[tuple[Stage, Path]]:
+    """The stages of a run whose marker exists, in training order.
+
+    A stage folder without its marker is being written (or its writer died):
+    readers skip it, which is what makes evaluating a live run safe.
+    """
+    run_dir = Path(run_dir)
+    found = []
+    if not run_dir.is_dir():
+        return found
+    for d in run_dir.iterdir():
+        marker = d / COMPLETE_MARKER
+        if not (d.is_dir() and marker.is_file()):
+            continue
+        if d.name != INITIAL_STAGE and not _STAGE_RE.match(d.name):
+            continue
+        info = json.loads(marker.read_text())
+        found.append((Stage(info["index"], info["round"], info["task"]), d))
+    return sorted(found)
