@@ -67,11 +67,14 @@ def build_table(
     solutions: Sequence[str | None],
     *,
     split: str,
-    group: int,
+    group: int | None,
     ops: Sequence[str],
     template: Template,
 ) -> pa.Table:
-    """Rows of one (group, split) in :data:`SCHEMA`, built column-wise for speed."""
+    """Rows of one (group, split) in :data:`SCHEMA`, built column-wise for speed.
+
+    ``group`` is None for a pool that belongs to no group yet.
+    """
     n = len(targets)
     prompts = [render_prompt(nm, t, ops, template) for nm, t in zip(numbers, targets, strict=True)]
     user = pa.StructArray.from_arrays(
@@ -95,7 +98,7 @@ def build_table(
         [
             pa.array([split] * n),
             pa.array(np.arange(n, dtype=np.int64)),
-            pa.array(np.full(n, group, dtype=np.int64)),
+            pa.array([group] * n, type=pa.int64()),
             ops_list,
             pa.array(list(solutions), type=pa.string()),
         ],

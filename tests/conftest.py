@@ -1,0 +1,45 @@
+import os
+from collections.abc import Iterator
+from fractions import Fraction
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh folder as the current directory, as Compose's /app would be."""
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+
+
+def brute_force_solvable(numbers: list[int], target: int, ops: tuple[str, ...]) -> bool:
+    """Independent oracle: exact rational search over every pairwise combination."""
+
+    def rec(vals: list[Fraction]) -> bool:
+        if len(vals) == 1:
+            return vals[0] == target
+        for i, j in combinations(range(len(vals)), 2):
+            a, b = vals[i], vals[j]
+            rest = [v for k, v in enumerate(vals) if k not in (i, j)]
+            results = []
+            if "+" in ops:
+                results.append(a + b)
+            if "-" in ops:
+                results += [a - b, b - a]
+            if "*" in ops:
+                results.append(a * b)
+            if "/" in ops:
+                results += [a / b] if b else []
+                results += [b / a] if a else []
+            if any(rec([*rest, r]) for r in results):
+                return True
+        return False
+
+    return rec([Fraction(n) for n in numbers])
