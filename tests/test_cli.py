@@ -1,0 +1,114 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from clab.cli import main
+from clab.specs import KINDS, load_spec
+
+DATA_SPEC = REPO / "services" / "data-generator.yaml"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("spec", sorted((REPO / "services").glob("*.yaml")))
+def test_every_service_spec_validates(spec, capsys):
+    assert main(["validate", str(spec)]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_every_kind_is_importable():
+    for kind in KINDS:
+        from clab.specs import spec_class
+
+        assert spec_class(kind).model_fields["kind"].default == kind
+
+
+def test_validate_prints_defaults_and_overrides(capsys):
+    assert main(["validate", str(DATA_SPEC), "--set", "train_size=7", "--set", "ranges.count=[3,3]"]) == 0
+    out = capsys.readouterr().out
+    assert "train_size: 7" in out and "strict: false" in out
+    spec = load_spec(DATA_SPEC, ["ranges.target=[5, 50]", "template=qwen-instruct"])
+    assert spec.ranges.target == (5, 50) and spec.template == "qwen-instruct"
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        ("kind: countdown\ntrain_sizee: 5\n", [], "field 'train_sizee': unknown key"),
+        ("kind: countdown\ntrain_size: -5\n", [], "field 'train_size': Input should be greater"),
+        ("kind: countdown\ntrain_size: lots\n", [], "field 'train_size'"),
+        ("kind: countdown\ntemplate: chatml\n", [], "field 'template'"),
+        ("kind: countdown\nranges: {target: [10, 1]}\n", [], "lower bound 10 is above"),
+        ("kind: countdown\nranges: {count: [3, 6]}\n", [], "2 to 4 numbers"),
+        ("kind: countdownn\n", [], "field 'kind': 'countdownn' is not a known kind"),
+        ("train_size: 5\n", [], "field 'kind': None is not a known kind"),
+        ("- a\n- b\n", [], "must be a YAML mapping"),
+        ("kind: countdown\n  bad: [\n", [], "not valid YAML"),
+        ("kind: countdown\n", ["strict=maybe"], "field 'strict'"),
+        ("kind: countdown\n", ["noequals"], "expected dotted.key=value"),
+        ("kind: countdown\nseed: 1\n", ["seed.x=1"], "'seed' is not a section"),
+        ("kind: countdown-random-split\npool: {size: 0}\n", [], "field 'pool.size'"),
+    ],
+)
+def test_bad_specs_exit_2_with_one_clear_message(tmp_path, capsys, text, overrides, expected):
+    spec = write(tmp_path / "bad.yaml", text)
+    args = ["run", str(spec)]
+    for o in overrides:
+        args += ["--set", o]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clab: error: ")
+    assert expected in err
+    assert "Traceback" not in err
+    if "field" in expected and "YAML" not in expected:
+        assert str(spec) in err  # names the file
+
+
+def test_missing_spec_file(capsys):
+    assert main(["run", "no/such.yaml"]) == 2
+    assert "no/such.yaml: spec file not found" in capsys.readouterr().err
+
+
+def test_console_script_help_and_exit_status(tmp_path):
+    clab = Path(sys.executable).parent / "clab"
+    out = subprocess.run([clab, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "validate" in out.stdout and "countdown-random-split" in out.stdout
+    bad = write(tmp_path / "bad.yaml", "kind: countdown\nworkers: -1\n")
+    res = subprocess.run([clab, "run", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "field 'workers'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bad_input_leaves_existing_data_untouched(workdir, capsys):
+    args = ["run", str(DATA_SPEC), "--set", "train_size=50", "--set", "test_size=5"]
+    assert main(args) == 0
+    before = {p: p.read_bytes() for p in (workdir / "data/continual").rglob("*") if p.is_file()}
+    assert main([*args, "--set", "ranges.number=[50, 1]"]) == 2
+    after = {p: p.read_bytes() for p in (workdir / "data/continual").rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_a_run_that_dies_while_writing_leaves_the_old_data_set(workdir, monkeypatch):
+    args = ["run", str(DATA_SPEC), "--set", "train_size=50", "--set", "test_size=5", "--set",
+            "workers=1"]
+    assert main(args) == 0
+    before = {p: p.read_bytes() for p in (workdir / "data/continual").rglob("*") if p.is_file()}
+
+    import clab.data.countdown.curriculum as cur
+
+    def boom(*a, **k):
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(cur, "write_json", boom)
+    with pytest.raises(RuntimeError):
+        main([*args, "--set", "seed=9"])
+    after = {p: p.read_bytes() for p in (workdir / "data/continual").rglob("*") if p.is_file()}
+    assert before == after
+    assert [p.name for p in (workdir / "data").iterdir()] == ["continual"]  # no staging left

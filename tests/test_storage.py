@@ -1,0 +1,71 @@
+import os
+import stat
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from clab.storage.atomic import atomic_dir, atomic_path, write_json, write_parquet
+from clab.storage.layout import Stage, complete_stages, mark_complete, stage_sequence
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    p = tmp_path / "m" / "x.json"
+    write_json(p, {"a": 1})
+    write_json(p, {"a": 2})
+    assert p.read_text().strip().endswith("}") and '"a": 2' in p.read_text()
+    assert os.listdir(p.parent) == ["x.json"]
+    assert stat.S_IMODE(p.stat().st_mode) & 0o044  # readable by other services' users
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "x.parquet"
+    write_parquet(p, pa.table({"a": [1, 2]}))
+    with pytest.raises(RuntimeError), atomic_path(p) as tmp:
+        tmp.write_bytes(b"half a fi")
+        raise RuntimeError("killed")
+    assert pq.read_table(p).column("a").to_pylist() == [1, 2]
+    assert os.listdir(tmp_path) == ["x.parquet"]
+
+
+def test_parquet_bytes_are_reproducible(tmp_path):
+    t = pa.table({"a": [1, 2], "b": ["x", "y"]})
+    write_parquet(tmp_path / "1.parquet", t)
+    write_parquet(tmp_path / "2.parquet", t)
+    assert (tmp_path / "1.parquet").read_bytes() == (tmp_path / "2.parquet").read_bytes()
+
+
+def test_atomic_dir_swaps_whole_folder_or_nothing(tmp_path):
+    out = tmp_path / "ds"
+    with atomic_dir(out) as d:
+        (d / "a").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(out) as d:
+        (d / "a").write_text("new")
+        raise RuntimeError("died")
+    assert (out / "a").read_text() == "old"
+    with atomic_dir(out) as d:
+        (d / "b").write_text("new")
+    assert sorted(os.listdir(out)) == ["b"]
+    assert os.listdir(tmp_path) == ["ds"]
+
+
+def test_stage_sequence_orders_rounds_then_tasks():
+    stages = stage_sequence(rounds=2, num_tasks=3)
+    assert [s.name for s in stages] == ["r0-g0", "r0-g1", "r0-g2", "r1-g0", "r1-g1", "r1-g2"]
+    assert [s.index for s in stages] == [1, 2, 3, 4, 5, 6]
+    assert Stage(0, 0, 0).name == "initial"
+
+
+def test_readers_see_only_stages_whose_marker_exists(tmp_path):
+    run = tmp_path / "run"
+    stages = stage_sequence(1, 3)
+    for s in stages:
+        (run / s.name).mkdir(parents=True)
+        (run / s.name / "model.safetensors").write_bytes(b"..")
+    mark_complete(run / "r0-g1", stages[1], global_step=20)
+    mark_complete(run / "r0-g0", stages[0], global_step=10)
+    (run / "initial").mkdir()
+    mark_complete(run / "initial", Stage(0, 0, 0))
+    found = complete_stages(run)
+    assert [(s.index, d.name) for s, d in found] == [(0, "initial"), (1, "r0-g0"), (2, "r0-g1")]
+    assert complete_stages(tmp_path / "absent") == []
