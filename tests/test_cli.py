@@ -3,10 +3,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 from clab.cli import main
 from clab.specs import KINDS, load_spec
+from conftest import REPO
 
 DATA_SPEC = REPO / "services" / "data-generator.yaml"
 
@@ -30,7 +30,10 @@ def test_every_kind_is_importable():
 
 
 def test_validate_prints_defaults_and_overrides(capsys):
-    assert main(["validate", str(DATA_SPEC), "--set", "train_size=7", "--set", "ranges.count=[3,3]"]) == 0
+    assert (
+        main(["validate", str(DATA_SPEC), "--set", "train_size=7", "--set", "ranges.count=[3,3]"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "train_size: 7" in out and "strict: false" in out
     spec = load_spec(DATA_SPEC, ["ranges.target=[5, 50]", "template=qwen-instruct"])
@@ -96,8 +99,16 @@ def test_bad_input_leaves_existing_data_untouched(workdir, capsys):
 
 
 def test_a_run_that_dies_while_writing_leaves_the_old_data_set(workdir, monkeypatch):
-    args = ["run", str(DATA_SPEC), "--set", "train_size=50", "--set", "test_size=5", "--set",
-            "workers=1"]
+    args = [
+        "run",
+        str(DATA_SPEC),
+        "--set",
+        "train_size=50",
+        "--set",
+        "test_size=5",
+        "--set",
+        "workers=1",
+    ]
     assert main(args) == 0
     before = {p: p.read_bytes() for p in (workdir / "data/continual").rglob("*") if p.is_file()}
 

@@ -3,13 +3,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, brute_force_solvable
 
 from clab.cli import main
 from clab.data.countdown import GROUP_OPS
 from clab.data.countdown.schema import SCHEMA
 from clab.rewards.countdown import score_countdown
 from clab.storage.atomic import sha256_file
+from conftest import REPO, brute_force_solvable
 
 SPEC = str(REPO / "services" / "data-generator.yaml")
 SMALL = ["--set", "train_size=300", "--set", "test_size=40"]
@@ -58,8 +58,12 @@ def test_reference_solutions_score_one_with_group_ops_and_newest_op(dataset):
         for split in ("train", "test"):
             for r in rows(dataset / str(g) / f"{split}.parquet"):
                 sol = r["extra_info"]["solution"]
-                res = score_countdown(f"<answer>{sol}</answer>", r["target"], r["nums"],
-                                      r["extra_info"]["allowed_ops"])
+                res = score_countdown(
+                    f"<answer>{sol}</answer>",
+                    r["target"],
+                    r["nums"],
+                    r["extra_info"]["allowed_ops"],
+                )
                 assert res.correct, (r, res)
                 assert GROUP_OPS[g][-1] in sol
                 assert 3 <= len(r["nums"]) <= 4 and all(1 <= x <= 100 for x in r["nums"])
@@ -80,8 +84,10 @@ def test_no_problem_repeats_within_or_across_splits_and_groups(dataset):
     keys = []
     for g in range(4):
         for split in ("train", "test"):
-            keys += [(tuple(sorted(r["nums"])), r["target"])
-                     for r in rows(dataset / str(g) / f"{split}.parquet")]
+            keys += [
+                (tuple(sorted(r["nums"])), r["target"])
+                for r in rows(dataset / str(g) / f"{split}.parquet")
+            ]
     assert len(keys) == len(set(keys)) == 4 * 340
 
 
@@ -112,13 +118,30 @@ def test_same_seed_same_bytes_whatever_the_workers(dataset, tmp_path):
 def test_another_seed_gives_other_problems(dataset, tmp_path):
     other = tmp_path / "seed1"
     assert generate("--set", f"output={other}", "--set", "seed=1") == 0
-    assert rows(other / "0/train.parquet")[0]["nums"] != rows(dataset / "0/train.parquet")[0]["nums"]
+    assert (
+        rows(other / "0/train.parquet")[0]["nums"] != rows(dataset / "0/train.parquet")[0]["nums"]
+    )
 
 
 def test_strict_groups_cannot_be_solved_with_the_previous_operators(tmp_path):
     out = tmp_path / "strict"
-    assert main(["run", SPEC, "--set", "train_size=60", "--set", "test_size=20",
-                 "--set", "strict=true", "--set", f"output={out}"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                SPEC,
+                "--set",
+                "train_size=60",
+                "--set",
+                "test_size=20",
+                "--set",
+                "strict=true",
+                "--set",
+                f"output={out}",
+            ]
+        )
+        == 0
+    )
     for g in (1, 2, 3):
         for split in ("train", "test"):
             for r in rows(out / str(g) / f"{split}.parquet"):
@@ -128,8 +151,10 @@ def test_strict_groups_cannot_be_solved_with_the_previous_operators(tmp_path):
 
 def test_non_strict_data_does_contain_problems_solvable_with_fewer_ops(dataset):
     # Guards the test above against passing vacuously.
-    found = sum(brute_force_solvable(r["nums"], r["target"], GROUP_OPS[2])
-                for r in rows(dataset / "3" / "test.parquet"))
+    found = sum(
+        brute_force_solvable(r["nums"], r["target"], GROUP_OPS[2])
+        for r in rows(dataset / "3" / "test.parquet")
+    )
     assert found > 0
 
 
@@ -144,9 +169,22 @@ def test_qwen_instruct_template(tmp_path):
 
 
 def test_impossible_ranges_fail_clearly(tmp_path, capsys):
-    code = main(["run", SPEC, "--set", "train_size=500", "--set", "test_size=10",
-                 "--set", "ranges.number=[1,2]", "--set", "ranges.count=[3,3]",
-                 "--set", f"output={tmp_path / 'x'}"])
+    code = main(
+        [
+            "run",
+            SPEC,
+            "--set",
+            "train_size=500",
+            "--set",
+            "test_size=10",
+            "--set",
+            "ranges.number=[1,2]",
+            "--set",
+            "ranges.count=[3,3]",
+            "--set",
+            f"output={tmp_path / 'x'}",
+        ]
+    )
     assert code == 2
     assert "distinct problems" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -1,17 +1,18 @@
 import numpy as np
 import pytest
-from conftest import brute_force_solvable
 
 from clab.data.countdown import GROUP_OPS
 from clab.data.countdown.problems import sample_problems, solvable, solvable_mixed
 from clab.rewards.countdown import parse_expression
+from conftest import brute_force_solvable
 
 
 @pytest.mark.parametrize("group", [0, 1, 2, 3])
 def test_sampled_problems_meet_every_constraint(group):
     ops = GROUP_OPS[group]
-    p = sample_problems(np.random.default_rng(group), 20_000, ops, require_op=ops[-1],
-                        target_range=(1, 1000))
+    p = sample_problems(
+        np.random.default_rng(group), 20_000, ops, require_op=ops[-1], target_range=(1, 1000)
+    )
     assert len(p) > 50
     for nums, target, sol in zip(p.numbers, p.target, p.solution, strict=True):
         parsed = parse_expression(sol)
@@ -53,8 +54,9 @@ def test_vectorised_solver_agrees_with_exact_brute_force(ops):
         nums = rng.integers(1, 12, size=(150, n))
         targets = rng.integers(1, 60, size=150)
         got = solvable(nums, targets, ops)
-        want = [brute_force_solvable(list(r), int(t), ops) for r, t in zip(nums, targets,
-                                                                           strict=True)]
+        want = [
+            brute_force_solvable(list(r), int(t), ops) for r, t in zip(nums, targets, strict=True)
+        ]
         assert got.tolist() == want
         assert 0 < sum(want) < 150  # both outcomes exercised
 

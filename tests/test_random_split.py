@@ -4,12 +4,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO
 
 from clab.cli import main
 from clab.data.countdown import ALL_OPS
 from clab.data.countdown.schema import SCHEMA
 from clab.rewards.countdown import score_countdown
+from conftest import REPO
 
 SPEC = str(REPO / "services" / "tinyzero-dummy-generator.yaml")
 
@@ -31,12 +31,14 @@ def tinyzero_pool(path: Path, n: int, dup_every: int = 0) -> None:
     nums = [[i % 97 + 1, i // 97 + 1, 7] for i in range(n)]
     if dup_every:
         nums = [nums[i - 1] if i % dup_every == 0 and i else x for i, x in enumerate(nums)]
-    table = pa.table({
-        "target": pa.array([sum(x) for x in nums], pa.int64()),
-        "nums": pa.array(nums, pa.list_(pa.int64())),
-        "data_source": ["countdown"] * n,
-        "extra_info": pa.array([{"split": "train", "index": i} for i in range(n)]),
-    })
+    table = pa.table(
+        {
+            "target": pa.array([sum(x) for x in nums], pa.int64()),
+            "nums": pa.array(nums, pa.list_(pa.int64())),
+            "data_source": ["countdown"] * n,
+            "extra_info": pa.array([{"split": "train", "index": i} for i in range(n)]),
+        }
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
 
@@ -67,8 +69,11 @@ def test_generates_pool_when_missing_and_splits_it_disjointly(workdir):
 def test_groups_are_random_not_by_operator(workdir):
     assert run("train_size=400", "test_size=10") == 0
     for g in range(4):
-        sols = pq.read_table(workdir / f"data/dummy_tinyzero/{g}/train.parquet").column(
-            "extra_info").to_pylist()
+        sols = (
+            pq.read_table(workdir / f"data/dummy_tinyzero/{g}/train.parquet")
+            .column("extra_info")
+            .to_pylist()
+        )
         has_div = sum("/" in r["solution"] for r in sols)
         assert 0 < has_div < 400  # every group mixes operators
 
@@ -77,8 +82,9 @@ def test_uses_a_given_tinyzero_pool_and_drops_duplicates(workdir):
     tinyzero_pool(workdir / "pool.parquet", 300, dup_every=10)
     assert run("source=pool.parquet", "train_size=50", "test_size=5") == 0
     out = workdir / "data/dummy_tinyzero"
-    all_keys = [k for g in range(4) for s in ("train", "test")
-                for k in keys(out / str(g) / f"{s}.parquet")]
+    all_keys = [
+        k for g in range(4) for s in ("train", "test") for k in keys(out / str(g) / f"{s}.parquet")
+    ]
     assert len(set(all_keys)) == len(all_keys) == 220
     r = pq.read_table(out / "0/train.parquet").to_pylist()[0]
     assert r["extra_info"]["solution"] is None
@@ -93,7 +99,9 @@ def test_same_seed_same_split(workdir):
     assert run("source=pool.parquet", "train_size=50", "test_size=5", "output=a") == 0
     assert run("source=pool.parquet", "train_size=50", "test_size=5", "output=b") == 0
     assert run("source=pool.parquet", "train_size=50", "test_size=5", "output=c", "seed=3") == 0
-    assert (workdir / "a/2/train.parquet").read_bytes() == (workdir / "b/2/train.parquet").read_bytes()
+    assert (workdir / "a/2/train.parquet").read_bytes() == (
+        workdir / "b/2/train.parquet"
+    ).read_bytes()
     assert keys(workdir / "a/2/train.parquet") != keys(workdir / "c/2/train.parquet")
 
 

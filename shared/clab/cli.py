@@ -52,8 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"clab: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("clab: interrupted; files already written are complete, nothing is half-written",
-              file=sys.stderr)
+        print(
+            "clab: interrupted; files already written are complete, nothing is half-written",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

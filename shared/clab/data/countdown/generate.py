@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from clab.data.countdown.prompts import Template
 from clab.data.countdown.problems import Problems, sample_problems, solvable_mixed
+from clab.data.countdown.prompts import Template
 from clab.data.countdown.schema import build_table
 from clab.errors import ClabError
 from clab.storage.atomic import sha256_file, write_parquet
@@ -68,8 +68,9 @@ def _chunk(seed: int, job: Job, chunk: int, ranges: Ranges) -> Problems:
     if job.exclude_ops and len(p):
         keep = ~solvable_mixed(p.numbers, p.target, job.exclude_ops)
         idx = np.flatnonzero(keep).tolist()
-        p = Problems([p.numbers[i] for i in idx], [p.target[i] for i in idx],
-                     [p.solution[i] for i in idx])
+        p = Problems(
+            [p.numbers[i] for i in idx], [p.target[i] for i in idx], [p.solution[i] for i in idx]
+        )
     return p
 
 
@@ -88,8 +89,9 @@ def generate_problems(
     seen: set[tuple] = set()
     results: list[Problems] = []
     window = max(2, 2 * workers)
-    with tqdm(total=sum(j.size for j in jobs), desc="countdown problems", unit="row",
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=sum(j.size for j in jobs), desc="countdown problems", unit="row", dynamic_ncols=True
+    ) as bar:
         for job in jobs:
             got = Problems([], [], [])
             pending: deque[Future[Problems]] = deque()
@@ -126,8 +128,15 @@ def generate_problems(
 
 
 def _write_job(path: Path, problems: Problems, job: Job, template: Template) -> tuple[str, int]:
-    table = build_table(problems.numbers, problems.target, problems.solution,
-                        split=job.split, group=job.group, ops=job.ops, template=template)
+    table = build_table(
+        problems.numbers,
+        problems.target,
+        problems.solution,
+        split=job.split,
+        group=job.group,
+        ops=job.ops,
+        template=template,
+    )
     write_parquet(path, table)
     return sha256_file(path), table.num_rows
 

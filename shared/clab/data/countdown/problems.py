@@ -73,9 +73,7 @@ def _apply(op: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np
     """Apply per-row operator codes; returns values and a mask of valid rows."""
     safe_y = np.where(y == 0, 1, y)
     div_ok = (y != 0) & (x % safe_y == 0)
-    value = np.select(
-        [op == 0, op == 1, op == 2], [x + y, x - y, x * y], default=x // safe_y
-    )
+    value = np.select([op == 0, op == 1, op == 2], [x + y, x - y, x * y], default=x // safe_y)
     return value, np.where(op == 3, div_ok, True)
 
 
@@ -188,8 +186,9 @@ def solvable(
     return (np.abs(reach - np.asarray(targets, dtype=np.float64)[:, None]) < tol).any(axis=1)
 
 
-def solvable_mixed(numbers: list[list[int]], targets: list[int], ops: tuple[str, ...],
-                   batch: int = 2048) -> np.ndarray:
+def solvable_mixed(
+    numbers: list[list[int]], targets: list[int], ops: tuple[str, ...], batch: int = 2048
+) -> np.ndarray:
     """:func:`solvable` for rows with different counts of numbers."""
     result = np.zeros(len(targets), dtype=bool)
     lengths = np.array([len(n) for n in numbers])

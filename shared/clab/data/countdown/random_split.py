@@ -90,18 +90,29 @@ def generate_pool(spec: RandomSplitSpec) -> None:
     job = Job(group=-1, split="train", size=size, ops=ALL_OPS, stream=1000)
     workers = spec.pool.workers or default_workers()
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        (probs,) = generate_problems([job], spec.pool.seed, spec.pool.ranges.to_ranges(),
-                                     workers, pool)
-    table = build_table(probs.numbers, probs.target, probs.solution,
-                        split="train", group=None, ops=ALL_OPS, template=spec.template)
+        (probs,) = generate_problems(
+            [job], spec.pool.seed, spec.pool.ranges.to_ranges(), workers, pool
+        )
+    table = build_table(
+        probs.numbers,
+        probs.target,
+        probs.solution,
+        split="train",
+        group=None,
+        ops=ALL_OPS,
+        template=spec.template,
+    )
     write_parquet(spec.source, table)
-    write_json(spec.source.with_name(spec.source.stem + ".manifest.json"), {
-        "kind": "countdown-pool",
-        "clab_version": __version__,
-        "spec": spec.pool.model_dump(mode="json"),
-        "rows": size,
-        "sha256": sha256_file(spec.source),
-    })
+    write_json(
+        spec.source.with_name(spec.source.stem + ".manifest.json"),
+        {
+            "kind": "countdown-pool",
+            "clab_version": __version__,
+            "spec": spec.pool.model_dump(mode="json"),
+            "rows": size,
+            "sha256": sha256_file(spec.source),
+        },
+    )
     print(f"generated a pool of {size:,} problems at {spec.source}")
 
 
@@ -170,23 +181,30 @@ def write_random_split(
             for split in SPLITS:
                 idx = block[: spec.test_size] if split == "test" else block[spec.test_size :]
                 table = build_table(
-                    [numbers[i] for i in idx], [targets[i] for i in idx],
+                    [numbers[i] for i in idx],
+                    [targets[i] for i in idx],
                     [solutions[i] for i in idx],
-                    split=split, group=g, ops=ALL_OPS, template=spec.template,
+                    split=split,
+                    group=g,
+                    ops=ALL_OPS,
+                    template=spec.template,
                 )
                 rel = f"{g}/{split}.parquet"
                 write_parquet(staging / rel, table)
                 files[rel] = {"rows": table.num_rows, "sha256": sha256_file(staging / rel)}
                 rows[f"{g}/{split}"] = table.num_rows
-        write_json(staging / "manifest.json", {
-            "kind": spec.kind,
-            "clab_version": __version__,
-            "python": platform.python_version(),
-            "seed": spec.seed,
-            "spec": spec.model_dump(mode="json"),
-            "source": {"path": str(spec.source), "sha256": sha256_file(spec.source)},
-            "groups": {str(g): list(ALL_OPS) for g in range(NUM_GROUPS)},
-            "rows": rows,
-            "files": files,
-        })
+        write_json(
+            staging / "manifest.json",
+            {
+                "kind": spec.kind,
+                "clab_version": __version__,
+                "python": platform.python_version(),
+                "seed": spec.seed,
+                "spec": spec.model_dump(mode="json"),
+                "source": {"path": str(spec.source), "sha256": sha256_file(spec.source)},
+                "groups": {str(g): list(ALL_OPS) for g in range(NUM_GROUPS)},
+                "rows": rows,
+                "files": files,
+            },
+        )
     print(f"wrote {spec.needed:,} rows in {len(files)} files to {spec.output}/")

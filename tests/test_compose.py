@@ -1,0 +1,101 @@
+"""The Compose file and the image, checked without a Docker engine."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clab.specs import load_spec
+from clab.storage.layout import VOLUMES
+from conftest import REPO
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def mounts(service: dict) -> dict[str, tuple[str, str]]:
+    """container path -> (host path, mode)"""
+    out = {}
+    for v in service.get("volumes", []):
+        host, container, *mode = v.split(":")
+        out[container] = (host, mode[0] if mode else "rw")
+    return out
+
+
+def test_the_foundation_services_are_there():
+    assert {"data-generator", "tinyzero-dummy-generator"} <= set(SERVICES)
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_service_runs_its_spec_with_clab(name):
+    svc = SERVICES[name]
+    line = [*svc["entrypoint"], *svc["command"]]
+    assert line == ["clab", "run", f"services/{name}.yaml"]
+    assert svc["working_dir"] == "/app"
+    assert (REPO / "services" / f"{name}.yaml").is_file()
+    assert svc["build"]["dockerfile"] == "docker/Dockerfile"
+    assert svc["environment"]["WANDB_MODE"] == "offline"
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_service_mounts_every_volume_its_spec_reads_or_writes(name):
+    svc = SERVICES[name]
+    spec = load_spec(REPO / "services" / f"{name}.yaml")
+    m = mounts(svc)
+    assert m["/app/services"] == ("./services", "ro")
+    for path in [*spec.reads(), *spec.writes()]:
+        assert not Path(path).is_absolute(), f"{name}: {path} must live in a volume"
+        volume = Path(path).parts[0]
+        assert volume in VOLUMES, f"{name}: {path} is outside the volumes"
+        host, mode = m[f"/app/{volume}"]
+        assert host == f"./{volume}"
+        if path in spec.writes():
+            assert mode == "rw", f"{name} writes {path} but mounts {volume} read-only"
+    for container, (host, _) in m.items():
+        if host.startswith("./") and host[2:] in VOLUMES:
+            assert container == f"/app/{host[2:]}"
+
+
+def test_volume_folders_exist_empty_in_git():
+    ignored = (REPO / ".gitignore").read_text()
+    for v in VOLUMES:
+        assert (REPO / v / ".gitkeep").is_file()
+        assert f"/{v}/*" in ignored
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_docker_compose_accepts_the_file():
+    res = subprocess.run(["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+def test_image_is_uv_based_non_root_with_clab_entrypoint():
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^COPY --from=ghcr.io/astral-sh/uv:\S+ /uv", text, re.M)
+    syncs = re.findall(r"uv sync --frozen --no-dev.*", text)
+    assert syncs and all("${EXTRAS}" in s for s in syncs)
+    assert 'ARG EXTRAS="--extra gpu"' in text  # the GPU image installs vLLM
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert 'ENTRYPOINT ["clab"]' in text
+    for path in ("shared", "services", "uv.lock", "pyproject.toml"):
+        assert re.search(rf"^COPY .*\b{re.escape(path)}\b", text, re.M), path
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv", *VOLUMES} <= set(ignored)
+
+
+def test_lock_resolves_vllm_extra_with_the_pinned_stack():
+    lock = (REPO / "uv.lock").read_text()
+
+    def version(pkg: str) -> str:
+        return re.search(rf'^name = "{pkg}"\nversion = "([^"]+)"', lock, re.M).group(1)
+
+    assert version("vllm").startswith("0.31.")
+    assert version("torch") == "2.13.0"
+    major, minor = map(int, version("transformers").split(".")[:2])
+    assert (major, minor) < (5, 18)
+    assert version("trl").startswith("1.16.")
