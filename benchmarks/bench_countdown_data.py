@@ -37,8 +37,9 @@ def main() -> None:
             for s in sets:
                 args += ["--set", s]
             start = time.perf_counter()
-            subprocess.run(args, cwd=tmp, check=True, stderr=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL)
+            subprocess.run(
+                args, cwd=tmp, check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            )
             wall = time.perf_counter() - start
         rows = 4 * 101_000
         goal = f"<= {target} s" if target else "-"
