@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clab.data.countdown import GROUP_OPS
 from clab.data.countdown.problems import sample_problems, solvable, solvable_mixed
-from clab.rewards.countdown import parse_expression
+from clab.rewards.countdown import parse_expression, score_countdown
 from conftest import brute_force_solvable
 
 
@@ -70,3 +72,19 @@ def test_solver_handles_fractional_paths_like_the_reward():
 def test_solvable_mixed_lengths():
     got = solvable_mixed([[1, 2, 3], [2, 2, 2, 2], [5, 5, 5]], [6, 16, 100], ("+", "*"))
     assert got.tolist() == [True, True, False]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0, 1, 2, 3]),
+    st.sampled_from([(3, 3), (3, 4), (4, 4)]),
+)
+def test_every_reference_solution_scores_one(seed, group, count):
+    ops = GROUP_OPS[group]
+    p = sample_problems(
+        np.random.default_rng(seed), 3000, ops, count_range=count, require_op=ops[-1]
+    )
+    for nums, target, sol in zip(p.numbers, p.target, p.solution, strict=True):
+        r = score_countdown(f"<think>x</think><answer>{sol}</answer>", target, nums, ops)
+        assert r.correct, (nums, target, sol, r)
