@@ -1,0 +1,1 @@
+"""Models and tokenizers: loading real checkpoints, building tiny stand-ins."""

@@ -1,0 +1,76 @@
+"""Load policies, critics and tokenizers from a local folder or a hub id.
+
+Tiny models carry a locally trained tokenizer. transformers 5 rebuilds Qwen's
+own tokenizer for any folder whose config says ``qwen2`` when loaded with
+``AutoTokenizer``, which silently changes a local tokenizer's ids; folders
+clab writes are marked (:data:`TINY_MARKER`) and loaded with
+``PreTrainedTokenizerFast`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from clab.errors import ClabError
+
+TINY_MARKER = "clab_tiny.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_model_source(name_or_path: str) -> None:
+    """A path-like source must exist; say which mount is missing if not."""
+    looks_local = name_or_path.startswith(("/", "./", "../", "~")) or os.path.sep in name_or_path
+    if looks_local and not Path(name_or_path).expanduser().is_dir():
+        hint = ""
+        if name_or_path.startswith("/models/"):
+            hint = (
+                f" In Compose this folder is a read-only mount of the host's model folder "
+                f"(e.g. ~/model/{Path(name_or_path).name}, or the variable that overrides it): "
+                "download the weights there, or set model.name_or_path."
+            )
+        raise ClabError(f"model.name_or_path: model folder {name_or_path} does not exist.{hint}")
+    if looks_local and not (Path(name_or_path).expanduser() / "config.json").is_file():
+        raise ClabError(
+            f"model.name_or_path: {name_or_path} has no config.json: not a Hugging Face model "
+            "folder (is the mount pointing one level too high?)"
+        )
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    path = Path(name_or_path)
+    if (path / TINY_MARKER).is_file():
+        tok = PreTrainedTokenizerFast.from_pretrained(path)
+    else:
+        tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation appends on the right
+    return tok
+
+
+def load_policy(name_or_path: str | Path, dtype: str = "float32") -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=DTYPES[dtype])
+
+
+def load_critic(name_or_path: str | Path, dtype: str = "float32") -> PreTrainedModel:
+    """A value model: the policy's backbone with a one-output token head.
+
+    From a policy checkpoint the head is new (initialised by transformers);
+    from a saved critic it is restored.
+    """
+    model = AutoModelForTokenClassification.from_pretrained(
+        str(name_or_path), num_labels=1, dtype=DTYPES[dtype]
+    )
+    model.config.pad_token_id = model.config.pad_token_id or model.config.eos_token_id
+    return model

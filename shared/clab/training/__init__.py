@@ -1,0 +1,1 @@
+"""Training recipes: RL through task sequences, and the parts they share."""
