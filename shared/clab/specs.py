@@ -47,6 +47,7 @@ class Spec(SpecModel):
 KINDS: dict[str, str] = {
     "countdown": "clab.data.countdown.curriculum:CountdownSpec",
     "countdown-random-split": "clab.data.countdown.random_split:RandomSplitSpec",
+    "countdown-rl": "clab.training.countdown_rl_spec:CountdownRLSpec",
 }
 
 

@@ -227,3 +227,33 @@ def score_countdown(
     if abs(parsed.value - Fraction(int(target))) >= Fraction(TOLERANCE):
         return wrong(Reason.WRONG_VALUE, value)
     return RewardResult(correct_score, True, Reason.CORRECT, answer, value)
+
+
+class CountdownReward:
+    """The reward as trainers call it, on batches, in TRL's reward-function form.
+
+    TRL passes ``prompts``, ``completions`` and every dataset column by name;
+    ``log_metric`` records the success rate (the fraction exactly correct),
+    which the mean reward cannot give because it includes the format score.
+    """
+
+    __name__ = "countdown"
+
+    def __init__(self, enforce_ops: bool = True):
+        self.enforce_ops = enforce_ops
+
+    def score(
+        self, completions: Sequence[str], targets: Sequence[int], nums: Sequence[Sequence[int]],
+        allowed_ops: Sequence[Sequence[str]],
+    ) -> list[RewardResult]:
+        return [
+            score_countdown(c, t, n, ops if self.enforce_ops else None)
+            for c, t, n, ops in zip(completions, targets, nums, allowed_ops, strict=True)
+        ]
+
+    def __call__(self, prompts, completions, target, nums, allowed_ops, log_metric=None,
+                 **_: object) -> list[float]:
+        results = self.score(completions, target, nums, allowed_ops)
+        if log_metric is not None:
+            log_metric("success_rate", sum(r.correct for r in results) / max(len(results), 1))
+        return [r.score for r in results]

@@ -1,0 +1,1 @@
+"""Scoring checkpoints on tasks."""

@@ -1,0 +1,1 @@
+"""Metrics: small functions with their formulas in the docstrings."""

@@ -1,0 +1,66 @@
+"""What the curriculum experiment tracks about the weights during training.
+
+normalized weight change = ||theta - theta_ref|| / ||theta_ref||, with
+theta_ref the run's start (theta_0) or the current stage's start;
+normalized gradient = ||g|| / ||theta||. Norms are over all parameters
+together (the global 2-norm), computed on the parameters' device with a
+single host sync; the reference weights are copied once per run and once
+per stage, never per step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """sqrt(sum_i ||t_i||^2), as a 0-d tensor on the tensors' device."""
+    if not tensors:
+        return torch.tensor(0.0)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
+
+
+def distance(params: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+    """||params - ref|| without materialising the whole difference at once."""
+    sq = [torch.linalg.vector_norm((p.detach() - r).float()) ** 2 for p, r in zip(params, ref,
+                                                                                   strict=True)]
+    return torch.stack(sq).sum().sqrt()
+
+
+class WeightTracker:
+    """Normalized weight change against the run's and the stage's start."""
+
+    def __init__(self, model: torch.nn.Module, theta_0: list[torch.Tensor] | None = None):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        with torch.no_grad():
+            self.theta_0 = theta_0 or [p.detach().clone() for p in self.params]
+            self.theta_0_norm = global_norm(self.theta_0)
+            self.stage_start = [t.clone() for t in self.theta_0]
+            self.stage_norm = self.theta_0_norm
+
+    def start_stage(self, weights: list[torch.Tensor] | None = None) -> None:
+        """Take the stage's reference: the current weights, or ``weights`` on a resume."""
+        with torch.no_grad():
+            src = weights if weights is not None else [p.detach() for p in self.params]
+            torch._foreach_copy_(self.stage_start, src)
+            self.stage_norm = global_norm(self.stage_start)
+
+    @torch.no_grad()
+    def measure(self, grad_norm: float | None = None) -> dict[str, float]:
+        param_norm = global_norm([p.detach() for p in self.params])
+        run = distance(self.params, self.theta_0) / self.theta_0_norm
+        stage = distance(self.params, self.stage_start) / self.stage_norm
+        values = torch.stack([param_norm, run, stage]).tolist()
+        out = {
+            "param_norm": values[0],
+            "weight_change_run": values[1],
+            "weight_change_stage": values[2],
+        }
+        if grad_norm is not None:
+            out["normalized_grad"] = grad_norm / max(values[0], 1e-12)
+        return out
+
+
+def success_rate(correct: list[bool]) -> float:
+    """The fraction exactly correct: not the mean reward, which includes format credit."""
+    return sum(bool(c) for c in correct) / max(len(correct), 1)

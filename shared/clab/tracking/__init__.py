@@ -1,0 +1,1 @@
+"""Where metrics go: JSONL files in metrics/, and W&B (offline)."""

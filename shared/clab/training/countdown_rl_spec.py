@@ -1,0 +1,157 @@
+"""Spec of the curriculum RL trainer (kind ``countdown-rl``).
+
+Services ``curriculum-trainer-1.5b`` and ``curriculum-trainer-3b`` and the
+random-split control all use it; only the values differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from clab.specs import Spec, SpecModel
+
+
+class DataSpec(SpecModel):
+    dir: Path = Field(Path("data/continual"), description="a data set with <group>/{train,test}")
+    groups: list[int] = Field([0, 1, 2, 3], description="the tasks, in training order")
+    enforce_ops: bool = Field(True, description="a correct answer uses only its group's operators")
+    max_train_rows: int | None = Field(None, ge=1, description="cap per group (demo, tests)")
+
+
+class ModelSpec(SpecModel):
+    name_or_path: str | None = Field(None, description="a local folder or a hub id")
+    preset: Literal["tiny"] | None = Field(
+        None, description="tiny: a small random Qwen2 with a tokenizer trained on the task text"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    gradient_checkpointing: bool = False
+    tiny_hidden_size: int = Field(64, ge=16)
+    tiny_layers: int = Field(2, ge=1)
+    tiny_vocab_size: int = Field(512, ge=300)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.name_or_path is None) == (self.preset is None):
+            raise ValueError("give exactly one of model.name_or_path and model.preset")
+        return self
+
+
+class RolloutSpec(SpecModel):
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size")
+    gpu_memory_utilization: float = Field(0.4, gt=0, le=1)
+    max_prompt_length: int = Field(256, ge=8)
+    max_response_length: int = Field(1024, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    responses_per_prompt: int = Field(1, ge=1, description="PPO: any; GRPO: at least 2")
+
+
+class BatchSpec(SpecModel):
+    train: int = Field(128, ge=1, description="prompts per training step")
+    val: int = Field(128, ge=1, description="test prompts per group at each validation")
+    mini: int = Field(64, ge=1, description="PPO mini-batch (sequences per optimizer step)")
+    micro: int = Field(8, ge=1, description="sequences per forward/backward")
+
+
+class PPOSpec(SpecModel):
+    actor_lr: float = Field(1e-6, gt=0)
+    critic_lr: float = Field(1e-5, gt=0)
+    kl_coef: float = Field(0.001, ge=0, description="KL penalty against the reference, in the reward")
+    entropy_coef: float = Field(0.001, ge=0)
+    clip_ratio: float = Field(0.2, gt=0)
+    value_clip: float = Field(0.5, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(1.0, ge=0, le=1)
+    ppo_epochs: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class GRPOSpec(SpecModel):
+    lr: float = Field(1e-6, gt=0)
+    beta: float = Field(0.001, ge=0, description="KL coefficient (0: no reference model)")
+    epsilon: float = Field(0.2, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class ResourcesSpec(SpecModel):
+    num_workers: int = Field(1, ge=1, description=">1: Ray Train, one process per worker")
+    use_gpu: bool = False
+    ray_address: str | None = Field(None, description="an existing Ray cluster; None: local")
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+
+
+class WarmupSpec(SpecModel):
+    steps: int = Field(0, ge=0, description="supervised steps on reference solutions before RL")
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    groups: list[int] = Field([0], description="groups whose solutions it trains on")
+
+
+class CountdownRLSpec(Spec):
+    """RL through the Countdown operator groups: rounds x groups x epochs."""
+
+    kind: Literal["countdown-rl"] = "countdown-rl"
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="the run: checkpoints/<name> etc.")
+    algorithm: Literal["ppo", "grpo"] = "ppo"
+    data: DataSpec = Field(default_factory=DataSpec)
+    rounds: int = Field(3, ge=1)
+    epochs_per_group: int = Field(15, ge=1)
+    max_steps_per_stage: int | None = Field(None, ge=1, description="cap, for tests and the demo")
+    reset_optimizer: bool = Field(False, description="fresh optimizer state at each stage")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0, description="per stage: the schedule restarts")
+    seed: int = 0
+    model: ModelSpec
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    batch: BatchSpec = Field(default_factory=BatchSpec)
+    ppo: PPOSpec = Field(default_factory=PPOSpec)
+    grpo: GRPOSpec = Field(default_factory=GRPOSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    save_steps: int = Field(0, ge=0, description="intermediate checkpoint every N steps; 0: none")
+    warmup: WarmupSpec = Field(default_factory=WarmupSpec)
+    wandb: bool = Field(True, description="log to W&B (offline, under logs/wandb)")
+
+    @model_validator(mode="after")
+    def _batches(self) -> CountdownRLSpec:
+        b, w, n = self.batch, self.resources.num_workers, self.rollout.responses_per_prompt
+        if b.train % w:
+            raise ValueError(f"batch.train ({b.train}) must divide by resources.num_workers ({w})")
+        per_worker = b.train // w * n
+        if self.algorithm == "ppo":
+            if per_worker % b.mini:
+                raise ValueError(
+                    f"batch.mini ({b.mini}) must divide the sequences per worker and step "
+                    f"(batch.train / num_workers x responses_per_prompt = {per_worker})"
+                )
+            if b.mini % b.micro:
+                raise ValueError(f"batch.micro ({b.micro}) must divide batch.mini ({b.mini})")
+        else:
+            if n < 2:
+                raise ValueError("grpo compares responses: rollout.responses_per_prompt >= 2")
+            if per_worker % b.micro:
+                raise ValueError(
+                    f"batch.micro ({b.micro}) must divide the sequences per worker and step "
+                    f"({per_worker})"
+                )
+        if self.rollout.engine == "vllm" and not self.resources.use_gpu:
+            raise ValueError("rollout.engine vllm needs resources.use_gpu: true")
+        if any(g not in self.data.groups for g in self.warmup.groups) and self.warmup.steps:
+            raise ValueError("warmup.groups must be among data.groups")
+        return self
+
+    def reads(self) -> list[Path]:
+        return [self.data.dir]
+
+    def writes(self) -> list[Path]:
+        return [Path("checkpoints") / self.name, Path("metrics") / self.name, Path("logs") / self.name]
+
+    def run_dirs(self) -> tuple[Path, Path, Path]:
+        return self.writes()[0], self.writes()[1], self.writes()[2]
+
+    def run(self) -> None:  # type: ignore[override]
+        from clab.training.countdown_rl import train
+
+        train(self)

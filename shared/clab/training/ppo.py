@@ -1,0 +1,248 @@
+"""Actor-critic PPO for language models, in the style TinyZero runs it (veRL).
+
+TRL 1.x no longer ships PPO, and a PPO step (rollout, reward, critic,
+several optimiser steps over two models) does not fit transformers'
+single-model ``Trainer`` loop, so this is a small trainer of its own. It
+stands on transformers for the models, generation and schedulers, on TRL's
+vLLM machinery for the optional vLLM rollouts, and on ``ppo_core`` for the
+arithmetic. One :meth:`PPOTrainer.step` is one rollout batch: generate,
+score, estimate advantages with GAE against the critic, then
+``ppo_epochs`` passes of mini-batches (one optimizer step each) split into
+micro-batches (gradient accumulation). Under ``torch.distributed`` the
+actor and critic are wrapped in DDP and each rank handles its share of the
+prompts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+
+from clab.data.countdown.reading import Problem
+from clab.metrics.training import success_rate
+from clab.rewards.countdown import RewardResult
+from clab.training.ppo_core import (
+    entropy_from_logits,
+    gae,
+    gather_logprobs,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
+from clab.training.rollout import Rollout, hf_generate, position_ids
+
+
+@dataclass
+class PPOConfig:
+    """veRL's (TinyZero's) defaults; see the spec for what each means."""
+
+    actor_lr: float = 1e-6
+    critic_lr: float = 1e-5
+    kl_coef: float = 0.001
+    entropy_coef: float = 0.001
+    clip_ratio: float = 0.2
+    value_clip: float = 0.5
+    gamma: float = 1.0
+    lam: float = 1.0
+    ppo_epochs: int = 1
+    mini_batch_size: int = 64
+    micro_batch_size: int = 8
+    responses_per_prompt: int = 1
+    max_grad_norm: float = 1.0
+    max_prompt_length: int = 256
+    max_response_length: int = 1024
+    temperature: float = 1.0
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+
+
+ScoreFn = Callable[[list[str], list[Problem]], list[RewardResult]]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class PPOTrainer:
+    def __init__(
+        self,
+        actor: PreTrainedModel,
+        critic: PreTrainedModel,
+        ref: PreTrainedModel | None,
+        tokenizer: PreTrainedTokenizerBase,
+        config: PPOConfig,
+        score_fn: ScoreFn,
+        rollout_engine=None,
+    ):
+        self.cfg = config
+        self.tokenizer = tokenizer
+        self.score_fn = score_fn
+        self.actor, self.critic, self.ref = actor, critic, ref
+        self.rollout_engine = rollout_engine
+        if ref is not None:
+            ref.eval().requires_grad_(False)
+        ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            dev = next(actor.parameters()).device
+            ids = [dev.index] if dev.type == "cuda" else None
+            self.actor_train = DDP(actor, device_ids=ids)
+            self.critic_train = DDP(critic, device_ids=ids)
+        else:
+            self.actor_train, self.critic_train = actor, critic
+        self.actor_opt = torch.optim.AdamW(actor.parameters(), lr=config.actor_lr)
+        self.critic_opt = torch.optim.AdamW(critic.parameters(), lr=config.critic_lr)
+        self.new_stage(1, reset_optimizer=False)
+
+    def new_stage(self, num_steps: int, reset_optimizer: bool) -> None:
+        """Restart the learning-rate schedules (and optionally the optimizer state)."""
+        if reset_optimizer:
+            self.actor_opt.state.clear()
+            self.critic_opt.state.clear()
+        for opt, lr in ((self.actor_opt, self.cfg.actor_lr), (self.critic_opt, self.cfg.critic_lr)):
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] = lr
+        kw = dict(num_warmup_steps=self.cfg.lr_warmup_steps, num_training_steps=max(num_steps, 1))
+        name = "constant_with_warmup" if self.cfg.lr_scheduler == "constant" else self.cfg.lr_scheduler
+        self.actor_sched = get_scheduler(name, self.actor_opt, **kw)
+        self.critic_sched = get_scheduler(name, self.critic_opt, **kw)
+
+    def state_dict(self) -> dict:
+        return {
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "actor_sched": self.actor_sched.state_dict(),
+            "critic_sched": self.critic_sched.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict, schedulers: bool = True) -> None:
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        if schedulers:
+            self.actor_sched.load_state_dict(state["actor_sched"])
+            self.critic_sched.load_state_dict(state["critic_sched"])
+
+    # -- one step -----------------------------------------------------------------
+
+    def _rollout(self, prompts: list[str]) -> Rollout:
+        if self.rollout_engine is not None:
+            return self.rollout_engine.generate(prompts, self.cfg.max_prompt_length)
+        return hf_generate(self.actor, self.tokenizer, prompts,
+                           max_prompt_length=self.cfg.max_prompt_length,
+                           max_new_tokens=self.cfg.max_response_length,
+                           temperature=self.cfg.temperature, batch_size=len(prompts))
+
+    def _forward(self, model, ro: Rollout, idx: torch.Tensor, value_head: bool = False):
+        ids = torch.cat([ro.prompt_ids[idx], ro.response_ids[idx]], dim=1)
+        mask = torch.cat([ro.prompt_mask[idx], ro.response_mask[idx]], dim=1)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
+        P, R = ro.prompt_ids.shape[1], ro.response_ids.shape[1]
+        logits = out.logits[:, P - 1 : P + R - 1]
+        return logits[..., 0].float() if value_head else logits
+
+    @torch.no_grad()
+    def _score_old(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, mb = ro.response_ids.shape[0], self.cfg.micro_batch_size
+        old_lp, ref_lp, values = [], [], []
+        self.actor.eval()
+        self.critic.eval()
+        for s in range(0, B, mb):
+            idx = torch.arange(s, min(s + mb, B))
+            resp = ro.response_ids[idx]
+            old_lp.append(gather_logprobs(self._forward(self.actor, ro, idx), resp))
+            ref_model = self.ref if self.ref is not None else self.actor
+            ref_lp.append(gather_logprobs(self._forward(ref_model, ro, idx), resp))
+            values.append(self._forward(self.critic, ro, idx, value_head=True))
+        self.actor.train()
+        self.critic.train()
+        return torch.cat(old_lp), torch.cat(ref_lp), torch.cat(values)
+
+    def step(self, problems: list[Problem]) -> dict[str, float]:
+        """One rollout batch and its PPO updates; returns the step's metrics."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        n = cfg.responses_per_prompt
+        batch = [p for p in problems for _ in range(n)]
+        ro = self._rollout([p.prompt for p in batch])
+        t_gen = time.perf_counter() - t0
+        results = self.score_fn(ro.texts, batch)
+        device = ro.response_ids.device
+        scores = torch.tensor([r.score for r in results], dtype=torch.float32, device=device)
+        mask = ro.response_mask.float()
+
+        old_lp, ref_lp, old_values = self._score_old(ro)
+        kl = (old_lp - ref_lp) * mask
+        rewards = token_rewards(scores, kl, mask, cfg.kl_coef)
+        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, mask)
+
+        B = len(batch)
+        acc = {k: [] for k in ("pg_loss", "vf_loss", "entropy", "pg_clipfrac", "vf_clipfrac",
+                               "grad_norm", "critic_grad_norm", "approx_kl")}
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(B, device=device)
+            for ms in range(0, B, cfg.mini_batch_size):
+                mini = perm[ms : ms + cfg.mini_batch_size]
+                self.actor_opt.zero_grad(set_to_none=True)
+                self.critic_opt.zero_grad(set_to_none=True)
+                n_micro = math.ceil(len(mini) / cfg.micro_batch_size)
+                for us in range(0, len(mini), cfg.micro_batch_size):
+                    idx = mini[us : us + cfg.micro_batch_size]
+                    m = mask[idx]
+                    logits = self._forward(self.actor_train, ro, idx)
+                    lp = gather_logprobs(logits, ro.response_ids[idx])
+                    pg, pg_clip = policy_loss(lp, old_lp[idx], advantages[idx], m, cfg.clip_ratio)
+                    ent = masked_mean(entropy_from_logits(logits), m)
+                    loss = (pg - cfg.entropy_coef * ent) / n_micro
+                    v = self._forward(self.critic_train, ro, idx, value_head=True)
+                    vf, vf_clip = value_loss(v, old_values[idx], returns[idx], m, cfg.value_clip)
+                    if not (torch.isfinite(loss) and torch.isfinite(vf)):
+                        raise NonFiniteLoss(f"policy loss {pg.item()}, value loss {vf.item()}")
+                    loss.backward()
+                    (vf / n_micro).backward()
+                    acc["pg_loss"].append(pg.item())
+                    acc["vf_loss"].append(vf.item())
+                    acc["entropy"].append(ent.item())
+                    acc["pg_clipfrac"].append(pg_clip.item())
+                    acc["vf_clipfrac"].append(vf_clip.item())
+                    acc["approx_kl"].append(masked_mean(old_lp[idx] - lp.detach(), m).item())
+                gn = torch.nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
+                cgn = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+                if not (torch.isfinite(gn) and torch.isfinite(cgn)):
+                    raise NonFiniteLoss(f"gradient norm {gn.item()} / critic {cgn.item()}")
+                acc["grad_norm"].append(gn.item())
+                acc["critic_grad_norm"].append(cgn.item())
+                self.actor_opt.step()
+                self.critic_opt.step()
+        lrs = (self.actor_sched.get_last_lr()[0], self.critic_sched.get_last_lr()[0])
+        self.actor_sched.step()
+        self.critic_sched.step()
+
+        lengths = ro.response_mask.sum(dim=1).float()
+        tokens = int(ro.prompt_mask.sum().item() + lengths.sum().item())
+        elapsed = time.perf_counter() - t0
+        out = {k: sum(v) / len(v) for k, v in acc.items() if v}
+        out.update(
+            success_rate=success_rate([r.correct for r in results]),
+            reward_mean=scores.mean().item(),
+            kl=masked_mean(kl, mask).item(),
+            response_length_mean=lengths.mean().item(),
+            response_length_max=lengths.max().item(),
+            lr_actor=lrs[0],
+            lr_critic=lrs[1],
+            tokens_per_s=tokens / elapsed,
+            step_time=elapsed,
+            generation_time=t_gen,
+        )
+        out["policy_loss"] = out.pop("pg_loss")
+        out["value_loss"] = out.pop("vf_loss")
+        return out
