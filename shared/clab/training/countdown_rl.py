@@ -321,7 +321,7 @@ class PPOAlgorithm:
             actor_lr=p.actor_lr, critic_lr=p.critic_lr, kl_coef=p.kl_coef,
             entropy_coef=p.entropy_coef, clip_ratio=p.clip_ratio, value_clip=p.value_clip,
             gamma=p.gamma, lam=p.lam, ppo_epochs=p.ppo_epochs,
-            mini_batch_size=spec.batch.mini, micro_batch_size=spec.batch.micro,
+            mini_batch_size=spec.batch.mini // run.world, micro_batch_size=spec.batch.micro,
             responses_per_prompt=r.responses_per_prompt, max_grad_norm=p.max_grad_norm,
             max_prompt_length=r.max_prompt_length, max_response_length=r.max_response_length,
             temperature=r.temperature, lr_scheduler=spec.lr_scheduler,
@@ -471,7 +471,8 @@ class GRPOAlgorithm:
             {"prompt": p.prompt, "target": p.target, "nums": p.nums, "allowed_ops": p.allowed_ops}
             for p in rows
         ])
-        callback = MetricsCallback(global_step, stage, on_metrics, run.main)
+        offset = global_step - start  # HF counts the stage's steps itself, from its checkpoint
+        callback = MetricsCallback(offset, stage, on_metrics, run.main)
         trainer = GRPOTrainer(
             model=self.policy, reward_funcs=[run.reward], args=args, train_dataset=ds,
             processing_class=self.tokenizer, callbacks=[callback],
@@ -481,7 +482,7 @@ class GRPOAlgorithm:
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
         if run.main and not callback.rows:
             raise ClabError(f"stage {stage.name}: GRPO logged no steps")
-        return global_step + trainer.state.global_step
+        return offset + trainer.state.global_step
 
     def save(self, d: Path) -> None:
         self.policy.save_pretrained(d)

@@ -52,8 +52,8 @@ class RolloutSpec(SpecModel):
 class BatchSpec(SpecModel):
     train: int = Field(128, ge=1, description="prompts per training step")
     val: int = Field(128, ge=1, description="test prompts per group at each validation")
-    mini: int = Field(64, ge=1, description="PPO mini-batch (sequences per optimizer step)")
-    micro: int = Field(8, ge=1, description="sequences per forward/backward")
+    mini: int = Field(64, ge=1, description="PPO mini-batch: sequences per optimizer step, all workers")
+    micro: int = Field(8, ge=1, description="sequences per forward/backward on one worker")
 
 
 class PPOSpec(SpecModel):
@@ -121,13 +121,16 @@ class CountdownRLSpec(Spec):
             raise ValueError(f"batch.train ({b.train}) must divide by resources.num_workers ({w})")
         per_worker = b.train // w * n
         if self.algorithm == "ppo":
-            if per_worker % b.mini:
+            if (b.train * n) % b.mini:
                 raise ValueError(
-                    f"batch.mini ({b.mini}) must divide the sequences per worker and step "
-                    f"(batch.train / num_workers x responses_per_prompt = {per_worker})"
+                    f"batch.mini ({b.mini}) must divide the sequences per step "
+                    f"(batch.train x responses_per_prompt = {b.train * n})"
                 )
-            if b.mini % b.micro:
-                raise ValueError(f"batch.micro ({b.micro}) must divide batch.mini ({b.mini})")
+            if b.mini % w or (b.mini // w) % b.micro:
+                raise ValueError(
+                    f"batch.micro ({b.micro}) must divide each worker's share of batch.mini "
+                    f"({b.mini} / {w} workers)"
+                )
         else:
             if n < 2:
                 raise ValueError("grpo compares responses: rollout.responses_per_prompt >= 2")

@@ -1,0 +1,289 @@
+"""The curriculum RL trainer on CPU with the tiny model: both algorithms, through all
+four groups, kill and resume, learning, and the errors a user meets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clab.cli import main
+from clab.rewards.countdown import Reason, RewardResult
+from clab.storage.layout import complete_stages
+from clab.tracking.metrics_log import read_rows
+from conftest import REPO
+
+TINY = {
+    "kind": "countdown-rl",
+    "name": "t",
+    "data": {"dir": "data/continual", "max_train_rows": 32},
+    "rounds": 1,
+    "epochs_per_group": 1,
+    "max_steps_per_stage": 3,
+    "model": {"preset": "tiny", "tiny_hidden_size": 32, "tiny_vocab_size": 320},
+    "rollout": {"max_prompt_length": 160, "max_response_length": 8},
+    "batch": {"train": 4, "val": 4, "mini": 4, "micro": 4},
+    "ppo": {"actor_lr": 1e-3, "critic_lr": 1e-3},
+    "grpo": {"lr": 1e-3},
+    "save_steps": 1,
+    "wandb": False,
+}
+METRICS = {
+    "global_step", "round", "group", "epoch", "success_rate", "reward_mean", "policy_loss",
+    "kl", "entropy", "grad_norm", "normalized_grad", "weight_change_run",
+    "weight_change_stage", "response_length_mean", "response_length_max", "pg_clipfrac",
+    "lr_actor", "tokens_per_s", "step_time",
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shared") / "continual"
+    assert main(["run", str(REPO / "services/data-generator.yaml"), "--set", "train_size=40",
+                 "--set", "test_size=8", "--set", f"output={out}"]) == 0
+    return out
+
+
+@pytest.fixture
+def run_dir(workdir, dataset) -> Path:
+    (workdir / "data").mkdir()
+    (workdir / "data/continual").symlink_to(dataset)
+    return workdir
+
+
+def write_spec(path: Path, **changes) -> Path:
+    spec = json.loads(json.dumps(TINY))
+    for key, value in changes.items():
+        node = spec
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def steps(run: str) -> list[int]:
+    return [r["global_step"] for r in read_rows(f"metrics/{run}/train.jsonl")]
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_one_round_through_all_four_groups(run_dir, algorithm):
+    extra = {"rollout__responses_per_prompt": 2} if algorithm == "grpo" else {}
+    spec = write_spec(run_dir / "s.yaml", name=algorithm, algorithm=algorithm, **extra)
+    assert main(["run", str(spec)]) == 0
+
+    stages = complete_stages(f"checkpoints/{algorithm}")
+    assert [d.name for _, d in stages] == ["initial", "r0-g0", "r0-g1", "r0-g2", "r0-g3"]
+    for stage, d in stages[1:]:
+        info = json.loads((d / "COMPLETE").read_text())
+        assert info["group"] == stage.task and info["global_step"] == 3 * stage.index
+        assert (d / "model.safetensors").is_file() and (d / "tokenizer.json").is_file()
+        assert (d / "trainer_state.pt").is_file()
+        assert (d / "critic" / "model.safetensors").is_file() == (algorithm == "ppo")
+    assert not list(Path(f"checkpoints/{algorithm}/_resume").glob("*"))
+
+    rows = read_rows(f"metrics/{algorithm}/train.jsonl")
+    assert [r["global_step"] for r in rows] == list(range(1, 13))
+    assert [r["group"] for r in rows] == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    for r in rows:
+        assert METRICS <= set(r), METRICS - set(r)
+        assert 0 <= r["success_rate"] <= 1
+    if algorithm == "ppo":
+        assert {"value_loss", "vf_clipfrac", "lr_critic"} <= set(rows[0])
+    # weight change against the stage start restarts; against the run start it does not
+    assert rows[3]["weight_change_stage"] < rows[2]["weight_change_stage"] + rows[3][
+        "weight_change_run"]
+    assert rows[-1]["weight_change_run"] > 0
+
+    val = read_rows(f"metrics/{algorithm}/val.jsonl")
+    assert len(val) == 16
+    assert {(v["stage"], v["group"]) for v in val} == {(s, g) for s in range(1, 5) for g in range(4)}
+
+
+def test_learning_rate_schedule_restarts_each_stage(run_dir):
+    spec = write_spec(run_dir / "s.yaml", name="lr", lr_scheduler="linear", save_steps=0,
+                      data__groups=[0, 1])
+    assert main(["run", str(spec)]) == 0
+    lrs = [r["lr_actor"] for r in read_rows("metrics/lr/train.jsonl")]
+    assert lrs[0] == lrs[3] == pytest.approx(1e-3)
+    assert lrs[0] > lrs[1] > lrs[2] and lrs[3] > lrs[4] > lrs[5]
+
+
+class Crash(Exception):
+    pass
+
+
+def _crash_after(monkeypatch, cls, method: str, calls: int):
+    original = getattr(cls, method)
+    seen = {"n": 0}
+
+    def wrapper(self, *a, **k):
+        seen["n"] += 1
+        if seen["n"] > calls:
+            raise Crash("killed")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(cls, method, wrapper)
+
+
+def test_ppo_crash_and_resume_equals_an_uninterrupted_run(run_dir, monkeypatch):
+    from clab.training.ppo import PPOTrainer
+
+    spec = write_spec(run_dir / "a.yaml", name="whole")
+    assert main(["run", str(spec)]) == 0
+    whole = read_rows("metrics/whole/train.jsonl")
+
+    spec = write_spec(run_dir / "b.yaml", name="broken")
+    with monkeypatch.context() as m:
+        _crash_after(m, PPOTrainer, "step", 5)  # dies in stage r0-g1, after its 2nd step
+        with pytest.raises(Crash):
+            main(["run", str(spec)])
+    assert steps("broken") == [1, 2, 3, 4, 5]
+    assert [d.name for _, d in complete_stages("checkpoints/broken")] == ["initial", "r0-g0"]
+    assert main(["run", str(spec)]) == 0
+    resumed = read_rows("metrics/broken/train.jsonl")
+    assert [r["global_step"] for r in resumed] == list(range(1, 13))
+    for a, b in zip(whole, resumed, strict=True):
+        for key in ("reward_mean", "policy_loss", "value_loss", "weight_change_run",
+                    "weight_change_stage", "entropy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["global_step"], key)
+    assert main(["run", str(spec)]) == 0  # a complete run is left alone
+    assert steps("broken") == list(range(1, 13))
+
+
+def test_grpo_crash_and_resume_loses_and_repeats_nothing(run_dir, monkeypatch):
+    from clab.rewards.countdown import CountdownReward
+
+    spec = write_spec(run_dir / "g.yaml", name="g", algorithm="grpo",
+                      rollout__responses_per_prompt=2)
+    with monkeypatch.context() as m:
+        _crash_after(m, CountdownReward, "__call__", 8)  # in stage r0-g2, step 3
+        with pytest.raises(Crash):
+            main(["run", str(spec)])
+    assert steps("g") == list(range(1, 9))
+    assert main(["run", str(spec)]) == 0
+    assert steps("g") == list(range(1, 13))
+    assert len(complete_stages("checkpoints/g")) == 5
+
+
+def test_sigkill_mid_run_then_rerun_same_command(run_dir):
+    spec = write_spec(run_dir / "k.yaml", name="k", max_steps_per_stage=6)
+    cmd = [str(Path(sys.executable).parent / "clab"), "run", str(spec)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(steps("k")) < 8:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(steps("k"))
+    assert 8 <= killed_at < 24
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert steps("k") == list(range(1, 25))
+    assert len(complete_stages("checkpoints/k")) == 5
+
+
+class DigitReward:
+    """A simple reward a tiny model can learn in a few dozen steps: the share of digits."""
+
+    __name__ = "digits"
+
+    def __init__(self, *_):
+        pass
+
+    def score(self, completions, *_):
+        return [RewardResult(s, s > 0.5, Reason.WRONG_VALUE)
+                for s in (sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions)]
+
+    def __call__(self, prompts, completions, **_):
+        return [r.score for r in self.score(completions)]
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_a_simple_reward_rises(run_dir, monkeypatch, algorithm):
+    import clab.training.countdown_rl as rl
+
+    monkeypatch.setattr(rl, "CountdownReward", DigitReward)
+    extra = {"rollout__responses_per_prompt": 4} if algorithm == "grpo" else {}
+    spec = write_spec(run_dir / "r.yaml", name="rise", algorithm=algorithm, data__groups=[0],
+                      max_steps_per_stage=30, epochs_per_group=100, save_steps=0,
+                      batch={"train": 16, "val": 4, "mini": 16, "micro": 16},
+                      ppo={"actor_lr": 1e-2, "critic_lr": 1e-3, "kl_coef": 0.0,
+                           "entropy_coef": 0.0},
+                      grpo={"lr": 1e-2, "beta": 0.0}, **extra)
+    assert main(["run", str(spec)]) == 0
+    rewards = [r["reward_mean"] for r in read_rows("metrics/rise/train.jsonl")]
+    assert len(rewards) == 30
+    first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
+    assert last > first + 0.15, (first, last, rewards)
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def test_missing_data_names_the_service_that_makes_it(workdir, capsys):
+    spec = write_spec(workdir / "s.yaml")
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "data/continual lacks 0/train.parquet" in err and "data-generator" in err
+    spec = write_spec(workdir / "s.yaml", data__dir="data/dummy_tinyzero")
+    assert main(["run", str(spec)]) == 2
+    assert "tinyzero-dummy-generator" in capsys.readouterr().err
+
+
+def test_missing_model_folder_names_the_mount(run_dir, capsys):
+    spec = write_spec(run_dir / "s.yaml", model={"name_or_path": "/models/qwen1.5b"})
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "model folder /models/qwen1.5b does not exist" in err and "mount" in err
+    assert not Path("checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"batch": {"train": 6, "val": 4, "mini": 4, "micro": 4}}, "batch.mini (4) must divide"),
+        ({"batch": {"train": 8, "val": 4, "mini": 8, "micro": 3}}, "batch.micro (3) must divide"),
+        ({"resources": {"num_workers": 3}}, "must divide by resources.num_workers (3)"),
+        ({"algorithm": "grpo"}, "responses_per_prompt >= 2"),
+        ({"model": {"preset": "tiny", "name_or_path": "x"}}, "exactly one of"),
+        ({"rollout": {"engine": "vllm"}}, "needs resources.use_gpu"),
+    ],
+)
+def test_bad_settings_are_rejected_when_the_spec_is_validated(workdir, capsys, changes, message):
+    spec = write_spec(workdir / "s.yaml", **changes)
+    assert main(["validate", str(spec)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(run_dir, monkeypatch, capsys):
+    import torch
+
+    import clab.training.ppo as ppo
+
+    spec = write_spec(run_dir / "s.yaml", name="nan", data__groups=[0, 1])
+    real = ppo.policy_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss, frac = real(*a, **k)
+        return (loss * torch.nan if calls["n"] > 4 else loss), frac
+
+    monkeypatch.setattr(ppo, "policy_loss", poisoned)
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "stage r0-g1: loss is not finite" in err
+    assert [d.name for _, d in complete_stages("checkpoints/nan")] == ["initial", "r0-g0"]
+    assert not Path("checkpoints/nan/r0-g1").exists()
+    # step 4 (r0-g1's first) was good and saved; step 5 went NaN and was not logged
+    assert steps("nan") == [1, 2, 3, 4]
+    state = json.loads(Path("checkpoints/nan/_resume/r0-g1/state.json").read_text())
+    assert state == {"stage": "r0-g1", "step_in_stage": 1, "global_step": 4}
