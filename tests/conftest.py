@@ -43,3 +43,35 @@ def brute_force_solvable(numbers: list[int], target: int, ops: tuple[str, ...]) 
         return False
 
     return rec([Fraction(n) for n in numbers])
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    """A small curriculum data set, made once and shared read-only."""
+    from clab.cli import main
+
+    out = tmp_path_factory.mktemp("shared") / "continual"
+    assert (
+        main(
+            [
+                "run",
+                str(REPO / "services/data-generator.yaml"),
+                "--set",
+                "train_size=40",
+                "--set",
+                "test_size=8",
+                "--set",
+                f"output={out}",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+@pytest.fixture
+def run_dir(workdir: Path, dataset: Path) -> Path:
+    """A working folder whose data/continual is the shared small data set."""
+    (workdir / "data").mkdir()
+    (workdir / "data/continual").symlink_to(dataset)
+    return workdir

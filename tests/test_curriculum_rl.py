@@ -10,62 +10,34 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from clab.cli import main
 from clab.rewards.countdown import Reason, RewardResult
 from clab.storage.layout import complete_stages
 from clab.tracking.metrics_log import read_rows
-from conftest import REPO
+from rl_spec import write_spec
 
-TINY = {
-    "kind": "countdown-rl",
-    "name": "t",
-    "data": {"dir": "data/continual", "max_train_rows": 32},
-    "rounds": 1,
-    "epochs_per_group": 1,
-    "max_steps_per_stage": 3,
-    "model": {"preset": "tiny", "tiny_hidden_size": 32, "tiny_vocab_size": 320},
-    "rollout": {"max_prompt_length": 160, "max_response_length": 8},
-    "batch": {"train": 4, "val": 4, "mini": 4, "micro": 4},
-    "ppo": {"actor_lr": 1e-3, "critic_lr": 1e-3},
-    "grpo": {"lr": 1e-3},
-    "save_steps": 1,
-    "wandb": False,
-}
 METRICS = {
-    "global_step", "round", "group", "epoch", "success_rate", "reward_mean", "policy_loss",
-    "kl", "entropy", "grad_norm", "normalized_grad", "weight_change_run",
-    "weight_change_stage", "response_length_mean", "response_length_max", "pg_clipfrac",
-    "lr_actor", "tokens_per_s", "step_time",
+    "global_step",
+    "round",
+    "group",
+    "epoch",
+    "success_rate",
+    "reward_mean",
+    "policy_loss",
+    "kl",
+    "entropy",
+    "grad_norm",
+    "normalized_grad",
+    "weight_change_run",
+    "weight_change_stage",
+    "response_length_mean",
+    "response_length_max",
+    "pg_clipfrac",
+    "lr_actor",
+    "tokens_per_s",
+    "step_time",
 }
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shared") / "continual"
-    assert main(["run", str(REPO / "services/data-generator.yaml"), "--set", "train_size=40",
-                 "--set", "test_size=8", "--set", f"output={out}"]) == 0
-    return out
-
-
-@pytest.fixture
-def run_dir(workdir, dataset) -> Path:
-    (workdir / "data").mkdir()
-    (workdir / "data/continual").symlink_to(dataset)
-    return workdir
-
-
-def write_spec(path: Path, **changes) -> Path:
-    spec = json.loads(json.dumps(TINY))
-    for key, value in changes.items():
-        node = spec
-        *parents, leaf = key.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 def steps(run: str) -> list[int]:
@@ -92,23 +64,28 @@ def test_one_round_through_all_four_groups(run_dir, algorithm):
     assert [r["global_step"] for r in rows] == list(range(1, 13))
     assert [r["group"] for r in rows] == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
     for r in rows:
-        assert METRICS <= set(r), METRICS - set(r)
+        assert set(r) >= METRICS, METRICS - set(r)
         assert 0 <= r["success_rate"] <= 1
     if algorithm == "ppo":
         assert {"value_loss", "vf_clipfrac", "lr_critic"} <= set(rows[0])
     # weight change against the stage start restarts; against the run start it does not
-    assert rows[3]["weight_change_stage"] < rows[2]["weight_change_stage"] + rows[3][
-        "weight_change_run"]
+    assert (
+        rows[3]["weight_change_stage"]
+        < rows[2]["weight_change_stage"] + rows[3]["weight_change_run"]
+    )
     assert rows[-1]["weight_change_run"] > 0
 
     val = read_rows(f"metrics/{algorithm}/val.jsonl")
     assert len(val) == 16
-    assert {(v["stage"], v["group"]) for v in val} == {(s, g) for s in range(1, 5) for g in range(4)}
+    assert {(v["stage"], v["group"]) for v in val} == {
+        (s, g) for s in range(1, 5) for g in range(4)
+    }
 
 
 def test_learning_rate_schedule_restarts_each_stage(run_dir):
-    spec = write_spec(run_dir / "s.yaml", name="lr", lr_scheduler="linear", save_steps=0,
-                      data__groups=[0, 1])
+    spec = write_spec(
+        run_dir / "s.yaml", name="lr", lr_scheduler="linear", save_steps=0, data__groups=[0, 1]
+    )
     assert main(["run", str(spec)]) == 0
     lrs = [r["lr_actor"] for r in read_rows("metrics/lr/train.jsonl")]
     assert lrs[0] == lrs[3] == pytest.approx(1e-3)
@@ -150,8 +127,14 @@ def test_ppo_crash_and_resume_equals_an_uninterrupted_run(run_dir, monkeypatch):
     resumed = read_rows("metrics/broken/train.jsonl")
     assert [r["global_step"] for r in resumed] == list(range(1, 13))
     for a, b in zip(whole, resumed, strict=True):
-        for key in ("reward_mean", "policy_loss", "value_loss", "weight_change_run",
-                    "weight_change_stage", "entropy"):
+        for key in (
+            "reward_mean",
+            "policy_loss",
+            "value_loss",
+            "weight_change_run",
+            "weight_change_stage",
+            "entropy",
+        ):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["global_step"], key)
     assert main(["run", str(spec)]) == 0  # a complete run is left alone
     assert steps("broken") == list(range(1, 13))
@@ -160,8 +143,9 @@ def test_ppo_crash_and_resume_equals_an_uninterrupted_run(run_dir, monkeypatch):
 def test_grpo_crash_and_resume_loses_and_repeats_nothing(run_dir, monkeypatch):
     from clab.rewards.countdown import CountdownReward
 
-    spec = write_spec(run_dir / "g.yaml", name="g", algorithm="grpo",
-                      rollout__responses_per_prompt=2)
+    spec = write_spec(
+        run_dir / "g.yaml", name="g", algorithm="grpo", rollout__responses_per_prompt=2
+    )
     with monkeypatch.context() as m:
         _crash_after(m, CountdownReward, "__call__", 8)  # in stage r0-g2, step 3
         with pytest.raises(Crash):
@@ -199,8 +183,10 @@ class DigitReward:
         pass
 
     def score(self, completions, *_):
-        return [RewardResult(s, s > 0.5, Reason.WRONG_VALUE)
-                for s in (sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions)]
+        return [
+            RewardResult(s, s > 0.5, Reason.WRONG_VALUE)
+            for s in (sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions)
+        ]
 
     def __call__(self, prompts, completions, **_):
         return [r.score for r in self.score(completions)]
@@ -212,12 +198,19 @@ def test_a_simple_reward_rises(run_dir, monkeypatch, algorithm):
 
     monkeypatch.setattr(rl, "CountdownReward", DigitReward)
     extra = {"rollout__responses_per_prompt": 4} if algorithm == "grpo" else {}
-    spec = write_spec(run_dir / "r.yaml", name="rise", algorithm=algorithm, data__groups=[0],
-                      max_steps_per_stage=30, epochs_per_group=100, save_steps=0,
-                      batch={"train": 16, "val": 4, "mini": 16, "micro": 16},
-                      ppo={"actor_lr": 1e-2, "critic_lr": 1e-3, "kl_coef": 0.0,
-                           "entropy_coef": 0.0},
-                      grpo={"lr": 1e-2, "beta": 0.0}, **extra)
+    spec = write_spec(
+        run_dir / "r.yaml",
+        name="rise",
+        algorithm=algorithm,
+        data__groups=[0],
+        max_steps_per_stage=30,
+        epochs_per_group=100,
+        save_steps=0,
+        batch={"train": 16, "val": 4, "mini": 16, "micro": 16},
+        ppo={"actor_lr": 1e-2, "critic_lr": 1e-3, "kl_coef": 0.0, "entropy_coef": 0.0},
+        grpo={"lr": 1e-2, "beta": 0.0},
+        **extra,
+    )
     assert main(["run", str(spec)]) == 0
     rewards = [r["reward_mean"] for r in read_rows("metrics/rise/train.jsonl")]
     assert len(rewards) == 30

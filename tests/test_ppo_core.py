@@ -38,8 +38,12 @@ def test_gae_ends_the_episode_at_the_last_real_token():
 
 
 def test_token_rewards_put_the_score_on_the_last_real_token():
-    r = token_rewards(torch.tensor([1.0, 0.1]), t([0.5, 0.5, 0.5], [1.0, 1.0, 1.0]),
-                      t([1, 1, 0], [1, 1, 1]), kl_coef=0.1)
+    r = token_rewards(
+        torch.tensor([1.0, 0.1]),
+        t([0.5, 0.5, 0.5], [1.0, 1.0, 1.0]),
+        t([1, 1, 0], [1, 1, 1]),
+        kl_coef=0.1,
+    )
     assert r.tolist()[0] == pytest.approx([-0.05, 0.95, 0.0])
     assert r.tolist()[1] == pytest.approx([-0.1, -0.1, 0.0])
 

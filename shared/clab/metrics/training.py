@@ -22,8 +22,10 @@ def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 def distance(params: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
     """||params - ref|| without materialising the whole difference at once."""
-    sq = [torch.linalg.vector_norm((p.detach() - r).float()) ** 2 for p, r in zip(params, ref,
-                                                                                   strict=True)]
+    sq = [
+        torch.linalg.vector_norm((p.detach() - r).float()) ** 2
+        for p, r in zip(params, ref, strict=True)
+    ]
     return torch.stack(sq).sum().sqrt()
 
 

@@ -243,7 +243,10 @@ class CountdownReward:
         self.enforce_ops = enforce_ops
 
     def score(
-        self, completions: Sequence[str], targets: Sequence[int], nums: Sequence[Sequence[int]],
+        self,
+        completions: Sequence[str],
+        targets: Sequence[int],
+        nums: Sequence[Sequence[int]],
         allowed_ops: Sequence[Sequence[str]],
     ) -> list[RewardResult]:
         return [
@@ -251,8 +254,9 @@ class CountdownReward:
             for c, t, n, ops in zip(completions, targets, nums, allowed_ops, strict=True)
         ]
 
-    def __call__(self, prompts, completions, target, nums, allowed_ops, log_metric=None,
-                 **_: object) -> list[float]:
+    def __call__(
+        self, prompts, completions, target, nums, allowed_ops, log_metric=None, **_: object
+    ) -> list[float]:
         results = self.score(completions, target, nums, allowed_ops)
         if log_metric is not None:
             log_metric("success_rate", sum(r.correct for r in results) / max(len(results), 1))

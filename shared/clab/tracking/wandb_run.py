@@ -18,8 +18,9 @@ class WandbRun:
         wandb_dir.mkdir(parents=True, exist_ok=True)
         import wandb
 
-        self.run = wandb.init(project=project, name=name, id=name, resume="allow",
-                              dir=str(wandb_dir), config=config)
+        self.run = wandb.init(
+            project=project, name=name, id=name, resume="allow", dir=str(wandb_dir), config=config
+        )
 
     def log(self, row: dict[str, Any], step: int) -> None:
         if self.run is not None:

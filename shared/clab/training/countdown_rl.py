@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -97,16 +96,22 @@ class CurriculumRun:
         return self.groups[stage.task]
 
     def _score(self, texts: list[str], problems: list[Problem]):
-        return self.reward.score(texts, [p.target for p in problems], [p.nums for p in problems],
-                                 [p.allowed_ops for p in problems])
+        return self.reward.score(
+            texts,
+            [p.target for p in problems],
+            [p.nums for p in problems],
+            [p.allowed_ops for p in problems],
+        )
 
     def _train_rows(self, group: int) -> list[Problem]:
         return read_group(self.spec.data.dir, group, "train", self.spec.data.max_train_rows)
 
     def steps_per_epoch(self, n_rows: int) -> int:
         if n_rows < self.spec.batch.train:
-            raise ClabError(f"batch.train ({self.spec.batch.train}) exceeds the {n_rows} training "
-                            "rows of a group: lower batch.train or raise data.max_train_rows")
+            raise ClabError(
+                f"batch.train ({self.spec.batch.train}) exceeds the {n_rows} training "
+                "rows of a group: lower batch.train or raise data.max_train_rows"
+            )
         return n_rows // self.spec.batch.train
 
     def stage_steps(self, n_rows: int) -> int:
@@ -134,9 +139,14 @@ class CurriculumRun:
                 for g in self.groups:
                     for p in read_group(spec.data.dir, g, "train", 2000):
                         texts.append(f"{p.prompt} </think>\n<answer> {p.solution} </answer>")
-                build_tiny_model(d / "model", texts, vocab_size=spec.model.tiny_vocab_size,
-                                 hidden_size=spec.model.tiny_hidden_size,
-                                 num_layers=spec.model.tiny_layers, seed=spec.seed)
+                build_tiny_model(
+                    d / "model",
+                    texts,
+                    vocab_size=spec.model.tiny_vocab_size,
+                    hidden_size=spec.model.tiny_hidden_size,
+                    num_layers=spec.model.tiny_layers,
+                    seed=spec.seed,
+                )
                 source = d / "model"
             else:
                 source = Path(spec.model.name_or_path)
@@ -153,9 +163,17 @@ class CurriculumRun:
                     shutil.copy(source / extra, d / extra)
             if source == d / "model":
                 shutil.rmtree(source)
-            write_json(d / COMPLETE_MARKER, {"index": 0, "round": 0, "task": 0, "global_step": 0,
-                                              "source": spec.model.name_or_path or "preset:tiny",
-                                              "warmup_steps": spec.warmup.steps})
+            write_json(
+                d / COMPLETE_MARKER,
+                {
+                    "index": 0,
+                    "round": 0,
+                    "task": 0,
+                    "global_step": 0,
+                    "source": spec.model.name_or_path or "preset:tiny",
+                    "warmup_steps": spec.warmup.steps,
+                },
+            )
 
     # -- the run ------------------------------------------------------------------------
 
@@ -203,8 +221,9 @@ class CurriculumRun:
                         wandb.log(row, row["global_step"])
 
                 try:
-                    global_step = algo.train_stage(stage, rows, start, n_steps, global_step,
-                                                   on_metrics)
+                    global_step = algo.train_stage(
+                        stage, rows, start, n_steps, global_step, on_metrics
+                    )
                 except NonFiniteLoss as e:
                     raise ClabError(
                         f"stage {stage.name}: loss is not finite ({e}); the stage stopped and the "
@@ -213,6 +232,7 @@ class CurriculumRun:
                     ) from None
                 resume = None
                 val = self.validate(stage, global_step, algo, val_log, wandb)
+                self._check_ranks_agree(algo.policy)
                 if self.main:
                     self._save_stage(stage, algo, global_step, val)
                 self._barrier()
@@ -223,7 +243,10 @@ class CurriculumRun:
             wandb.finish()
 
     def _resume_state(self, stage: Stage, prev_global_step: int) -> dict | None:
-        """Where an interrupted stage stopped: PPO's state.json, or GRPO's newest whole HF checkpoint."""
+        """Where an interrupted stage stopped.
+
+        PPO's own state.json, or else GRPO's newest whole HF checkpoint.
+        """
         work = self.ckpt_dir / RESUME_DIR / stage.name
         if (work / "state.json").is_file():
             return json.loads((work / "state.json").read_text())
@@ -240,30 +263,68 @@ class CurriculumRun:
             for g in self.groups:
                 probs = read_group(self.spec.data.dir, g, "test", self.spec.batch.val)
                 res = evaluate_problems(
-                    algo.policy, algo.tokenizer, probs,
+                    algo.policy,
+                    algo.tokenizer,
+                    probs,
                     max_prompt_length=self.spec.rollout.max_prompt_length,
                     max_new_tokens=self.spec.rollout.max_response_length,
-                    batch_size=self.spec.batch.val, enforce_ops=self.spec.data.enforce_ops)
+                    batch_size=self.spec.batch.val,
+                    enforce_ops=self.spec.data.enforce_ops,
+                )
                 res.pop("samples")
-                row = {"global_step": global_step, "stage": stage.index, "round": stage.round,
-                       "trained_group": self.group_of(stage), "group": g, **res}
+                row = {
+                    "global_step": global_step,
+                    "stage": stage.index,
+                    "round": stage.round,
+                    "trained_group": self.group_of(stage),
+                    "group": g,
+                    **res,
+                }
                 val_log.log(row)
-                wandb.log({f"val/g{g}/success_rate": res["success_rate"],
-                           f"val/g{g}/reward_mean": res["reward_mean"]}, global_step)
+                wandb.log(
+                    {
+                        f"val/g{g}/success_rate": res["success_rate"],
+                        f"val/g{g}/reward_mean": res["reward_mean"],
+                    },
+                    global_step,
+                )
                 out[str(g)] = res["success_rate"]
-            print(f"{self.spec.name} {stage.name}: validation success "
-                  + " ".join(f"g{g}={v:.2f}" for g, v in out.items()))
+            print(
+                f"{self.spec.name} {stage.name}: validation success "
+                + " ".join(f"g{g}={v:.2f}" for g, v in out.items())
+            )
         self._barrier()
         return out
+
+    def _check_ranks_agree(self, model: torch.nn.Module) -> None:
+        """Data-parallel workers must hold the same weights: a silent drift corrupts a run."""
+        if self.world <= 1 or not dist.is_initialized():
+            return
+        with torch.no_grad():
+            mine = torch.stack([p.double().norm() for p in model.parameters()]).sum().reshape(1)
+        if dist.get_backend() == "nccl":
+            mine = mine.cuda()
+        every = [torch.zeros_like(mine) for _ in range(self.world)]
+        dist.all_gather(every, mine)
+        if any(abs(e.item() - mine.item()) > 1e-6 * max(1.0, abs(mine.item())) for e in every):
+            raise RuntimeError(f"workers' weights differ: {[e.item() for e in every]}")
 
     def _save_stage(self, stage: Stage, algo, global_step: int, val: dict) -> None:
         with atomic_dir(self.ckpt_dir / stage.name) as d:
             algo.save(d)
-            write_json(d / COMPLETE_MARKER, {
-                "index": stage.index, "round": stage.round, "task": stage.task,
-                "group": self.group_of(stage), "global_step": global_step,
-                "algorithm": self.spec.algorithm, "validation_success": val,
-            })
+            write_json(
+                d / COMPLETE_MARKER,
+                {
+                    "index": stage.index,
+                    "round": stage.round,
+                    "task": stage.task,
+                    "group": self.group_of(stage),
+                    "global_step": global_step,
+                    "algorithm": self.spec.algorithm,
+                    "validation_success": val,
+                    "workers": self.world,
+                },
+            )
         shutil.rmtree(self.ckpt_dir / RESUME_DIR / stage.name, ignore_errors=True)
 
 
@@ -304,7 +365,9 @@ class PPOAlgorithm:
         spec = run.spec
         self.run = run
         resume_dir = None
-        first = next(s for s in run.stages if not (run.ckpt_dir / s.name / COMPLETE_MARKER).is_file())
+        first = next(
+            s for s in run.stages if not (run.ckpt_dir / s.name / COMPLETE_MARKER).is_file()
+        )
         if (run.ckpt_dir / RESUME_DIR / first.name / "state.json").is_file():
             resume_dir = run.ckpt_dir / RESUME_DIR / first.name
         src = resume_dir or model_dir
@@ -318,27 +381,43 @@ class PPOAlgorithm:
             self.critic.gradient_checkpointing_enable()
         p, r = spec.ppo, spec.rollout
         cfg = PPOConfig(
-            actor_lr=p.actor_lr, critic_lr=p.critic_lr, kl_coef=p.kl_coef,
-            entropy_coef=p.entropy_coef, clip_ratio=p.clip_ratio, value_clip=p.value_clip,
-            gamma=p.gamma, lam=p.lam, ppo_epochs=p.ppo_epochs,
-            mini_batch_size=spec.batch.mini // run.world, micro_batch_size=spec.batch.micro,
-            responses_per_prompt=r.responses_per_prompt, max_grad_norm=p.max_grad_norm,
-            max_prompt_length=r.max_prompt_length, max_response_length=r.max_response_length,
-            temperature=r.temperature, lr_scheduler=spec.lr_scheduler,
+            actor_lr=p.actor_lr,
+            critic_lr=p.critic_lr,
+            kl_coef=p.kl_coef,
+            entropy_coef=p.entropy_coef,
+            clip_ratio=p.clip_ratio,
+            value_clip=p.value_clip,
+            gamma=p.gamma,
+            lam=p.lam,
+            ppo_epochs=p.ppo_epochs,
+            mini_batch_size=spec.batch.mini // run.world,
+            micro_batch_size=spec.batch.micro,
+            responses_per_prompt=r.responses_per_prompt,
+            max_grad_norm=p.max_grad_norm,
+            max_prompt_length=r.max_prompt_length,
+            max_response_length=r.max_response_length,
+            temperature=r.temperature,
+            lr_scheduler=spec.lr_scheduler,
             lr_warmup_steps=spec.lr_warmup_steps,
         )
         engine = None
         if r.engine == "vllm":
-            engine = VLLMRollout(self.policy, self.tokenizer,
-                                 tensor_parallel_size=r.tensor_parallel_size,
-                                 gpu_memory_utilization=r.gpu_memory_utilization,
-                                 max_model_length=r.max_prompt_length + r.max_response_length,
-                                 max_new_tokens=r.max_response_length, temperature=r.temperature)
-        self.trainer = PPOTrainer(self.policy, self.critic, ref, self.tokenizer, cfg,
-                                  run._score, engine)
+            engine = VLLMRollout(
+                self.policy,
+                self.tokenizer,
+                tensor_parallel_size=r.tensor_parallel_size,
+                gpu_memory_utilization=r.gpu_memory_utilization,
+                max_model_length=r.max_prompt_length + r.max_response_length,
+                max_new_tokens=r.max_response_length,
+                temperature=r.temperature,
+            )
+        self.trainer = PPOTrainer(
+            self.policy, self.critic, ref, self.tokenizer, cfg, run._score, engine
+        )
         state_file = src / TRAINER_STATE
-        self._pending_state = torch.load(state_file, weights_only=False) if state_file.is_file() else None
-        self._resumed_mid_stage = resume_dir is not None
+        self._pending_state = (
+            torch.load(state_file, weights_only=False) if state_file.is_file() else None
+        )
 
     def _batch(self, rows: list[Problem], stage: Stage, step: int) -> list[Problem]:
         """The step's prompts: a fixed shuffle per (seed, stage, epoch), so resume is exact."""
@@ -361,17 +440,28 @@ class PPOAlgorithm:
             self.trainer.load_state_dict(self._pending_state)
         self._pending_state = None
         spe = len(rows) // spec.batch.train
-        bar = tqdm(range(start, n_steps), desc=f"{spec.name} {stage.name} (group "
-                   f"{run.group_of(stage)})", unit="step", disable=not run.main, dynamic_ncols=True)
+        bar = tqdm(
+            range(start, n_steps),
+            desc=f"{spec.name} {stage.name} (group {run.group_of(stage)})",
+            unit="step",
+            disable=not run.main,
+            dynamic_ncols=True,
+        )
         for step in bar:
             _seed_all(spec.seed, global_step, run.rank)
             metrics = self.trainer.step(self._batch(rows, stage, step))
             metrics = _all_reduce_mean(metrics, run.world)
             global_step += 1
-            row = {"global_step": global_step, "epoch": step // spe, "step_in_stage": step + 1,
-                   **metrics}
+            row = {
+                "global_step": global_step,
+                "epoch": step // spe,
+                "step_in_stage": step + 1,
+                **metrics,
+            }
             on_metrics(row)
-            bar.set_postfix(success=f"{row['success_rate']:.2f}", reward=f"{row['reward_mean']:.2f}")
+            bar.set_postfix(
+                success=f"{row['success_rate']:.2f}", reward=f"{row['reward_mean']:.2f}"
+            )
             if spec.save_steps and (step + 1) % spec.save_steps == 0 and step + 1 < n_steps:
                 if run.main:
                     self._save_resume(stage, step + 1, global_step)
@@ -381,8 +471,10 @@ class PPOAlgorithm:
     def _save_resume(self, stage: Stage, step: int, global_step: int) -> None:
         with atomic_dir(self.run.ckpt_dir / RESUME_DIR / stage.name) as d:
             self.save(d)
-            write_json(d / "state.json", {"stage": stage.name, "step_in_stage": step,
-                                          "global_step": global_step})
+            write_json(
+                d / "state.json",
+                {"stage": stage.name, "step_in_stage": step, "global_step": global_step},
+            )
 
     def save(self, d: Path) -> None:
         self.policy.save_pretrained(d)
@@ -463,19 +555,31 @@ class GRPOAlgorithm:
             use_cpu=not use_gpu,
             bf16=use_gpu and spec.model.dtype == "bfloat16",
             gradient_checkpointing=spec.model.gradient_checkpointing,
+            fsdp="full_shard auto_wrap" if spec.resources.strategy == "fsdp" else "",
             seed=hash((spec.seed, stage.index)) % (2**31),
             disable_tqdm=not run.main,
             shuffle_dataset=True,
         )
-        ds = Dataset.from_list([
-            {"prompt": p.prompt, "target": p.target, "nums": p.nums, "allowed_ops": p.allowed_ops}
-            for p in rows
-        ])
+        ds = Dataset.from_list(
+            [
+                {
+                    "prompt": p.prompt,
+                    "target": p.target,
+                    "nums": p.nums,
+                    "allowed_ops": p.allowed_ops,
+                }
+                for p in rows
+            ]
+        )
         offset = global_step - start  # HF counts the stage's steps itself, from its checkpoint
         callback = MetricsCallback(offset, stage, on_metrics, run.main)
         trainer = GRPOTrainer(
-            model=self.policy, reward_funcs=[run.reward], args=args, train_dataset=ds,
-            processing_class=self.tokenizer, callbacks=[callback],
+            model=self.policy,
+            reward_funcs=[run.reward],
+            args=args,
+            train_dataset=ds,
+            processing_class=self.tokenizer,
+            callbacks=[callback],
             optimizers=(self.optimizer, None),
         )
         ckpt = latest_hf_checkpoint(work)

@@ -52,14 +52,18 @@ class RolloutSpec(SpecModel):
 class BatchSpec(SpecModel):
     train: int = Field(128, ge=1, description="prompts per training step")
     val: int = Field(128, ge=1, description="test prompts per group at each validation")
-    mini: int = Field(64, ge=1, description="PPO mini-batch: sequences per optimizer step, all workers")
+    mini: int = Field(
+        64, ge=1, description="PPO mini-batch: sequences per optimizer step, all workers"
+    )
     micro: int = Field(8, ge=1, description="sequences per forward/backward on one worker")
 
 
 class PPOSpec(SpecModel):
     actor_lr: float = Field(1e-6, gt=0)
     critic_lr: float = Field(1e-5, gt=0)
-    kl_coef: float = Field(0.001, ge=0, description="KL penalty against the reference, in the reward")
+    kl_coef: float = Field(
+        0.001, ge=0, description="KL penalty against the reference, in the reward"
+    )
     entropy_coef: float = Field(0.001, ge=0)
     clip_ratio: float = Field(0.2, gt=0)
     value_clip: float = Field(0.5, gt=0)
@@ -94,7 +98,9 @@ class CountdownRLSpec(Spec):
     """RL through the Countdown operator groups: rounds x groups x epochs."""
 
     kind: Literal["countdown-rl"] = "countdown-rl"
-    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="the run: checkpoints/<name> etc.")
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z0-9._-]+$", description="the run: checkpoints/<name> etc."
+    )
     algorithm: Literal["ppo", "grpo"] = "ppo"
     data: DataSpec = Field(default_factory=DataSpec)
     rounds: int = Field(3, ge=1)
@@ -139,6 +145,10 @@ class CountdownRLSpec(Spec):
                     f"batch.micro ({b.micro}) must divide the sequences per worker and step "
                     f"({per_worker})"
                 )
+        if self.resources.strategy == "fsdp" and self.algorithm == "ppo":
+            raise ValueError(
+                "resources.strategy fsdp is implemented for grpo (through TRL); ppo runs with ddp"
+            )
         if self.rollout.engine == "vllm" and not self.resources.use_gpu:
             raise ValueError("rollout.engine vllm needs resources.use_gpu: true")
         if any(g not in self.data.groups for g in self.warmup.groups) and self.warmup.steps:
@@ -149,7 +159,11 @@ class CountdownRLSpec(Spec):
         return [self.data.dir]
 
     def writes(self) -> list[Path]:
-        return [Path("checkpoints") / self.name, Path("metrics") / self.name, Path("logs") / self.name]
+        return [
+            Path("checkpoints") / self.name,
+            Path("metrics") / self.name,
+            Path("logs") / self.name,
+        ]
 
     def run_dirs(self) -> tuple[Path, Path, Path]:
         return self.writes()[0], self.writes()[1], self.writes()[2]

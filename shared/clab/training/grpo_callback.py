@@ -43,11 +43,14 @@ class MetricsCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "reward" not in logs:
             return  # the end-of-training summary
-        row = {"global_step": self.offset + state.global_step,
-               "epoch": int(math.floor(state.epoch or 0)),
-               "step_in_stage": state.global_step}
-        row.update({ours: logs[theirs] for theirs, ours in _KEYS.items()
-                    if logs.get(theirs) is not None})
+        row = {
+            "global_step": self.offset + state.global_step,
+            "epoch": math.floor(state.epoch or 0),
+            "step_in_stage": state.global_step,
+        }
+        row.update(
+            {ours: logs[theirs] for theirs, ours in _KEYS.items() if logs.get(theirs) is not None}
+        )
         tokens = logs.get("num_tokens")
         if tokens is not None and self._step_time > 0:
             new = tokens - (self._tokens if self._tokens is not None else 0)

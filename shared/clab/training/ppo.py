@@ -112,7 +112,9 @@ class PPOTrainer:
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] = lr
         kw = dict(num_warmup_steps=self.cfg.lr_warmup_steps, num_training_steps=max(num_steps, 1))
-        name = "constant_with_warmup" if self.cfg.lr_scheduler == "constant" else self.cfg.lr_scheduler
+        name = (
+            "constant_with_warmup" if self.cfg.lr_scheduler == "constant" else self.cfg.lr_scheduler
+        )
         self.actor_sched = get_scheduler(name, self.actor_opt, **kw)
         self.critic_sched = get_scheduler(name, self.critic_opt, **kw)
 
@@ -136,10 +138,15 @@ class PPOTrainer:
     def _rollout(self, prompts: list[str]) -> Rollout:
         if self.rollout_engine is not None:
             return self.rollout_engine.generate(prompts, self.cfg.max_prompt_length)
-        return hf_generate(self.actor, self.tokenizer, prompts,
-                           max_prompt_length=self.cfg.max_prompt_length,
-                           max_new_tokens=self.cfg.max_response_length,
-                           temperature=self.cfg.temperature, batch_size=len(prompts))
+        return hf_generate(
+            self.actor,
+            self.tokenizer,
+            prompts,
+            max_prompt_length=self.cfg.max_prompt_length,
+            max_new_tokens=self.cfg.max_response_length,
+            temperature=self.cfg.temperature,
+            batch_size=len(prompts),
+        )
 
     def _forward(self, model, ro: Rollout, idx: torch.Tensor, value_head: bool = False):
         ids = torch.cat([ro.prompt_ids[idx], ro.response_ids[idx]], dim=1)
@@ -186,8 +193,19 @@ class PPOTrainer:
         advantages = masked_whiten(advantages, mask)
 
         B = len(batch)
-        acc = {k: [] for k in ("pg_loss", "vf_loss", "entropy", "pg_clipfrac", "vf_clipfrac",
-                               "grad_norm", "critic_grad_norm", "approx_kl")}
+        acc = {
+            k: []
+            for k in (
+                "pg_loss",
+                "vf_loss",
+                "entropy",
+                "pg_clipfrac",
+                "vf_clipfrac",
+                "grad_norm",
+                "critic_grad_norm",
+                "approx_kl",
+            )
+        }
         for _ in range(cfg.ppo_epochs):
             perm = torch.randperm(B, device=device)
             for ms in range(0, B, cfg.mini_batch_size):

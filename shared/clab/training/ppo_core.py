@@ -82,7 +82,10 @@ def value_loss(
     mask: torch.Tensor,
     clip_range: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped value loss: 0.5 * mean of max((V - R)^2, (V_clip - R)^2); returns (loss, clip fraction)."""
+    """Clipped value loss: 0.5 * mean of max((V - R)^2, (V_clip - R)^2).
+
+    Returns (loss, clip fraction).
+    """
     v_clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     unclipped = (values - returns) ** 2
     clipped = (v_clipped - returns) ** 2

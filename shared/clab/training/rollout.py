@@ -29,8 +29,14 @@ def encode_prompts(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad, and truncate from the left: a prompt's end is where the answer starts."""
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
-                    max_length=max_len, add_special_tokens=False)
+    enc = tokenizer(
+        prompts,
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_len,
+        add_special_tokens=False,
+    )
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
@@ -63,8 +69,9 @@ def hf_generate(
     model.eval()
     parts = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = encode_prompts(tokenizer, prompts[start : start + batch_size],
-                                   max_prompt_length, device)
+        ids, mask = encode_prompts(
+            tokenizer, prompts[start : start + batch_size], max_prompt_length, device
+        )
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -97,8 +104,9 @@ def _assemble(parts, tokenizer: PreTrainedTokenizerBase) -> Rollout:
     response_ids = torch.cat([right(p[2], R, pad) for p in parts])
     rmask = response_mask(response_ids, tokenizer.eos_token_id)
     response_ids = torch.where(rmask.bool(), response_ids, torch.full_like(response_ids, pad))
-    texts = tokenizer.batch_decode(response_ids * rmask + pad * (1 - rmask),
-                                   skip_special_tokens=True)
+    texts = tokenizer.batch_decode(
+        response_ids * rmask + pad * (1 - rmask), skip_special_tokens=True
+    )
     return Rollout(prompt_ids, prompt_mask, response_ids, rmask, texts)
 
 
@@ -120,19 +128,31 @@ class VLLMRollout:
     shape, so PPO treats both engines alike.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
-                 tensor_parallel_size: int, gpu_memory_utilization: float,
-                 max_model_length: int, max_new_tokens: int, temperature: float):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        tensor_parallel_size: int,
+        gpu_memory_utilization: float,
+        max_model_length: int,
+        max_new_tokens: int,
+        temperature: float,
+    ):
         require_vllm()
         from accelerate import Accelerator
         from trl.generation.vllm_generation import VLLMGeneration
 
         self.tokenizer = tokenizer
         self.gen = VLLMGeneration(
-            model, Accelerator(), tokenizer, mode="colocate",
+            model,
+            Accelerator(),
+            tokenizer,
+            mode="colocate",
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
-            max_model_length=max_model_length, temperature=temperature,
+            max_model_length=max_model_length,
+            temperature=temperature,
             max_completion_length=max_new_tokens,
         )
 
@@ -142,7 +162,15 @@ class VLLMRollout:
         lists = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
         self.gen.sync_weights()
         _, completions, _, _ = self.gen.generate(lists, None, 1)
-        parts = [(ids, mask, torch.nn.utils.rnn.pad_sequence(
-            [torch.tensor(c, dtype=torch.long) for c in completions], batch_first=True,
-            padding_value=self.tokenizer.pad_token_id).to(device))]
+        parts = [
+            (
+                ids,
+                mask,
+                torch.nn.utils.rnn.pad_sequence(
+                    [torch.tensor(c, dtype=torch.long) for c in completions],
+                    batch_first=True,
+                    padding_value=self.tokenizer.pad_token_id,
+                ).to(device),
+            )
+        ]
         return _assemble(parts, self.tokenizer)

@@ -20,8 +20,9 @@ def completion_text(solution: str) -> str:
     return f" I combine the numbers. </think>\n<answer> {solution} </answer>"
 
 
-def supervised_warmup(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec,
-                      logs_dir: Path) -> None:
+def supervised_warmup(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec, logs_dir: Path
+) -> None:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -29,8 +30,12 @@ def supervised_warmup(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     for g in spec.warmup.groups:
         for p in read_group(spec.data.dir, g, "train", spec.data.max_train_rows):
             if p.solution:
-                rows.append({"prompt": p.prompt,
-                             "completion": completion_text(p.solution) + tokenizer.eos_token})
+                rows.append(
+                    {
+                        "prompt": p.prompt,
+                        "completion": completion_text(p.solution) + tokenizer.eos_token,
+                    }
+                )
     random.Random(spec.seed).shuffle(rows)
     use_gpu = spec.resources.use_gpu
     args = SFTConfig(
@@ -50,6 +55,7 @@ def supervised_warmup(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
         seed=spec.seed,
         dataset_kwargs={"add_special_tokens": False},
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     trainer.train()

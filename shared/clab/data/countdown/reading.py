@@ -39,13 +39,22 @@ def check_dataset(data_dir: Path, groups: list[int]) -> None:
 
 
 def read_group(data_dir: Path, group: int, split: str, limit: int | None = None) -> list[Problem]:
-    table = pq.read_table(data_dir / str(group) / f"{split}.parquet",
-                          columns=["prompt", "target", "nums", "extra_info"])
+    table = pq.read_table(
+        data_dir / str(group) / f"{split}.parquet",
+        columns=["prompt", "target", "nums", "extra_info"],
+    )
     if limit is not None:
         table = table.slice(0, limit)
     out = []
     for r in table.to_pylist():
         info = r["extra_info"] or {}
-        out.append(Problem(r["prompt"][0]["content"], r["target"], r["nums"],
-                           info.get("allowed_ops") or ["+", "-", "*", "/"], info.get("solution")))
+        out.append(
+            Problem(
+                r["prompt"][0]["content"],
+                r["target"],
+                r["nums"],
+                info.get("allowed_ops") or ["+", "-", "*", "/"],
+                info.get("solution"),
+            )
+        )
     return out

@@ -1,0 +1,1 @@
+"""Running recipes on several processes or machines (Ray Train)."""
