@@ -213,13 +213,7 @@ class CurriculumRun:
                 else:  # the stage started from the previous stage's checkpoint
                     tracker.start_stage(_load_params(prev_dir, algo.policy))
 
-                def on_metrics(row: dict, stage=stage, group=group) -> None:
-                    row.update(tracker.measure(row.get("grad_norm")))
-                    row.update(round=stage.round, group=group, stage=stage.index)
-                    if self.main:
-                        log.log(row)
-                        wandb.log(row, row["global_step"])
-
+                on_metrics = self.metrics_sink(stage, tracker, log, wandb)
                 try:
                     global_step = algo.train_stage(
                         stage, rows, start, n_steps, global_step, on_metrics
@@ -241,6 +235,18 @@ class CurriculumRun:
                 log.close()
                 val_log.close()
             wandb.finish()
+
+    def metrics_sink(self, stage: Stage, tracker: WeightTracker, log, wandb):
+        """What happens to each step's metrics: weight norms added, then JSONL and W&B."""
+
+        def on_metrics(row: dict) -> None:
+            row.update(tracker.measure(row.get("grad_norm")))
+            row.update(round=stage.round, group=self.group_of(stage), stage=stage.index)
+            if self.main:
+                log.log(row)
+                wandb.log(row, row["global_step"])
+
+        return on_metrics
 
     def _resume_state(self, stage: Stage, prev_global_step: int) -> dict | None:
         """Where an interrupted stage stopped.
@@ -513,22 +519,16 @@ class GRPOAlgorithm:
         if state_file.is_file() and not spec.reset_optimizer:
             self.optimizer.load_state_dict(torch.load(state_file, weights_only=False))
 
-    def train_stage(self, stage, rows, start, n_steps, global_step, on_metrics) -> int:
-        from datasets import Dataset
-        from trl import GRPOConfig, GRPOTrainer
-
-        from clab.training.grpo_callback import MetricsCallback
+    def grpo_args(self, stage: Stage, n_steps: int):
+        """TRL's config for one stage; the overhead benchmark runs a plain GRPOTrainer on it."""
+        from trl import GRPOConfig
 
         spec, run = self.run.spec, self.run
-        if spec.reset_optimizer:
-            self.optimizer.state.clear()
-        for g in self.optimizer.param_groups:
-            g["lr"] = g["initial_lr"] = spec.grpo.lr
         n = spec.rollout.responses_per_prompt
         per_worker = spec.batch.train // run.world * n
         work = run.ckpt_dir / RESUME_DIR / stage.name
         use_gpu = spec.resources.use_gpu
-        args = GRPOConfig(
+        return GRPOConfig(
             output_dir=str(work),
             per_device_train_batch_size=spec.batch.micro,
             gradient_accumulation_steps=per_worker // spec.batch.micro,
@@ -560,6 +560,20 @@ class GRPOAlgorithm:
             disable_tqdm=not run.main,
             shuffle_dataset=True,
         )
+
+    def train_stage(self, stage, rows, start, n_steps, global_step, on_metrics) -> int:
+        from datasets import Dataset
+        from trl import GRPOTrainer
+
+        from clab.training.grpo_callback import MetricsCallback
+
+        spec, run = self.run.spec, self.run
+        if spec.reset_optimizer:
+            self.optimizer.state.clear()
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] = spec.grpo.lr
+        work = run.ckpt_dir / RESUME_DIR / stage.name
+        args = self.grpo_args(stage, n_steps)
         ds = Dataset.from_list(
             [
                 {
