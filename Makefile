@@ -29,3 +29,4 @@ dummy-data: sync
 bench: sync
 	$(UV) run --frozen python benchmarks/bench_countdown_data.py
 	$(UV) run --frozen python benchmarks/bench_reward.py
+	$(UV) run --frozen python benchmarks/bench_rl_overhead.py

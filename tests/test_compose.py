@@ -20,8 +20,10 @@ def mounts(service: dict) -> dict[str, tuple[str, str]]:
     """container path -> (host path, mode)"""
     out = {}
     for v in service.get("volumes", []):
-        host, container, *mode = v.split(":")
-        out[container] = (host, mode[0] if mode else "rw")
+        parts = v.split(":")  # the host part may hold ':' itself, as in ${VAR:-default}
+        mode = parts.pop() if parts[-1] in ("ro", "rw") else "rw"
+        container = parts.pop()
+        out[container] = (":".join(parts), mode)
     return out
 
 
@@ -102,3 +104,32 @@ def test_lock_resolves_vllm_extra_with_the_pinned_stack():
     major, minor = map(int, version("transformers").split(".")[:2])
     assert (major, minor) < (5, 18)
     assert version("trl").startswith("1.16.")
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_gpu_services_reserve_their_workers_and_mount_their_model(name):
+    svc = SERVICES[name]
+    spec = load_spec(REPO / "services" / f"{name}.yaml")
+    resources = getattr(spec, "resources", None)
+    if resources is None or not resources.use_gpu:
+        assert "deploy" not in svc
+        return
+    (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert device["count"] == resources.num_workers
+    assert spec.rollout.tensor_parallel_size <= resources.num_workers
+    model = spec.model.name_or_path
+    assert model.startswith("/models/")
+    host, mode = mounts(svc)[model]
+    assert mode == "ro" and host.startswith("${CLAB_") and host.endswith(f"/model/{model[8:]}}}")
+
+
+def test_control_specs_run_the_same_trainer_on_the_random_split():
+    for size in ("1.5b", "3b"):
+        main_spec = load_spec(REPO / f"services/curriculum-trainer-{size}.yaml")
+        control = load_spec(REPO / f"services/curriculum-control-{size}.yaml")
+        assert control.data.dir == Path("data/dummy_tinyzero")
+        assert control.name != main_spec.name
+        a = main_spec.model_dump(exclude={"name", "data"})
+        b = control.model_dump(exclude={"name", "data"})
+        assert a == b

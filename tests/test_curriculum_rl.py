@@ -280,3 +280,38 @@ def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(run_dir, mo
     assert steps("nan") == [1, 2, 3, 4]
     state = json.loads(Path("checkpoints/nan/_resume/r0-g1/state.json").read_text())
     assert state == {"stage": "r0-g1", "step_in_stage": 1, "global_step": 4}
+
+
+def test_warmup_teaches_the_answer_format_before_rl(run_dir):
+    from clab.data.countdown.reading import read_group
+    from clab.evaluation.countdown import evaluate_problems
+    from clab.models.loading import load_policy, load_tokenizer
+
+    spec = write_spec(
+        run_dir / "w.yaml",
+        name="w",
+        data__groups=[0],
+        max_steps_per_stage=1,
+        warmup={"steps": 80, "lr": 5e-3, "batch_size": 16},
+        rollout__max_response_length=24,
+    )
+    assert main(["run", str(spec)]) == 0
+    initial = Path("checkpoints/w/initial")
+    assert json.loads((initial / "COMPLETE").read_text())["warmup_steps"] == 80
+    problems = read_group(Path("data/continual"), 0, "test", 8)
+    res = evaluate_problems(
+        load_policy(initial),
+        load_tokenizer(initial),
+        problems,
+        max_prompt_length=160,
+        max_new_tokens=24,
+        n_samples=8,
+    )
+    # the supervised loss on the answers fell, and greedy replies close an answer block
+    losses = [
+        h["loss"]
+        for h in json.loads(Path("logs/w/warmup/log_history.json").read_text())
+        if "loss" in h
+    ]
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert all("</answer>" in s["response"] for s in res["samples"]), res["samples"]

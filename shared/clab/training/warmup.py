@@ -14,10 +14,23 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clab.data.countdown.reading import read_group
+from clab.storage.atomic import write_json
 
 
-def completion_text(solution: str) -> str:
-    return f" I combine the numbers. </think>\n<answer> {solution} </answer>"
+def warmup_answer(problem) -> str | None:
+    """The answer the warm-up teaches.
+
+    Where the target is the plain sum (every group-0 problem), the numbers in
+    the prompt's own order: copying in order is what a tiny model learns
+    first. Otherwise the data's reference solution.
+    """
+    if problem.target == sum(problem.nums) and "+" in problem.allowed_ops:
+        return " + ".join(str(n) for n in problem.nums)
+    return problem.solution
+
+
+def completion_text(answer: str) -> str:
+    return f" </think>\n<answer> {answer} </answer>"
 
 
 def supervised_warmup(
@@ -29,13 +42,10 @@ def supervised_warmup(
     rows = []
     for g in spec.warmup.groups:
         for p in read_group(spec.data.dir, g, "train", spec.data.max_train_rows):
-            if p.solution:
-                rows.append(
-                    {
-                        "prompt": p.prompt,
-                        "completion": completion_text(p.solution) + tokenizer.eos_token,
-                    }
-                )
+            answer = warmup_answer(p)
+            if answer:
+                text = completion_text(answer) + tokenizer.eos_token
+                rows.append({"prompt": p.prompt, "completion": text})
     random.Random(spec.seed).shuffle(rows)
     use_gpu = spec.resources.use_gpu
     args = SFTConfig(
@@ -51,7 +61,7 @@ def supervised_warmup(
         use_cpu=not use_gpu,
         bf16=use_gpu and spec.model.dtype == "bfloat16",
         completion_only_loss=True,
-        max_length=spec.rollout.max_prompt_length + spec.rollout.max_response_length,
+        max_length=None,  # prompts are as long as they are; RL truncates from the left
         seed=spec.seed,
         dataset_kwargs={"add_special_tokens": False},
     )
@@ -59,3 +69,4 @@ def supervised_warmup(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
     trainer.train()
+    write_json(logs_dir / "warmup" / "log_history.json", trainer.state.log_history)
