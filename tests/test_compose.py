@@ -27,8 +27,15 @@ def mounts(service: dict) -> dict[str, tuple[str, str]]:
     return out
 
 
-def test_the_foundation_services_are_there():
-    assert {"data-generator", "tinyzero-dummy-generator"} <= set(SERVICES)
+def test_the_services_are_there_in_pipeline_order():
+    assert list(SERVICES) == [
+        "data-generator",
+        "tinyzero-dummy-generator",
+        "curriculum-trainer-1.5b",
+        "curriculum-trainer-3b",
+        "evaluator",
+        "plotter",
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -111,12 +118,18 @@ def test_gpu_services_reserve_their_workers_and_mount_their_model(name):
     svc = SERVICES[name]
     spec = load_spec(REPO / "services" / f"{name}.yaml")
     resources = getattr(spec, "resources", None)
-    if resources is None or not resources.use_gpu:
+    if resources is None:  # a service that may use one GPU (the evaluator)
+        gpus = 1 if getattr(spec, "use_gpu", False) else 0
+    else:
+        gpus = resources.num_workers if resources.use_gpu else 0
+    if not gpus:
         assert "deploy" not in svc
         return
     (device,) = svc["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
-    assert device["count"] == resources.num_workers
+    assert device["count"] == gpus
+    if resources is None:
+        return
     assert spec.rollout.tensor_parallel_size <= resources.num_workers
     model = spec.model.name_or_path
     assert model.startswith("/models/")

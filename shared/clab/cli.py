@@ -34,12 +34,23 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a spec field (dotted keys, YAML values); repeatable",
         )
+    sub.add_parser(
+        "demo",
+        help="the whole stack at tiny scale on this machine (CPU)",
+        description="Runs every service's spec with tiny-scale overrides: data, "
+        "the curriculum trainer and its control, evaluator, plotter.",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "demo":
+            from clab.demo import run_demo
+
+            run_demo()
+            return 0
         spec = load_spec(args.spec, args.overrides)
         if args.command == "validate":
             import yaml

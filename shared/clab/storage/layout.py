@@ -9,6 +9,7 @@ evaluator and one plotter serve them all.
     checkpoints/<run>/initial/                  the model before training (stage 0)
     checkpoints/<run>/r<round>-g<task>/         after stage (round, task)
     checkpoints/<run>/<stage>/COMPLETE          written last: the stage is whole
+    checkpoints/<run>/run.json                  the run's data set, tasks and spec
     metrics/<run>/...  logs/<run>/...  plots/<run>/...
 """
 
@@ -23,6 +24,7 @@ from clab.storage.atomic import write_json
 
 VOLUMES = ("data", "checkpoints", "logs", "metrics", "plots")
 COMPLETE_MARKER = "COMPLETE"
+RUN_INFO = "run.json"  # checkpoints/<run>/run.json: what a run trained on, for its readers
 INITIAL_STAGE = "initial"
 _STAGE_RE = re.compile(r"^r(\d+)-g(\d+)$")
 

@@ -31,6 +31,7 @@ from clab.storage.atomic import atomic_dir, write_json
 from clab.storage.layout import (
     COMPLETE_MARKER,
     INITIAL_STAGE,
+    RUN_INFO,
     Stage,
     complete_stages,
     stage_sequence,
@@ -124,6 +125,22 @@ class CurriculumRun:
     def prepare_initial(self) -> Path:
         """checkpoints/<run>/initial: the model before RL (after any warm-up); stage 0."""
         initial = self.ckpt_dir / INITIAL_STAGE
+        if self.main:
+            # what the evaluator needs to score this run: its data and its tasks
+            write_json(
+                self.ckpt_dir / RUN_INFO,
+                {
+                    "kind": self.spec.kind,
+                    "algorithm": self.spec.algorithm,
+                    "data_dir": str(self.spec.data.dir),
+                    "groups": self.groups,
+                    "rounds": self.spec.rounds,
+                    "max_prompt_length": self.spec.rollout.max_prompt_length,
+                    "max_response_length": self.spec.rollout.max_response_length,
+                    "enforce_ops": self.spec.data.enforce_ops,
+                    "spec": self.spec.model_dump(mode="json"),
+                },
+            )
         if self.main and not (initial / COMPLETE_MARKER).is_file():
             self._build_initial(initial)
         self._barrier()

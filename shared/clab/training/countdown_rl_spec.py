@@ -158,15 +158,16 @@ class CountdownRLSpec(Spec):
     def reads(self) -> list[Path]:
         return [self.data.dir]
 
-    def writes(self) -> list[Path]:
-        return [
+    def run_dirs(self) -> tuple[Path, Path, Path]:
+        """checkpoints/<name>, metrics/<name>, logs/<name>."""
+        return (
             Path("checkpoints") / self.name,
             Path("metrics") / self.name,
             Path("logs") / self.name,
-        ]
+        )
 
-    def run_dirs(self) -> tuple[Path, Path, Path]:
-        return self.writes()[0], self.writes()[1], self.writes()[2]
+    def writes(self) -> list[Path]:
+        return [*self.run_dirs(), *([Path("logs/wandb")] if self.wandb else [])]
 
     def run(self) -> None:  # type: ignore[override]
         from clab.training.countdown_rl import train

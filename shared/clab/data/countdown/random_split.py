@@ -68,8 +68,14 @@ class RandomSplitSpec(Spec):
     def reads(self) -> list[Path]:
         return [self.source]
 
+    @property
+    def pool_manifest(self) -> Path:
+        return self.source.with_name(self.source.stem + ".manifest.json")
+
     def writes(self) -> list[Path]:
-        return [self.output, self.source] if self.pool.generate_if_missing else [self.output]
+        if self.pool.generate_if_missing:
+            return [self.output, self.source, self.pool_manifest]
+        return [self.output]
 
     def run(self) -> None:
         if not self.source.exists():
@@ -104,7 +110,7 @@ def generate_pool(spec: RandomSplitSpec) -> None:
     )
     write_parquet(spec.source, table)
     write_json(
-        spec.source.with_name(spec.source.stem + ".manifest.json"),
+        spec.pool_manifest,
         {
             "kind": "countdown-pool",
             "clab_version": __version__,

@@ -1,0 +1,111 @@
+"""Continual-learning metrics from the matrix R[i, j]: score on task j after stage i.
+
+Row 0 is the model before training; rows 1..T follow the stages in training
+order; ``stage_tasks[i]`` is the task stage i trained (entry 0 unused). With
+repeated rounds a task is trained at several stages. Formulas (docs/metrics.md):
+
+- average accuracy after stage i: A_i = mean_j R[i, j]; the final one is A_T.
+- last(j): the last stage before or at T that trained task j; first(j): the first.
+- BWT = mean over tasks j != task(T) of s * (R[T, j] - R[last(j), j]).
+- forgetting f_j = max over stages l in 1..T-1 of s * (R[l, j] - R[T, j]) (Chaudhry
+  et al. 2018), for tasks trained before stage T and other than task(T); and its mean.
+- FWT = mean over tasks j with first(j) > 1 of s * (R[first(j) - 1, j] - R[0, j]).
+
+``s`` is +1 when higher scores are better (success rate) and -1 when lower is
+better (a loss), so that negative BWT and positive forgetting always mean
+the model got worse on old tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _sign(higher_is_better: bool) -> float:
+    return 1.0 if higher_is_better else -1.0
+
+
+def _check(R: np.ndarray, stage_tasks: Sequence[int]) -> tuple[np.ndarray, list[int]]:
+    R = np.asarray(R, dtype=float)
+    if R.ndim != 2 or R.shape[0] < 2:
+        raise ValueError("R needs a row for the initial model and at least one stage")
+    tasks = list(stage_tasks)
+    if len(tasks) != R.shape[0]:
+        raise ValueError(f"stage_tasks has {len(tasks)} entries for {R.shape[0]} rows of R")
+    return R, tasks
+
+
+def average_accuracy(R: np.ndarray) -> np.ndarray:
+    """A_i = mean over tasks of R[i, j], for every row i (row 0: before training)."""
+    return np.asarray(R, dtype=float).mean(axis=1)
+
+
+def last_trained(stage_tasks: Sequence[int], task: int, upto: int) -> int | None:
+    idx = [i for i in range(1, upto + 1) if stage_tasks[i] == task]
+    return idx[-1] if idx else None
+
+
+def backward_transfer(R, stage_tasks: Sequence[int], higher_is_better: bool = True) -> float:
+    R, tasks = _check(R, stage_tasks)
+    T, s = R.shape[0] - 1, _sign(higher_is_better)
+    diffs = []
+    for j in range(R.shape[1]):
+        last = last_trained(tasks, j, T)
+        if last is None or j == tasks[T]:
+            continue
+        diffs.append(s * (R[T, j] - R[last, j]))
+    return float(np.mean(diffs)) if diffs else float("nan")
+
+
+def forgetting_per_task(R, stage_tasks: Sequence[int], higher_is_better: bool = True) -> dict:
+    R, tasks = _check(R, stage_tasks)
+    T, s = R.shape[0] - 1, _sign(higher_is_better)
+    out = {}
+    for j in range(R.shape[1]):
+        if j == tasks[T] or last_trained(tasks, j, T - 1) is None:
+            continue
+        out[j] = float(max(s * (R[i, j] - R[T, j]) for i in range(1, T)))
+    return out
+
+
+def forgetting(R, stage_tasks: Sequence[int], higher_is_better: bool = True) -> float:
+    f = forgetting_per_task(R, stage_tasks, higher_is_better)
+    return float(np.mean(list(f.values()))) if f else float("nan")
+
+
+def forward_transfer(R, stage_tasks: Sequence[int], higher_is_better: bool = True) -> float:
+    R, tasks = _check(R, stage_tasks)
+    s = _sign(higher_is_better)
+    diffs = []
+    for j in range(R.shape[1]):
+        firsts = [i for i in range(1, len(tasks)) if tasks[i] == j]
+        if firsts and firsts[0] > 1:
+            diffs.append(s * (R[firsts[0] - 1, j] - R[0, j]))
+    return float(np.mean(diffs)) if diffs else float("nan")
+
+
+def summarize(R, stage_tasks: Sequence[int], higher_is_better: bool = True) -> dict:
+    """Every metric above, JSON-ready (NaN where a metric is undefined becomes None)."""
+    R, tasks = _check(R, stage_tasks)
+
+    def clean(x: float) -> float | None:
+        return None if np.isnan(x) else float(x)
+
+    acc = average_accuracy(R)
+    return {
+        "higher_is_better": higher_is_better,
+        "stages": R.shape[0] - 1,
+        "tasks": R.shape[1],
+        "average_accuracy": clean(acc[-1]),
+        "average_accuracy_per_stage": [float(a) for a in acc],
+        "backward_transfer": clean(backward_transfer(R, tasks, higher_is_better)),
+        "forgetting": clean(forgetting(R, tasks, higher_is_better)),
+        "forgetting_per_task": {
+            str(k): v for k, v in forgetting_per_task(R, tasks, higher_is_better).items()
+        },
+        "forward_transfer": clean(forward_transfer(R, tasks, higher_is_better)),
+        "matrix": R.tolist(),
+        "stage_tasks": list(tasks),
+    }

@@ -1,0 +1,98 @@
+"""Continual-learning metrics against hand-worked matrices."""
+
+import math
+
+import numpy as np
+import pytest
+
+from clab.metrics.continual import (
+    average_accuracy,
+    backward_transfer,
+    forgetting,
+    forgetting_per_task,
+    forward_transfer,
+    summarize,
+)
+
+# 3 tasks, one round: row 0 = before training, row i = after training task i-1.
+R = np.array(
+    [
+        [0.1, 0.0, 0.2],
+        [0.8, 0.1, 0.2],
+        [0.6, 0.9, 0.3],
+        [0.5, 0.7, 0.9],
+    ]
+)
+TASKS = [None, 0, 1, 2]
+
+
+def test_average_accuracy_per_stage():
+    assert average_accuracy(R).tolist() == pytest.approx([0.1, 1.1 / 3, 1.8 / 3, 2.1 / 3])
+
+
+def test_backward_transfer():
+    # tasks 0, 1 (not the last): (0.5 - 0.8) and (0.7 - 0.9) -> mean -0.25
+    assert backward_transfer(R, TASKS) == pytest.approx(-0.25)
+
+
+def test_forgetting_chaudhry():
+    # task 0: max(0.8, 0.6) - 0.5 = 0.3; task 1: max(0.1, 0.9) - 0.7 = 0.2
+    assert forgetting_per_task(R, TASKS) == pytest.approx({0: 0.3, 1: 0.2})
+    assert forgetting(R, TASKS) == pytest.approx(0.25)
+
+
+def test_forward_transfer():
+    # task 1: R[1,1] - R[0,1] = 0.1; task 2: R[2,2] - R[0,2] = 0.1
+    assert forward_transfer(R, TASKS) == pytest.approx(0.1)
+
+
+def test_repeated_rounds_use_the_last_training_of_each_task():
+    # 2 tasks x 2 rounds: stages train 0, 1, 0, 1
+    R2 = np.array(
+        [
+            [0.0, 0.0],
+            [0.5, 0.0],
+            [0.2, 0.6],
+            [0.7, 0.3],
+            [0.4, 0.8],
+        ]
+    )
+    tasks = [None, 0, 1, 0, 1]
+    # task 0 last trained at stage 3 (0.7) -> BWT = 0.4 - 0.7
+    assert backward_transfer(R2, tasks) == pytest.approx(-0.3)
+    # forgetting of task 0: max over l=1..3 of R[l,0] = 0.7 -> 0.7 - 0.4
+    assert forgetting(R2, tasks) == pytest.approx(0.3)
+    # FWT: task 1 first trained at stage 2: R[1,1] - R[0,1] = 0
+    assert forward_transfer(R2, tasks) == pytest.approx(0.0)
+
+
+def test_losses_flip_the_signs():
+    L = np.array(
+        [
+            [3.0, 3.0],
+            [1.0, 2.5],
+            [1.6, 0.9],
+        ]
+    )
+    tasks = [None, 0, 1]
+    # loss on task 0 rose from 1.0 to 1.6: forgetting +0.6, BWT -0.6
+    assert forgetting(L, tasks, higher_is_better=False) == pytest.approx(0.6)
+    assert backward_transfer(L, tasks, higher_is_better=False) == pytest.approx(-0.6)
+    # FWT: training task 0 lowered task 1's loss from 3.0 to 2.5: +0.5
+    assert forward_transfer(L, tasks, higher_is_better=False) == pytest.approx(0.5)
+
+
+def test_single_stage_has_no_backward_metrics():
+    s = summarize(np.array([[0.1, 0.2], [0.5, 0.2]]), [None, 0])
+    assert s["backward_transfer"] is None and s["forgetting"] is None
+    assert s["average_accuracy"] == pytest.approx(0.35)
+    assert s["forward_transfer"] is None
+
+
+def test_summary_is_consistent_and_validates_shape():
+    s = summarize(R, TASKS)
+    assert s["forgetting"] == pytest.approx(0.25) and s["stages"] == 3
+    assert s["forgetting_per_task"] == pytest.approx({"0": 0.3, "1": 0.2})
+    with pytest.raises(ValueError, match="stage_tasks"):
+        summarize(R, [None, 0])
+    assert math.isnan(forward_transfer(R[:2], TASKS[:2]))

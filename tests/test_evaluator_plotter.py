@@ -1,0 +1,202 @@
+"""Evaluator and plotter on a tiny trained run: incremental, idempotent, consistent
+with the metric formulas, and figures a browser can show."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from clab.cli import main
+from clab.metrics.continual import backward_transfer, forgetting, forward_transfer
+from clab.storage.layout import COMPLETE_MARKER
+from conftest import REPO
+from rl_spec import write_spec
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, dataset) -> Path:
+    """A tiny PPO run through 4 groups, trained once for this module."""
+    import os
+
+    root = tmp_path_factory.mktemp("stack")
+    (root / "data").mkdir()
+    (root / "data/continual").symlink_to(dataset)
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        spec = write_spec(
+            root / "run.yaml", name="demo-curriculum", max_steps_per_stage=2, save_steps=0
+        )
+        assert main(["run", str(spec)]) == 0
+    finally:
+        os.chdir(old)
+    return root
+
+
+@pytest.fixture
+def stack(trained, tmp_path, monkeypatch) -> Path:
+    """A private copy of the trained run's volumes, as the current folder."""
+    root = tmp_path / "stack"
+    shutil.copytree(trained, root, symlinks=True)
+    (root / "services").symlink_to(REPO / "services")
+    monkeypatch.chdir(root)
+    return root
+
+
+def evaluate(*sets: str) -> int:
+    args = [
+        "run",
+        "services/evaluator.yaml",
+        "--set",
+        "test_size=4",
+        "--set",
+        "use_gpu=false",
+        "--set",
+        "samples_per_group=2",
+    ]
+    for s in sets:
+        args += ["--set", s]
+    return main(args)
+
+
+def test_every_stage_on_every_group_including_the_initial_model(stack):
+    assert evaluate() == 0
+    rows = pq.read_table("metrics/demo-curriculum/eval.parquet").to_pylist()
+    assert [(r["stage"], r["eval_group"]) for r in rows] == [
+        (s, g) for s in range(5) for g in range(4)
+    ]
+    assert rows[0]["stage_name"] == "initial" and rows[0]["trained_group"] == -1
+    assert [r["trained_group"] for r in rows if r["eval_group"] == 0] == [-1, 0, 1, 2, 3]
+    for r in rows:
+        assert r["n"] == 4 and 0 <= r["success_rate"] <= r["reward_mean"] + 1e-9 <= 1 + 1e-9
+        assert r["run"] == "demo-curriculum" and r["response_length_mean"] > 0
+    samples = Path("metrics/demo-curriculum/samples.jsonl").read_text().splitlines()
+    assert len(samples) == 5 * 4 * 2
+    assert {"stage", "eval_group", "response", "score", "reason"} <= set(json.loads(samples[0]))
+
+
+def test_summary_matches_the_formulas_on_the_matrix_it_wrote(stack):
+    assert evaluate() == 0
+    rows = pq.read_table("metrics/demo-curriculum/eval.parquet").to_pylist()
+    R = np.zeros((5, 4))
+    for r in rows:
+        R[r["stage"], r["eval_group"]] = r["success_rate"]
+    tasks = [None, 0, 1, 2, 3]
+    s = json.loads(Path("metrics/demo-curriculum/summary.json").read_text())
+    assert s["matrix"] == R.tolist()
+    assert s["average_accuracy"] == pytest.approx(R[4].mean())
+    assert s["backward_transfer"] == pytest.approx(backward_transfer(R, tasks))
+    assert s["forgetting"] == pytest.approx(forgetting(R, tasks))
+    assert s["forward_transfer"] == pytest.approx(forward_transfer(R, tasks))
+    # and by hand, from the definitions
+    assert s["backward_transfer"] == pytest.approx(
+        np.mean([R[4, j] - R[j + 1, j] for j in range(3)])
+    )
+
+
+def test_incremental_idempotent_and_blind_to_incomplete_stages(stack):
+    assert evaluate() == 0
+    path = Path("metrics/demo-curriculum/eval.parquet")
+    first = path.read_bytes()
+    assert evaluate() == 0
+    assert path.read_bytes() == first  # nothing new, nothing rewritten
+    run = Path("checkpoints/demo-curriculum")
+    # a stage a trainer is still writing: no marker yet, so not evaluated
+    shutil.copytree(run / "r0-g3", run / "r1-g0")
+    (run / "r1-g0" / COMPLETE_MARKER).unlink()
+    assert evaluate() == 0
+    assert path.read_bytes() == first
+    # the trainer finishes it: only its rows are added
+    (run / "r1-g0" / COMPLETE_MARKER).write_text(
+        json.dumps({"index": 5, "round": 1, "task": 0, "global_step": 10})
+    )
+    assert evaluate() == 0
+    rows = pq.read_table(path).to_pylist()
+    assert len(rows) == 24 and [r["stage"] for r in rows[-4:]] == [5] * 4
+
+
+def test_a_crash_mid_evaluation_keeps_whole_stages_only(stack, monkeypatch):
+    import clab.evaluation.countdown as ev
+
+    real = ev.evaluate_problems
+    calls = {"n": 0}
+
+    def dies(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:  # in stage 1, group 2
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ev, "evaluate_problems", dies)
+    with pytest.raises(RuntimeError):
+        evaluate()
+    rows = pq.read_table("metrics/demo-curriculum/eval.parquet").to_pylist()
+    assert {r["stage"] for r in rows} == {0}  # stage 0 whole, stage 1 absent, not half
+    monkeypatch.setattr(ev, "evaluate_problems", real)
+    assert evaluate() == 0
+    assert len(pq.read_table("metrics/demo-curriculum/eval.parquet").to_pylist()) == 20
+
+
+def test_unknown_run_is_a_clear_error(stack, capsys):
+    assert evaluate("runs=[nope]") == 2
+    assert "no run nope" in capsys.readouterr().err
+
+
+def not_blank(path: Path) -> bool:
+    img = mpimg.imread(path)
+    return img.shape[0] > 100 and img.shape[1] > 100 and float(np.std(img)) > 0.01
+
+
+def test_plots_and_index_page(stack):
+    assert evaluate() == 0
+    # a control run beside it, for the comparison figures
+    shutil.copytree("metrics/demo-curriculum", "metrics/demo-control")
+    assert main(["run", "services/plotter.yaml"]) == 0
+    for name in ("demo-curriculum", "demo-control"):
+        for fig in ("training_curves", "eval_matrix", "eval_success"):
+            assert not_blank(Path(f"plots/{name}/{fig}.png")), (name, fig)
+    compare = sorted(p.name for p in Path("plots/compare").glob("*.png"))
+    assert "demo-curriculum-vs-demo-control.png" in compare
+    assert "average_accuracy.png" in compare and "success_rate.png" in compare
+    assert all(not_blank(Path("plots/compare") / c) for c in compare)
+    page = Path("plots/index.html").read_text()
+    pngs = {p.relative_to("plots").as_posix() for p in Path("plots").rglob("*.png")}
+    assert pngs == set(__import__("re").findall(r'src="([^"]+)"', page))
+    assert "backward transfer" in page and "forgetting" in page
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (.ci/run installs it)")
+def test_index_page_loads_every_image_in_headless_chromium(stack, tmp_path):
+    assert evaluate() == 0
+    assert main(["run", "services/plotter.yaml"]) == 0
+    n = len(list(Path("plots").rglob("*.png")))
+    out = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            Path("plots/index.html").resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert f'data-images="{n}/{n}"' in out.stdout, out.stdout[-500:] + out.stderr[-1500:]
