@@ -9,6 +9,7 @@ the time of each step and what the demo's runs learned and forgot.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -44,7 +45,7 @@ def main() -> None:
         marks.append(("end", total))
         print(f"cores: {len(os.sched_getaffinity(0))}")
         print("| step | wall time |\n|---|---|")
-        for (label, t0), (_, t1) in zip(marks, marks[1:], strict=False):
+        for (label, t0), (_, t1) in itertools.pairwise(marks):
             print(f"| {label} | {t1 - t0:.0f} s |")
         print(f"| **total** | **{total:.0f} s** (target <= 600 s) |")
         for run in ("demo-curriculum", "demo-control"):

@@ -50,7 +50,7 @@ def main() -> None:
     tok = train_tokenizer(texts, 512)
     n = len(tok)
     decode = tok.batch_decode
-    tok.batch_decode = lambda ids, **kw: decode((ids % n).tolist(), **kw)  # noqa: ARG005
+    tok.batch_decode = lambda ids, **kw: decode((ids % n).tolist(), **kw)
     cfg = Qwen2Config(**QWEN25_15B, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     dev, dt = torch.device("cuda"), torch.bfloat16
