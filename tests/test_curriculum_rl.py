@@ -59,6 +59,8 @@ def test_one_round_through_all_four_groups(run_dir, algorithm):
         assert (d / "trainer_state.pt").is_file()
         assert (d / "critic" / "model.safetensors").is_file() == (algorithm == "ppo")
     assert not list(Path(f"checkpoints/{algorithm}/_resume").glob("*"))
+    log = Path(f"logs/{algorithm}/train.log").read_text()
+    assert "stage r0-g3 complete at global step 12" in log
 
     rows = read_rows(f"metrics/{algorithm}/train.jsonl")
     assert [r["global_step"] for r in rows] == list(range(1, 13))
@@ -315,3 +317,50 @@ def test_warmup_teaches_the_answer_format_before_rl(run_dir):
     ]
     assert losses[-1] < 0.6 * losses[0], losses
     assert all("</answer>" in s["response"] for s in res["samples"]), res["samples"]
+
+
+def test_vllm_rollouts_where_vllm_is_absent_say_so(run_dir, capsys):
+    if __import__("importlib").util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    spec = write_spec(run_dir / "s.yaml", rollout={"engine": "vllm"}, resources={"use_gpu": True})
+    assert main(["run", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "rollout.engine: vllm is not installed here" in err and "--extra gpu" in err
+    assert not Path("checkpoints").exists()
+
+
+def test_reset_optimizer_clears_state_and_the_schedule_restarts(run_dir):
+    from clab.data.countdown.reading import read_group
+    from clab.models.loading import load_critic, load_policy, load_tokenizer
+    from clab.models.tiny import build_tiny_model
+    from clab.rewards.countdown import score_countdown
+    from clab.training.ppo import PPOConfig, PPOTrainer
+
+    probs = read_group(Path("data/continual"), 0, "train", 4)
+    build_tiny_model(Path("m"), [p.prompt for p in probs], vocab_size=300, hidden_size=32)
+    tr = PPOTrainer(
+        load_policy("m"),
+        load_critic("m"),
+        None,
+        load_tokenizer("m"),
+        PPOConfig(
+            actor_lr=1e-3,
+            mini_batch_size=4,
+            micro_batch_size=4,
+            max_response_length=4,
+            max_prompt_length=160,
+            lr_scheduler="linear",
+        ),
+        lambda texts, ps: [
+            score_countdown(t, p.target, p.nums) for t, p in zip(texts, ps, strict=True)
+        ],
+    )
+    tr.new_stage(2, reset_optimizer=False)
+    first = tr.step(probs)
+    assert tr.actor_opt.state and tr.critic_opt.state
+    tr.new_stage(2, reset_optimizer=False)
+    assert tr.actor_opt.state  # kept across stages by default
+    again = tr.step(probs)
+    assert again["lr_actor"] == first["lr_actor"] == pytest.approx(1e-3)  # restarted
+    tr.new_stage(2, reset_optimizer=True)
+    assert not tr.actor_opt.state and not tr.critic_opt.state

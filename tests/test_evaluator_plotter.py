@@ -200,3 +200,10 @@ def test_index_page_loads_every_image_in_headless_chromium(stack, tmp_path):
         timeout=120,
     )
     assert f'data-images="{n}/{n}"' in out.stdout, out.stdout[-500:] + out.stderr[-1500:]
+
+
+def test_vllm_engine_where_vllm_is_absent_says_so(stack, capsys):
+    if __import__("importlib").util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    assert evaluate("engine=vllm") == 2
+    assert "engine: vllm is not installed here" in capsys.readouterr().err

@@ -16,14 +16,16 @@ from clab.specs import load_spec
 
 DEMO_DATA = "data/demo-continual"
 DEMO_CONTROL_DATA = "data/demo-dummy_tinyzero"
-# Small numbers (1..20) keep the tiny model's job to copying a few dozen tokens,
-# so that a short warm-up already solves some group-0 problems.
+# Small numbers (1..20, three per problem) make each number one token in a
+# fixed place of the prompt, so that a 600-step warm-up of a 2-layer model
+# already solves some group-0 problems (about 15%) and RL has something to
+# keep or forget.
 _RANGES = ["ranges.count=[3,3]", "ranges.number=[1,20]", "ranges.target=[1,200]"]
 _TRAIN = [
     "model.preset=tiny",
     "model.name_or_path=null",
-    "model.tiny_hidden_size=96",
-    "model.tiny_layers=3",
+    "model.tiny_hidden_size=64",
+    "model.tiny_layers=2",
     "resources.num_workers=1",
     "resources.use_gpu=false",
     "rollout.engine=hf",
@@ -37,18 +39,28 @@ _TRAIN = [
     "rounds=1",
     "max_steps_per_stage=8",
     "save_steps=4",
-    "ppo.actor_lr=2e-5",
+    "ppo.actor_lr=1e-4",
     "ppo.critic_lr=1e-3",
-    "warmup.steps=250",
-    "warmup.lr=3e-3",
+    "warmup.steps=600",
+    "warmup.lr=5e-3",
     "warmup.batch_size=32",
     "wandb=true",
 ]
+# The control starts from the curriculum run's warmed-up initial model: the same
+# starting point for both, and the warm-up is paid once.
+_CONTROL = [
+    *_TRAIN,
+    "name=demo-control",
+    f"data.dir={DEMO_CONTROL_DATA}",
+    "model.preset=null",
+    "model.name_or_path=checkpoints/demo-curriculum/initial",
+    "warmup.steps=0",
+]
 
 SERVICE_OVERRIDES: dict[str, list[str]] = {
-    "data-generator": ["train_size=400", "test_size=32", f"output={DEMO_DATA}", *_RANGES],
+    "data-generator": ["train_size=1200", "test_size=32", f"output={DEMO_DATA}", *_RANGES],
     "tinyzero-dummy-generator": [
-        "train_size=400",
+        "train_size=1200",
         "test_size=32",
         "source=data/demo-tinyzero/train.parquet",
         f"output={DEMO_CONTROL_DATA}",
@@ -81,7 +93,7 @@ DEMO_PLAN: list[tuple[str, str, list[str]]] = [
     (
         "curriculum-trainer-1.5b, random-split control",
         "services/curriculum-control-1.5b.yaml",
-        [*_TRAIN, "name=demo-control", f"data.dir={DEMO_CONTROL_DATA}"],
+        _CONTROL,
     ),
     (
         "evaluator",

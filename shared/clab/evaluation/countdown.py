@@ -1,43 +1,31 @@
-"""Greedy evaluation of a policy on Countdown test sets."""
+"""Greedy evaluation of a policy on Countdown test sets, with HF generate or vLLM."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clab.data.countdown.reading import Problem
 from clab.rewards.countdown import CountdownReward
-from clab.training.rollout import hf_generate
+from clab.training.rollout import hf_generate, require_vllm
 
 
-def evaluate_problems(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+def score_texts(
     problems: list[Problem],
-    *,
-    max_prompt_length: int,
-    max_new_tokens: int,
-    batch_size: int = 64,
+    texts: list[str],
+    lengths: list[int],
     enforce_ops: bool = True,
     n_samples: int = 0,
 ) -> dict:
-    """Success rate, mean reward and response length of greedy answers."""
-    ro = hf_generate(
-        model,
-        tokenizer,
-        [p.prompt for p in problems],
-        max_prompt_length=max_prompt_length,
-        max_new_tokens=max_new_tokens,
-        greedy=True,
-        batch_size=batch_size,
-    )
+    """Success rate (exactly correct), mean reward and mean length, plus a few samples."""
     results = CountdownReward(enforce_ops).score(
-        ro.texts,
+        texts,
         [p.target for p in problems],
         [p.nums for p in problems],
         [p.allowed_ops for p in problems],
     )
     n = max(len(results), 1)
-    lengths = ro.response_mask.sum(dim=1).tolist()
     return {
         "n": len(results),
         "success_rate": sum(r.correct for r in results) / n,
@@ -51,6 +39,61 @@ def evaluate_problems(
                 "score": r.score,
                 "reason": r.reason.value,
             }
-            for p, t, r in list(zip(problems, ro.texts, results, strict=True))[:n_samples]
+            for p, t, r in list(zip(problems, texts, results, strict=True))[:n_samples]
         ],
     }
+
+
+def evaluate_problems(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: list[Problem],
+    *,
+    max_prompt_length: int,
+    max_new_tokens: int,
+    batch_size: int = 64,
+    enforce_ops: bool = True,
+    n_samples: int = 0,
+) -> dict:
+    """Greedy answers by HF generate (left padding, KV cache), scored by the shared reward."""
+    ro = hf_generate(
+        model,
+        tokenizer,
+        [p.prompt for p in problems],
+        max_prompt_length=max_prompt_length,
+        max_new_tokens=max_new_tokens,
+        greedy=True,
+        batch_size=batch_size,
+    )
+    return score_texts(
+        problems, ro.texts, ro.response_mask.sum(dim=1).tolist(), enforce_ops, n_samples
+    )
+
+
+class VLLMEvaluator:
+    """Greedy answers by vLLM (the ``gpu`` extra), one engine per checkpoint."""
+
+    def __init__(self, model_dir: Path, max_model_len: int):
+        require_vllm("engine")
+        from vllm import LLM
+
+        self.llm = LLM(model=str(model_dir), max_model_len=max_model_len, seed=0)
+
+    def evaluate(
+        self,
+        problems: list[Problem],
+        *,
+        max_new_tokens: int,
+        enforce_ops: bool = True,
+        n_samples: int = 0,
+    ) -> dict:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        outs = self.llm.generate([p.prompt for p in problems], params, use_tqdm=False)
+        texts = [o.outputs[0].text for o in outs]
+        lengths = [len(o.outputs[0].token_ids) for o in outs]
+        return score_texts(problems, texts, lengths, enforce_ops, n_samples)
+
+    def close(self) -> None:
+        del self.llm

@@ -11,6 +11,7 @@ progress and a rerun adds only what is missing; only stages whose
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Literal
@@ -56,6 +57,9 @@ class EvaluateSpec(Spec):
     batch_size: int = Field(64, ge=1)
     samples_per_group: int = Field(3, ge=0, description="generations kept per group and stage")
     use_gpu: bool = False
+    engine: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="auto: vLLM where it is installed and a GPU is visible, else HF"
+    )
 
     def reads(self) -> list[Path]:
         return [self.checkpoints, Path("data")]
@@ -64,6 +68,10 @@ class EvaluateSpec(Spec):
         return [self.metrics]
 
     def run(self) -> None:
+        if self.engine == "vllm":
+            from clab.training.rollout import require_vllm
+
+            require_vllm("engine")
         runs = find_runs(self.checkpoints, self.runs)
         if not runs:
             raise ClabError(
@@ -92,7 +100,7 @@ def read_eval(path: Path) -> list[dict]:
 def evaluate_run(spec: EvaluateSpec, run_dir: Path) -> dict | None:
     import torch
 
-    from clab.evaluation.countdown import evaluate_problems
+    from clab.evaluation.countdown import VLLMEvaluator, evaluate_problems
     from clab.models.loading import load_policy, load_tokenizer
 
     info = json.loads((run_dir / RUN_INFO).read_text())
@@ -108,23 +116,38 @@ def evaluate_run(spec: EvaluateSpec, run_dir: Path) -> dict | None:
     tests = {g: read_group(data_dir, g, "test", spec.test_size) for g in groups}
     device = "cuda" if spec.use_gpu and torch.cuda.is_available() else "cpu"
     max_new = spec.max_new_tokens or info["max_response_length"]
+    use_vllm = spec.engine == "vllm" or (
+        spec.engine == "auto" and device == "cuda" and importlib.util.find_spec("vllm") is not None
+    )
     bar = tqdm(
         total=len(todo) * len(groups), desc=f"evaluate {name}", unit="group", dynamic_ncols=True
     )
     for stage, stage_dir in todo:
-        model = load_policy(stage_dir).to(device)
-        tok = load_tokenizer(stage_dir)
+        if use_vllm:
+            engine = VLLMEvaluator(stage_dir, info["max_prompt_length"] + max_new)
+        else:
+            model = load_policy(stage_dir).to(device)
+            tok = load_tokenizer(stage_dir)
         trained = groups[stage.task] if stage.index else -1
         for g in groups:
-            res = evaluate_problems(
-                model,
-                tok,
-                tests[g],
-                max_prompt_length=info["max_prompt_length"],
-                max_new_tokens=max_new,
-                batch_size=spec.batch_size,
-                enforce_ops=info["enforce_ops"],
-                n_samples=spec.samples_per_group,
+            res = (
+                engine.evaluate(
+                    tests[g],
+                    max_new_tokens=max_new,
+                    enforce_ops=info["enforce_ops"],
+                    n_samples=spec.samples_per_group,
+                )
+                if use_vllm
+                else evaluate_problems(
+                    model,
+                    tok,
+                    tests[g],
+                    max_prompt_length=info["max_prompt_length"],
+                    max_new_tokens=max_new,
+                    batch_size=spec.batch_size,
+                    enforce_ops=info["enforce_ops"],
+                    n_samples=spec.samples_per_group,
+                )
             )
             rows.append(
                 {

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -200,14 +201,20 @@ class CurriculumRun:
         done = {s.index: d for s, d in complete_stages(self.ckpt_dir)}
         todo = [s for s in self.stages if s.index not in done]
         if not todo:
-            if self.main:
-                print(f"{spec.name}: all {len(self.stages)} stages are complete; nothing to do")
+            self.say(f"all {len(self.stages)} stages are complete; nothing to do")
             return
         first = todo[0]
         prev_dir = done.get(first.index - 1, initial)
         prev_info = json.loads((prev_dir / COMPLETE_MARKER).read_text())
         resume = self._resume_state(first, prev_info["global_step"])
         global_step = resume["global_step"] if resume else prev_info["global_step"]
+        if resume:
+            self.say(
+                f"resuming stage {first.name} at its step {resume['step_in_stage']} "
+                f"(global step {global_step})"
+            )
+        elif done.keys() - {0}:
+            self.say(f"continuing after stage {prev_dir.name} (global step {global_step})")
 
         log = MetricsLog(self.metrics_dir / "train.jsonl") if self.main else None
         val_log = MetricsLog(self.metrics_dir / "val.jsonl") if self.main else None
@@ -230,6 +237,7 @@ class CurriculumRun:
                 else:  # the stage started from the previous stage's checkpoint
                     tracker.start_stage(_load_params(prev_dir, algo.policy))
 
+                self.say(f"stage {stage.name}: group {group}, {n_steps} steps from step {start}")
                 on_metrics = self.metrics_sink(stage, tracker, log, wandb)
                 try:
                     global_step = algo.train_stage(
@@ -246,12 +254,23 @@ class CurriculumRun:
                 self._check_ranks_agree(algo.policy)
                 if self.main:
                     self._save_stage(stage, algo, global_step, val)
+                    self.say(f"stage {stage.name} complete at global step {global_step}")
                 self._barrier()
         finally:
             if log:
                 log.close()
                 val_log.close()
             wandb.finish()
+
+    def say(self, message: str) -> None:
+        """A line for the console and for logs/<run>/train.log (rank 0 only)."""
+        if not self.main:
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.spec.name} {message}"
+        print(line, flush=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.logs_dir / "train.log", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
 
     def metrics_sink(self, stage: Stage, tracker: WeightTracker, log, wandb):
         """What happens to each step's metrics: weight norms added, then JSONL and W&B."""
@@ -312,8 +331,8 @@ class CurriculumRun:
                     global_step,
                 )
                 out[str(g)] = res["success_rate"]
-            print(
-                f"{self.spec.name} {stage.name}: validation success "
+            self.say(
+                f"{stage.name}: validation success "
                 + " ".join(f"g{g}={v:.2f}" for g, v in out.items())
             )
         self._barrier()

@@ -110,13 +110,13 @@ def _assemble(parts, tokenizer: PreTrainedTokenizerBase) -> Rollout:
     return Rollout(prompt_ids, prompt_mask, response_ids, rmask, texts)
 
 
-def require_vllm() -> None:
+def require_vllm(field: str = "rollout.engine") -> None:
     try:
         import vllm  # noqa: F401
     except ImportError:
         raise ClabError(
-            "rollout.engine: vllm is not installed here; install the GPU extra "
-            "(uv sync --extra gpu, as the Docker image does) or set rollout.engine: hf"
+            f"{field}: vllm is not installed here; install the GPU extra "
+            f"(uv sync --extra gpu, as the Docker image does) or set {field}: hf"
         ) from None
 
 
