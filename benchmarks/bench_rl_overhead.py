@@ -31,7 +31,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from datasets import Dataset
     from transformers.utils import logging as hf_logging
     from trl import GRPOTrainer
 
@@ -41,7 +40,12 @@ def main() -> None:
     from clab.storage.layout import stage_sequence
     from clab.tracking.metrics_log import MetricsLog
     from clab.tracking.wandb_run import WandbRun
-    from clab.training.countdown_rl import CurriculumRun, GRPOAlgorithm, PPOAlgorithm
+    from clab.training.countdown_rl import (
+        CurriculumRun,
+        GRPOAlgorithm,
+        PPOAlgorithm,
+        grpo_dataset,
+    )
 
     hf_logging.set_verbosity_error()
     tmp = Path(tempfile.mkdtemp())
@@ -78,17 +82,7 @@ def main() -> None:
     def plain() -> float:
         algo = GRPOAlgorithm(run, initial, initial)
         targs = algo.grpo_args(stage, args.steps)
-        ds = Dataset.from_list(
-            [
-                {
-                    "prompt": p.prompt,
-                    "target": p.target,
-                    "nums": p.nums,
-                    "allowed_ops": p.allowed_ops,
-                }
-                for p in rows
-            ]
-        )
+        ds = grpo_dataset(rows)
         trainer = GRPOTrainer(
             model=algo.policy,
             reward_funcs=[run.reward],

@@ -540,6 +540,19 @@ def _all_reduce_mean(metrics: dict[str, float], world: int) -> dict[str, float]:
     return {k: v / world for k, v in zip(keys, t.tolist(), strict=True)}
 
 
+def grpo_dataset(rows: list[Problem]):
+    """TRL's dataset for a stage: the prompt as raw text (a string, so TRL applies no
+    chat template) and the columns the reward reads."""
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [
+            {"prompt": p.prompt, "target": p.target, "nums": p.nums, "allowed_ops": p.allowed_ops}
+            for p in rows
+        ]
+    )
+
+
 class GRPOAlgorithm:
     """TRL's GRPOTrainer, one per stage, over one model and one optimizer kept across stages."""
 
@@ -598,7 +611,6 @@ class GRPOAlgorithm:
         )
 
     def train_stage(self, stage, rows, start, n_steps, global_step, on_metrics) -> int:
-        from datasets import Dataset
         from trl import GRPOTrainer
 
         from clab.training.grpo_callback import MetricsCallback
@@ -610,17 +622,7 @@ class GRPOAlgorithm:
             g["lr"] = g["initial_lr"] = spec.grpo.lr
         work = run.ckpt_dir / RESUME_DIR / stage.name
         args = self.grpo_args(stage, n_steps)
-        ds = Dataset.from_list(
-            [
-                {
-                    "prompt": p.prompt,
-                    "target": p.target,
-                    "nums": p.nums,
-                    "allowed_ops": p.allowed_ops,
-                }
-                for p in rows
-            ]
-        )
+        ds = grpo_dataset(rows)
         offset = global_step - start  # HF counts the stage's steps itself, from its checkpoint
         callback = MetricsCallback(offset, stage, on_metrics, run.main)
         trainer = GRPOTrainer(
