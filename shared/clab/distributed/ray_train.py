@@ -24,6 +24,11 @@ def _worker_loop(config: dict) -> None:
     os.chdir(config["cwd"])
     ctx = ray.train.get_context()
     spec = CountdownRLSpec.model_validate(config["spec"])
+    if spec.resources.use_gpu:
+        import torch
+        from ray.train.torch import get_device
+
+        torch.cuda.set_device(get_device())
     CurriculumRun(spec, rank=ctx.get_world_rank(), world=ctx.get_world_size()).train()
 
 

@@ -12,7 +12,6 @@ that checkpoint's step, so no step is logged twice or lost.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -66,7 +65,7 @@ def _device(spec: CountdownRLSpec) -> torch.device:
     if spec.resources.use_gpu:
         if not torch.cuda.is_available():
             raise ClabError("resources.use_gpu: true, but no CUDA device is visible")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", torch.cuda.current_device())  # Ray sets it per worker
     return torch.device("cpu")
 
 
