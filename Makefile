@@ -7,9 +7,11 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 
 .PHONY: demo test lint data dummy-data bench sync
 
+# A venv where python3-venv exists; else pip's --target (which also puts uv in .tools/bin).
 $(UV):
-	$(PYTHON) -m venv .tools
-	.tools/bin/pip install --quiet uv
+	($(PYTHON) -m venv .tools && .tools/bin/pip install --quiet uv) || \
+	  $(PYTHON) -m pip install --quiet --target .tools uv || \
+	  $(PYTHON) -m pip install --quiet --break-system-packages --target .tools uv
 
 sync: $(UV)
 	$(UV) sync --frozen
