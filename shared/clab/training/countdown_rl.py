@@ -25,7 +25,13 @@ from clab.data.countdown.reading import Problem, check_dataset, read_group
 from clab.errors import ClabError
 from clab.evaluation.countdown import evaluate_problems
 from clab.metrics.training import WeightTracker
-from clab.models.loading import check_model_source, load_critic, load_policy, load_tokenizer
+from clab.models.loading import (
+    TINY_MARKER,
+    check_model_source,
+    load_critic,
+    load_policy,
+    load_tokenizer,
+)
 from clab.rewards.countdown import CountdownReward
 from clab.storage.atomic import atomic_dir, write_json
 from clab.storage.layout import (
@@ -175,9 +181,7 @@ class CurriculumRun:
                 supervised_warmup(model, tok, spec, self.logs_dir)
             model.save_pretrained(d)
             tok.save_pretrained(d)
-            for extra in ("clab_tiny.json",):
-                if (source / extra).is_file():
-                    shutil.copy(source / extra, d / extra)
+            copy_tiny_marker(source, d)
             if source == d / "model":
                 shutil.rmtree(source)
             write_json(
@@ -369,6 +373,12 @@ class CurriculumRun:
         shutil.rmtree(self.ckpt_dir / RESUME_DIR / stage.name, ignore_errors=True)
 
 
+def copy_tiny_marker(src: Path, dst: Path) -> None:
+    """Keep a tiny model's tokenizer marker with every checkpoint, so loaders keep its ids."""
+    if (src / TINY_MARKER).is_file():
+        shutil.copy(src / TINY_MARKER, dst / TINY_MARKER)
+
+
 def latest_hf_checkpoint(work: Path) -> Path | None:
     """The newest ``checkpoint-N`` that our callback marked whole after HF saved it."""
     done = [c for c in work.glob("checkpoint-*") if (c / COMPLETE_MARKER).is_file()]
@@ -521,10 +531,7 @@ class PPOAlgorithm:
         self.policy.save_pretrained(d)
         self.tokenizer.save_pretrained(d)
         self.critic.save_pretrained(d / "critic")
-        for extra in ("clab_tiny.json",):
-            src = self.run.ckpt_dir / INITIAL_STAGE / extra
-            if src.is_file():
-                shutil.copy(src, d / extra)
+        copy_tiny_marker(self.run.ckpt_dir / INITIAL_STAGE, d)
         torch.save(self.trainer.state_dict(), d / TRAINER_STATE)
 
 
@@ -642,7 +649,5 @@ class GRPOAlgorithm:
     def save(self, d: Path) -> None:
         self.policy.save_pretrained(d)
         self.tokenizer.save_pretrained(d)
-        src = self.run.ckpt_dir / INITIAL_STAGE / "clab_tiny.json"
-        if src.is_file():
-            shutil.copy(src, d / "clab_tiny.json")
+        copy_tiny_marker(self.run.ckpt_dir / INITIAL_STAGE, d)
         torch.save(self.optimizer.state_dict(), d / TRAINER_STATE)
