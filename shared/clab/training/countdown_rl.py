@@ -11,6 +11,7 @@ that checkpoint's step, so no step is logged twice or lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -371,6 +372,8 @@ class CurriculumRun:
                 },
             )
         shutil.rmtree(self.ckpt_dir / RESUME_DIR / stage.name, ignore_errors=True)
+        with contextlib.suppress(OSError):  # leave no empty _resume/ behind a finished stage
+            (self.ckpt_dir / RESUME_DIR).rmdir()
 
 
 def copy_tiny_marker(src: Path, dst: Path) -> None:
