@@ -7,8 +7,8 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clab.data.countdown.reading import Problem
+from clab.generation.rollout import hf_generate, require_vllm
 from clab.rewards.countdown import CountdownReward
-from clab.training.rollout import hf_generate, require_vllm
 
 
 def score_texts(

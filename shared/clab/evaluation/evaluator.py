@@ -69,7 +69,7 @@ class EvaluateSpec(Spec):
 
     def run(self) -> None:
         if self.engine == "vllm":
-            from clab.training.rollout import require_vllm
+            from clab.generation.rollout import require_vllm
 
             require_vllm("engine")
         runs = find_runs(self.checkpoints, self.runs)

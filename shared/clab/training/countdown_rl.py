@@ -25,6 +25,7 @@ from tqdm import tqdm
 from clab.data.countdown.reading import Problem, check_dataset, read_group
 from clab.errors import ClabError
 from clab.evaluation.countdown import evaluate_problems
+from clab.generation.rollout import VLLMRollout, require_vllm
 from clab.metrics.training import WeightTracker
 from clab.models.loading import (
     TINY_MARKER,
@@ -47,7 +48,6 @@ from clab.tracking.metrics_log import MetricsLog
 from clab.tracking.wandb_run import WandbRun
 from clab.training.countdown_rl_spec import CountdownRLSpec
 from clab.training.ppo import NonFiniteLoss, PPOConfig, PPOTrainer
-from clab.training.rollout import VLLMRollout, require_vllm
 
 RESUME_DIR = "_resume"
 TRAINER_STATE = "trainer_state.pt"

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from clab.data.countdown.reading import Problem
+from clab.generation.rollout import Rollout, hf_generate, position_ids
 from clab.metrics.training import success_rate
 from clab.rewards.countdown import RewardResult
 from clab.training.ppo_core import (
@@ -37,7 +38,6 @@ from clab.training.ppo_core import (
     token_rewards,
     value_loss,
 )
-from clab.training.rollout import Rollout, hf_generate, position_ids
 
 
 @dataclass
