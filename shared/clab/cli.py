@@ -34,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override a spec field (dotted keys, YAML values); repeatable",
         )
+        if name == "run":
+            sp.add_argument(
+                "--restart",
+                action="store_true",
+                help="a training run that exists already is moved aside (renamed, never "
+                "deleted) and started again",
+            )
     sub.add_parser(
         "demo",
         help="the whole stack at tiny scale on this machine (CPU)",
@@ -58,7 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# {args.spec}: valid")
             print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
             return 0
-        spec.run()
+        if getattr(args, "restart", False):
+            from clab.runs.spec import RunSpec
+
+            if not isinstance(spec, RunSpec):
+                raise ClabError(f"--restart: {args.spec} is not a training run (kind {spec.kind})")
+            spec.run(restart=True)
+        else:
+            spec.run()
     except ClabError as e:
         print(f"clab: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -47,6 +47,9 @@ class WeightTracker:
             torch._foreach_copy_(self.stage_start, src)
             self.stage_norm = global_norm(self.stage_start)
 
+    def per_tensor(self) -> dict[str, float]:
+        return {}
+
     @torch.no_grad()
     def measure(self, grad_norm: float | None = None) -> dict[str, float]:
         param_norm = global_norm([p.detach() for p in self.params])

@@ -63,7 +63,9 @@ def load_policy(name_or_path: str | Path, dtype: str = "float32") -> PreTrainedM
     return AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=DTYPES[dtype])
 
 
-def load_critic(name_or_path: str | Path, dtype: str = "float32") -> PreTrainedModel:
+def load_critic(
+    name_or_path: str | Path, dtype: str = "float32", seed: int | None = None
+) -> PreTrainedModel:
     """A value model: the policy's backbone with a one-output token head.
 
     From a policy checkpoint the head is new (initialised by transformers);

@@ -7,11 +7,12 @@ random-split control all use it; only the values differ.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from clab.specs import Spec, SpecModel
+from clab.runs.spec import RunSpec
+from clab.specs import SpecModel
 
 
 class DataSpec(SpecModel):
@@ -78,13 +79,16 @@ class GRPOSpec(SpecModel):
     beta: float = Field(0.001, ge=0, description="KL coefficient (0: no reference model)")
     epsilon: float = Field(0.2, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
-
-
-class ResourcesSpec(SpecModel):
-    num_workers: int = Field(1, ge=1, description=">1: Ray Train, one process per worker")
-    use_gpu: bool = False
-    ray_address: str | None = Field(None, description="an existing Ray cluster; None: local")
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    weight_decay: float = Field(
+        0.0, ge=0, description="AdamW decay (TRL's default 0); never on norms and biases"
+    )
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field(
+        "dapo",
+        description="TRL's policy-loss normalisation; dapo: token-mean over the whole batch",
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="advantages divided by the reward std of each prompt's group"
+    )
 
 
 class WarmupSpec(SpecModel):
@@ -94,31 +98,24 @@ class WarmupSpec(SpecModel):
     groups: list[int] = Field([0], description="groups whose solutions it trains on")
 
 
-class CountdownRLSpec(Spec):
+class CountdownRLSpec(RunSpec):
     """RL through the Countdown operator groups: rounds x groups x epochs."""
 
     kind: Literal["countdown-rl"] = "countdown-rl"
-    name: str = Field(
-        ..., pattern=r"^[A-Za-z0-9._-]+$", description="the run: checkpoints/<name> etc."
-    )
+    TRAINER: ClassVar[str] = "clab.training.countdown_rl"
     algorithm: Literal["ppo", "grpo"] = "ppo"
     data: DataSpec = Field(default_factory=DataSpec)
-    rounds: int = Field(3, ge=1)
+    rounds: int = Field(3, ge=1, description="passes over all groups")
     epochs_per_group: int = Field(15, ge=1)
     max_steps_per_stage: int | None = Field(None, ge=1, description="cap, for tests and the demo")
-    reset_optimizer: bool = Field(False, description="fresh optimizer state at each stage")
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     lr_warmup_steps: int = Field(0, ge=0, description="per stage: the schedule restarts")
-    seed: int = 0
     model: ModelSpec
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     batch: BatchSpec = Field(default_factory=BatchSpec)
     ppo: PPOSpec = Field(default_factory=PPOSpec)
     grpo: GRPOSpec = Field(default_factory=GRPOSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    save_steps: int = Field(0, ge=0, description="intermediate checkpoint every N steps; 0: none")
     warmup: WarmupSpec = Field(default_factory=WarmupSpec)
-    wandb: bool = Field(True, description="log to W&B (offline, under logs/wandb)")
 
     @model_validator(mode="after")
     def _batches(self) -> CountdownRLSpec:
@@ -145,9 +142,15 @@ class CountdownRLSpec(Spec):
                     f"batch.micro ({b.micro}) must divide the sequences per worker and step "
                     f"({per_worker})"
                 )
-        if self.resources.strategy == "fsdp" and self.algorithm == "ppo":
+        if self.resources.strategy == "fsdp":
             raise ValueError(
-                "resources.strategy fsdp is implemented for grpo (through TRL); ppo runs with ddp"
+                "resources.strategy: fsdp is not supported yet for countdown-rl; use ddp"
+            )
+        tp = self.rollout.tensor_parallel_size
+        if tp > 1 and (self.rollout.engine != "vllm" or w % tp):
+            raise ValueError(
+                f"rollout.tensor_parallel_size ({tp}) needs rollout.engine vllm and must "
+                f"divide resources.num_workers ({w})"
             )
         if self.rollout.engine == "vllm" and not self.resources.use_gpu:
             raise ValueError("rollout.engine vllm needs resources.use_gpu: true")
@@ -157,19 +160,3 @@ class CountdownRLSpec(Spec):
 
     def reads(self) -> list[Path]:
         return [self.data.dir]
-
-    def run_dirs(self) -> tuple[Path, Path, Path]:
-        """checkpoints/<name>, metrics/<name>, logs/<name>."""
-        return (
-            Path("checkpoints") / self.name,
-            Path("metrics") / self.name,
-            Path("logs") / self.name,
-        )
-
-    def writes(self) -> list[Path]:
-        return [*self.run_dirs(), *([Path("logs/wandb")] if self.wandb else [])]
-
-    def run(self) -> None:  # type: ignore[override]
-        from clab.training.countdown_rl import train
-
-        train(self)

@@ -62,6 +62,7 @@ class PPOConfig:
     temperature: float = 1.0
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
+    compute_dtype: str | None = None
 
 
 ScoreFn = Callable[[list[str], list[Problem]], list[RewardResult]]
@@ -103,8 +104,13 @@ class PPOTrainer:
         self.critic_opt = torch.optim.AdamW(critic.parameters(), lr=config.critic_lr)
         self.new_stage(1, reset_optimizer=False)
 
-    def new_stage(self, num_steps: int, reset_optimizer: bool) -> None:
+    def new_stage(
+        self, num_steps: int, reset_optimizer: bool, state=None, resume_schedulers=False
+    ) -> None:
         """Restart the learning-rate schedules (and optionally the optimizer state)."""
+        if state is not None:
+            self.actor_opt.load_state_dict(state["actor_opt"])
+            self.critic_opt.load_state_dict(state["critic_opt"])
         if reset_optimizer:
             self.actor_opt.state.clear()
             self.critic_opt.state.clear()
@@ -117,6 +123,9 @@ class PPOTrainer:
         )
         self.actor_sched = get_scheduler(name, self.actor_opt, **kw)
         self.critic_sched = get_scheduler(name, self.critic_opt, **kw)
+        if state is not None and resume_schedulers:
+            self.actor_sched.load_state_dict(state["actor_sched"])
+            self.critic_sched.load_state_dict(state["critic_sched"])
 
     def state_dict(self) -> dict:
         return {

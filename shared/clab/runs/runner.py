@@ -1,0 +1,453 @@
+"""The stage runner: everything a continual-learning run does between stages.
+
+Read top to bottom: :func:`run_spec` checks the inputs, takes the run's lock,
+compares the spec with the one the run started with, cleans what a dead run
+left, and runs :class:`StageRunner` here or on Ray workers. The runner builds
+stage 0, then for each stage still to do asks the trainer to train it,
+validates, checks that the workers agree, and saves the checkpoint whose
+``COMPLETE`` marker is written last. A rerun of the same command skips
+complete stages and resumes a stage from its newest intermediate checkpoint;
+the metrics logs are cut back to that point, so no step is logged twice or
+lost. No algorithm lives here: trainers (``clab.training``) plug in through
+:class:`~clab.runs.protocol.StageTrainer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+from transformers.utils import logging as hf_logging
+
+from clab.errors import ClabError
+from clab.metrics.training import WeightTracker
+from clab.runs.fingerprint import changed_fields, fingerprint
+from clab.runs.lock import RunLock
+from clab.runs.protocol import StageContext, StageTrainer
+from clab.runs.spec import RunSpec
+from clab.storage.atomic import atomic_dir, write_json
+from clab.storage.layout import (
+    COMPLETE_MARKER,
+    INITIAL_STAGE,
+    RUN_INFO,
+    Stage,
+    complete_stages,
+    stage_sequence,
+)
+from clab.tracking.metrics_log import MetricsLog
+from clab.tracking.wandb_run import WandbRun
+
+RESUME_DIR = "_resume"  # checkpoints/<run>/_resume/<stage>/checkpoint-<step>/
+INITIAL_WORK = "_initial"  # checkpoints/<run>/_initial/: a resumable warm-up
+TIMING_KEYS = ("step_time", "tokens_per_s", "generation_time", "time")
+
+
+def trainer_module(spec: RunSpec) -> Any:
+    """The module named by the spec: ``check_inputs(spec)`` and ``make_trainer(...)``."""
+    return importlib.import_module(spec.TRAINER)
+
+
+def seed_everything(*parts: int) -> None:
+    """One seed per (run seed, place in the run): a resumed run draws what an
+    uninterrupted one drew. Tuples of ints hash the same in every process."""
+    seed = hash(parts) % (2**31)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def latest_checkpoint(work: Path) -> Path | None:
+    """The newest ``checkpoint-N`` whose marker says it is whole."""
+    done = [c for c in work.glob("checkpoint-*") if (c / COMPLETE_MARKER).is_file()]
+    return max(done, key=lambda c: int(c.name.split("-")[1]), default=None)
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    return int(ckpt.name.split("-")[1])
+
+
+# -- the entry point ---------------------------------------------------------------------
+
+
+def run_spec(spec: RunSpec, restart: bool = False) -> None:
+    """``clab run`` for every trainer kind: checks, lock, fingerprint, then the stages."""
+    trainer_module(spec).check_inputs(spec)  # before anything is written
+    ckpt_dir, metrics_dir, logs_dir = spec.run_dirs()
+    # beside the run's folder, not in it: --restart moves the folder while we hold it
+    with RunLock(ckpt_dir.parent, "trainer", name=f".{spec.name}.lock"):
+        if restart:
+            _move_aside(spec)
+        _check_fingerprint(spec)
+        _clean_leftovers(ckpt_dir)
+        if spec.resources.num_workers > 1:
+            from clab.distributed.launch import run_workers
+
+            run_workers(
+                "clab.runs.runner:worker_main",
+                {"kind": spec.kind, "spec": spec.model_dump(mode="json"), "cwd": os.getcwd()},
+                num_workers=spec.resources.num_workers,
+                use_gpu=spec.resources.use_gpu,
+                ray_address=spec.resources.ray_address,
+                storage=(logs_dir / "ray").resolve(),
+                name=spec.name,
+            )
+        else:
+            StageRunner(spec).run()
+
+
+def worker_main(config: dict, rank: int, world: int) -> None:
+    """One data-parallel worker (started by ``clab.distributed.launch``)."""
+    from clab.specs import spec_class
+
+    os.chdir(config["cwd"])
+    spec = spec_class(config["kind"]).model_validate(config["spec"])
+    StageRunner(spec, rank=rank, world=world).run()
+
+
+def spec_fingerprint(spec: RunSpec) -> dict[str, Any]:
+    return fingerprint(spec.model_dump(mode="json"), spec.SAFE_CHANGES)
+
+
+def _check_fingerprint(spec: RunSpec) -> None:
+    info_path = spec.run_dirs()[0] / RUN_INFO
+    if not info_path.is_file():
+        return
+    try:
+        old = json.loads(info_path.read_text()).get("fingerprint")
+    except json.JSONDecodeError:
+        raise ClabError(f"{info_path}: not valid JSON; move the run aside with --restart") from None
+    if old is None:
+        raise ClabError(
+            f"{info_path}: written by an older clab without a fingerprint; "
+            "rerun with --restart to move the old run aside and start again"
+        )
+    diff = changed_fields(old, spec_fingerprint(spec))
+    if diff:
+        raise ClabError(
+            f"run {spec.name!r} was started with other settings ({'; '.join(diff)}): "
+            "continuing would mix two experiments in one run. Use the old settings, "
+            "another name, or --restart (moves the old run aside, deletes nothing)"
+        )
+
+
+def _move_aside(spec: RunSpec) -> None:
+    """--restart: every folder of the run gets a dated name beside it; nothing is deleted."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for d in spec.run_dirs():
+        if d.exists():
+            target = d.with_name(f"{d.name}.old-{stamp}")
+            os.replace(d, target)
+            print(f"clab: moved {d} aside to {target}", flush=True)
+
+
+def _clean_leftovers(ckpt_dir: Path) -> None:
+    """What a dead run left: staging folders of unfinished atomic writes, and the
+    intermediate checkpoints of stages that did complete. We hold the run's lock,
+    so nobody else is writing here."""
+    if not ckpt_dir.is_dir():
+        return
+    for p in ckpt_dir.glob(".*.partial"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in ckpt_dir.glob(".*.old"):
+        shutil.rmtree(p, ignore_errors=True)
+    resume = ckpt_dir / RESUME_DIR
+    for stage, _ in complete_stages(ckpt_dir):
+        shutil.rmtree(resume / stage.name, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        resume.rmdir()
+
+
+# -- the stages --------------------------------------------------------------------------
+
+
+class StageRunner:
+    def __init__(self, spec: RunSpec, rank: int = 0, world: int = 1):
+        self.spec = spec
+        self.rank, self.world = rank, world
+        self.main = rank == 0
+        self.ckpt_dir, self.metrics_dir, self.logs_dir = spec.run_dirs()
+        hf_logging.disable_progress_bar()  # one bar per stage is ours; not one per file saved
+        seed_everything(spec.seed, -1, rank)
+        self.trainer: StageTrainer = trainer_module(spec).make_trainer(spec, rank, world)
+        self.tasks = self.trainer.tasks()
+        self.stages = stage_sequence(spec.rounds, len(self.tasks))
+
+    def barrier(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+
+    def say(self, message: str) -> None:
+        """A line for the console and for logs/<run>/train.log (rank 0 only)."""
+        if not self.main:
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self.spec.name} {message}"
+        tqdm.write(line)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.logs_dir / "train.log", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    # -- stage 0 ---------------------------------------------------------------------
+
+    def prepare_initial(self) -> Path:
+        initial = self.ckpt_dir / INITIAL_STAGE
+        if self.main and not (initial / COMPLETE_MARKER).is_file():
+            seed_everything(self.spec.seed, 0)
+            work = self.ckpt_dir / INITIAL_WORK
+            with atomic_dir(initial) as d:
+                facts = self.trainer.build_initial(d, work)
+                write_json(
+                    d / COMPLETE_MARKER,
+                    {"index": 0, "round": 0, "task": 0, "global_step": 0, **facts},
+                )
+            shutil.rmtree(work, ignore_errors=True)
+        if self.main:
+            # written once stage 0 exists: a start that failed leaves no run behind
+            write_json(
+                self.ckpt_dir / RUN_INFO,
+                {
+                    "kind": self.spec.kind,
+                    "name": self.spec.name,
+                    "rounds": self.spec.rounds,
+                    "tasks": [t.to_json() for t in self.tasks],
+                    "fingerprint": spec_fingerprint(self.spec),
+                    "spec": self.spec.model_dump(mode="json"),
+                },
+            )
+        self.barrier()
+        return initial
+
+    # -- the run ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        spec = self.spec
+        initial = self.prepare_initial()
+        done = {s.index: d for s, d in complete_stages(self.ckpt_dir)}
+        todo = [s for s in self.stages if s.index not in done]
+        if not todo:
+            self.say(f"all {len(self.stages)} stages are complete; nothing to do")
+            return
+        first = todo[0]
+        prev_dir = done.get(first.index - 1, initial)
+        prev_step = _marker(prev_dir)["global_step"]
+        resume_from = latest_checkpoint(self.ckpt_dir / RESUME_DIR / first.name)
+        start = checkpoint_step(resume_from) if resume_from else 0
+        if resume_from:
+            self.say(
+                f"resuming stage {first.name} at its step {start} (global step {prev_step + start})"
+            )
+        elif first.index > 1:
+            self.say(f"continuing after stage {prev_dir.name} (global step {prev_step})")
+
+        seed_everything(spec.seed, first.index, self.rank)
+        self.trainer.load(resume_from or prev_dir, initial)
+        module = self.trainer.trainable_module()
+        tracker = WeightTracker(module, theta_0=_load_params(initial, module))
+        tracker.start_stage(_load_params(prev_dir, module) if resume_from else None)
+
+        logs = self._open_logs(prev_step, prev_step + start)
+        wandb = WandbRun(spec.wandb and self.main, "clab", spec.name, spec.model_dump(mode="json"))
+        global_step = prev_step
+        try:
+            for stage in todo:
+                if stage is not first:
+                    tracker.start_stage()
+                    resume_from, start = None, 0
+                seed_everything(spec.seed, stage.index, self.rank)
+                global_step = self._train_stage(
+                    stage, global_step, start, resume_from, tracker, logs, wandb
+                )
+                rows = self.trainer.validate(stage) if self.main else []
+                self._log_validation(stage, global_step, rows, logs, wandb)
+                self._check_workers_agree(module)
+                if self.main:
+                    self._save_stage(stage, global_step, rows)
+                self.barrier()
+        finally:
+            for log in logs.values():
+                if log is not None:
+                    log.close()
+            wandb.finish()
+
+    def _open_logs(self, stage_start_step: int, resume_step: int) -> dict[str, MetricsLog | None]:
+        names = ("train", "val", "weights")
+        if not self.main:
+            return dict.fromkeys(names)
+        logs = {n: MetricsLog(self.metrics_dir / f"{n}.jsonl") for n in names}
+        logs["train"].truncate_after(resume_step)
+        logs["weights"].truncate_after(resume_step)
+        logs["val"].truncate_after(stage_start_step)
+        return logs
+
+    def _train_stage(self, stage, global_step, start, resume_from, tracker, logs, wandb) -> int:
+        spec, task = self.spec, self.tasks[stage.task]
+        n_steps = self.trainer.stage_steps(stage.task)
+        work = self.ckpt_dir / RESUME_DIR / stage.name
+        self.say(f"stage {stage.name}: task {task.name}, {n_steps} steps from step {start}")
+        bar = tqdm(
+            total=n_steps,
+            initial=start,
+            desc=f"{spec.name} {stage.name} ({task.name})",
+            unit="step",
+            disable=not self.main,
+            dynamic_ncols=True,
+        )
+        t_last = time.perf_counter()
+        state = {"global_step": global_step + start}
+
+        def log(row: dict[str, Any]) -> None:
+            nonlocal t_last
+            step = global_step + int(row["step_in_stage"])
+            row = {"global_step": step, **row}
+            row.update(tracker.measure(row.get("grad_norm")))
+            row.update(round=stage.round, task=stage.task, stage=stage.index)
+            row.setdefault("step_time", time.perf_counter() - t_last)
+            t_last = time.perf_counter()
+            state["global_step"] = step
+            every = spec.weight_change_every
+            if self.main:
+                logs["train"].log(row)
+                wandb.log(row, step)
+                if every and step % every == 0:
+                    logs["weights"].log({"global_step": step, **tracker.per_tensor()})
+                bar.update(int(row["step_in_stage"]) - bar.n)
+                shown = {k: row[k] for k in ("success_rate", "reward_mean", "loss") if k in row}
+                bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
+
+        def save_resume(step_in_stage: int) -> None:
+            if self.main:
+                ckpt = work / f"checkpoint-{step_in_stage}"
+                with atomic_dir(ckpt) as d:
+                    self.trainer.save(d)
+                    write_json(d / COMPLETE_MARKER, {"step": step_in_stage})
+                prune_checkpoints(work, spec.save_total_limit)
+            self.barrier()
+
+        ctx = StageContext(
+            stage=stage,
+            task=task,
+            n_steps=n_steps,
+            start_step=start,
+            global_step=global_step,
+            resume_from=resume_from,
+            work_dir=work,
+            rank=self.rank,
+            world=self.world,
+            log=log,
+            save_resume=save_resume,
+            say=self.say,
+        )
+        try:
+            self.trainer.train_stage(ctx)
+        finally:
+            bar.close()
+        end = global_step + n_steps
+        if state["global_step"] != end and self.main:
+            raise RuntimeError(
+                f"stage {stage.name}: the trainer logged up to global step "
+                f"{state['global_step']}, not {end}"
+            )
+        return end
+
+    def _log_validation(self, stage, global_step, rows, logs, wandb) -> None:
+        if not self.main:
+            return
+        for r in rows:
+            row = {
+                "global_step": global_step,
+                "stage": stage.index,
+                "round": stage.round,
+                "trained_task": stage.task,
+                **r,
+            }
+            logs["val"].log(row)
+            t = r["task"]
+            wandb.log(
+                {f"val/{t}/{k}": v for k, v in r.items() if isinstance(v, int | float)},
+                global_step,
+            )
+        main_scores = [f"{r['task']}={r[r['primary']]:.3f}" for r in rows if r.get("primary") in r]
+        self.say(f"{stage.name}: validation " + " ".join(main_scores))
+
+    def _check_workers_agree(self, model: torch.nn.Module) -> None:
+        """Data-parallel workers must hold the same weights: a silent drift corrupts a run."""
+        if self.world <= 1 or not dist.is_initialized():
+            return
+        with torch.no_grad():
+            mine = torch.stack([p.double().norm() for p in model.parameters()]).sum().reshape(1)
+        if dist.get_backend() == "nccl":
+            mine = mine.cuda()
+        every = [torch.zeros_like(mine) for _ in range(self.world)]
+        dist.all_gather(every, mine)
+        if any(abs(e.item() - mine.item()) > 1e-6 * max(1.0, abs(mine.item())) for e in every):
+            raise RuntimeError(f"workers' weights differ: {[e.item() for e in every]}")
+
+    def _save_stage(self, stage: Stage, global_step: int, val_rows: list[dict]) -> None:
+        with atomic_dir(self.ckpt_dir / stage.name) as d:
+            self.trainer.save(d)
+            write_json(
+                d / COMPLETE_MARKER,
+                {
+                    "index": stage.index,
+                    "round": stage.round,
+                    "task": stage.task,
+                    "task_name": self.tasks[stage.task].name,
+                    "global_step": global_step,
+                    "validation": val_rows,
+                    "workers": self.world,
+                },
+            )
+        shutil.rmtree(self.ckpt_dir / RESUME_DIR / stage.name, ignore_errors=True)
+        with contextlib.suppress(OSError):  # leave no empty _resume/ behind a finished stage
+            (self.ckpt_dir / RESUME_DIR).rmdir()
+        self.say(f"stage {stage.name} complete at global step {global_step}")
+
+
+def prune_checkpoints(work: Path, keep: int) -> None:
+    """Keep the newest ``keep`` whole intermediate checkpoints of a stage."""
+    ckpts = sorted(work.glob("checkpoint-*"), key=checkpoint_step)
+    whole = [c for c in ckpts if (c / COMPLETE_MARKER).is_file()]
+    for c in whole[:-keep]:
+        shutil.rmtree(c, ignore_errors=True)
+
+
+def _marker(stage_dir: Path) -> dict:
+    return json.loads((stage_dir / COMPLETE_MARKER).read_text())
+
+
+def _load_params(model_dir: Path, like: torch.nn.Module) -> list[torch.Tensor]:
+    """The trainable parameters of a saved model, in ``like``'s order, device and dtype.
+
+    Read with safetensors (never ``torch.load``), matching names as
+    ``save_pretrained`` writes them; a tied head falls back to the embedding.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        try:
+            state.update(load_file(str(f)))
+        except (SafetensorError, OSError) as e:
+            raise ClabError(f"{f}: not a readable safetensors file ({e})") from None
+    out = []
+    for name, p in like.named_parameters():
+        if not p.requires_grad:
+            continue
+        t = state.get(name)
+        if t is None and name == "lm_head.weight":
+            t = state.get("model.embed_tokens.weight")
+        if t is None:
+            raise ClabError(f"{model_dir}: checkpoint lacks parameter {name}")
+        out.append(t.to(device=p.device, dtype=p.dtype))
+    return out

@@ -1,0 +1,128 @@
+"""What every stage built on transformers' Trainer shares (GRPO now; SFT and DPO next).
+
+One HF trainer is kept for the whole run and handed a new data set and step
+budget per stage, so its optimizer state (and, for GRPO with vLLM, its
+inference engine) is carried from stage to stage; each ``train()`` starts a
+new TrainerState and a new learning-rate schedule, as a continual stage
+should. HF checkpoints the stage into the runner's work folder itself
+(``checkpoint-N`` with optimizer, scheduler and RNG state); the callback
+marks each one whole, forwards the log rows to the runner, and HF's
+``save_total_limit`` keeps only the newest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, set_seed
+
+from clab.runs.protocol import StageContext
+from clab.storage.layout import COMPLETE_MARKER
+
+
+def stage_args(spec, ctx: StageContext, n_steps: int) -> dict[str, Any]:
+    """TrainingArguments keys that every HF-based stage sets the same way."""
+    use_gpu = spec.resources.use_gpu
+    return dict(
+        output_dir=str(ctx.work_dir),
+        max_steps=n_steps,
+        logging_steps=1,
+        save_strategy="steps" if spec.save_steps else "no",
+        save_steps=spec.save_steps or 500,
+        save_total_limit=spec.save_total_limit,
+        save_only_model=False,
+        report_to=[],
+        use_cpu=not use_gpu,
+        bf16=use_gpu,  # autocast over fp32 weights: small updates must not round away
+        seed=hash((spec.seed, ctx.stage.index)) % (2**31),
+        data_seed=hash((spec.seed, ctx.stage.index)) % (2**31),
+        disable_tqdm=True,  # the runner draws the progress bar
+    )
+
+
+class StageCallback(TrainerCallback):
+    """HF log rows -> runner rows (renamed by ``keys``), and COMPLETE on each checkpoint."""
+
+    def __init__(self, keys: dict[str, str], extra: Callable[[dict], dict] | None = None):
+        self.keys, self.extra = keys, extra
+        self.ctx: StageContext | None = None
+        self.rows = 0
+        self._t0 = time.perf_counter()
+        self._step_time = 0.0
+
+    def start(self, ctx: StageContext) -> None:
+        self.ctx, self.rows, self._tokens = ctx, 0, 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._step_time = time.perf_counter() - self._t0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "train_runtime" in logs or self.ctx is None:
+            return  # the end-of-training summary
+        row = {
+            "step_in_stage": state.global_step,
+            "epoch": math.floor(state.epoch or 0),
+            "step_time": self._step_time,
+        }
+        row.update({ours: logs[k] for k, ours in self.keys.items() if logs.get(k) is not None})
+        tokens = logs.get("num_tokens")  # HF counts the stage's tokens so far
+        if tokens is not None and self._step_time > 0:
+            row["tokens_per_s"] = (tokens - self._tokens) / self._step_time
+            self._tokens = tokens
+        if self.extra:
+            row.update(self.extra(logs))
+        self.rows += 1
+        self.ctx.log(row)
+
+    def on_save(self, args, state, control, **kwargs):
+        """HF writes checkpoint folders in place; the marker says this one is whole."""
+        if state.is_world_process_zero:
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ckpt.is_dir():
+                (ckpt / COMPLETE_MARKER).write_text(f'{{"step": {state.global_step}}}\n')
+
+
+def carry_into_stage(
+    trainer: Trainer,
+    args: dict[str, Any],
+    dataset,
+    *,
+    optimizer_state: dict | None,
+    reset_optimizer: bool,
+) -> None:
+    """Point a kept HF trainer at the next stage.
+
+    The optimizer is created by HF itself (weight decay only on weights, never
+    on norms and biases; FSDP-compatible, unlike passing ``optimizers=``),
+    once; a state saved with a stage checkpoint is loaded before the
+    schedule is built, with each group's learning rate set back to its
+    initial value so the new schedule starts where it should.
+    """
+    for key, value in args.items():
+        setattr(trainer.args, key, value)
+    trainer.train_dataset = dataset
+    if trainer.optimizer is None:
+        trainer.create_optimizer()
+        if optimizer_state is not None and not reset_optimizer:
+            trainer.optimizer.load_state_dict(optimizer_state)
+    elif reset_optimizer:
+        trainer.optimizer.state.clear()
+    for g in trainer.optimizer.param_groups:
+        g["lr"] = g["initial_lr"] = trainer.args.learning_rate
+    set_seed(args["seed"])  # HF seeds only when a trainer is built; later stages need it too
+
+
+def optimizer_state(trainer: Trainer | None, fallback: dict | None) -> dict | None:
+    return trainer.optimizer.state_dict() if trainer and trainer.optimizer else fallback
+
+
+def load_optimizer_state(path: Path) -> dict | None:
+    return torch.load(path, weights_only=False) if path.is_file() else None
