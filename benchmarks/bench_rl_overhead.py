@@ -32,20 +32,17 @@ def main() -> None:
 
     import torch
     from transformers.utils import logging as hf_logging
-    from trl import GRPOTrainer
+    from trl import GRPOConfig, GRPOTrainer
 
     from clab.cli import main as clab
     from clab.metrics.training import WeightTracker
+    from clab.runs.protocol import StageContext
+    from clab.runs.runner import StageRunner, StepSink
     from clab.specs import load_spec
     from clab.storage.layout import stage_sequence
     from clab.tracking.metrics_log import MetricsLog
     from clab.tracking.wandb_run import WandbRun
-    from clab.training.countdown_rl import (
-        CurriculumRun,
-        GRPOAlgorithm,
-        PPOAlgorithm,
-        grpo_dataset,
-    )
+    from clab.training.countdown_rl import grpo_dataset, make_trainer
 
     hf_logging.set_verbosity_error()
     tmp = Path(tempfile.mkdtemp())
@@ -59,6 +56,7 @@ def main() -> None:
         "resources.num_workers=1",
         "resources.use_gpu=false",
         "rollout.engine=hf",
+        "rollout.tensor_parallel_size=1",
         "rollout.max_response_length=32",
         "rollout.max_prompt_length=192",
         "rollout.responses_per_prompt=4",
@@ -74,37 +72,50 @@ def main() -> None:
         f"max_steps_per_stage={args.steps}",
     ]
     spec = load_spec(REPO / "services/curriculum-trainer-1.5b.yaml", sets)
-    run = CurriculumRun(spec)
-    initial = run.prepare_initial()
+    initial = StageRunner(spec).prepare_initial()
     stage = stage_sequence(1, 1)[0]
-    rows = run._train_rows(0)
+
+    def context(trainer, sink) -> StageContext:
+        return StageContext(
+            stage=stage,
+            task=trainer.tasks()[0],
+            n_steps=args.steps,
+            start_step=0,
+            global_step=0,
+            resume_from=None,
+            work_dir=tmp / "work",
+            rank=0,
+            world=1,
+            log=sink,
+            save_resume=lambda step: None,
+            say=print,
+        )
 
     def plain() -> float:
-        algo = GRPOAlgorithm(run, initial, initial)
-        targs = algo.grpo_args(stage, args.steps)
-        ds = grpo_dataset(rows)
+        tr = make_trainer(spec, 0, 1)
+        tr.load(initial, initial)
         trainer = GRPOTrainer(
-            model=algo.policy,
-            reward_funcs=[run.reward],
-            args=targs,
-            train_dataset=ds,
-            processing_class=algo.tokenizer,
+            model=tr.policy,
+            reward_funcs=[tr.reward],
+            args=GRPOConfig(**tr.grpo_args(context(tr, print))),
+            train_dataset=grpo_dataset(tr.rows(0)),
+            processing_class=tr.tokenizer,
         )
         t = time.perf_counter()
         trainer.train()
         return time.perf_counter() - t
 
     def ours() -> float:
-        algo = GRPOAlgorithm(run, initial, initial)
-        tracker = WeightTracker(algo.policy)
-        log = MetricsLog(tmp / "metrics.jsonl")
+        tr = make_trainer(spec, 0, 1)
+        tr.load(initial, initial)
+        logs = {"train": MetricsLog(tmp / "metrics.jsonl"), "weights": None}
         wandb = WandbRun(True, "clab-bench", f"bench-{time.time_ns()}", {})
-        sink = run.metrics_sink(stage, tracker, log, wandb)
+        sink = StepSink(stage, 0, WeightTracker(tr.policy), logs, wandb)
         t = time.perf_counter()
-        algo.train_stage(stage, rows, 0, args.steps, 0, sink)
+        tr.train_stage(context(tr, sink))
         elapsed = time.perf_counter() - t
         wandb.finish()
-        log.close()
+        logs["train"].close()
         return elapsed
 
     torch.manual_seed(0)
@@ -125,19 +136,20 @@ def main() -> None:
 
     # PPO: the same step with and without the per-step bookkeeping.
     spec_ppo = spec.model_copy(update={"algorithm": "ppo"})
-    run_ppo = CurriculumRun(spec_ppo)
-    algo = PPOAlgorithm(run_ppo, initial, initial)
-    tracker = WeightTracker(algo.policy)
+    tr = make_trainer(spec_ppo, 0, 1)
+    tr.load(initial, initial)
+    tr.ppo.new_stage(args.steps, reset_optimizer=False)
     log = MetricsLog(tmp / "ppo.jsonl")
-    sink = run_ppo.metrics_sink(stage, tracker, log, WandbRun(False, "", "", {}))
+    sink = StepSink(stage, 0, WeightTracker(tr.policy), {"train": log}, WandbRun(False, "", "", {}))
+    rows = tr.rows(0)
     step_t, book_t = [], []
     for k in range(args.steps):
-        batch = algo._batch(rows, stage, k)
+        batch = tr._batch(rows, stage, k)
         t = time.perf_counter()
-        m = algo.trainer.step(batch)
+        m = tr.ppo.step(batch)
         step_t.append(time.perf_counter() - t)
         t = time.perf_counter()
-        sink({"global_step": k + 1, **m})
+        sink({"step_in_stage": k + 1, **m})
         book_t.append(time.perf_counter() - t)
     print(
         f"PPO step {statistics.median(step_t) * 1e3:.1f} ms, bookkeeping "

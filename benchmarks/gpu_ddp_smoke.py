@@ -2,7 +2,7 @@
 
 Ray Train is what the services use to start the workers; a lent GPU machine
 has no Ray, so torchrun starts them here and each runs the same
-`CurriculumRun(spec, rank, world)` that a Ray worker runs. Checks that every
+`StageRunner(spec, rank, world)` that a Ray worker runs. Checks that every
 stage completes with the workers' weights equal (the run's own all-gather
 check) and that each step is logged once.
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from clab.runs.runner import StageRunner
 from clab.specs import load_spec
-from clab.training.countdown_rl import CurriculumRun
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
         "data.max_train_rows=64",
     ]
     spec = load_spec("services/curriculum-trainer-1.5b.yaml", sets)
-    CurriculumRun(spec, rank=rank, world=world).train()
+    StageRunner(spec, rank=rank, world=world).run()
     dist.barrier()
     if rank == 0:
         steps = [

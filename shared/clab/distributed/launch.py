@@ -42,6 +42,10 @@ def run_workers(
     name: str,
 ) -> None:
     """Run ``entry`` on ``num_workers`` Ray Train workers and wait for them."""
+    # Under `uv run`, Ray would start each worker through the same uv command line
+    # in a copy of the working folder (its uv hook), which breaks with a relative uv
+    # path and costs a resolve per worker; the workers need this very interpreter.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer

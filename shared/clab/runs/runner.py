@@ -83,7 +83,7 @@ def checkpoint_step(ckpt: Path) -> int:
 def run_spec(spec: RunSpec, restart: bool = False) -> None:
     """``clab run`` for every trainer kind: checks, lock, fingerprint, then the stages."""
     trainer_module(spec).check_inputs(spec)  # before anything is written
-    ckpt_dir, metrics_dir, logs_dir = spec.run_dirs()
+    ckpt_dir, _, logs_dir = spec.run_dirs()
     # beside the run's folder, not in it: --restart moves the folder while we hold it
     with RunLock(ckpt_dir.parent, "trainer", name=f".{spec.name}.lock"):
         if restart:
@@ -302,27 +302,7 @@ class StageRunner:
             disable=not self.main,
             dynamic_ncols=True,
         )
-        t_last = time.perf_counter()
-        state = {"global_step": global_step + start}
-
-        def log(row: dict[str, Any]) -> None:
-            nonlocal t_last
-            step = global_step + int(row["step_in_stage"])
-            row = {"global_step": step, **row}
-            row.update(tracker.measure(row.get("grad_norm")))
-            row.update(round=stage.round, task=stage.task, stage=stage.index)
-            row.setdefault("step_time", time.perf_counter() - t_last)
-            t_last = time.perf_counter()
-            state["global_step"] = step
-            every = spec.weight_change_every
-            if self.main:
-                logs["train"].log(row)
-                wandb.log(row, step)
-                if every and step % every == 0:
-                    logs["weights"].log({"global_step": step, **tracker.per_tensor()})
-                bar.update(int(row["step_in_stage"]) - bar.n)
-                shown = {k: row[k] for k in ("success_rate", "reward_mean", "loss") if k in row}
-                bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
+        sink = StepSink(stage, global_step, tracker, logs, wandb, bar, spec.weight_change_every)
 
         def save_resume(step_in_stage: int) -> None:
             if self.main:
@@ -343,7 +323,7 @@ class StageRunner:
             work_dir=work,
             rank=self.rank,
             world=self.world,
-            log=log,
+            log=sink,
             save_resume=save_resume,
             say=self.say,
         )
@@ -352,10 +332,10 @@ class StageRunner:
         finally:
             bar.close()
         end = global_step + n_steps
-        if state["global_step"] != end and self.main:
+        if sink.last_step != end and self.main:
             raise RuntimeError(
-                f"stage {stage.name}: the trainer logged up to global step "
-                f"{state['global_step']}, not {end}"
+                f"stage {stage.name}: the trainer logged up to global step {sink.last_step}, "
+                f"not {end}"
             )
         return end
 
@@ -411,6 +391,38 @@ class StageRunner:
         with contextlib.suppress(OSError):  # leave no empty _resume/ behind a finished stage
             (self.ckpt_dir / RESUME_DIR).rmdir()
         self.say(f"stage {stage.name} complete at global step {global_step}")
+
+
+class StepSink:
+    """Where a trainer's per-step rows go: the global step, the stage and the weight
+    change are added, then train.jsonl, W&B and the progress bar (rank 0 only).
+    Per-tensor weight change goes to weights.jsonl every ``weights_every`` steps."""
+
+    def __init__(self, stage, global_step, tracker, logs, wandb, bar=None, weights_every=0):
+        self.stage, self.start = stage, global_step
+        self.tracker, self.logs, self.wandb, self.bar = tracker, logs, wandb, bar
+        self.weights_every = weights_every
+        self.last_step = global_step
+        self._t = time.perf_counter()
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        step = self.start + int(row["step_in_stage"])
+        row = {"global_step": step, **row}
+        row.update(self.tracker.measure(row.get("grad_norm")))
+        row.update(round=self.stage.round, task=self.stage.task, stage=self.stage.index)
+        now = time.perf_counter()
+        row.setdefault("step_time", now - self._t)
+        self._t, self.last_step = now, step
+        if self.logs.get("train") is None:
+            return  # not rank 0
+        self.logs["train"].log(row)
+        self.wandb.log(row, step)
+        if self.weights_every and step % self.weights_every == 0:
+            self.logs["weights"].log({"global_step": step, **self.tracker.per_tensor()})
+        if self.bar is not None:
+            self.bar.update(int(row["step_in_stage"]) - self.bar.n)
+            shown = {k: row[k] for k in ("success_rate", "reward_mean", "loss") if k in row}
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
 
 
 def prune_checkpoints(work: Path, keep: int) -> None:
