@@ -76,3 +76,33 @@ def load_critic(
     )
     model.config.pad_token_id = model.config.pad_token_id or model.config.eos_token_id
     return model
+
+
+def check_weights(folder: str | Path) -> None:
+    """Every safetensors file under ``folder`` opens and its header fits the file.
+
+    Checked before loading, so that a truncated or corrupt checkpoint is named
+    in one line instead of surfacing as a traceback deep inside transformers.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    for f in sorted(Path(folder).rglob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                st.keys()
+        except (SafetensorError, OSError) as e:
+            raise ClabError(f"{f}: not a readable safetensors file ({e})") from None
+
+
+def check_model_folder(folder: str | Path) -> None:
+    """A local model folder has a config transformers can read, and sound weights."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(folder))
+    except (ValueError, OSError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClabError(
+            f"{Path(folder) / 'config.json'}: not a usable model config ({first})"
+        ) from None
+    check_weights(folder)

@@ -32,6 +32,7 @@ from transformers.utils import logging as hf_logging
 
 from clab.errors import ClabError
 from clab.metrics.training import WeightTracker
+from clab.models.loading import check_weights
 from clab.runs.fingerprint import changed_fields, fingerprint
 from clab.runs.lock import RunLock
 from clab.runs.protocol import StageContext, StageTrainer
@@ -250,6 +251,7 @@ class StageRunner:
             self.say(f"continuing after stage {prev_dir.name} (global step {prev_step})")
 
         seed_everything(spec.seed, first.index, self.rank)
+        check_weights(resume_from or prev_dir)
         self.trainer.load(resume_from or prev_dir, initial)
         module = self.trainer.trainable_module()
         tracker = WeightTracker(module, theta_0=_load_params(initial, module))

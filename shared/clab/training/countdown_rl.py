@@ -23,6 +23,7 @@ from clab.evaluation.countdown import evaluate_problems
 from clab.generation.rollout import VLLMRollout, require_vllm
 from clab.models.loading import (
     TINY_MARKER,
+    check_model_folder,
     check_model_source,
     load_critic,
     load_policy,
@@ -43,6 +44,8 @@ def check_inputs(spec: CountdownRLSpec) -> None:
     check_dataset(spec.data.dir, spec.data.groups)
     if spec.model.name_or_path is not None:
         check_model_source(spec.model.name_or_path)
+        if Path(spec.model.name_or_path).expanduser().is_dir():
+            check_model_folder(Path(spec.model.name_or_path).expanduser())
     if spec.rollout.engine == "vllm":
         require_vllm()
     if spec.resources.use_gpu and not torch.cuda.is_available():

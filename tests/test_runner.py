@@ -1,0 +1,203 @@
+"""The stage runner's guarantees, for every trainer: one writer per run, a spec that
+cannot change under a run, leftovers of a dead run cleaned, nothing written before the
+inputs are checked, reproducible runs, and no import circle in the package."""
+
+import ast
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clab.cli import main
+from clab.storage.layout import complete_stages
+from clab.tracking.metrics_log import read_rows
+from rl_spec import write_spec
+
+REPO = Path(__file__).resolve().parent.parent
+CLAB = str(Path(sys.executable).parent / "clab")
+TIMING = {"step_time", "tokens_per_s", "generation_time"}
+
+
+def _rows(run: str, name: str = "train") -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if k not in TIMING}
+        for r in read_rows(f"metrics/{run}/{name}.jsonl")
+    ]
+
+
+def test_a_second_trainer_on_the_same_run_exits_2_naming_the_holder(run_dir):
+    spec = write_spec(run_dir / "s.yaml", name="busy", data__groups=[0, 1], epochs_per_group=10,
+                      max_steps_per_stage=100, save_steps=0)  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen([CLAB, "run", str(spec)], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not read_rows("metrics/busy/train.jsonl"):
+            time.sleep(0.2)
+        second = subprocess.run([CLAB, "run", str(spec)], env=env, capture_output=True, text=True)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"pid {first.pid}" in second.stderr and "trainer" in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # the dead holder's lock is taken over; the run resumes and finishes, each step once
+    # (32 rows / batch 4 x 10 epochs = 80 steps a stage)
+    res = subprocess.run([CLAB, "run", str(spec)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [r["global_step"] for r in read_rows("metrics/busy/train.jsonl")] == list(range(1, 161))
+
+
+def test_a_changed_spec_is_refused_and_restart_moves_the_old_run_aside(run_dir, capsys):
+    spec = write_spec(run_dir / "s.yaml", name="fp", data__groups=[0, 1], max_steps_per_stage=1)
+    assert main(["run", str(spec)]) == 0
+    before = Path("checkpoints/fp/run.json").read_text()
+
+    changed = write_spec(
+        run_dir / "c.yaml",
+        name="fp",
+        data__groups=[0, 1],
+        max_steps_per_stage=1,
+        algorithm="grpo",
+        rollout__responses_per_prompt=2,
+    )
+    assert main(["run", str(changed)]) == 2
+    err = capsys.readouterr().err
+    assert "algorithm: 'ppo' -> 'grpo'" in err and "rollout.responses_per_prompt" in err
+    assert "--restart" in err
+    assert Path("checkpoints/fp/run.json").read_text() == before  # untouched
+
+    # safe changes continue the same run: logging keys, and more rounds
+    safe = write_spec(
+        run_dir / "ok.yaml",
+        name="fp",
+        data__groups=[0, 1],
+        max_steps_per_stage=1,
+        rounds=2,
+        save_steps=0,
+        wandb=True,
+    )
+    assert main(["run", str(safe)]) == 0
+    assert [d.name for _, d in complete_stages("checkpoints/fp")][-1] == "r1-g1"
+
+    assert main(["run", str(changed), "--restart"]) == 0
+    aside = sorted(Path("checkpoints").glob("fp.old-*"))
+    assert len(aside) == 1 and (aside[0] / "r1-g1" / "COMPLETE").is_file()
+    assert len(list(Path("metrics").glob("fp.old-*"))) == 1
+    info = json.loads(Path("checkpoints/fp/run.json").read_text())
+    assert info["spec"]["algorithm"] == "grpo"
+
+
+def test_leftovers_of_a_dead_run_are_cleaned_at_the_next_start(run_dir):
+    spec = write_spec(run_dir / "s.yaml", name="left", data__groups=[0], max_steps_per_stage=1)
+    run = Path("checkpoints/left")
+    (run / ".r0-g0.abc.partial").mkdir(parents=True)
+    (run / ".r0-g0.abc.partial" / "model.safetensors").write_bytes(b"half")
+    assert main(["run", str(spec)]) == 0
+    assert not list(run.glob(".*.partial"))
+    assert not (run / "_resume").exists()
+
+
+def test_a_failed_start_writes_nothing(run_dir, capsys):
+    bad = run_dir / "badmodel"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    spec = write_spec(run_dir / "s.yaml", name="nothing", model={"name_or_path": str(bad)})
+    assert main(["run", str(spec)]) == 2
+    assert "badmodel" in capsys.readouterr().err
+    assert not Path("checkpoints/nothing/run.json").exists()
+    assert not Path("checkpoints/nothing/initial").exists()
+
+
+def test_a_corrupt_checkpoint_is_named(run_dir, capsys):
+    spec = write_spec(run_dir / "s.yaml", name="corrupt", data__groups=[0, 1],
+                      max_steps_per_stage=1)  # fmt: skip
+    assert main(["run", str(spec)]) == 0
+    weights = Path("checkpoints/corrupt/r0-g1/model.safetensors")
+    weights.write_bytes(weights.read_bytes()[:100])
+    more = write_spec(run_dir / "m.yaml", name="corrupt", data__groups=[0, 1],
+                      max_steps_per_stage=1, rounds=2)  # fmt: skip
+    assert main(["run", str(more)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("clab: error: ") and "r0-g1/model.safetensors" in last
+
+
+def test_two_runs_from_the_same_model_folder_are_identical(run_dir, tmp_path):
+    """Every random draw is seeded from the spec: the critic's new head, sampling, data."""
+    spec = write_spec(run_dir / "a.yaml", name="src", data__groups=[0], max_steps_per_stage=1)
+    assert main(["run", str(spec)]) == 0
+    model = str(Path("checkpoints/src/initial").resolve())
+    for name in ("one", "two"):
+        s = write_spec(run_dir / f"{name}.yaml", name=name, data__groups=[0, 1],
+                       model={"name_or_path": model})  # fmt: skip
+        assert main(["run", str(s)]) == 0
+    one, two = _rows("one"), _rows("two")
+    assert len(one) == 6 and one == two
+
+
+def test_a_run_killed_in_its_first_stage_resumes_to_the_same_numbers(run_dir, monkeypatch):
+    from clab.training.ppo import PPOTrainer
+
+    common = dict(data__groups=[0, 1], max_steps_per_stage=4, lr_scheduler="linear",
+                  lr_warmup_steps=1, save_steps=2)  # fmt: skip
+    assert main(["run", str(write_spec(run_dir / "a.yaml", name="whole", **common))]) == 0
+    spec = write_spec(run_dir / "b.yaml", name="cut", **common)
+    original, calls = PPOTrainer.step, {"n": 0}
+
+    def dies_at_step_3(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(PPOTrainer, "step", dies_at_step_3)
+        assert main(["run", str(spec)]) == 130
+    assert [r["global_step"] for r in _rows("cut")] == [1, 2]
+    assert main(["run", str(spec)]) == 0
+    whole, cut = _rows("whole"), _rows("cut")
+    assert [r["global_step"] for r in cut] == list(range(1, 9))
+    for a, b in zip(whole, cut, strict=True):
+        for key in ("lr_actor", "lr_critic", "weight_change_run", "weight_change_stage",
+                    "policy_loss", "value_loss"):  # fmt: skip
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-8), (a["global_step"], key)
+
+
+def _imports(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("clab"):
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("clab"))
+    return out
+
+
+def test_no_import_circle_in_the_package_even_through_function_level_imports():
+    root = REPO / "shared"
+    modules = {
+        ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in root.rglob("*.py")
+    }
+    graph = {m: {i for i in _imports(p) if i in modules} for m, p in modules.items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in graph[m]:
+            if state.get(n) == 1:
+                raise AssertionError("import circle: " + " -> ".join([*path, m, n]))
+            if n not in state:
+                visit(n, [*path, m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    assert not any(i.startswith("clab.training") for i in graph["clab.distributed.launch"])
+    assert not any(i.startswith("clab.training") for i in graph["clab.runs.runner"])
