@@ -371,3 +371,64 @@ def test_reset_optimizer_clears_state_and_the_schedule_restarts(run_dir):
     assert again["lr_actor"] == first["lr_actor"] == pytest.approx(1e-3)  # restarted
     tr.new_stage(2, reset_optimizer=True)
     assert not tr.actor_opt.state and not tr.critic_opt.state
+
+
+# -- GRPO settings (issue 8, point 8 and 11) ---------------------------------------------------
+
+
+def test_grpo_keeps_one_trainer_for_the_run_and_decays_no_norm_or_bias(run_dir, monkeypatch):
+    """One GRPOTrainer (so one optimizer and, with vLLM, one engine) through every stage;
+    HF's own optimizer: decay as the spec says, never on norms and biases."""
+    from trl import GRPOTrainer
+
+    built = []
+    original = GRPOTrainer.__init__
+
+    def counting(self, *a, **k):
+        built.append(self)
+        original(self, *a, **k)
+
+    monkeypatch.setattr(GRPOTrainer, "__init__", counting)
+    spec = write_spec(
+        run_dir / "g.yaml",
+        name="one",
+        algorithm="grpo",
+        rollout__responses_per_prompt=2,
+        grpo__weight_decay=0.05,
+        max_steps_per_stage=1,
+    )
+    assert main(["run", str(spec)]) == 0
+    assert len(built) == 1
+    opt = built[0].optimizer
+    names = {id(p): n for n, p in built[0].model.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            name = names[id(p)]
+            no_decay = name.endswith("bias") or "norm" in name
+            assert group["weight_decay"] == (0.0 if no_decay else 0.05), name
+    args = built[0].args
+    assert (args.loss_type, args.scale_rewards, args.weight_decay) == ("dapo", "group", 0.05)
+
+
+def test_at_most_save_total_limit_intermediate_checkpoints_are_kept(run_dir, monkeypatch):
+    from clab.training.ppo import PPOTrainer
+
+    spec = write_spec(run_dir / "s.yaml", name="lim", data__groups=[0], max_steps_per_stage=6,
+                      save_steps=1, save_total_limit=2)  # fmt: skip
+    with monkeypatch.context() as m:
+        _crash_after(m, PPOTrainer, "step", 5)
+        with pytest.raises(Crash):
+            main(["run", str(spec)])
+    kept = sorted(p.name for p in Path("checkpoints/lim/_resume/r0-g0").iterdir())
+    assert kept == ["checkpoint-4", "checkpoint-5"]
+
+
+def test_tensor_parallel_size_must_divide_the_workers(workdir, capsys):
+    spec = write_spec(
+        workdir / "s.yaml",
+        rollout={"engine": "vllm", "tensor_parallel_size": 2},
+        resources={"num_workers": 3, "use_gpu": True},
+        batch={"train": 6, "val": 4, "mini": 6, "micro": 2},
+    )
+    assert main(["validate", str(spec)]) == 2
+    assert "tensor_parallel_size (2)" in capsys.readouterr().err
