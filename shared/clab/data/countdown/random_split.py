@@ -11,6 +11,7 @@ one of the mistakes of the public code this setup comes from.
 
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 from typing import Literal
@@ -98,8 +99,22 @@ class RandomSplitSpec(Spec):
             check_writable(self.source, "source")
             clean_stale_partials(self.source.parent)
             generate_pool(self)
+        self.check_generated_pool()
         numbers, targets, solutions = read_pool(self.source, self.needed)
         write_random_split(self, numbers, targets, solutions)
+
+    def check_generated_pool(self) -> None:
+        """A pool we generated must still be the file its manifest hashed."""
+        try:
+            recorded = json.loads(self.pool_manifest.read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            return  # not a pool of ours (TinyZero's own has no manifest)
+        if recorded != sha256_file(self.source):
+            raise ClabError(
+                f"source: {self.source}: its sha256 does not match the hash in "
+                f"{self.pool_manifest}: the pool changed or is damaged since it was generated; "
+                "delete both files to generate it again"
+            )
 
 
 def generate_pool(spec: RandomSplitSpec) -> None:
@@ -139,7 +154,8 @@ def read_pool(source: Path, needed: int) -> tuple[list[list[int]], list[int], li
     try:
         schema = pq.read_schema(source)
     except (pa.ArrowException, OSError) as e:
-        raise ClabError(f"source: {source} is not a readable Parquet file ({e})") from None
+        why = " ".join(str(e).split())  # pyarrow's messages span lines
+        raise ClabError(f"source: {source} is not a readable Parquet file ({why})") from None
     missing = [c for c in TINYZERO_REQUIRED if c not in schema.names]
     if missing:
         raise ClabError(
@@ -150,7 +166,8 @@ def read_pool(source: Path, needed: int) -> tuple[list[list[int]], list[int], li
     try:
         table = pq.read_table(source, columns=cols)
     except (pa.ArrowException, OSError) as e:
-        raise ClabError(f"source: {source} is not a readable Parquet file ({e})") from None
+        why = " ".join(str(e).split())  # pyarrow's messages span lines
+        raise ClabError(f"source: {source} is not a readable Parquet file ({why})") from None
     if not pa.types.is_integer(table.schema.field("target").type) or not (
         pa.types.is_list(table.schema.field("nums").type)
         and pa.types.is_integer(table.schema.field("nums").type.value_type)

@@ -53,7 +53,8 @@ def _read_table(path: Path) -> pa.Table:
         raise ClabError(f"{path}: file not found; run the data generator first") from None
     except (pa.ArrowException, OSError) as e:
         # A missing column is an ArrowInvalid too; pyarrow's message names it.
-        raise ClabError(f"{path}: not a readable Countdown Parquet file ({e})") from None
+        why = " ".join(str(e).split())  # pyarrow's messages span lines
+        raise ClabError(f"{path}: not a readable Countdown Parquet file ({why})") from None
 
 
 def read_group(
