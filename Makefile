@@ -1,11 +1,15 @@
-# make demo: the whole stack at tiny scale on a CPU; make test: lint and tests;
-# make data: the full curriculum data set.
+# clab's everyday commands; `make help` lists them.
 # uv is bootstrapped with pip into .tools/ when it is not on PATH.
 SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+.DEFAULT_GOAL := help
 
-.PHONY: demo test lint data dummy-data bench sync
+.PHONY: help sync lint test demo data dummy-data bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | \
+	  while IFS=$$'\t' read -r target text; do printf '  make %-11s %s\n' "$$target" "$$text"; done
 
 # A venv where python3-venv exists; else pip's --target (which also puts uv in .tools/bin).
 $(UV):
@@ -13,29 +17,26 @@ $(UV):
 	  $(PYTHON) -m pip install --quiet --target .tools uv || \
 	  $(PYTHON) -m pip install --quiet --break-system-packages --target .tools uv
 
-sync: $(UV)
+sync: $(UV) ## install the locked dependencies into .venv
 	$(UV) sync --frozen
 
-lint: sync
+lint: sync ## ruff check and format check
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 
-test: lint
+test: lint ## lint, then the whole test suite
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(UV) run --frozen pytest
 
-demo: sync
+demo: sync ## the whole stack at tiny scale on this machine's CPU
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(UV) run --frozen clab demo
 
-data: sync
+data: sync ## the curriculum data set (services/data-generator.yaml)
 	$(UV) run --frozen clab run services/data-generator.yaml
 
-dummy-demo: sync
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(UV) run --frozen clab demo
-
-data: sync
+dummy-data: sync ## the random-split control (services/tinyzero-dummy-generator.yaml)
 	$(UV) run --frozen clab run services/tinyzero-dummy-generator.yaml
 
-bench: sync
+bench: sync ## the benchmarks under benchmarks/
 	$(UV) run --frozen python benchmarks/bench_countdown_data.py
 	$(UV) run --frozen python benchmarks/bench_reward.py
 	$(UV) run --frozen python benchmarks/bench_rl_overhead.py

@@ -1,4 +1,5 @@
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -6,6 +7,7 @@ import pytest
 
 from clab.cli import main
 from clab.data.countdown import GROUP_OPS
+from clab.data.countdown.reading import read_group
 from clab.data.countdown.schema import SCHEMA
 from clab.rewards.countdown import score_countdown
 from clab.storage.atomic import sha256_file
@@ -188,3 +190,40 @@ def test_impossible_ranges_fail_clearly(tmp_path, capsys):
     assert code == 2
     assert "distinct problems" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def sizes(path: Path) -> list[int]:
+    return [len(n) for n in pq.read_table(path, columns=["nums"]).column("nums").to_pylist()]
+
+
+def test_each_test_set_holds_both_counts_in_its_training_sets_proportion(dataset):
+    for g in range(4):
+        train, test = sizes(dataset / f"{g}/train.parquet"), sizes(dataset / f"{g}/test.parquet")
+        for n in (3, 4):
+            share = train.count(n) / len(train)
+            assert 0.2 < share < 0.8, (g, n, share)  # both counts are common in training
+            # Stratified by largest remainder: within one row of the exact share.
+            assert abs(test.count(n) - share * len(test)) < 1, (g, n, test.count(n), share)
+
+
+def test_rows_are_not_in_blocks(dataset):
+    for g in range(4):
+        for split in ("train", "test"):
+            s = sizes(dataset / f"{g}/{split}.parquet")
+            first, last = s[: len(s) // 4], s[-len(s) // 4 :]
+            assert {3, 4} <= set(first) and {3, 4} <= set(last), (g, split)
+            switches = sum(a != b for a, b in pairwise(s))
+            assert switches > len(s) / 4, (g, split, switches)  # random order: about len/2
+
+
+def test_a_capped_read_is_a_seeded_random_subset_with_the_same_mix(dataset):
+    full = read_group(dataset, 1, "train")
+    capped = read_group(dataset, 1, "train", 100)
+    assert len(capped) == 100
+    assert set(p.prompt for p in capped) <= set(p.prompt for p in full)
+    assert [p.prompt for p in capped] != [p.prompt for p in full[:100]]
+    share = sum(len(p.nums) == 4 for p in full) / len(full)
+    assert abs(sum(len(p.nums) == 4 for p in capped) - 100 * share) < 1
+    assert read_group(dataset, 1, "train", 100) == capped
+    assert read_group(dataset, 1, "train", 100, seed=1) != capped
+    assert read_group(dataset, 1, "train", 10_000) == full

@@ -129,3 +129,19 @@ def test_bad_source_is_a_clear_error_and_nothing_is_written(workdir, capsys, set
     err = capsys.readouterr().err
     assert message in err and "pool.parquet" in err
     assert not (workdir / "data/dummy_tinyzero").exists()
+
+
+def test_each_test_set_holds_both_counts_in_its_training_sets_proportion(workdir):
+    assert run("train_size=200", "test_size=30") == 0
+    out = workdir / "data/dummy_tinyzero"
+    for g in range(4):
+        train, test = (
+            [len(n) for n in pq.read_table(out / f"{g}/{s}.parquet").column("nums").to_pylist()]
+            for s in ("train", "test")
+        )
+        for n in (3, 4):
+            share = train.count(n) / len(train)
+            assert 0.2 < share < 0.8, (g, n, share)
+            # The test set takes its group's exact share to within a row, so it is
+            # within (train + test) / train rows of the training set's share.
+            assert abs(test.count(n) - share * 30) < 230 / 200, (g, n, test.count(n), share)

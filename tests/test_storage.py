@@ -1,11 +1,22 @@
 import os
+import signal
 import stat
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clab.storage.atomic import atomic_dir, atomic_path, write_json, write_parquet
+from clab.errors import ClabError
+from clab.storage.atomic import (
+    atomic_dir,
+    atomic_path,
+    check_writable,
+    clean_stale_partials,
+    write_json,
+    write_parquet,
+)
 from clab.storage.layout import Stage, complete_stages, mark_complete, stage_sequence
 
 
@@ -69,3 +80,34 @@ def test_readers_see_only_stages_whose_marker_exists(tmp_path):
     found = complete_stages(run)
     assert [(s.index, d.name) for s, d in found] == [(0, "initial"), (1, "r0-g0"), (2, "r0-g1")]
     assert complete_stages(tmp_path / "absent") == []
+
+
+def test_clean_stale_partials_removes_only_dead_writers_leftovers(tmp_path):
+    # A real writer killed mid-write, as kill -9 leaves it: a staging folder and a temp file.
+    code = (
+        "import sys, time\n"
+        "from clab.storage.atomic import atomic_dir, atomic_path\n"
+        "with atomic_dir(sys.argv[1] + '/ds') as d, atomic_path(sys.argv[1] + '/x.json') as t:\n"
+        "    (d / 'half').write_text('half'); t.write_text('{'); print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE)
+    assert proc.stdout.readline() == b"ready\n"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    dead = sorted(p.name for p in tmp_path.iterdir())
+    assert len(dead) == 2 and dead[0].startswith(".ds.") and dead[1].startswith(".x.json.")
+    (tmp_path / ".ds.abc123.partial").mkdir()  # an older clab's: no owner recorded, kept
+    (tmp_path / "ds").mkdir()  # the target itself, kept
+    with atomic_dir(tmp_path / "ds") as live:  # a live writer's staging, kept
+        removed = clean_stale_partials(tmp_path)
+        assert live.is_dir()
+    assert sorted(p.name for p in removed) == dead
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.abc123.partial", "ds"]
+
+
+def test_check_writable_names_what_blocks_the_path(tmp_path):
+    (tmp_path / "f").write_text("")
+    check_writable(tmp_path / "new" / "deeper", "output")  # creatable: fine
+    with pytest.raises(ClabError, match=r"output: .* is a file, not a folder"):
+        check_writable(tmp_path / "f" / "sub" / "ds", "output")

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from clab.errors import ClabError
 
 
 def _umask() -> int:
@@ -30,6 +33,78 @@ def _umask() -> int:
 
 _UMASK = _umask()  # read once: os.umask can only be read by setting it
 
+# Staging names carry their writer: ".<name>.<pid>-<start>.<random>.<partial|tmp>",
+# where <start> is the process's start time (Linux clock ticks since boot, 0 where
+# unknown), so that a pid reused by another process (pid 1 of every container)
+# is not mistaken for the dead writer.
+_STAGING_RE = re.compile(r"^\..+\.(\d+)-(\d+)\.[^.]+\.(partial|tmp)$")
+
+
+def _start_time(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name may hold spaces
+
+
+def _owner_tag() -> str:
+    pid = os.getpid()
+    return f"{pid}-{_start_time(pid)}"
+
+
+def _alive(pid: int, start: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    return start == 0 or _start_time(pid) in (0, start)
+
+
+def clean_stale_partials(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the staging leftovers of dead writers directly inside ``folder``.
+
+    A writer killed with SIGKILL cannot clean up, so its ``.partial`` folders
+    (from :func:`atomic_dir`) and ``.tmp`` files (from :func:`atomic_path`) stay
+    beside their target. Each name records its writer's pid and start time; an
+    entry is removed only when that process no longer runs (as seen from this
+    pid namespace), so a live writer's staging is never touched. Entries
+    without that record (made by older clab versions) are left alone. Call it
+    at the start of a run, before writing. Returns what was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        m = _STAGING_RE.match(entry.name)
+        if m is None or _alive(int(m[1]), int(m[2])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def check_writable(path: str | os.PathLike[str], field: str) -> None:
+    """Fail with one line naming ``field`` and the folder if ``path`` cannot be created.
+
+    Checked before any work, so an unwritable output ends the run at once
+    instead of after hours of generation, with a traceback naming nothing.
+    """
+    path = Path(path)
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ClabError(f"{field}: cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ClabError(f"{field}: cannot write {path}: the folder {parent} is not writable")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -39,7 +114,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide it from other services
@@ -95,7 +172,9 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".partial", dir=path.parent)
+    )
     os.chmod(staging, 0o777 & ~_UMASK)
     try:
         yield staging

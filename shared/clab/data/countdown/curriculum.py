@@ -2,13 +2,13 @@
 
 Four cumulative operator groups, ``0`` = {+}, ``1`` = {+, -}, ``2`` = {+, -, *},
 ``3`` = {+, -, *, /}, each with its own train and test split, written to
-``<output>/<group>/{train,test}.parquet`` with a ``manifest.json``.
+``<output>/<group>/{train,test}.parquet`` with a ``manifest.json``. Each test
+set holds 3- and 4-number problems in its training set's proportions.
 """
 
 from __future__ import annotations
 
 import platform
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -16,12 +16,18 @@ from pydantic import Field, model_validator
 
 from clab import __version__
 from clab.data.countdown import GROUP_OPS
-from clab.data.countdown.generate import Job, Ranges, default_workers, generate_problems, write_jobs
+from clab.data.countdown.generate import (
+    Job,
+    Ranges,
+    default_workers,
+    generate_problems,
+    worker_pool,
+    write_jobs,
+)
 from clab.data.countdown.prompts import Template
+from clab.data.manifest import prepare_output
 from clab.specs import Spec, SpecModel
 from clab.storage.atomic import atomic_dir, write_json
-
-SPLITS = ("test", "train")  # test first: a rare duplicate is dropped from train, not test
 
 
 class RangesSpec(SpecModel):
@@ -71,43 +77,55 @@ class CountdownSpec(Spec):
         return [self.output]
 
     def jobs(self) -> list[Job]:
+        """Per group its train split, then its test split in the train split's size mix.
+
+        A test problem that repeats a training one is dropped and replaced.
+        """
         jobs = []
         for g, ops in GROUP_OPS.items():
-            for s, split in enumerate(SPLITS):
-                jobs.append(
-                    Job(
-                        group=g,
-                        split=split,
-                        size=self.test_size if split == "test" else self.train_size,
-                        ops=ops,
-                        stream=10 * g + s,
-                        require_op=ops[-1] if self.require_new_op else None,
-                        exclude_ops=GROUP_OPS[g - 1] if self.strict and g > 0 else None,
-                    )
+            common = {
+                "group": g,
+                "ops": ops,
+                "require_op": ops[-1] if self.require_new_op else None,
+                "exclude_ops": GROUP_OPS[g - 1] if self.strict and g > 0 else None,
+            }
+            jobs.append(Job(split="train", size=self.train_size, stream=10 * g + 1, **common))
+            jobs.append(
+                Job(
+                    split="test",
+                    size=self.test_size,
+                    stream=10 * g,
+                    counts_like=len(jobs) - 1,
+                    **common,
                 )
+            )
         return jobs
 
     def run(self) -> None:
+        prepare_output(self.output)
         generate_dataset(self, self.jobs(), self.output)
 
 
 def generate_dataset(spec: Spec, jobs: list[Job], output: Path) -> dict:
-    """Generate, write and manifest a data set; the folder is swapped in whole."""
+    """Generate, write and manifest a data set; the folder is swapped in whole.
+
+    Its staging folder exists from the start, so a run killed at any point
+    leaves only a ``.partial`` sibling, which the next start removes.
+    """
     workers = spec.workers or default_workers()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with atomic_dir(output) as staging, worker_pool(workers) as pool:
         problems = generate_problems(jobs, spec.seed, spec.ranges.to_ranges(), workers, pool)
-        with atomic_dir(output) as staging:
-            files = write_jobs(staging, jobs, problems, spec.template, pool)
-            manifest = {
-                "kind": spec.kind,
-                "clab_version": __version__,
-                "python": platform.python_version(),
-                "seed": spec.seed,
-                "spec": spec.model_dump(mode="json"),
-                "groups": {str(j.group): list(j.ops) for j in jobs},
-                "rows": {f"{j.group}/{j.split}": j.size for j in jobs},
-                "files": files,
-            }
-            write_json(staging / "manifest.json", manifest)
+        files = write_jobs(staging, jobs, problems, spec.template, pool)
+        manifest = {
+            "kind": spec.kind,
+            "clab_version": __version__,
+            "python": platform.python_version(),
+            "seed": spec.seed,
+            "spec": spec.model_dump(mode="json"),
+            "groups": {str(j.group): list(j.ops) for j in jobs},
+            "rows": {f"{j.group}/{j.split}": j.size for j in jobs},
+            "files": files,
+        }
+        write_json(staging / "manifest.json", manifest)
     print(f"wrote {sum(j.size for j in jobs):,} rows in {len(files)} files to {output}/")
     return manifest

@@ -92,7 +92,8 @@ def sample_problems(
     Valid means: every intermediate result an integer (exact division, no
     division by zero), the value inside ``target_range``, and ``require_op``
     (if given) used at least once. The numbers are shown in a fresh random
-    order so that their order does not give away the solution.
+    order so that their order does not give away the solution, and the rows
+    are returned in random order.
     """
     codes = np.array([OP_CODES[o] for o in ops])
     counts = rng.integers(count_range[0], count_range[1] + 1, size=n_candidates)
@@ -128,7 +129,14 @@ def sample_problems(
             if keep.size == 0:
                 continue
             _append(out, leaves[keep], ops_r[keep], target[keep], order_keys[r[keep], :n], template)
-    return out
+    # Rows come out grouped by count and tree shape: mix them, so that whoever
+    # takes the first k rows of a batch gets every count and shape in proportion.
+    order = rng.permutation(len(out)).tolist()
+    return Problems(
+        [out.numbers[i] for i in order],
+        [out.target[i] for i in order],
+        [out.solution[i] for i in order],
+    )
 
 
 _OP_CHARS = np.array(["+", "-", "*", "/"])

@@ -2,7 +2,8 @@
 
 The same kind of problems as the curriculum, but split into four groups at
 random: one shuffled pool, drawn without replacement, so the groups are
-disjoint and differ only by chance. Rows are rebuilt in the curriculum's
+disjoint and differ only by chance; each group's test set takes its 3- and
+4-number problems in the group's proportions. Rows are rebuilt in the curriculum's
 schema and template (all four operators allowed), so the same trainer and the
 same reward run on both; a control whose prompts the reward cannot parse was
 one of the mistakes of the public code this setup comes from.
@@ -10,8 +11,8 @@ one of the mistakes of the public code this setup comes from.
 
 from __future__ import annotations
 
+import json
 import platform
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -22,13 +23,22 @@ from pydantic import Field
 
 from clab import __version__
 from clab.data.countdown import ALL_OPS
-from clab.data.countdown.curriculum import SPLITS, RangesSpec
-from clab.data.countdown.generate import Job, default_workers, generate_problems
+from clab.data.countdown.curriculum import RangesSpec
+from clab.data.countdown.generate import Job, default_workers, generate_problems, worker_pool
 from clab.data.countdown.prompts import Template
 from clab.data.countdown.schema import TINYZERO_REQUIRED, build_table
+from clab.data.countdown.strata import stratified_first
+from clab.data.manifest import prepare_output
 from clab.errors import ClabError
 from clab.specs import Spec, SpecModel
-from clab.storage.atomic import atomic_dir, sha256_file, write_json, write_parquet
+from clab.storage.atomic import (
+    atomic_dir,
+    check_writable,
+    clean_stale_partials,
+    sha256_file,
+    write_json,
+    write_parquet,
+)
 
 NUM_GROUPS = 4
 
@@ -78,6 +88,7 @@ class RandomSplitSpec(Spec):
         return [self.output]
 
     def run(self) -> None:
+        prepare_output(self.output)
         if not self.source.exists():
             if not self.pool.generate_if_missing:
                 raise ClabError(
@@ -85,9 +96,25 @@ class RandomSplitSpec(Spec):
                     "(a Parquet file with 'target' and 'nums' columns), point `source` at one, or "
                     "set pool.generate_if_missing: true to generate it"
                 )
+            check_writable(self.source, "source")
+            clean_stale_partials(self.source.parent)
             generate_pool(self)
+        self.check_generated_pool()
         numbers, targets, solutions = read_pool(self.source, self.needed)
         write_random_split(self, numbers, targets, solutions)
+
+    def check_generated_pool(self) -> None:
+        """A pool we generated must still be the file its manifest hashed."""
+        try:
+            recorded = json.loads(self.pool_manifest.read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            return  # not a pool of ours (TinyZero's own has no manifest)
+        if recorded != sha256_file(self.source):
+            raise ClabError(
+                f"source: {self.source}: its sha256 does not match the hash in "
+                f"{self.pool_manifest}: the pool changed or is damaged since it was generated; "
+                "delete both files to generate it again"
+            )
 
 
 def generate_pool(spec: RandomSplitSpec) -> None:
@@ -95,7 +122,7 @@ def generate_pool(spec: RandomSplitSpec) -> None:
     size = spec.pool.size or spec.needed
     job = Job(group=-1, split="train", size=size, ops=ALL_OPS, stream=1000)
     workers = spec.pool.workers or default_workers()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with worker_pool(workers) as pool:
         (probs,) = generate_problems(
             [job], spec.pool.seed, spec.pool.ranges.to_ranges(), workers, pool
         )
@@ -126,8 +153,9 @@ def read_pool(source: Path, needed: int) -> tuple[list[list[int]], list[int], li
     """Distinct problems of a TinyZero-format pool, in file order."""
     try:
         schema = pq.read_schema(source)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise ClabError(f"source: {source} is not a readable Parquet file ({e})") from None
+    except (pa.ArrowException, OSError) as e:
+        why = " ".join(str(e).split())  # pyarrow's messages span lines
+        raise ClabError(f"source: {source} is not a readable Parquet file ({why})") from None
     missing = [c for c in TINYZERO_REQUIRED if c not in schema.names]
     if missing:
         raise ClabError(
@@ -135,7 +163,11 @@ def read_pool(source: Path, needed: int) -> tuple[list[list[int]], list[int], li
             f"{', '.join(missing)} (it has: {', '.join(schema.names)})"
         )
     cols = ["target", "nums"] + (["extra_info"] if "extra_info" in schema.names else [])
-    table = pq.read_table(source, columns=cols)
+    try:
+        table = pq.read_table(source, columns=cols)
+    except (pa.ArrowException, OSError) as e:
+        why = " ".join(str(e).split())  # pyarrow's messages span lines
+        raise ClabError(f"source: {source} is not a readable Parquet file ({why})") from None
     if not pa.types.is_integer(table.schema.field("target").type) or not (
         pa.types.is_list(table.schema.field("nums").type)
         and pa.types.is_integer(table.schema.field("nums").type.value_type)
@@ -184,8 +216,12 @@ def write_random_split(
     with atomic_dir(spec.output) as staging:
         for g in range(NUM_GROUPS):
             block = order[g * per_group : (g + 1) * per_group]
-            for split in SPLITS:
-                idx = block[: spec.test_size] if split == "test" else block[spec.test_size :]
+            in_test = set(stratified_first([len(numbers[i]) for i in block], spec.test_size))
+            splits = {
+                "train": [i for k, i in enumerate(block) if k not in in_test],
+                "test": [i for k, i in enumerate(block) if k in in_test],
+            }
+            for split, idx in splits.items():
                 table = build_table(
                     [numbers[i] for i in idx],
                     [targets[i] for i in idx],
