@@ -22,7 +22,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,7 +36,9 @@ from clab.models.loading import check_weights
 from clab.runs.fingerprint import changed_fields, fingerprint
 from clab.runs.lock import RunLock
 from clab.runs.protocol import StageContext, StageTrainer
-from clab.runs.spec import RunSpec
+
+if TYPE_CHECKING:  # the spec calls the runner; the runner only reads the spec
+    from clab.runs.spec import RunSpec
 from clab.storage.atomic import atomic_dir, write_json
 from clab.storage.layout import (
     COMPLETE_MARKER,
@@ -160,7 +162,10 @@ def _clean_leftovers(ckpt_dir: Path) -> None:
         return
     for p in ckpt_dir.glob(".*.partial"):
         shutil.rmtree(p, ignore_errors=True)
-    for p in ckpt_dir.glob(".*.old"):
+    for p in ckpt_dir.glob(".*.old"):  # a swap killed between its two renames
+        for inner in p.iterdir():
+            if not (ckpt_dir / inner.name).exists():
+                os.replace(inner, ckpt_dir / inner.name)  # the old folder is all there is
         shutil.rmtree(p, ignore_errors=True)
     resume = ckpt_dir / RESUME_DIR
     for stage, _ in complete_stages(ckpt_dir):
