@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from clab.errors import ClabError
 
@@ -52,6 +52,30 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
+def sampling_config(
+    tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, temperature: float, greedy: bool
+) -> GenerationConfig:
+    """Every sampling setting, explicitly: a checkpoint's own generation_config.json
+    (repetition penalty, top-k 50, top-p...) must not change what PPO samples, since
+    PPO scores the samples as draws from softmax(logits / temperature)."""
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        do_sample=not greedy,
+        temperature=1.0 if greedy else temperature,
+        top_k=0 if not greedy else None,
+        top_p=1.0,
+        min_p=None,
+        typical_p=1.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        num_beams=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+
+
 @torch.no_grad()
 def hf_generate(
     model: PreTrainedModel,
@@ -75,13 +99,7 @@ def hf_generate(
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else temperature,
-            top_p=None,
-            top_k=None,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            generation_config=sampling_config(tokenizer, max_new_tokens, temperature, greedy),
         )
         parts.append((ids, mask, out[:, ids.shape[1] :]))
     model.train(was_training)

@@ -33,7 +33,9 @@ class WeightTracker:
     """Normalized weight change against the run's and the stage's start."""
 
     def __init__(self, model: torch.nn.Module, theta_0: list[torch.Tensor] | None = None):
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
         with torch.no_grad():
             self.theta_0 = theta_0 or [p.detach().clone() for p in self.params]
             self.theta_0_norm = global_norm(self.theta_0)
@@ -47,8 +49,14 @@ class WeightTracker:
             torch._foreach_copy_(self.stage_start, src)
             self.stage_norm = global_norm(self.stage_start)
 
+    @torch.no_grad()
     def per_tensor(self) -> dict[str, float]:
-        return {}
+        """||W - W_0|| / ||W_0|| for each named tensor, against the run's start: where
+        in the network the change happened (one host sync for all tensors)."""
+        diff = torch._foreach_sub([p.detach() for p in self.params], self.theta_0)
+        num = torch.stack(torch._foreach_norm([d.float() for d in diff]))
+        den = torch.stack(torch._foreach_norm([t.float() for t in self.theta_0])).clamp(min=1e-12)
+        return dict(zip(self.names, (num / den).tolist(), strict=True))
 
     @torch.no_grad()
     def measure(self, grad_norm: float | None = None) -> dict[str, float]:

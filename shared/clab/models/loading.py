@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -59,23 +60,55 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     return tok
 
 
+def _no_dropout_config(name_or_path: str | Path, **extra):
+    """The model's config with every dropout at 0.
+
+    RL scores the same tokens twice, once to record old log-probs and values
+    (eval mode) and once to train (train mode); any dropout makes the two
+    disagree by more than the update itself (transformers' token-classification
+    head adds a 0.1 dropout by default). veRL turns dropout off likewise.
+    """
+    config = AutoConfig.from_pretrained(str(name_or_path), **extra)
+    for key, value in list(vars(config).items()):
+        if "dropout" in key and isinstance(value, float):
+            setattr(config, key, 0.0)
+    config.classifier_dropout = 0.0  # read by the token-classification head, when present
+    return config
+
+
+def _zero_dropout_modules(model: PreTrainedModel) -> PreTrainedModel:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model
+
+
 def load_policy(name_or_path: str | Path, dtype: str = "float32") -> PreTrainedModel:
-    return AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=DTYPES[dtype])
+    config = _no_dropout_config(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(name_or_path), config=config, dtype=DTYPES[dtype]
+    )
+    return _zero_dropout_modules(model)
 
 
 def load_critic(
     name_or_path: str | Path, dtype: str = "float32", seed: int | None = None
 ) -> PreTrainedModel:
-    """A value model: the policy's backbone with a one-output token head.
+    """A value model: the policy's backbone with a one-output token head, no dropout.
 
-    From a policy checkpoint the head is new (initialised by transformers);
-    from a saved critic it is restored.
+    From a policy checkpoint the head is new: initialised by transformers from
+    ``seed`` (when given), so two runs from the same folder start alike; from a
+    saved critic it is restored.
     """
-    model = AutoModelForTokenClassification.from_pretrained(
-        str(name_or_path), num_labels=1, dtype=DTYPES[dtype]
-    )
+    config = _no_dropout_config(name_or_path, num_labels=1)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = AutoModelForTokenClassification.from_pretrained(
+            str(name_or_path), config=config, dtype=DTYPES[dtype]
+        )
     model.config.pad_token_id = model.config.pad_token_id or model.config.eos_token_id
-    return model
+    return _zero_dropout_modules(model)
 
 
 def check_weights(folder: str | Path) -> None:

@@ -15,7 +15,7 @@ prompts.
 
 from __future__ import annotations
 
-import math
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +25,12 @@ import torch.distributed as dist
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from clab.data.countdown.reading import Problem
+from clab.distributed.reduce import reduce_metrics
 from clab.generation.rollout import Rollout, hf_generate, position_ids
 from clab.metrics.training import success_rate
 from clab.rewards.countdown import RewardResult
 from clab.training.ppo_core import (
+    agg_token_mean,
     entropy_from_logits,
     gae,
     gather_logprobs,
@@ -62,6 +64,8 @@ class PPOConfig:
     temperature: float = 1.0
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
+    weight_decay: float = 0.01  # veRL's actor and critic default
+    compute_dtype: str | None = None  # e.g. "bfloat16": autocast over fp32 weights (GPU)
     compute_dtype: str | None = None
 
 
@@ -100,14 +104,34 @@ class PPOTrainer:
             self.critic_train = DDP(critic, device_ids=ids)
         else:
             self.actor_train, self.critic_train = actor, critic
-        self.actor_opt = torch.optim.AdamW(actor.parameters(), lr=config.actor_lr)
-        self.critic_opt = torch.optim.AdamW(critic.parameters(), lr=config.critic_lr)
+        self.world = dist.get_world_size() if ddp else 1
+        self.actor_opt = _adamw(actor, config.actor_lr, config.weight_decay)
+        self.critic_opt = _adamw(critic, config.critic_lr, config.weight_decay)
+        self.device_type = next(actor.parameters()).device.type
         self.new_stage(1, reset_optimizer=False)
 
+    def autocast(self):
+        """bf16 (or fp16) compute over the fp32 weights, as veRL and TRL run it: the
+        weights and AdamW moments stay fp32, so updates at lr 1e-6 do not round away."""
+        if self.cfg.compute_dtype in (None, "float32"):
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=getattr(torch, self.cfg.compute_dtype))
+
     def new_stage(
-        self, num_steps: int, reset_optimizer: bool, state=None, resume_schedulers=False
+        self,
+        num_steps: int,
+        reset_optimizer: bool,
+        state: dict | None = None,
+        resume_schedulers: bool = False,
     ) -> None:
-        """Restart the learning-rate schedules (and optionally the optimizer state)."""
+        """Start a stage: optimizer state (saved ``state``, kept, or cleared), then new
+        schedules, which restart each stage; ``resume_schedulers`` continues the saved
+        ones instead (a stage resumed from an intermediate checkpoint).
+
+        The order matters: loading an optimizer state after building a schedule would
+        bring back the previous stage's last learning rate for the first step, and a
+        scheduler's saved state holds its step, not the groups' current rate.
+        """
         if state is not None:
             self.actor_opt.load_state_dict(state["actor_opt"])
             self.critic_opt.load_state_dict(state["critic_opt"])
@@ -124,8 +148,13 @@ class PPOTrainer:
         self.actor_sched = get_scheduler(name, self.actor_opt, **kw)
         self.critic_sched = get_scheduler(name, self.critic_opt, **kw)
         if state is not None and resume_schedulers:
-            self.actor_sched.load_state_dict(state["actor_sched"])
-            self.critic_sched.load_state_dict(state["critic_sched"])
+            for sched, opt, key in (
+                (self.actor_sched, self.actor_opt, "actor_sched"),
+                (self.critic_sched, self.critic_opt, "critic_sched"),
+            ):
+                sched.load_state_dict(state[key])
+                for g, lr in zip(opt.param_groups, sched.get_last_lr(), strict=True):
+                    g["lr"] = lr
 
     def state_dict(self) -> dict:
         return {
@@ -135,35 +164,32 @@ class PPOTrainer:
             "critic_sched": self.critic_sched.state_dict(),
         }
 
-    def load_state_dict(self, state: dict, schedulers: bool = True) -> None:
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        if schedulers:
-            self.actor_sched.load_state_dict(state["actor_sched"])
-            self.critic_sched.load_state_dict(state["critic_sched"])
-
     # -- one step -----------------------------------------------------------------
 
     def _rollout(self, prompts: list[str]) -> Rollout:
         if self.rollout_engine is not None:
             return self.rollout_engine.generate(prompts, self.cfg.max_prompt_length)
-        return hf_generate(
-            self.actor,
-            self.tokenizer,
-            prompts,
-            max_prompt_length=self.cfg.max_prompt_length,
-            max_new_tokens=self.cfg.max_response_length,
-            temperature=self.cfg.temperature,
-            batch_size=len(prompts),
-        )
+        with self.autocast():
+            return hf_generate(
+                self.actor,
+                self.tokenizer,
+                prompts,
+                max_prompt_length=self.cfg.max_prompt_length,
+                max_new_tokens=self.cfg.max_response_length,
+                temperature=self.cfg.temperature,
+                batch_size=len(prompts),
+            )
 
     def _forward(self, model, ro: Rollout, idx: torch.Tensor, value_head: bool = False):
+        """Response-token logits divided by the sampling temperature (the behaviour
+        policy's distribution, as veRL scores it), or the critic's values."""
         ids = torch.cat([ro.prompt_ids[idx], ro.response_ids[idx]], dim=1)
         mask = torch.cat([ro.prompt_mask[idx], ro.response_mask[idx]], dim=1)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
+        with self.autocast():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
         P, R = ro.prompt_ids.shape[1], ro.response_ids.shape[1]
-        logits = out.logits[:, P - 1 : P + R - 1]
-        return logits[..., 0].float() if value_head else logits
+        logits = out.logits[:, P - 1 : P + R - 1].float()
+        return logits[..., 0] if value_head else logits / self.cfg.temperature
 
     @torch.no_grad()
     def _score_old(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,7 +225,7 @@ class PPOTrainer:
         kl = (old_lp - ref_lp) * mask
         rewards = token_rewards(scores, kl, mask, cfg.kl_coef)
         advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask)  # over the whole batch, all workers
 
         B = len(batch)
         acc = {
@@ -221,24 +247,33 @@ class PPOTrainer:
                 mini = perm[ms : ms + cfg.mini_batch_size]
                 self.actor_opt.zero_grad(set_to_none=True)
                 self.critic_opt.zero_grad(set_to_none=True)
-                n_micro = math.ceil(len(mini) / cfg.micro_batch_size)
+                # veRL's token-mean: each micro-batch's token sum over the mini-batch's
+                # token count on all workers; DDP averages gradients over workers, so
+                # the count per worker is the global one divided by the world size
+                denom = self._global_tokens(mask[mini]) / self.world
+                sums = dict.fromkeys(("pg_loss", "vf_loss", "entropy"), 0.0)
                 for us in range(0, len(mini), cfg.micro_batch_size):
                     idx = mini[us : us + cfg.micro_batch_size]
                     m = mask[idx]
                     logits = self._forward(self.actor_train, ro, idx)
                     lp = gather_logprobs(logits, ro.response_ids[idx])
-                    pg, pg_clip = policy_loss(lp, old_lp[idx], advantages[idx], m, cfg.clip_ratio)
-                    ent = masked_mean(entropy_from_logits(logits), m)
-                    loss = (pg - cfg.entropy_coef * ent) / n_micro
+                    pg, pg_clip = policy_loss(
+                        lp, old_lp[idx], advantages[idx], m, cfg.clip_ratio, denom
+                    )
+                    ent = agg_token_mean(entropy_from_logits(logits), m, denom)
+                    loss = pg - cfg.entropy_coef * ent
                     v = self._forward(self.critic_train, ro, idx, value_head=True)
-                    vf, vf_clip = value_loss(v, old_values[idx], returns[idx], m, cfg.value_clip)
+                    vf, vf_clip = value_loss(
+                        v, old_values[idx], returns[idx], m, cfg.value_clip, denom
+                    )
                     if not (torch.isfinite(loss) and torch.isfinite(vf)):
                         raise NonFiniteLoss(f"policy loss {pg.item()}, value loss {vf.item()}")
                     loss.backward()
-                    (vf / n_micro).backward()
-                    acc["pg_loss"].append(pg.item())
-                    acc["vf_loss"].append(vf.item())
-                    acc["entropy"].append(ent.item())
+                    vf.backward()
+                    # the micro-batches' terms add up to the mini-batch's token-means
+                    sums["pg_loss"] += pg.item()
+                    sums["vf_loss"] += vf.item()
+                    sums["entropy"] += ent.item()
                     acc["pg_clipfrac"].append(pg_clip.item())
                     acc["vf_clipfrac"].append(vf_clip.item())
                     acc["approx_kl"].append(masked_mean(old_lp[idx] - lp.detach(), m).item())
@@ -246,6 +281,8 @@ class PPOTrainer:
                 cgn = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
                 if not (torch.isfinite(gn) and torch.isfinite(cgn)):
                     raise NonFiniteLoss(f"gradient norm {gn.item()} / critic {cgn.item()}")
+                for k, v in sums.items():
+                    acc[k].append(v)
                 acc["grad_norm"].append(gn.item())
                 acc["critic_grad_norm"].append(cgn.item())
                 self.actor_opt.step()
@@ -257,6 +294,8 @@ class PPOTrainer:
         lengths = ro.response_mask.sum(dim=1).float()
         tokens = int(ro.prompt_mask.sum().item() + lengths.sum().item())
         elapsed = time.perf_counter() - t0
+        # grad_norm: the actor's pre-clip global norm at each optimizer step, averaged
+        # over the step's optimizer steps (GRPO logs one optimizer step per row)
         out = {k: sum(v) / len(v) for k, v in acc.items() if v}
         out.update(
             success_rate=success_rate([r.correct for r in results]),
@@ -272,4 +311,36 @@ class PPOTrainer:
         )
         out["policy_loss"] = out.pop("pg_loss")
         out["value_loss"] = out.pop("vf_loss")
-        return out
+        return reduce_metrics(out, METRIC_REDUCTIONS)
+
+    def _global_tokens(self, mask: torch.Tensor) -> float:
+        n = mask.sum().double().reshape(1)
+        if self.world > 1:
+            dist.all_reduce(n)
+        return n.item()
+
+
+# How each metric combines across data-parallel workers (anything else: mean).
+METRIC_REDUCTIONS = {
+    "response_length_max": "max",
+    "tokens_per_s": "sum",
+    "step_time": "max",
+    "generation_time": "max",
+}
+
+
+def _adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with decay on weight matrices only, never on norms and biases (as HF's
+    Trainer groups them)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+    )

@@ -10,6 +10,7 @@ before each token's action, and padded positions carry zeros.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -17,10 +18,32 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Zero mean, unit variance over real tokens (advantage normalisation)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(var + eps) * mask
+    """Zero mean, unit variance over the real tokens of the whole batch.
+
+    Under torch.distributed the sum, sum of squares and count are all-reduced,
+    so every worker whitens with the statistics of the global batch and the
+    result does not depend on the number of workers. The variance is the
+    unbiased one (n - 1), as veRL's ``masked_whiten`` uses.
+    """
+    stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(stats)
+    total, total_sq, n = stats.tolist()
+    mean = total / max(n, 1.0)
+    var = (total_sq - n * mean * mean) / max(n - 1.0, 1.0)
+    return (x - mean) * torch.rsqrt(torch.tensor(max(var, 0.0) + eps, dtype=x.dtype)) * mask
+
+
+def agg_token_mean(
+    per_token: torch.Tensor, mask: torch.Tensor, denom: float | None
+) -> torch.Tensor:
+    """Sum over real tokens divided by ``denom``: the token count of the whole
+    mini-batch (veRL's token-mean), so that gradient accumulation over
+    micro-batches of unequal length weights every token alike. ``None``: this
+    tensor's own token count."""
+    if denom is None:
+        return masked_mean(per_token, mask)
+    return (per_token * mask).sum() / max(denom, 1.0)
 
 
 def token_rewards(
@@ -65,12 +88,14 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_ratio: float,
+    denom: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped surrogate: mean of max(-A r, -A clip(r, 1-e, 1+e)); returns (loss, clip fraction)."""
+    """Clipped surrogate: token-mean of max(-A r, -A clip(r, 1-e, 1+e)) (see
+    :func:`agg_token_mean` for ``denom``); returns (loss, clip fraction)."""
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = agg_token_mean(torch.maximum(unclipped, clipped), mask, denom)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
     return loss, clipfrac
 
@@ -81,15 +106,16 @@ def value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
+    denom: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped value loss: 0.5 * mean of max((V - R)^2, (V_clip - R)^2).
+    """Clipped value loss: 0.5 * token-mean of max((V - R)^2, (V_clip - R)^2).
 
     Returns (loss, clip fraction).
     """
     v_clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     unclipped = (values - returns) ** 2
     clipped = (v_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = 0.5 * agg_token_mean(torch.maximum(unclipped, clipped), mask, denom)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
     return loss, clipfrac
 
@@ -101,6 +127,7 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) per position, computed in float32 for stability."""
+    """log p(token) per position, computed in float32 for stability. ``logits``
+    must already be divided by the sampling temperature (see ``PPOTrainer``)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)

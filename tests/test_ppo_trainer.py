@@ -1,0 +1,208 @@
+"""PPO where it differed from veRL (issue 8): fp32 weights under bf16 autocast, no
+dropout, a seeded value head, temperature in every probability, whitening and loss
+aggregation over the whole batch, the learning rate after a resume, metrics across
+workers."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from clab.data.countdown.reading import read_group
+from clab.distributed.reduce import reduce_metrics
+from clab.generation.rollout import hf_generate, position_ids
+from clab.metrics.training import WeightTracker
+from clab.models.loading import load_critic, load_policy, load_tokenizer
+from clab.models.tiny import build_tiny_model
+from clab.rewards.countdown import Reason, RewardResult
+from clab.training.ppo import PPOConfig, PPOTrainer
+from clab.training.ppo_core import gather_logprobs, masked_whiten, policy_loss
+
+
+@pytest.fixture
+def tiny(tmp_path, dataset) -> Path:
+    probs = read_group(dataset, 0, "train", 8)
+    build_tiny_model(tmp_path / "m", [p.prompt for p in probs], vocab_size=300, hidden_size=32)
+    return tmp_path / "m"
+
+
+def _score(texts, problems):
+    # a reward that varies with the text, so that advantages and gradients are not zero
+    return [RewardResult(len(t) % 3 / 2, False, Reason.WRONG_VALUE) for t in texts]
+
+
+def _trainer(model_dir, **cfg) -> PPOTrainer:
+    base = dict(
+        actor_lr=1e-3,
+        critic_lr=1e-3,
+        mini_batch_size=4,
+        micro_batch_size=2,
+        max_response_length=6,
+        max_prompt_length=160,
+    )
+    base.update(cfg)
+    return PPOTrainer(
+        load_policy(model_dir),
+        load_critic(model_dir, seed=0),
+        load_policy(model_dir),
+        load_tokenizer(model_dir),
+        PPOConfig(**base),
+        _score,
+    )
+
+
+def test_fp32_weights_under_bf16_autocast_all_move_at_lr_1e6(tiny, dataset):
+    """One AdamW step at lr 1e-6: with fp32 weights every element with a gradient moves;
+    the same step applied to bf16 copies rounds almost all of them away."""
+    torch.manual_seed(0)
+    tr = _trainer(tiny, actor_lr=1e-6, compute_dtype="bfloat16")
+    assert all(p.dtype == torch.float32 for p in tr.actor.parameters())
+    before = [p.detach().clone() for p in tr.actor.parameters()]
+    tr.step(read_group(dataset, 0, "train", 4))
+    with_grad = moved = moved_bf16 = 0
+    for p, b in zip(tr.actor.parameters(), before, strict=True):
+        if p.grad is None:
+            continue
+        g = p.grad != 0
+        with_grad += int(g.sum())
+        moved += int(((p != b) & g).sum())
+        moved_bf16 += int(((p.bfloat16() != b.bfloat16()) & g).sum())
+    assert with_grad > 1000
+    assert moved == with_grad
+    assert moved_bf16 < 0.2 * with_grad
+
+
+def test_the_critic_has_no_dropout_train_and_eval_values_agree(tiny):
+    critic = load_critic(tiny, seed=0)
+    ids = torch.randint(0, 300, (2, 12))
+    critic.train()
+    a = critic(input_ids=ids).logits
+    critic.eval()
+    b = critic(input_ids=ids).logits
+    assert torch.equal(a, b)
+    assert all(m.p == 0 for m in critic.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_a_new_value_head_is_seeded(tiny):
+    heads = [load_critic(tiny, seed=s).score.weight for s in (1, 1, 2)]
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
+
+
+def test_sampling_ignores_the_checkpoints_generation_config(tiny, dataset):
+    prompts = [p.prompt for p in read_group(dataset, 0, "test", 4)]
+    tok = load_tokenizer(tiny)
+
+    def sample(model):
+        torch.manual_seed(3)
+        return hf_generate(model, tok, prompts, max_prompt_length=160, max_new_tokens=8).texts
+
+    clean = sample(load_policy(tiny))
+    (tiny / "generation_config.json").write_text(
+        '{"repetition_penalty": 5.0, "top_k": 1, "top_p": 0.1, "do_sample": false}'
+    )
+    assert sample(load_policy(tiny)) == clean
+
+
+def test_log_probs_are_those_of_the_tempered_distribution(tiny, dataset):
+    tr = _trainer(tiny, temperature=0.7)
+    ro = tr._rollout([p.prompt for p in read_group(dataset, 0, "test", 2)])
+    idx = torch.arange(2)
+    lp = gather_logprobs(tr._forward(tr.actor, ro, idx), ro.response_ids)
+    ids = torch.cat([ro.prompt_ids, ro.response_ids], dim=1)
+    mask = torch.cat([ro.prompt_mask, ro.response_mask], dim=1)
+    raw = tr.actor(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+    P, R = ro.prompt_ids.shape[1], ro.response_ids.shape[1]
+    expect = torch.log_softmax(raw[:, P - 1 : P + R - 1].float() / 0.7, -1)
+    expect = expect.gather(-1, ro.response_ids.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(lp, expect, atol=1e-5)
+
+
+def test_micro_batches_of_unequal_length_give_the_big_batch_gradient():
+    """Token-mean over the mini-batch: the sum of the micro-batch losses, each over the
+    mini-batch's token count, is the loss of the whole; a mean of per-micro-batch means
+    would weight the tokens of a short micro-batch more."""
+    torch.manual_seed(0)
+    lp = torch.randn(4, 5, requires_grad=True)
+    old, adv = torch.randn(4, 5), torch.randn(4, 5)
+    mask = torch.tensor(
+        [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 0, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float32
+    )
+    whole, _ = policy_loss(lp, old, adv, mask, 0.2)
+    (g_whole,) = torch.autograd.grad(whole, lp)
+    denom = mask.sum().item()
+    halves = (slice(0, 2), slice(2, 4))
+    parts = [policy_loss(lp[s], old[s], adv[s], mask[s], 0.2, denom)[0] for s in halves]
+    (g_parts,) = torch.autograd.grad(sum(parts), lp)
+    assert torch.allclose(g_whole, g_parts)
+    naive = sum(policy_loss(lp[s], old[s], adv[s], mask[s], 0.2)[0] / 2 for s in halves)
+    (g_naive,) = torch.autograd.grad(naive, lp)
+    assert not torch.allclose(g_whole, g_naive)
+
+
+def test_a_new_stage_after_loading_state_starts_at_the_stage_learning_rate(tiny, dataset):
+    probs = read_group(dataset, 0, "train", 4)
+    tr = _trainer(tiny, lr_scheduler="linear")
+    tr.new_stage(2, reset_optimizer=False)
+    tr.step(probs)
+    tr.step(probs)  # the linear schedule is at 0 now
+    state = tr.state_dict()
+    fresh = _trainer(tiny, lr_scheduler="linear")
+    fresh.new_stage(2, reset_optimizer=False, state=state)
+    assert fresh.actor_opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert fresh.actor_opt.state  # the moments came along
+    resumed = _trainer(tiny, lr_scheduler="linear")
+    resumed.new_stage(4, reset_optimizer=False, state=state, resume_schedulers=True)
+    assert resumed.actor_opt.param_groups[0]["lr"] == pytest.approx(
+        resumed.actor_sched.get_last_lr()[0]
+    )
+
+
+def test_per_tensor_weight_change_by_hand():
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 4.0]]))
+        model.bias.copy_(torch.tensor([1.0, 0.0]))
+    tracker = WeightTracker(model)
+    with torch.no_grad():
+        model.weight.add_(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
+    change = tracker.per_tensor()
+    assert change == pytest.approx({"weight": 1 / 5, "bias": 0.0})
+
+
+# -- two gloo workers against one -----------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, x: torch.Tensor, m: torch.Tensor, out: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    share = slice(rank * 2, rank * 2 + 2)
+    white = masked_whiten(x[share], m[share])
+    metrics = reduce_metrics(
+        {"response_length_max": float(rank * 10), "tokens_per_s": 5.0, "loss": float(rank)},
+        {"response_length_max": "max", "tokens_per_s": "sum"},
+    )
+    torch.save({"white": white, "metrics": metrics}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_two_workers_whiten_and_reduce_as_one(tmp_path):
+    torch.manual_seed(0)
+    x, m = torch.randn(4, 6), (torch.rand(4, 6) > 0.3).float()
+    single = masked_whiten(x, m)
+    out = str(tmp_path / "r")
+    mp.spawn(_worker, args=(2, _free_port(), x, m, out), nprocs=2, join=True)
+    parts = [torch.load(f"{out}.{r}") for r in range(2)]
+    assert torch.allclose(torch.cat([p["white"] for p in parts]), single, atol=1e-6)
+    for p in parts:
+        assert p["metrics"] == {"response_length_max": 10.0, "tokens_per_s": 10.0, "loss": 0.5}
+    assert not torch.allclose(masked_whiten(x[:2], m[:2]), single[:2])  # per worker: wrong
