@@ -228,6 +228,7 @@ class PPOStageTrainer(CountdownTrainer):
             lr_scheduler=spec.lr_scheduler,
             lr_warmup_steps=spec.lr_warmup_steps,
             compute_dtype=self.compute_dtype,
+            weight_decay=p.weight_decay,
         )
         engine = None
         if r.engine == "vllm":

@@ -72,6 +72,9 @@ class PPOSpec(SpecModel):
     lam: float = Field(1.0, ge=0, le=1)
     ppo_epochs: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(
+        0.01, ge=0, description="AdamW decay of actor and critic (veRL's); never on norms, biases"
+    )
 
 
 class GRPOSpec(SpecModel):
