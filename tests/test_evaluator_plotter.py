@@ -64,28 +64,35 @@ def evaluate(*sets: str) -> int:
     return main(args)
 
 
+def wide(path="metrics/demo-curriculum/eval.parquet") -> list[dict]:
+    """The long eval rows (one per metric) as one row per (stage, task)."""
+    out: dict = {}
+    for r in pq.read_table(path).to_pylist():
+        row = out.setdefault((r["stage"], r["task"]), {k: r[k] for k in r if k != "value"})
+        row[r["metric"]] = r["value"]
+    return [out[k] for k in sorted(out)]
+
+
 def test_every_stage_on_every_group_including_the_initial_model(stack):
     assert evaluate() == 0
-    rows = pq.read_table("metrics/demo-curriculum/eval.parquet").to_pylist()
-    assert [(r["stage"], r["eval_group"]) for r in rows] == [
-        (s, g) for s in range(5) for g in range(4)
-    ]
-    assert rows[0]["stage_name"] == "initial" and rows[0]["trained_group"] == -1
-    assert [r["trained_group"] for r in rows if r["eval_group"] == 0] == [-1, 0, 1, 2, 3]
+    rows = wide()
+    assert [(r["stage"], r["task"]) for r in rows] == [(s, g) for s in range(5) for g in range(4)]
+    assert rows[0]["stage_name"] == "initial" and rows[0]["trained_task"] == -1
+    assert [r["trained_task"] for r in rows if r["task"] == 0] == [-1, 0, 1, 2, 3]
     for r in rows:
         assert r["n"] == 4 and 0 <= r["success_rate"] <= r["reward_mean"] + 1e-9 <= 1 + 1e-9
         assert r["run"] == "demo-curriculum" and r["response_length_mean"] > 0
+        assert r["scorer"] == "countdown" and r["task_name"] == f"g{r['task']}"
     samples = Path("metrics/demo-curriculum/samples.jsonl").read_text().splitlines()
     assert len(samples) == 5 * 4 * 2
-    assert {"stage", "eval_group", "response", "score", "reason"} <= set(json.loads(samples[0]))
+    assert {"stage", "task", "response", "score", "reason"} <= set(json.loads(samples[0]))
 
 
 def test_summary_matches_the_formulas_on_the_matrix_it_wrote(stack):
     assert evaluate() == 0
-    rows = pq.read_table("metrics/demo-curriculum/eval.parquet").to_pylist()
     R = np.zeros((5, 4))
-    for r in rows:
-        R[r["stage"], r["eval_group"]] = r["success_rate"]
+    for r in wide():
+        R[r["stage"], r["task"]] = r["success_rate"]
     tasks = [None, 0, 1, 2, 3]
     s = json.loads(Path("metrics/demo-curriculum/summary.json").read_text())
     assert s["matrix"] == R.tolist()
@@ -116,7 +123,7 @@ def test_incremental_idempotent_and_blind_to_incomplete_stages(stack):
         json.dumps({"index": 5, "round": 1, "task": 0, "global_step": 10})
     )
     assert evaluate() == 0
-    rows = pq.read_table(path).to_pylist()
+    rows = wide()
     assert len(rows) == 24 and [r["stage"] for r in rows[-4:]] == [5] * 4
 
 
@@ -135,11 +142,39 @@ def test_a_crash_mid_evaluation_keeps_whole_stages_only(stack, monkeypatch):
     monkeypatch.setattr(ev, "evaluate_problems", dies)
     with pytest.raises(RuntimeError):
         evaluate()
-    rows = pq.read_table("metrics/demo-curriculum/eval.parquet").to_pylist()
-    assert {r["stage"] for r in rows} == {0}  # stage 0 whole, stage 1 absent, not half
+    assert {r["stage"] for r in wide()} == {0}  # stage 0 whole, stage 1 absent, not half
     monkeypatch.setattr(ev, "evaluate_problems", real)
     assert evaluate() == 0
-    assert len(pq.read_table("metrics/demo-curriculum/eval.parquet").to_pylist()) == 20
+    assert len(wide()) == 20
+
+
+def test_a_rerun_with_other_settings_never_mixes_results(stack, capsys):
+    """Another test size used to keep the old rows beside the new ones (forgetting
+    doubled); now it exits 2 naming the setting, or rescores every stage."""
+    assert evaluate("test_size=2") == 0
+    assert evaluate("test_size=4") == 2
+    err = capsys.readouterr().err
+    assert "test_size: 2 -> 4" in err and "rescore" in err
+    assert {r["n"] for r in wide()} == {2}  # untouched
+    assert evaluate("test_size=4", "rescore=true") == 0
+    rescored = Path("metrics/demo-curriculum/summary.json").read_text()
+    assert {r["n"] for r in wide()} == {4}
+    assert len(list(Path("metrics/demo-curriculum").glob("eval.old-*/eval.parquet"))) == 1
+    # the same numbers as a fresh evaluation with those settings
+    shutil.rmtree("metrics/demo-curriculum")
+    assert evaluate("test_size=4") == 0
+    fresh = json.loads(Path("metrics/demo-curriculum/summary.json").read_text())
+    assert json.loads(rescored)["matrix"] == fresh["matrix"]
+    assert fresh["settings"]["test_size"] == 4 and fresh["settings"]["dtype"] == "float32"
+
+
+def test_a_second_evaluator_on_the_same_run_exits_2_naming_the_holder(stack, capsys):
+    from clab.runs.lock import RunLock
+
+    with RunLock("metrics/demo-curriculum", "evaluator", name=".eval.lock"):
+        assert evaluate() == 2
+    err = capsys.readouterr().err
+    assert f"pid {__import__('os').getpid()}" in err and "evaluator" in err
 
 
 def test_unknown_run_is_a_clear_error(stack, capsys):

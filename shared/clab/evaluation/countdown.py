@@ -7,7 +7,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from clab.data.countdown.reading import Problem
-from clab.generation.rollout import hf_generate, require_vllm
+from clab.generation.rollout import encode_prompts, hf_generate, require_vllm
 from clab.rewards.countdown import CountdownReward
 
 
@@ -31,6 +31,7 @@ def score_texts(
         "success_rate": sum(r.correct for r in results) / n,
         "reward_mean": sum(r.score for r in results) / n,
         "response_length_mean": sum(lengths) / n,
+        "correct": [r.correct for r in results],
         "samples": [
             {
                 "target": p.target,
@@ -71,29 +72,39 @@ def evaluate_problems(
 
 
 class VLLMEvaluator:
-    """Greedy answers by vLLM (the ``gpu`` extra), one engine per checkpoint."""
+    """Greedy answers by vLLM (the ``gpu`` extra), one engine per checkpoint.
 
-    def __init__(self, model_dir: Path, max_model_len: int):
+    Prompts are tokenised and truncated from the left here, by the same
+    function as the HF path (vLLM itself would refuse or keep an over-long
+    prompt), and the engine computes in the evaluator's dtype.
+    """
+
+    def __init__(self, model_dir: Path, max_model_len: int, *, dtype: str, tokenizer):
         require_vllm("engine")
         from vllm import LLM
 
-        self.llm = LLM(model=str(model_dir), max_model_len=max_model_len, seed=0)
+        self.tokenizer = tokenizer
+        self.llm = LLM(model=str(model_dir), max_model_len=max_model_len, seed=0, dtype=dtype)
 
     def evaluate(
         self,
         problems: list[Problem],
         *,
+        max_prompt_length: int,
         max_new_tokens: int,
         enforce_ops: bool = True,
         n_samples: int = 0,
     ) -> dict:
         from vllm import SamplingParams
 
+        ids, mask = encode_prompts(
+            self.tokenizer, [p.prompt for p in problems], max_prompt_length, "cpu"
+        )
+        prompts = [
+            {"prompt_token_ids": r[m.bool()].tolist()} for r, m in zip(ids, mask, strict=True)
+        ]
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
-        outs = self.llm.generate([p.prompt for p in problems], params, use_tqdm=False)
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
         texts = [o.outputs[0].text for o in outs]
         lengths = [len(o.outputs[0].token_ids) for o in outs]
         return score_texts(problems, texts, lengths, enforce_ops, n_samples)
-
-    def close(self) -> None:
-        del self.llm

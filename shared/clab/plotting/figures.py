@@ -100,7 +100,7 @@ def training_curves(rows: list[dict], title: str, path: Path) -> Path:
 
 
 def matrix_heatmap(
-    R: np.ndarray, stage_labels: list[str], groups: list[int], title: str, path: Path
+    R: np.ndarray, stage_labels: list[str], groups: list[str], title: str, path: Path
 ) -> Path:
     fig, ax = plt.subplots(figsize=(1.2 * len(groups) + 2.5, 0.45 * len(stage_labels) + 1.5))
     vmax = max(float(np.nanmax(R)), 0.05)  # small rates stay visible; 0..1 when they reach it
@@ -117,7 +117,7 @@ def matrix_heatmap(
                 fontsize=8,
                 color="white" if v < 0.5 * vmax else "black",
             )
-    ax.set_xticks(range(len(groups)), [f"group {g}" for g in groups])
+    ax.set_xticks(range(len(groups)), [str(g) for g in groups])
     ax.set_yticks(range(len(stage_labels)), stage_labels)
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("after stage")
@@ -127,14 +127,12 @@ def matrix_heatmap(
 
 
 def success_per_group(
-    R: np.ndarray, stage_labels: list[str], groups: list[int], title: str, path: Path
+    R: np.ndarray, stage_labels: list[str], groups: list[str], title: str, path: Path
 ) -> Path:
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(stage_labels) + 2), 4))
     x = np.arange(len(stage_labels))
     for j, g in enumerate(groups):
-        ax.plot(
-            x, R[:, j], marker="o", color=GROUP_COLORS[g % len(GROUP_COLORS)], label=f"group {g}"
-        )
+        ax.plot(x, R[:, j], marker="o", color=GROUP_COLORS[j % len(GROUP_COLORS)], label=str(g))
     ax.plot(x, R.mean(axis=1), color="black", ls="--", label="average")
     ax.set_xticks(x, stage_labels, rotation=45, ha="right")
     ax.set_xlabel("after stage")

@@ -21,7 +21,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from clab.errors import ClabError
-from clab.evaluation.evaluator import read_eval, success_matrix
+from clab.evaluation.evaluator import read_eval, value_matrix
 from clab.plotting import figures
 from clab.specs import Spec
 from clab.storage.atomic import write_text
@@ -100,8 +100,10 @@ def make_plots(spec: PlotSpec) -> Path:
         summary_path = spec.metrics / name / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
         if eval_rows:
-            groups = sorted({r["eval_group"] for r in eval_rows})
-            m = success_matrix(eval_rows, groups)
+            primary = next(r["metric"] for r in eval_rows if r["primary"])
+            names_by_task = {r["task"]: r["task_name"] for r in eval_rows}
+            groups = [names_by_task[j] for j in sorted(names_by_task)]
+            m = value_matrix(eval_rows, primary, len(groups))
             if m is not None:
                 R, _ = m
                 labels = ["initial"] + [

@@ -87,8 +87,8 @@ def run_spec(spec: RunSpec, restart: bool = False) -> None:
     """``clab run`` for every trainer kind: checks, lock, fingerprint, then the stages."""
     trainer_module(spec).check_inputs(spec)  # before anything is written
     ckpt_dir, _, logs_dir = spec.run_dirs()
-    # beside the run's folder, not in it: --restart moves the folder while we hold it
-    with RunLock(ckpt_dir.parent, "trainer", name=f".{spec.name}.lock"):
+    lock = spec.lock_path()
+    with RunLock(lock.parent, "trainer", name=lock.name):
         if restart:
             _move_aside(spec)
         _check_fingerprint(spec)

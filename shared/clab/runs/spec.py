@@ -63,8 +63,13 @@ class RunSpec(Spec):
             Path("logs") / self.name,
         )
 
+    def lock_path(self) -> Path:
+        """Beside the run's folder, not in it: --restart moves the folder while it is held."""
+        return Path("checkpoints") / f".{self.name}.lock"
+
     def writes(self) -> list[Path]:
-        return [*self.run_dirs(), *([Path("logs/wandb")] if self.wandb else [])]
+        wandb = [Path("logs/wandb")] if self.wandb else []
+        return [*self.run_dirs(), self.lock_path(), *wandb]
 
     def run(self, restart: bool = False) -> None:
         from clab.runs.runner import run_spec

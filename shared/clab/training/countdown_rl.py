@@ -29,6 +29,7 @@ from clab.models.loading import (
     load_policy,
     load_tokenizer,
 )
+from clab.models.precision import compute_autocast
 from clab.rewards.countdown import CountdownReward
 from clab.runs.protocol import StageContext, TaskRef
 from clab.runs.runner import seed_everything
@@ -162,16 +163,18 @@ class CountdownTrainer:
         s = self.spec
         out = []
         for g in self.groups:
-            res = evaluate_problems(
-                self.policy,
-                self.tokenizer,
-                read_group(s.data.dir, g, "test", s.batch.val),
-                max_prompt_length=s.rollout.max_prompt_length,
-                max_new_tokens=s.rollout.max_response_length,
-                batch_size=s.batch.val,
-                enforce_ops=s.data.enforce_ops,
-            )
+            with compute_autocast(self.device, self.compute_dtype):  # as the evaluator scores
+                res = evaluate_problems(
+                    self.policy,
+                    self.tokenizer,
+                    read_group(s.data.dir, g, "test", s.batch.val),
+                    max_prompt_length=s.rollout.max_prompt_length,
+                    max_new_tokens=s.rollout.max_response_length,
+                    batch_size=s.batch.val,
+                    enforce_ops=s.data.enforce_ops,
+                )
             res.pop("samples")
+            res.pop("correct")
             out.append({"task": f"g{g}", "group": g, "primary": "success_rate", **res})
         return out
 

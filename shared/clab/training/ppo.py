@@ -15,7 +15,6 @@ prompts.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from clab.data.countdown.reading import Problem
 from clab.distributed.reduce import reduce_metrics
 from clab.generation.rollout import Rollout, hf_generate, position_ids
 from clab.metrics.training import success_rate
+from clab.models.precision import compute_autocast
 from clab.rewards.countdown import RewardResult
 from clab.training.ppo_core import (
     agg_token_mean,
@@ -113,9 +113,7 @@ class PPOTrainer:
     def autocast(self):
         """bf16 (or fp16) compute over the fp32 weights, as veRL and TRL run it: the
         weights and AdamW moments stay fp32, so updates at lr 1e-6 do not round away."""
-        if self.cfg.compute_dtype in (None, "float32"):
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=getattr(torch, self.cfg.compute_dtype))
+        return compute_autocast(self.device_type, self.cfg.compute_dtype)
 
     def new_stage(
         self,

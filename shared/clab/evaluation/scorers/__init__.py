@@ -1,0 +1,22 @@
+"""The registered scorers; importing this package registers every one of them."""
+
+from clab.evaluation.scorers import answer_loss, countdown
+from clab.evaluation.scorers.registry import (
+    SCORERS,
+    ModelHandle,
+    ScoreResult,
+    ScoreSettings,
+    get_scorer,
+    register_scorer,
+)
+
+__all__ = [
+    "SCORERS",
+    "ModelHandle",
+    "ScoreResult",
+    "ScoreSettings",
+    "answer_loss",
+    "countdown",
+    "get_scorer",
+    "register_scorer",
+]

@@ -1,0 +1,106 @@
+"""Scorers by task kind: how a checkpoint is scored on one task.
+
+A scorer is a plain function registered by name (as veRL registers its
+advantage estimators); a run's ``run.json`` names each task's scorer, so the
+evaluator needs nothing else to score any experiment kind. A scorer returns
+named values, each with its direction (higher or lower is better), the
+number of items they rest on, per-item values for intervals, and a few
+samples to read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clab.errors import ClabError
+from clab.models.precision import compute_autocast
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What shapes a score besides the checkpoint: stored with the results, and a
+    rerun with other settings is refused (or rescores everything)."""
+
+    test_size: int | None
+    max_new_tokens: int | None
+    batch_size: int
+    samples: int
+    dtype: str  # the compute dtype of every path (autocast on HF, the engine's on vLLM)
+    device: str
+    engine: str  # hf or vllm, resolved
+    seed: int = 0
+
+    def shaping(self) -> dict[str, Any]:
+        """The settings a score depends on (not batch size or device placement)."""
+        return {
+            "test_size": self.test_size,
+            "max_new_tokens": self.max_new_tokens,
+            "samples": self.samples,
+            "dtype": self.dtype,
+            "engine": self.engine,
+            "seed": self.seed,
+            "prompt_truncation": "left, to the task's max_prompt_length",
+        }
+
+
+@dataclass
+class ScoreResult:
+    values: dict[str, float]
+    higher_is_better: dict[str, bool]
+    primary: str
+    n: int
+    items: dict[str, list[float]] = field(default_factory=dict)  # per-item, for intervals
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ModelHandle:
+    """A stage's model and tokenizer, loaded once for all its tasks, on demand."""
+
+    def __init__(self, stage_dir: Path, settings: ScoreSettings):
+        self.dir, self.settings = Path(stage_dir), settings
+        self._model = self._tok = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            from clab.models.loading import load_policy
+
+            # weights as saved (fp32); compute in settings.dtype through autocast,
+            # exactly as training validation runs
+            self._model = load_policy(self.dir, "float32").to(self.settings.device).eval()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            from clab.models.loading import load_tokenizer
+
+            self._tok = load_tokenizer(self.dir)
+        return self._tok
+
+    def autocast(self):
+        return compute_autocast(self.settings.device, self.settings.dtype)
+
+    def close(self) -> None:
+        self._model = self._tok = None
+
+
+Scorer = Callable[[ModelHandle, dict[str, Any], ScoreSettings], ScoreResult]
+SCORERS: dict[str, Scorer] = {}
+
+
+def register_scorer(name: str) -> Callable[[Scorer], Scorer]:
+    def add(fn: Scorer) -> Scorer:
+        SCORERS[name] = fn
+        return fn
+
+    return add
+
+
+def get_scorer(name: str) -> Scorer:
+    if name not in SCORERS:
+        raise ClabError(f"scorer {name!r} is not known (known: {', '.join(sorted(SCORERS))})")
+    return SCORERS[name]
