@@ -83,7 +83,9 @@ def test_the_evaluator_scores_a_hand_made_sft_run_by_answer_loss(workdir):
     ]
     write_json(run / "run.json", {"kind": "hand", "name": "hand", "rounds": 1, "tasks": tasks})
     spec = Path("eval.yaml")
-    spec.write_text("kind: evaluate\nruns: [hand]\nmax_new_tokens: 4\nbatch_size: 4\n")
+    spec.write_text(
+        "kind: evaluate\nruns: [hand]\nmax_new_tokens: 4\nbatch_size: 4\nuse_gpu: false\n"
+    )
     assert main(["run", str(spec)]) == 0
 
     rows = pq.read_table("metrics/hand/eval.parquet").to_pylist()

@@ -69,7 +69,7 @@ class EvaluateSpec(Spec):
     max_new_tokens: int | None = Field(None, ge=1, description="null: each task's own")
     batch_size: int = Field(64, ge=1)
     samples_per_group: int = Field(3, ge=0, description="generations kept per task and stage")
-    use_gpu: bool = False
+    use_gpu: bool = Field(True, description="as Compose reserves a GPU; false on a CPU machine")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="compute dtype of every engine; auto: bfloat16 on GPU, float32 on CPU"
     )
