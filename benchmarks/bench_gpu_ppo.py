@@ -97,7 +97,7 @@ def main() -> None:
     tps = statistics.median(r["tokens_per_s"] for r in rows)
     gen = statistics.median(r["generation_time"] / r["step_time"] for r in rows)
     print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}")
-    print(f"model: Qwen2.5-1.5B architecture, {params / 1e9:.2f} B parameters, bf16, random init")
+    print(f"model: Qwen2.5-1.5B architecture, {params / 1e9:.2f} B parameters, random init")
     print(
         f"batch: {args.prompts} prompts x 1 response, response {args.response} tokens "
         f"(mean {statistics.median(r['response_length_mean'] for r in rows):.0f})"

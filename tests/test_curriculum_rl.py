@@ -53,7 +53,9 @@ def test_one_round_through_all_four_groups(run_dir, algorithm):
         if algorithm == "grpo"
         else {}
     )
-    spec = write_spec(run_dir / "s.yaml", name=algorithm, algorithm=algorithm, **extra)
+    spec = write_spec(
+        run_dir / "s.yaml", name=algorithm, algorithm=algorithm, weight_change_every=5, **extra
+    )
     assert main(["run", str(spec)]) == 0
 
     stages = complete_stages(f"checkpoints/{algorithm}")
@@ -83,6 +85,11 @@ def test_one_round_through_all_four_groups(run_dir, algorithm):
         < rows[2]["weight_change_stage"] + rows[3]["weight_change_run"]
     )
     assert rows[-1]["weight_change_run"] > 0
+    # per-tensor weight change every 5 steps, one value per named tensor
+    per_tensor = read_rows(f"metrics/{algorithm}/weights.jsonl")
+    assert [r["global_step"] for r in per_tensor] == [5, 10]
+    assert "model.embed_tokens.weight" in per_tensor[-1]
+    assert max(v for k, v in per_tensor[-1].items() if k != "global_step") > 0
 
     val = read_rows(f"metrics/{algorithm}/val.jsonl")
     assert len(val) == 16
