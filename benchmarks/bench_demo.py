@@ -2,7 +2,7 @@
 
 Target (issue 4): 10 minutes or less on a 2-core machine, aiming for 5. Runs
 in a temporary folder, so the project's own volumes are untouched, and prints
-the time of each step and what the demo's runs learned and forgot.
+the time of each step and `demo_numbers.py`'s table of what the demo's\nruns learned and forgot.
 
     uv run python benchmarks/bench_demo.py
 """
@@ -10,7 +10,6 @@ the time of each step and what the demo's runs learned and forgot.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import subprocess
@@ -20,6 +19,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from demo_numbers import main as print_numbers  # noqa: E402
 
 
 def main() -> None:
@@ -48,14 +49,8 @@ def main() -> None:
         for (label, t0), (_, t1) in itertools.pairwise(marks):
             print(f"| {label} | {t1 - t0:.0f} s |")
         print(f"| **total** | **{total:.0f} s** (target <= 600 s) |")
-        for run in ("demo-curriculum", "demo-control"):
-            s = json.loads((Path(tmp) / "metrics" / run / "summary.json").read_text())
-            R = [" ".join(f"{v:.2f}" for v in row) for row in s["matrix"]]
-            print(
-                f"\n{run}: final average accuracy {s['average_accuracy']:.3f}, BWT "
-                f"{s['backward_transfer']:+.3f}, forgetting {s['forgetting']:.3f}"
-            )
-            print("R (rows: initial, then stages; columns: groups 0-3):\n  " + "\n  ".join(R))
+        print()
+        print_numbers(["--metrics", str(Path(tmp) / "metrics")])
 
 
 if __name__ == "__main__":

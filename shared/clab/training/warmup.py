@@ -3,18 +3,26 @@
 A tiny random model never finds a correct Countdown answer by sampling, so RL
 has nothing to reinforce and forgetting has nothing to erase. A few hundred
 steps of SFT on the data's reference solutions (answers only: the prompt is
-not in the loss) give it a start. TRL's SFTTrainer does the work.
+not in the loss) give it a start. TRL's SFTTrainer does the work, and HF
+Trainer's own checkpoints let a warm-up killed half-way resume where it was
+(weights, optimizer, schedule, data order and RNG) instead of starting again.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from clab.data.countdown.reading import read_group
 from clab.storage.atomic import write_json
+from clab.storage.layout import COMPLETE_MARKER
+
+# checkpoints kept: HF writes a checkpoint in place, so the one before the
+# newest stays until the newest is marked whole
+KEEP_CHECKPOINTS = 2
 
 
 def warmup_answer(problem) -> str | None:
@@ -33,11 +41,39 @@ def completion_text(answer: str) -> str:
     return f" </think>\n<answer> {answer} </answer>"
 
 
+class _MarkComplete(TrainerCallback):
+    """HF writes checkpoint folders in place; the marker says this one is whole."""
+
+    def on_save(self, args, state, control, **kwargs):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and ckpt.is_dir():
+            write_json(ckpt / COMPLETE_MARKER, {"step": state.global_step})
+
+
+def warmup_save_steps(steps: int) -> int:
+    """About five checkpoints per warm-up: a kill loses at most a fifth of it."""
+    return max(1, steps // 5)
+
+
 def supervised_warmup(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, spec, logs_dir: Path
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    spec,
+    logs_dir: Path,
+    work_dir: Path | None = None,
 ) -> None:
+    """Train ``model`` in place on reference answers for ``spec.warmup.steps`` steps.
+
+    ``work_dir`` holds the warm-up's checkpoints (default ``logs_dir/warmup/checkpoints``);
+    a call that finds a whole one there resumes from it. The folder is removed
+    once the warm-up has finished, since the caller saves the warmed-up model.
+    """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+
+    from clab.training.countdown_rl import latest_hf_checkpoint
+
+    work_dir = work_dir or logs_dir / "warmup" / "checkpoints"
 
     rows = []
     for g in spec.warmup.groups:
@@ -49,14 +85,16 @@ def supervised_warmup(
     random.Random(spec.seed).shuffle(rows)
     use_gpu = spec.resources.use_gpu
     args = SFTConfig(
-        output_dir=str(logs_dir / "warmup"),
+        output_dir=str(work_dir),
         max_steps=spec.warmup.steps,
         learning_rate=spec.warmup.lr,
         per_device_train_batch_size=spec.warmup.batch_size,
         lr_scheduler_type="cosine",
         warmup_steps=max(1, spec.warmup.steps // 20),
         logging_steps=max(1, spec.warmup.steps // 10),
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=warmup_save_steps(spec.warmup.steps),
+        save_total_limit=KEEP_CHECKPOINTS,
         report_to=[],
         use_cpu=not use_gpu,
         bf16=use_gpu and spec.model.dtype == "bfloat16",
@@ -66,7 +104,13 @@ def supervised_warmup(
         dataset_kwargs={"add_special_tokens": False},
     )
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[_MarkComplete()],
     )
-    trainer.train()
+    resume = latest_hf_checkpoint(work_dir)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     write_json(logs_dir / "warmup" / "log_history.json", trainer.state.log_history)
+    shutil.rmtree(work_dir, ignore_errors=True)

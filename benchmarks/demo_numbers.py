@@ -1,0 +1,94 @@
+"""The README's demo numbers, read from a demo run's evaluation (never typed by hand).
+
+For each run and each group: greedy success on the group's test problems just
+before and just after the stage that trains it, with Wilson 95% intervals and
+n, and whether the change is larger than chance (the two intervals do not
+overlap); then what the run forgot (success right
+after a group's stage against success at the end).
+
+    clab demo && uv run python benchmarks/demo_numbers.py            # in the demo's folder
+    uv run python benchmarks/demo_numbers.py --metrics /tmp/x/metrics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from clab.errors import ClabError
+
+Z95 = 1.959964
+
+
+def wilson(successes: float, n: int) -> tuple[float, float]:
+    """Wilson score interval: unlike p +- 1.96 se it stays inside [0, 1] and is honest at 0."""
+    p = successes / n
+    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n**2)) / (1 + Z95**2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _rate(r: dict) -> str:
+    lo, hi = wilson(r["success_rate"] * r["n"], r["n"])
+    return f"{r['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _apart(a: dict, b: dict) -> bool:
+    """The two rates' 95% intervals do not overlap: a change chance alone rarely makes."""
+    a_lo, a_hi = wilson(a["success_rate"] * a["n"], a["n"])
+    b_lo, b_hi = wilson(b["success_rate"] * b["n"], b["n"])
+    return a_hi < b_lo or b_hi < a_lo
+
+
+def run_table(metrics: Path, run: str) -> str:
+    """One run's Markdown table: learning per stage, then forgetting at the end."""
+    path = metrics / run / "eval.parquet"
+    if not path.is_file():
+        raise ClabError(f"{path}: no evaluation of run {run!r}; run `clab demo` first")
+    rows = pq.read_table(path).to_pylist()
+    at = {(r["stage"], r["eval_group"]): r for r in rows}
+    last = max(r["stage"] for r in rows)
+    lines = [
+        f"**{run}** (greedy success on each group's test problems, Wilson 95% interval)",
+        "",
+        "| stage | group trained | n | before its stage | after its stage | change | "
+        "beyond chance | at the end |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for stage in range(1, last + 1):
+        g = next(r["trained_group"] for r in rows if r["stage"] == stage)
+        before, after, end = at[stage - 1, g], at[stage, g], at[last, g]
+        change = after["success_rate"] - before["success_rate"]
+        beyond = "yes" if _apart(before, after) else "no"
+        lines.append(
+            f"| {stage} | {g} | {after['n']} | {_rate(before)} | {_rate(after)} | "
+            f"{change:+.2f} | {beyond} | {_rate(end)} |"
+        )
+    summary = json.loads((metrics / run / "summary.json").read_text())
+    per_task = summary.get("forgetting_per_task") or {}
+    lines += [
+        "",
+        f"Final average success {summary['average_accuracy']:.3f}; backward transfer "
+        f"{summary['backward_transfer']:+.3f}; forgetting {summary['forgetting']:.3f} "
+        "(mean over the groups trained before the last of best earlier success minus final; "
+        "per group: "
+        + ", ".join(f"{k}: {v:.2f}" for k, v in per_task.items() if v is not None)
+        + ").",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--metrics", type=Path, default=Path("metrics"))
+    ap.add_argument("--runs", nargs="+", default=["demo-curriculum", "demo-control"])
+    args = ap.parse_args(argv)
+    print("\n\n".join(run_table(args.metrics, run) for run in args.runs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The README's demo table: Wilson intervals and the learning/forgetting columns."""
+
+import json
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from clab.errors import ClabError
+from demo_numbers import run_table, wilson
+
+
+def test_wilson_matches_the_textbook_values():
+    assert wilson(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    lo, hi = wilson(0, 100)  # no success: the interval still has width
+    assert lo == 0 and hi == pytest.approx(0.0370, abs=1e-4)
+
+
+def test_table_marks_a_rise_beyond_chance_and_the_forgetting(tmp_path: Path):
+    # two groups, n=100: group 0 rises 0.10 -> 0.50 in stage 1, then falls to 0.20
+    R = [[0.10, 0.05], [0.50, 0.06], [0.20, 0.09]]
+    rows = [
+        {
+            "stage": s,
+            "trained_group": s - 1 if s else -1,
+            "eval_group": g,
+            "n": 100,
+            "success_rate": R[s][g],
+        }
+        for s in range(3)
+        for g in range(2)
+    ]
+    (tmp_path / "r").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "r" / "eval.parquet")
+    summary = {
+        "average_accuracy": 0.145,
+        "backward_transfer": -0.3,
+        "forgetting": 0.3,
+        "forgetting_per_task": {"0": 0.3},
+    }
+    (tmp_path / "r" / "summary.json").write_text(json.dumps(summary))
+    table = run_table(tmp_path, "r")
+    assert "| 1 | 0 | 100 | 0.10 [0.06, 0.17] | 0.50 [0.40, 0.60] | +0.40 | yes |" in table
+    assert "| 2 | 1 | 100 | 0.06 [0.03, 0.12] | 0.09 [0.05, 0.16] | +0.03 | no |" in table
+    assert "forgetting 0.300" in table and "0: 0.30" in table
+    with pytest.raises(ClabError, match="no evaluation of run 'other'"):
+        run_table(tmp_path, "other")
