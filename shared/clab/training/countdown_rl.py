@@ -129,7 +129,7 @@ class CountdownTrainer:
         if spec.warmup.steps:
             from clab.training.warmup import supervised_warmup
 
-            supervised_warmup(model, tok, spec, self.logs_dir)
+            supervised_warmup(model, tok, spec, self.logs_dir, work / "warmup")
         model.save_pretrained(out)
         tok.save_pretrained(out)
         copy_tiny_marker(source, out)

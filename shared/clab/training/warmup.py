@@ -71,7 +71,7 @@ def supervised_warmup(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from clab.training.countdown_rl import latest_hf_checkpoint
+    from clab.runs.runner import latest_checkpoint
 
     work_dir = work_dir or logs_dir / "warmup" / "checkpoints"
 
@@ -110,7 +110,7 @@ def supervised_warmup(
         processing_class=tokenizer,
         callbacks=[_MarkComplete()],
     )
-    resume = latest_hf_checkpoint(work_dir)
+    resume = latest_checkpoint(work_dir)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     write_json(logs_dir / "warmup" / "log_history.json", trainer.state.log_history)
     shutil.rmtree(work_dir, ignore_errors=True)
