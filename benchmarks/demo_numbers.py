@@ -49,8 +49,12 @@ def run_table(metrics: Path, run: str) -> str:
     path = metrics / run / "eval.parquet"
     if not path.is_file():
         raise ClabError(f"{path}: no evaluation of run {run!r}; run `clab demo` first")
-    rows = pq.read_table(path).to_pylist()
-    at = {(r["stage"], r["eval_group"]): r for r in rows}
+    rows = [
+        {**r, "success_rate": r["value"]}
+        for r in pq.read_table(path).to_pylist()
+        if r["metric"] == "success_rate"
+    ]
+    at = {(r["stage"], r["task"]): r for r in rows}
     last = max(r["stage"] for r in rows)
     lines = [
         f"**{run}** (greedy success on each group's test problems, Wilson 95% interval)",
@@ -60,7 +64,7 @@ def run_table(metrics: Path, run: str) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for stage in range(1, last + 1):
-        g = next(r["trained_group"] for r in rows if r["stage"] == stage)
+        g = next(r["trained_task"] for r in rows if r["stage"] == stage)
         before, after, end = at[stage - 1, g], at[stage, g], at[last, g]
         change = after["success_rate"] - before["success_rate"]
         beyond = "yes" if _apart(before, after) else "no"

@@ -25,13 +25,15 @@ def test_table_marks_a_rise_beyond_chance_and_the_forgetting(tmp_path: Path):
     rows = [
         {
             "stage": s,
-            "trained_group": s - 1 if s else -1,
-            "eval_group": g,
+            "trained_task": s - 1 if s else -1,
+            "task": g,
             "n": 100,
-            "success_rate": R[s][g],
+            "metric": metric,
+            "value": R[s][g] if metric == "success_rate" else 0.3,
         }
         for s in range(3)
         for g in range(2)
+        for metric in ("success_rate", "reward_mean")  # the evaluator's long format
     ]
     (tmp_path / "r").mkdir()
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "r" / "eval.parquet")
