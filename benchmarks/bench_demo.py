@@ -2,7 +2,8 @@
 
 Target (issue 4): 10 minutes or less on a 2-core machine, aiming for 5. Runs
 in a temporary folder, so the project's own volumes are untouched, and prints
-the time of each step and `demo_numbers.py`'s table of what the demo's\nruns learned and forgot.
+the time of each step and `demo_numbers.py`'s table of what the demo's
+runs learned and forgot.
 
     uv run python benchmarks/bench_demo.py
 """
