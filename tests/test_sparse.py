@@ -1,0 +1,131 @@
+"""Sparse updates: unselected groups stay bit-identical under AdamW with weight decay,
+over many steps; the selection rules on hand-made norms; groups of a real model."""
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from clab.errors import ClabError
+from clab.training.sparse import (
+    SELECTORS,
+    Smoothed,
+    SparseOptimizer,
+    check_group_names,
+    group_grad_norms,
+    make_optimizer,
+    parameter_groups,
+)
+
+
+def tiny_lm(layers: int = 2) -> Qwen2ForCausalLM:
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    return Qwen2ForCausalLM(cfg)
+
+
+def test_block_groups_of_a_decoder_model():
+    groups = parameter_groups(tiny_lm(layers=4))
+    assert list(groups) == [
+        "embed",
+        *[f"layer{i}.{part}" for i in range(4) for part in ("attn", "ffn")],
+        "head",
+    ]  # the public experiment's ten groups for a 4-layer model
+    names = {g: [n for n, _ in members] for g, members in groups.items()}
+    assert "model.layers.0.input_layernorm.weight" in names["layer0.attn"]
+    assert "model.layers.0.post_attention_layernorm.weight" in names["layer0.ffn"]
+    assert names["head"] == ["model.norm.weight", "lm_head.weight"]
+    assert len(parameter_groups(tiny_lm(), "tensor")) == len(list(tiny_lm().parameters()))
+    with pytest.raises(ClabError, match=r"unknown group 'layer9\.attn'"):
+        check_group_names(["layer9.attn"], groups)
+
+
+def test_group_norms_are_the_norms_of_the_concatenated_gradients():
+    model = tiny_lm()
+    model(
+        input_ids=torch.randint(0, 50, (2, 6)), labels=torch.randint(0, 50, (2, 6))
+    ).loss.backward()
+    groups = parameter_groups(model)
+    norms = group_grad_norms(groups)
+    for (_, members), n in zip(groups.items(), norms, strict=True):
+        flat = torch.cat([p.grad.flatten() for _, p in members])
+        assert n.item() == pytest.approx(flat.norm().item(), rel=1e-5)
+
+
+def test_unselected_groups_stay_bit_identical_with_adamw_and_weight_decay():
+    model = tiny_lm()
+    groups = parameter_groups(model)
+    opt = SparseOptimizer(groups, make_optimizer("adamw", lr=1e-2, weight_decay=0.1))
+    select = SELECTORS["top_k"](2)
+    gen = torch.Generator().manual_seed(0)
+    times = torch.zeros(len(groups), dtype=torch.long)
+    for step in range(25):
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        ids = torch.randint(0, 50, (4, 8), generator=gen)
+        model(input_ids=ids, labels=ids).loss.backward()
+        chosen = select(group_grad_norms(groups), opt.sizes, gen)
+        row = opt.step(chosen)
+        assert row["groups_selected"] == 2
+        times += chosen.long()
+        for on, members in zip(chosen.tolist(), groups.values(), strict=True):
+            for name, p in members:
+                if on:
+                    assert not torch.equal(p, before[name]), (step, name)
+                else:  # no decay, no momentum, nothing
+                    assert torch.equal(p, before[name]), (step, name)
+    # Adam's step counter advanced only when its group was selected
+    for opt_g, n in zip(opt.optimizers, times.tolist(), strict=True):
+        steps = [s["step"] for s in opt_g.state_dict()["state"].values()]
+        assert all(int(s) == n for s in steps) and (n == 0) == (not steps)
+    assert int(times.sum()) == 50 and int((times > 0).sum()) >= 2
+
+
+def test_a_masked_gradient_under_one_adamw_would_not_be_sparse():
+    """Why one optimizer per group: AdamW with a zeroed gradient still decays the
+    weight and applies its moments."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([w], lr=0.1, weight_decay=0.1)
+    w.grad = torch.ones(3)
+    opt.step()
+    after_first = w.detach().clone()
+    w.grad = torch.zeros(3)  # "not selected"
+    opt.step()
+    assert not torch.equal(w, after_first)
+
+
+def test_selection_rules_on_hand_made_norms():
+    norms = torch.tensor([0.5, 3.0, 1.0, 2.0])
+    sizes = torch.tensor([40, 10, 30, 20])
+    gen = torch.Generator().manual_seed(0)
+    assert SELECTORS["top_k"](2)(norms, sizes, gen).tolist() == [False, True, False, True]
+    # largest first: 3.0 (10%), 2.0 (+20% = 30%), 1.0 (+30% = 60%): 50% needs three groups
+    assert SELECTORS["fraction"](0.5)(norms, sizes, gen).tolist() == [False, True, True, True]
+    assert SELECTORS["fraction"](0.1)(norms, sizes, gen).tolist() == [False, True, False, False]
+    assert SELECTORS["dense"]()(norms, sizes, gen).all()
+    picks = [SELECTORS["random_k"](2)(norms, sizes, gen) for _ in range(50)]
+    assert all(int(p.sum()) == 2 for p in picks)
+    assert len({tuple(p.tolist()) for p in picks}) > 3  # not always the same groups
+    again = torch.Generator().manual_seed(0)
+    assert SELECTORS["random_k"](2)(norms, sizes, again).tolist() == picks[0].tolist()
+
+
+def test_smoothing_keeps_a_group_on_until_its_average_drops_below_the_threshold():
+    sizes = torch.ones(2)
+    rule = Smoothed(SELECTORS["top_k"](1), decay=0.9, threshold=0.5)
+    gen = torch.Generator()
+    first = rule(torch.tensor([2.0, 1.0]), sizes, gen)
+    assert first.tolist() == [True, False]
+    # group 1 now wins the raw selection, but group 0 stays on for a few steps
+    seen = [rule(torch.tensor([1.0, 2.0]), sizes, gen).tolist() for _ in range(8)]
+    assert seen[0] == [True, False]
+    assert seen[-1] == [False, True]
+    switch = next(i for i, s in enumerate(seen) if s == [False, True])
+    # 0.9^(n+1) < 0.5 from n = 6; 1 - 0.9^(n+1) > 0.5 likewise
+    assert switch == 6
