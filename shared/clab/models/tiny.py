@@ -48,18 +48,20 @@ def build_tiny_model(
     num_heads: int = 4,
     max_positions: int = 1024,
     seed: int = 0,
+    intermediate_size: int | None = None,
+    tie_word_embeddings: bool = True,
 ) -> Path:
     """Write a tiny model and its tokenizer to ``out_dir`` (atomically) and return it."""
     tokenizer = train_tokenizer(texts, vocab_size)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 4,
+        intermediate_size=intermediate_size or hidden_size * 4,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=max(1, num_heads // 2),
         max_position_embeddings=max_positions,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,

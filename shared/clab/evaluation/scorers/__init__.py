@@ -1,6 +1,6 @@
 """The registered scorers; importing this package registers every one of them."""
 
-from clab.evaluation.scorers import answer_loss, countdown
+from clab.evaluation.scorers import answer_loss, countdown, perplexity
 from clab.evaluation.scorers.registry import (
     SCORERS,
     ModelHandle,
@@ -18,5 +18,6 @@ __all__ = [
     "answer_loss",
     "countdown",
     "get_scorer",
+    "perplexity",
     "register_scorer",
 ]

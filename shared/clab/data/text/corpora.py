@@ -1,0 +1,101 @@
+"""Text corpora for language-model stages: hub data sets, local files, or text that
+every Python installation carries (for the offline demo and tests).
+
+A corpus is split into train / validation / test by position (the first 80%,
+the next 10%, the last 10% of its characters, cut at whitespace), so no
+window of one split overlaps another; documented in the README.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+from clab.errors import ClabError
+
+SPLITS = (("train", 0.0, 0.8), ("validation", 0.8, 0.9), ("test", 0.9, 1.0))
+STDLIB = ("stdlib:prose", "stdlib:code", "stdlib:docstrings")
+
+
+def _stdlib_root() -> Path:
+    return Path(ast.__file__).parent
+
+
+def _stdlib_files(limit: int) -> list[Path]:
+    files = sorted(p for p in _stdlib_root().glob("*.py") if p.stat().st_size < 200_000)
+    return files[:limit]
+
+
+def stdlib_text(kind: str, max_chars: int) -> str:
+    """English prose (the documentation topics), Python source, or docstrings."""
+    if kind == "stdlib:prose":
+        from pydoc_data.topics import topics
+
+        text = "\n\n".join(topics[k] for k in sorted(topics))
+    elif kind == "stdlib:code":
+        text = "\n\n".join(p.read_text(errors="replace") for p in _stdlib_files(80))
+    else:
+        docs = []
+        for p in _stdlib_files(400):
+            try:
+                tree = ast.parse(p.read_text(errors="replace"))
+            except SyntaxError:
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.FunctionDef | ast.ClassDef | ast.Module):
+                    doc = ast.get_docstring(node)
+                    if doc and len(doc) > 80:
+                        docs.append(doc)
+        text = "\n\n".join(docs)
+    return text[:max_chars]
+
+
+def load_corpus(source: str, max_chars: int, field: str = "text") -> str:
+    """``stdlib:...``, a local .txt / .parquet / .jsonl file, or a hub data set id."""
+    if source in STDLIB:
+        return stdlib_text(source, max_chars)
+    path = Path(source)
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise ClabError(f"corpora: {path} does not exist")
+        return path.read_text(errors="replace")[:max_chars]
+    try:
+        from datasets import load_dataset
+
+        if path.suffix in (".parquet", ".jsonl", ".json"):
+            if not path.is_file():
+                raise ClabError(f"corpora: {path} does not exist")
+            kind = "parquet" if path.suffix == ".parquet" else "json"
+            ds = load_dataset(kind, data_files=str(path), split="train")
+        else:
+            name, _, config = source.partition(":")
+            ds = load_dataset(name, config or None, split="train")
+    except ClabError:
+        raise
+    except Exception as e:  # datasets raises many kinds; the user needs the source named
+        raise ClabError(f"corpora: cannot load {source!r}: {str(e).splitlines()[0]}") from None
+    if field not in ds.column_names:
+        raise ClabError(f"corpora: {source!r} has no {field!r} column ({ds.column_names})")
+    out, n = [], 0
+    for t in ds[field]:
+        out.append(t)
+        n += len(t) + 1
+        if n >= max_chars:
+            break
+    return "\n".join(out)[:max_chars]
+
+
+def split_text(text: str) -> dict[str, str]:
+    """Train / validation / test by position, cut at whitespace: no overlap."""
+    cuts = [0]
+    for _, _, end in SPLITS:
+        i = int(len(text) * end)
+        while 0 < i < len(text) and not text[i].isspace():
+            i += 1
+        cuts.append(max(i, cuts[-1]))
+    return {name: text[cuts[k] : cuts[k + 1]] for k, (name, _, _) in enumerate(SPLITS)}
+
+
+def python_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -1,0 +1,39 @@
+"""``perplexity``: how well a checkpoint models a text corpus's test split.
+
+Values: ``perplexity`` (primary) and ``token_loss``, both lower is better,
+over consecutive windows of the task's ``seq_len`` tokens (see
+``clab.metrics.language``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from clab.errors import ClabError
+from clab.evaluation.scorers.registry import (
+    ModelHandle,
+    ScoreResult,
+    ScoreSettings,
+    register_scorer,
+)
+from clab.metrics.language import mean_token_loss, perplexity, windows
+
+
+@register_scorer("perplexity")
+def score_perplexity(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
+    path = Path(task["text"])
+    if not path.is_file():
+        raise ClabError(f"{path}: the corpus's test split is missing")
+    ids = handle.tokenizer(path.read_text(), add_special_tokens=False)["input_ids"]
+    data = windows(ids, task["seq_len"])
+    if s.test_size:
+        data = data[: s.test_size]
+    with handle.autocast():
+        loss, tokens = mean_token_loss(handle.model, data, s.batch_size)
+    return ScoreResult(
+        values={"perplexity": perplexity(loss), "token_loss": loss},
+        higher_is_better={"perplexity": False, "token_loss": False},
+        primary="perplexity",
+        n=tokens,
+    )

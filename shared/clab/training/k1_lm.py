@@ -1,0 +1,230 @@
+"""The sparse-update language-model trainer on the stage runner (kind ``k1-lm``).
+
+Stages are corpora in order. Each step: next-token loss on a batch of
+windows (labels are the inputs; the model shifts them once), the gradient
+norm of every parameter group, the method's selection (``k1``: the largest
+norms; ``random_k``: as many at random; ``dense``: all), and a step of the
+selected groups' optimizers only (``training/sparse.py``). Corpora are split
+by position into train / validation / test, and the splits are written into
+the initial checkpoint, so every stage and the evaluator read the same text.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from clab.data.text.corpora import load_corpus, split_text
+from clab.errors import ClabError
+from clab.metrics.language import mean_token_loss, perplexity, windows
+from clab.models.loading import check_model_source, load_policy, load_tokenizer
+from clab.runs.protocol import StageContext, TaskRef
+from clab.storage.atomic import write_text
+from clab.storage.layout import INITIAL_STAGE, Stage
+from clab.training.k1_lm_spec import K1Spec
+from clab.training.sparse import (
+    SELECTORS,
+    Smoothed,
+    SparseOptimizer,
+    check_group_names,
+    group_grad_norms,
+    make_optimizer,
+    parameter_groups,
+)
+
+STATE = "sparse_state.pt"
+
+
+def check_inputs(spec: K1Spec) -> None:
+    """Every corpus loads, is not empty, and holds at least one sequence per split."""
+    if spec.model.name_or_path is not None:
+        check_model_source(spec.model.name_or_path)
+    for c in spec.corpora:
+        text = load_corpus(c.source, c.max_chars, c.field)
+        if not text.strip():
+            raise ClabError(f"corpora: {c.name} ({c.source}) is empty")
+        # a character is at least a token's worth of text for any tokenizer we build
+        for split, part in split_text(text).items():
+            if len(part.split()) < spec.seq_len:
+                raise ClabError(
+                    f"corpora: {c.name}'s {split} split ({len(part.split())} words) is shorter "
+                    f"than one sequence (seq_len {spec.seq_len})"
+                )
+    if spec.use_gpu and not torch.cuda.is_available():
+        raise ClabError("use_gpu: true, but no CUDA device is visible")
+    if spec.model.preset == "small" and spec.groups.granularity == "block":
+        # the small model's groups are known before it exists (others: checked at load)
+        names = [
+            "embed",
+            *(f"layer{i}.{p}" for i in range(spec.model.layers) for p in ("attn", "ffn")),
+        ]
+        check_group_names(spec.groups.frozen, dict.fromkeys([*names, "head"]))
+
+
+def make_trainer(spec: K1Spec, rank: int, world: int) -> K1Trainer:
+    return K1Trainer(spec)
+
+
+class K1Trainer:
+    def __init__(self, spec: K1Spec):
+        self.spec = spec
+        self.ckpt_dir = spec.run_dirs()[0]
+        self.device = torch.device("cuda" if spec.use_gpu else "cpu")
+
+    def corpus_dir(self, name: str) -> Path:
+        return self.ckpt_dir / INITIAL_STAGE / "corpora" / name
+
+    def tasks(self) -> list[TaskRef]:
+        return [
+            TaskRef(
+                name=c.name,
+                scorer="perplexity",
+                config={
+                    "text": str(self.corpus_dir(c.name) / "test.txt"),
+                    "seq_len": self.spec.seq_len,
+                },
+            )
+            for c in self.spec.corpora
+        ]
+
+    def build_initial(self, out: Path, work: Path) -> dict:
+        spec = self.spec
+        texts = {}
+        for c in spec.corpora:
+            texts[c.name] = split_text(load_corpus(c.source, c.max_chars, c.field))
+            for split, part in texts[c.name].items():
+                write_text(out / "corpora" / c.name / f"{split}.txt", part)
+        if spec.model.preset == "small":
+            from clab.models.tiny import build_tiny_model
+
+            build_tiny_model(
+                out / "model",
+                [t["train"] for t in texts.values()],
+                vocab_size=spec.model.vocab_size,
+                hidden_size=spec.model.hidden_size,
+                num_layers=spec.model.layers,
+                num_heads=spec.model.heads,
+                intermediate_size=spec.model.ffn,
+                tie_word_embeddings=False,  # the public experiment's untied head: its own group
+                max_positions=max(2 * spec.seq_len, 128),
+                seed=spec.seed,
+            )
+            for f in (out / "model").iterdir():
+                f.rename(out / f.name)
+            (out / "model").rmdir()
+        else:
+            load_policy(spec.model.name_or_path).save_pretrained(out)
+            load_tokenizer(spec.model.name_or_path).save_pretrained(out)
+        return {"source": spec.model.name_or_path or "preset:small", "method": spec.method}
+
+    def _tokens(self, corpus: str, split: str) -> torch.Tensor:
+        text = (self.corpus_dir(corpus) / f"{split}.txt").read_text()
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        try:
+            return windows(ids, self.spec.seq_len)
+        except ClabError as e:
+            raise ClabError(f"corpora: {corpus} {split}: {e}") from None
+
+    def load(self, model_dir: Path, initial: Path) -> None:
+        spec = self.spec
+        self.tokenizer = load_tokenizer(initial)
+        self.model = load_policy(model_dir, "float32").to(self.device)
+        self.groups = parameter_groups(self.model, spec.groups.granularity)
+        check_group_names(spec.groups.frozen, self.groups)
+        o = spec.optim
+        self.opt = SparseOptimizer(
+            self.groups, make_optimizer(o.name, o.lr, o.weight_decay, o.momentum)
+        )
+        self.frozen = torch.tensor([n in spec.groups.frozen for n in self.groups])
+        k = spec.select.top_k
+        rule = {
+            "k1": SELECTORS[spec.select.rule](
+                k if spec.select.rule == "top_k" else spec.select.fraction
+            ),
+            "random_k": SELECTORS["random_k"](k),
+            "dense": SELECTORS["dense"](),
+        }[spec.method]
+        self.select = Smoothed(rule) if spec.select.smoothing and spec.method == "k1" else rule
+        self.gen = torch.Generator().manual_seed(spec.seed)
+        state = model_dir / STATE
+        if state.is_file():
+            saved = torch.load(state, weights_only=False)
+            self.opt.load_state_dict(saved["optimizer"])
+            self.gen.set_state(saved["generator"])
+            if isinstance(self.select, Smoothed):
+                self.select.average = saved.get("ema")
+
+    def stage_steps(self, task: int) -> int:
+        return self.spec.steps_per_corpus
+
+    def _order(self, n: int, stage: Stage, epoch: int) -> list[int]:
+        order = list(range(n))
+        random.Random(hash((self.spec.seed, stage.index, epoch))).shuffle(order)
+        return order
+
+    def train_stage(self, ctx: StageContext) -> None:
+        spec = self.spec
+        data = self._tokens(spec.corpora[ctx.stage.task].name, "train")
+        per_epoch = max(1, len(data) // spec.batch_size)
+        names = list(self.groups)
+        self.model.train()
+        for step in range(ctx.start_step, ctx.n_steps):
+            epoch, k = divmod(step, per_epoch)
+            order = self._order(len(data), ctx.stage, epoch)
+            idx = order[k * spec.batch_size : (k + 1) * spec.batch_size] or order[: spec.batch_size]
+            x = data[idx].to(self.device)
+            loss = self.model(input_ids=x, labels=x).loss  # shifted once, inside the model
+            if not torch.isfinite(loss):
+                raise ClabError(f"stage {ctx.stage.name}: loss is not finite; lower optim.lr")
+            loss.backward()
+            norms = group_grad_norms(self.groups)
+            chosen = self.select(norms, self.opt.sizes, self.gen).cpu() & ~self.frozen
+            row = self.opt.step(chosen)
+            ctx.log(
+                {
+                    "step_in_stage": step + 1,
+                    "epoch": epoch,
+                    "loss": loss.item(),
+                    "grad_norm": float(norms.norm()),
+                    "selected": [n for n, on in zip(names, chosen.tolist(), strict=True) if on],
+                    **row,
+                }
+            )
+            if spec.save_steps and (step + 1) % spec.save_steps == 0 and step + 1 < ctx.n_steps:
+                ctx.save_resume(step + 1)
+
+    def validate(self, stage: Stage) -> list[dict]:
+        out = []
+        for c in self.spec.corpora:
+            data = self._tokens(c.name, "validation")[: self.spec.val_windows]
+            loss, n = mean_token_loss(self.model, data)
+            out.append(
+                {
+                    "task": c.name,
+                    "primary": "perplexity",
+                    "perplexity": perplexity(loss),
+                    "token_loss": loss,
+                    "n": n,
+                }
+            )
+        return out
+
+    def save(self, out: Path) -> None:
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        marker = self.ckpt_dir / INITIAL_STAGE / "clab_tiny.json"
+        if marker.is_file():
+            (out / "clab_tiny.json").write_text(marker.read_text())
+        torch.save(
+            {
+                "optimizer": self.opt.state_dict(),
+                "generator": self.gen.get_state(),
+                "ema": getattr(self.select, "average", None),
+            },
+            out / STATE,
+        )
+
+    def trainable_module(self) -> torch.nn.Module:
+        return self.model

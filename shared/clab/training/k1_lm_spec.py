@@ -1,0 +1,118 @@
+"""Spec of the sparse-update language-model trainer (kind ``k1-lm``, service ``k1-trainer``).
+
+One spec runs every method of ``methods`` as its own run, ``<name>-<method>``,
+from the same initial weights, through the same corpora in the same order
+with the same optimizer and data order: the methods differ only in which
+parameter groups each step updates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from clab.runs.spec import RunSpec
+from clab.specs import SpecModel
+
+
+class CorpusSpec(SpecModel):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$")
+    source: str = Field(
+        ...,
+        description="stdlib:prose | stdlib:code | stdlib:docstrings | a .txt/.parquet/.jsonl "
+        "file | a hub id (name or name:config)",
+    )
+    field: str = Field("text", description="the text column of a data set")
+    max_chars: int = Field(2_000_000, ge=1000)
+
+
+class SmallModelSpec(SpecModel):
+    name_or_path: str | None = Field(None, description="a local folder or a hub id")
+    preset: Literal["small"] | None = Field(
+        "small", description="small: 4 layers, width 128, tokenizer trained on the corpora"
+    )
+    hidden_size: int = Field(128, ge=16)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    ffn: int = Field(256, ge=16)
+    vocab_size: int = Field(2000, ge=300)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SmallModelSpec:
+        if (self.name_or_path is None) == (self.preset is None):
+            raise ValueError("give exactly one of model.name_or_path and model.preset")
+        return self
+
+
+class SelectSpec(SpecModel):
+    rule: Literal["top_k", "fraction"] = "top_k"
+    top_k: int = Field(5, ge=1, description="groups updated per step (rule top_k, and random_k)")
+    fraction: float = Field(0.5, gt=0, le=1, description="rule fraction: share of parameters")
+    smoothing: bool = Field(False, description="EMA 0.9 of the selection, on above 0.5")
+
+
+class GroupsSpec(SpecModel):
+    granularity: Literal["block", "module", "tensor"] = "block"
+    frozen: list[str] = Field([], description="groups never updated, by any method")
+
+
+class OptimSpec(SpecModel):
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    momentum: float = Field(0.0, ge=0, description="sgd only")
+
+
+class K1Spec(RunSpec):
+    """Sparse (K-1) against dense training and random_k, on corpora in sequence."""
+
+    kind: Literal["k1-lm"] = "k1-lm"
+    TRAINER: ClassVar[str] = "clab.training.k1_lm"
+    methods: list[Literal["k1", "dense", "random_k"]] = Field(["k1", "dense", "random_k"])
+    method: Literal["k1", "dense", "random_k"] = Field(
+        "k1", description="set per run by the sweep; the spec file lists methods"
+    )
+    corpora: list[CorpusSpec] = Field(
+        default_factory=lambda: [
+            CorpusSpec(name="prose", source="stdlib:prose"),
+            CorpusSpec(name="code", source="stdlib:code"),
+            CorpusSpec(name="docstrings", source="stdlib:docstrings"),
+        ]
+    )
+    seq_len: int = Field(64, ge=4)
+    batch_size: int = Field(16, ge=1)
+    steps_per_corpus: int = Field(500, ge=1)
+    val_windows: int = Field(64, ge=1, description="validation windows per corpus at each stage")
+    model: SmallModelSpec = Field(default_factory=SmallModelSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    select: SelectSpec = Field(default_factory=SelectSpec)
+    groups: GroupsSpec = Field(default_factory=GroupsSpec)
+    use_gpu: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> K1Spec:
+        if len(self.corpora) < 2:
+            raise ValueError("corpora: at least two, in training order")
+        if len({c.name for c in self.corpora}) != len(self.corpora):
+            raise ValueError("corpora: names must differ")
+        if self.resources.num_workers != 1:
+            raise ValueError("resources.num_workers: k1-lm runs on one worker")
+        return self
+
+    def method_run(self, method: str) -> K1Spec:
+        return self.model_copy(update={"name": f"{self.name}-{method}", "method": method})
+
+    def reads(self) -> list[Path]:
+        return [Path(c.source) for c in self.corpora if not c.source.startswith("stdlib:")]
+
+    def writes(self) -> list[Path]:
+        return [p for m in self.methods for p in RunSpec.writes(self.method_run(m))]
+
+    def run(self, restart: bool = False) -> None:
+        from clab.runs.runner import run_spec
+
+        for m in self.methods:
+            print(f"=== {self.name}: method {m} ===", flush=True)
+            run_spec(self.method_run(m), restart=restart)

@@ -1,0 +1,124 @@
+"""The sparse-update trainer on the runner: targets shifted once, methods from one
+initial model, resume after a crash, the evaluator's perplexity, bad input."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clab.cli import main
+from clab.tracking.metrics_log import read_rows
+
+BASE = {
+    "kind": "k1-lm",
+    "name": "k",
+    "methods": ["k1", "dense"],
+    "corpora": [
+        {"name": "prose", "source": "stdlib:prose", "max_chars": 40000},
+        {"name": "code", "source": "stdlib:code", "max_chars": 40000},
+    ],
+    "seq_len": 32,
+    "batch_size": 8,
+    "steps_per_corpus": 4,
+    "val_windows": 8,
+    "model": {"hidden_size": 32, "layers": 2, "heads": 2, "ffn": 64, "vocab_size": 400},
+    "select": {"top_k": 2},
+    "save_steps": 2,
+    "wandb": False,
+}
+
+
+def spec(path: Path, **changes) -> Path:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_targets_are_shifted_exactly_once_a_repeating_text_is_learned(workdir):
+    """Labels are the inputs and the model shifts them once: a period-4 text becomes
+    predictable (the public code shifted twice and learned the token two ahead)."""
+    Path("a.txt").write_text("red green blue gold " * 3000)
+    Path("b.txt").write_text("one two three four " * 3000)
+    s = spec(
+        workdir / "s.yaml",
+        methods=["dense"],
+        corpora=[{"name": "a", "source": "a.txt"}, {"name": "b", "source": "b.txt"}],
+        steps_per_corpus=120,
+        optim={"lr": 3e-3},
+        save_steps=0,
+    )
+    assert main(["run", str(s)]) == 0
+    losses = [r["loss"] for r in read_rows("metrics/k-dense/train.jsonl")]
+    assert losses[0] > 3.0 and max(losses[110:120]) < 0.05, (losses[0], losses[110:120])
+
+
+def test_methods_share_the_initial_model_and_log_what_they_update(workdir):
+    assert main(["run", str(spec(workdir / "s.yaml"))]) == 0
+    k1 = read_rows("metrics/k-k1/train.jsonl")
+    dense = read_rows("metrics/k-dense/train.jsonl")
+    assert [r["global_step"] for r in k1] == list(range(1, 9))
+    assert all(r["groups_selected"] == 2 and len(r["selected"]) == 2 for r in k1)
+    assert all(0 < r["fraction_updated"] < 1 for r in k1)
+    assert all(r["fraction_updated"] == 1.0 for r in dense)
+    a = Path("checkpoints/k-k1/initial/model.safetensors").read_bytes()
+    assert a == Path("checkpoints/k-dense/initial/model.safetensors").read_bytes()
+    # the evaluator scores every stage on every corpus by perplexity (lower is better)
+    ev = "kind: evaluate\nruns: [k-k1, k-dense]\nuse_gpu: false\n"
+    Path("e.yaml").write_text(ev)
+    assert main(["run", "e.yaml"]) == 0
+    import json
+
+    s = json.loads(Path("metrics/k-k1/summary.json").read_text())
+    assert s["score"] == "perplexity" and s["higher_is_better"] is False
+    assert len(s["matrix"]) == 3 and len(s["matrix"][0]) == 2
+
+
+def test_a_crash_mid_stage_resumes_to_the_same_numbers(workdir, monkeypatch):
+    from clab.training import sparse
+
+    assert main(["run", str(spec(workdir / "a.yaml", name="whole", methods=["k1"]))]) == 0
+    s = spec(workdir / "b.yaml", name="cut", methods=["k1"])
+    original, calls = sparse.SparseOptimizer.step, {"n": 0}
+
+    def dies(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:  # stage 2, its second step (after its step-2... checkpoint)
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(sparse.SparseOptimizer, "step", dies)
+        assert main(["run", str(s)]) == 130
+    assert main(["run", str(s)]) == 0
+    keys = ("loss", "grad_norm", "selected", "weight_change_run")
+    whole = [{k: r[k] for k in keys} for r in read_rows("metrics/whole-k1/train.jsonl")]
+    cut = [{k: r[k] for k in keys} for r in read_rows("metrics/cut-k1/train.jsonl")]
+    assert len(cut) == 8
+    for a, b in zip(whole, cut, strict=True):
+        assert a["selected"] == b["selected"]
+        for k in ("loss", "grad_norm", "weight_change_run"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"corpora": [{"name": "e", "source": "empty.txt"}, BASE["corpora"][0]]},
+            "e (empty.txt) is empty",
+        ),
+        (
+            {"corpora": [{"name": "s", "source": "short.txt"}, BASE["corpora"][0]]},
+            "shorter than one sequence",
+        ),
+        ({"groups": {"frozen": ["layer9.attn"]}}, "unknown group 'layer9.attn'"),
+        ({"corpora": [BASE["corpora"][0]]}, "at least two"),
+    ],
+)
+def test_bad_input_exits_2_naming_what_is_wrong(workdir, capsys, changes, message):
+    Path("empty.txt").write_text("   \n")
+    Path("short.txt").write_text("just a few words here " * 5)
+    assert main(["run", str(spec(workdir / "s.yaml", **changes))]) == 2
+    assert message in capsys.readouterr().err
+    assert not Path("checkpoints/k-k1").exists()  # checked before anything is written
