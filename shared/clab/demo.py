@@ -82,9 +82,25 @@ SERVICE_OVERRIDES: dict[str, list[str]] = {
         "warmup.steps=20",
         "max_steps_per_stage=2",
     ],
+    "k1-trainer": [
+        "name=demo-k1",
+        "corpora=[{name: prose, source: 'stdlib:prose', max_chars: 120000},"
+        " {name: code, source: 'stdlib:code', max_chars: 120000},"
+        " {name: docstrings, source: 'stdlib:docstrings', max_chars: 120000}]",
+        "model={preset: small, hidden_size: 64, layers: 2, heads: 2, ffn: 128, vocab_size: 800}",
+        "steps_per_corpus=40",
+        "batch_size=16",
+        "seq_len=32",
+        "val_windows=32",
+        "select.top_k=2",
+        "resources.use_gpu=false",
+        "save_steps=20",
+    ],
     "evaluator": [f"test_size={TEST_SIZE}", "use_gpu=false"],
     "plotter": [],
 }
+
+_DEMO_RUNS = "demo-curriculum,demo-control,demo-k1-k1,demo-k1-dense,demo-k1-random_k"
 
 DEMO_PLAN: list[tuple[str, str, list[str]]] = [
     ("data-generator", "services/data-generator.yaml", SERVICE_OVERRIDES["data-generator"]),
@@ -103,12 +119,13 @@ DEMO_PLAN: list[tuple[str, str, list[str]]] = [
         "services/curriculum-control-1.5b.yaml",
         _CONTROL,
     ),
+    ("k1-trainer", "services/k1-trainer.yaml", SERVICE_OVERRIDES["k1-trainer"]),
     (
         "evaluator",
         "services/evaluator.yaml",
-        [*SERVICE_OVERRIDES["evaluator"], "runs=[demo-curriculum,demo-control]"],
+        [*SERVICE_OVERRIDES["evaluator"], f"runs=[{_DEMO_RUNS}]"],
     ),
-    ("plotter", "services/plotter.yaml", ["runs=[demo-curriculum,demo-control]"]),
+    ("plotter", "services/plotter.yaml", [f"runs=[{_DEMO_RUNS}]"]),
 ]
 
 

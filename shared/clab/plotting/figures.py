@@ -23,6 +23,8 @@ CURVES = [
     ("success_rate", "success rate (exactly correct)", None),
     ("weight_change_run", "normalized weight change", "weight_change_stage"),
     ("policy_loss", "loss", "value_loss"),
+    ("loss", "next-token loss", None),
+    ("fraction_updated", "fraction of parameters updated", None),
     ("normalized_grad", "normalized gradient", None),
     ("response_length_mean", "response length (tokens)", "response_length_max"),
 ]
@@ -53,7 +55,8 @@ def _stage_spans(rows: list[dict]) -> list[tuple[float, float, int, int]]:
     spans = []
     for r in rows:
         if not spans or spans[-1][3] != r["stage"]:
-            spans.append([r["global_step"] - 1, r["global_step"], r["group"], r["stage"]])
+            task = r.get("group", r.get("task", 0))  # Countdown rows name the group
+            spans.append([r["global_step"] - 1, r["global_step"], task, r["stage"]])
         spans[-1][1] = r["global_step"]
     return [tuple(s) for s in spans]
 
@@ -61,9 +64,11 @@ def _stage_spans(rows: list[dict]) -> list[tuple[float, float, int, int]]:
 def training_curves(rows: list[dict], title: str, path: Path) -> Path:
     steps = np.array([r["global_step"] for r in rows])
     window = max(1, len(rows) // 50)
-    fig, axes = plt.subplots(len(CURVES), 1, figsize=(10, 2.4 * len(CURVES)), sharex=True)
+    curves = [c for c in CURVES if any(c[0] in r for r in rows)]  # what this trainer logs
+    fig, axes = plt.subplots(len(curves), 1, figsize=(10, 2.4 * len(curves)), sharex=True)
+    axes = np.atleast_1d(axes)
     spans = _stage_spans(rows)
-    for ax, (key, label, second) in zip(axes, CURVES, strict=True):
+    for ax, (key, label, second) in zip(axes, curves, strict=True):
         for start, end, group, _ in spans:
             ax.axvspan(start, end, color=GROUP_COLORS[group % len(GROUP_COLORS)], alpha=0.12, lw=0)
             ax.axvline(start, color="grey", lw=0.6, ls=":")
@@ -87,7 +92,7 @@ def training_curves(rows: list[dict], title: str, path: Path) -> Path:
     ]
     axes[0].legend(
         handles,
-        [f"group {g}" for g in groups],
+        [f"{'group' if 'group' in rows[0] else 'task'} {g}" for g in groups],
         ncol=len(groups),
         fontsize=8,
         loc="lower left",
@@ -100,7 +105,12 @@ def training_curves(rows: list[dict], title: str, path: Path) -> Path:
 
 
 def matrix_heatmap(
-    R: np.ndarray, stage_labels: list[str], groups: list[str], title: str, path: Path
+    R: np.ndarray,
+    stage_labels: list[str],
+    groups: list[str],
+    title: str,
+    path: Path,
+    value: str = "success rate",
 ) -> Path:
     fig, ax = plt.subplots(figsize=(1.2 * len(groups) + 2.5, 0.45 * len(stage_labels) + 1.5))
     vmax = max(float(np.nanmax(R)), 0.05)  # small rates stay visible; 0..1 when they reach it
@@ -121,13 +131,18 @@ def matrix_heatmap(
     ax.set_yticks(range(len(stage_labels)), stage_labels)
     ax.set_xlabel("evaluated on")
     ax.set_ylabel("after stage")
-    fig.colorbar(im, ax=ax, label="success rate")
+    fig.colorbar(im, ax=ax, label=value)
     ax.set_title(title)
     return save(fig, path)
 
 
 def success_per_group(
-    R: np.ndarray, stage_labels: list[str], groups: list[str], title: str, path: Path
+    R: np.ndarray,
+    stage_labels: list[str],
+    groups: list[str],
+    title: str,
+    path: Path,
+    value: str = "success rate",
 ) -> Path:
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(stage_labels) + 2), 4))
     x = np.arange(len(stage_labels))
@@ -136,7 +151,7 @@ def success_per_group(
     ax.plot(x, R.mean(axis=1), color="black", ls="--", label="average")
     ax.set_xticks(x, stage_labels, rotation=45, ha="right")
     ax.set_xlabel("after stage")
-    ax.set_ylabel("success rate")
+    ax.set_ylabel(value)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)

@@ -115,8 +115,9 @@ def make_plots(spec: PlotSpec) -> Path:
                         R,
                         labels,
                         groups,
-                        f"{name}: R[stage, group]",
+                        f"{name}: R[stage, task] ({primary})",
                         out / name / "eval_matrix.png",
+                        value=primary.replace("_", " "),
                     )
                 )
                 figs.append(
@@ -124,8 +125,9 @@ def make_plots(spec: PlotSpec) -> Path:
                         R,
                         labels,
                         groups,
-                        f"{name}: success per group",
+                        f"{name}: {primary.replace('_', ' ')} per task",
                         out / name / "eval_success.png",
+                        value=primary.replace("_", " "),
                     )
                 )
         if summary:

@@ -52,8 +52,8 @@ def check_inputs(spec: K1Spec) -> None:
                     f"corpora: {c.name}'s {split} split ({len(part.split())} words) is shorter "
                     f"than one sequence (seq_len {spec.seq_len})"
                 )
-    if spec.use_gpu and not torch.cuda.is_available():
-        raise ClabError("use_gpu: true, but no CUDA device is visible")
+    if spec.resources.use_gpu and not torch.cuda.is_available():
+        raise ClabError("resources.use_gpu: true, but no CUDA device is visible")
     if spec.model.preset == "small" and spec.groups.granularity == "block":
         # the small model's groups are known before it exists (others: checked at load)
         names = [
@@ -71,7 +71,7 @@ class K1Trainer:
     def __init__(self, spec: K1Spec):
         self.spec = spec
         self.ckpt_dir = spec.run_dirs()[0]
-        self.device = torch.device("cuda" if spec.use_gpu else "cpu")
+        self.device = torch.device("cuda" if spec.resources.use_gpu else "cpu")
 
     def corpus_dir(self, name: str) -> Path:
         return self.ckpt_dir / INITIAL_STAGE / "corpora" / name

@@ -89,7 +89,6 @@ class K1Spec(RunSpec):
     optim: OptimSpec = Field(default_factory=OptimSpec)
     select: SelectSpec = Field(default_factory=SelectSpec)
     groups: GroupsSpec = Field(default_factory=GroupsSpec)
-    use_gpu: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> K1Spec:
