@@ -185,3 +185,56 @@ def compare_average_accuracy(summaries: dict[str, dict], path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.set_title("average accuracy after each stage")
     return save(fig, path)
+
+
+def group_selection(rows: list[dict], title: str, path: Path) -> Path:
+    """How often each parameter group was updated during each stage (sparse updates):
+    a share of the stage's steps per cell, annotated."""
+    stages = sorted({r["stage"] for r in rows})
+    groups: list[str] = []
+    for r in rows:
+        for g in r.get("selected", []):
+            if g not in groups:
+                groups.append(g)
+    M = np.zeros((len(groups), len(stages)))
+    for j, s in enumerate(stages):
+        mine = [r for r in rows if r["stage"] == s]
+        for r in mine:
+            for g in r.get("selected", []):
+                M[groups.index(g), j] += 1 / len(mine)
+    fig, ax = plt.subplots(figsize=(1.1 * len(stages) + 3, 0.35 * len(groups) + 1.5))
+    im = ax.imshow(M, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for i in range(M.shape[0]):
+        for j in range(M.shape[1]):
+            ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if M[i, j] < 0.5 else "black")  # fmt: skip
+    ax.set_xticks(range(len(stages)), [f"stage {s} (task {_task_of(rows, s)})" for s in stages])
+    ax.set_yticks(range(len(groups)), groups)
+    fig.colorbar(im, ax=ax, label="share of the stage's steps updated")
+    ax.set_title(title)
+    return save(fig, path)
+
+
+def _task_of(rows: list[dict], stage: int) -> int:
+    return next(r["task"] for r in rows if r["stage"] == stage)
+
+
+def first_task_by_method(summaries: dict[str, dict], title: str, path: Path) -> Path:
+    """The first task's score after each stage, one line per method of a sweep, with
+    each method's forgetting of it in the legend."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, (name, s) in enumerate(summaries.items()):
+        y = [row[0] for row in s["matrix"]]
+        forgot = s.get("forgetting_per_task", {}).get("0")
+        label = f"{name} (forgetting {forgot:.1f})" if forgot is not None else name
+        ax.plot(range(len(y)), y, marker="o", color=GROUP_COLORS[k % len(GROUP_COLORS)],
+                label=label)  # fmt: skip
+    first = next(iter(summaries.values()))
+    ax.set_xticks(range(len(first["matrix"])), ["initial"] + [
+        f"after {t}" for t in first["task_names"][: len(first["matrix"]) - 1]
+    ])  # fmt: skip
+    ax.set_ylabel(f"{first['score'].replace('_', ' ')} on {first['task_names'][0]}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return save(fig, path)

@@ -62,6 +62,19 @@ def control_of(name: str, names: list[str]) -> str | None:
     return None
 
 
+SWEEP_METHODS = ("-k1", "-dense", "-random_k")
+
+
+def sweeps(summaries: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """Runs of one sweep (``<name>-<method>``, as the k1-trainer names them) grouped."""
+    out: dict[str, dict[str, dict]] = {}
+    for name, s in summaries.items():
+        for m in SWEEP_METHODS:
+            if name.endswith(m):
+                out.setdefault(name[: -len(m)], {})[name] = s
+    return {p: m for p, m in out.items() if len(m) > 1}
+
+
 def make_plots(spec: PlotSpec) -> Path:
     if spec.runs is not None:
         names = spec.runs
@@ -94,6 +107,12 @@ def make_plots(spec: PlotSpec) -> Path:
             figs.append(
                 figures.training_curves(
                     rows, f"{name}: training", out / name / "training_curves.png"
+                )
+            )
+        if any("selected" in r for r in rows):
+            figs.append(
+                figures.group_selection(
+                    rows, f"{name}: groups updated", out / name / "group_selection.png"
                 )
             )
         eval_rows = read_eval(spec.metrics / name / "eval.parquet")
@@ -143,10 +162,21 @@ def make_plots(spec: PlotSpec) -> Path:
             compare.append(
                 figures.compare_curves(train_rows, key, label, out / "compare" / f"{key}.png")
             )
-        if len(summaries) > 1:
+        by_score: dict[str, dict] = {}
+        for n, s in summaries.items():  # compare like with like: success with success
+            by_score.setdefault(s["score"], {})[n] = s
+        for score, group in by_score.items():
+            if len(group) > 1:
+                file = "average_accuracy" if score == "success_rate" else f"average_{score}"
+                compare.append(
+                    figures.compare_average_accuracy(group, out / "compare" / f"{file}.png")
+                )
+        for prefix, members in sweeps(summaries).items():
             compare.append(
-                figures.compare_average_accuracy(
-                    summaries, out / "compare" / "average_accuracy.png"
+                figures.first_task_by_method(
+                    members,
+                    f"{prefix}: the first task after each stage, by method",
+                    out / "compare" / f"{prefix}-first-task.png",
                 )
             )
         for name in names:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from clab.errors import ClabError
 from clab.evaluation.scorers.registry import (
     ModelHandle,
@@ -31,9 +33,27 @@ def score_perplexity(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings
         data = data[: s.test_size]
     with handle.autocast():
         loss, tokens = mean_token_loss(handle.model, data, s.batch_size)
+        samples = _samples(handle, data, s)
     return ScoreResult(
         values={"perplexity": perplexity(loss), "token_loss": loss},
         higher_is_better={"perplexity": False, "token_loss": False},
         primary="perplexity",
         n=tokens,
+        samples=samples,
     )
+
+
+def _samples(handle: ModelHandle, data, s: ScoreSettings) -> list[dict[str, Any]]:
+    """Continuations of fixed prompts (the first 16 tokens of the first test windows),
+    sampled with a fixed seed: the same prompts for every checkpoint and method, to
+    read side by side; a reading aid, never the measure of forgetting."""
+    from clab.generation.rollout import hf_generate
+
+    if not s.samples:
+        return []
+    tok = handle.tokenizer
+    prompts = [tok.decode(w[:16].tolist()) for w in data[: s.samples]]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s.seed)
+        ro = hf_generate(handle.model, tok, prompts, max_prompt_length=32, max_new_tokens=32)
+    return [{"prompt": p, "response": t} for p, t in zip(prompts, ro.texts, strict=True)]
