@@ -1,6 +1,7 @@
 """Scorers by name, and the evaluator on a hand-made SFT run scored by answer loss."""
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,28 @@ def test_the_evaluator_scores_a_hand_made_sft_run_by_answer_loss(workdir):
     assert summary["forgetting"] == pytest.approx(R[2, 0] - R[1, 0])
     assert summary["forgetting"] == pytest.approx(forgetting(R, [None, 0, 1], False))
     assert summary["scores"]["exact_match"]["higher_is_better"] is True
+
+
+def test_mean_token_loss_and_perplexity_by_hand():
+    from clab.metrics.language import mean_token_loss, perplexity, windows
+
+    torch.manual_seed(0)
+
+    class LM(torch.nn.Module):  # logits = a fixed table lookup of the current token
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.randn(7, 7))
+
+        def forward(self, input_ids):
+            return type("Out", (), {"logits": self.table[input_ids]})()
+
+    lm = LM()
+    data = windows(list(range(7)) * 3, seq_len=5)  # 21 tokens -> 4 windows, 1 dropped
+    assert data.shape == (4, 5)
+    loss, n = mean_token_loss(lm, data, batch_size=3)
+    logp = torch.log_softmax(lm.table, -1)
+    hand = [-logp[a, b].item() for w in data.tolist() for a, b in pairwise(w)]
+    assert n == 16 and loss == pytest.approx(sum(hand) / 16, rel=1e-6)
+    assert perplexity(loss) == pytest.approx(np.exp(loss))
+    with pytest.raises(ClabError, match="shorter than one sequence"):
+        windows([1, 2, 3], seq_len=5)
