@@ -180,10 +180,11 @@ def compare_average_accuracy(summaries: dict[str, dict], path: Path) -> Path:
         acc = s["average_accuracy_per_stage"]
         ax.plot(range(len(acc)), acc, marker="o", label=name)
     ax.set_xlabel("stage (0 = before training)")
-    ax.set_ylabel("average success over groups")
+    score = next(iter(summaries.values())).get("score", "success_rate").replace("_", " ")
+    ax.set_ylabel(f"average {score} over tasks")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("average accuracy after each stage")
+    ax.set_title(f"average {score} after each stage")
     return save(fig, path)
 
 

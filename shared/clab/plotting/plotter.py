@@ -159,9 +159,11 @@ def make_plots(spec: PlotSpec) -> Path:
             ("weight_change_run", "normalized weight change"),
             ("response_length_mean", "response length"),
         ):
-            compare.append(
-                figures.compare_curves(train_rows, key, label, out / "compare" / f"{key}.png")
-            )
+            have = {n: r for n, r in train_rows.items() if any(key in x for x in r)}
+            if len(have) > 1:  # only what the runs log (an LM run has no success rate)
+                compare.append(
+                    figures.compare_curves(have, key, label, out / "compare" / f"{key}.png")
+                )
         by_score: dict[str, dict] = {}
         for n, s in summaries.items():  # compare like with like: success with success
             by_score.setdefault(s["score"], {})[n] = s
@@ -191,9 +193,51 @@ def make_plots(spec: PlotSpec) -> Path:
                         out / "compare" / f"{name}-vs-{other}.png",
                     )
                 )
+    extra = [
+        sweep_table(prefix, members, spec.metrics) for prefix, members in sweeps(summaries).items()
+    ]
     page = out / "index.html"
-    write_text(page, render_index(out, sections, compare, summaries))
+    write_text(page, render_index(out, sections, compare, summaries, extra))
     return page
+
+
+def sweep_table(prefix: str, members: dict[str, dict], metrics: Path) -> str:
+    """The methods of one sweep side by side: the first task after each stage and its
+    forgetting, then one seeded sample per stage on the first task, per method."""
+    first = next(iter(members.values()))
+    tasks, score = first["task_names"], first["score"].replace("_", " ")
+    head = "".join(f"<th>after {html.escape(t)}</th>" for t in tasks[: len(first["matrix"]) - 1])
+    rows = [
+        f"<h2>{html.escape(prefix)}: methods side by side</h2>",
+        f"<table><tr><th>method</th><th>initial</th>{head}"
+        f"<th>forgetting of {html.escape(tasks[0])}</th><th>final average</th></tr>",
+    ]
+    for name, s in members.items():
+        cells = "".join(f"<td>{row[0]:.1f}</td>" for row in s["matrix"])
+        forgot = s.get("forgetting_per_task", {}).get("0")
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td>{cells}<td>{_fmt(forgot)}</td>"
+            f"<td>{_fmt(s.get('average_accuracy'))}</td></tr>"
+        )
+    rows.append(f"</table><p>{score} on {html.escape(tasks[0])} (lower is better).</p>")
+    samples = {n: read_rows(metrics / n / "samples.jsonl") for n in members}
+    stages = sorted({r["stage"] for rs in samples.values() for r in rs if r.get("task") == 0})
+    if stages:
+        rows.append(
+            f"<h3>Samples on {html.escape(tasks[0])} (the same prompt and seed)</h3>"
+            "<table><tr><th>stage</th>"
+            + "".join(f"<th>{html.escape(n)}</th>" for n in members)
+            + "</tr>"
+        )
+        for st in stages:
+            cells = []
+            for n in members:
+                hit = next((r for r in samples[n] if r["stage"] == st and r.get("task") == 0), None)
+                text = "" if hit is None else (hit.get("prompt", "") + " | " + hit["response"])
+                cells.append(f"<td style='text-align:left'>{html.escape(text[:160])}</td>")
+            rows.append(f"<tr><td>{st}</td>{''.join(cells)}</tr>")
+        rows.append("</table>")
+    return "\n".join(rows)
 
 
 def _fmt(v) -> str:
@@ -206,7 +250,7 @@ def _fmt(v) -> str:
     )
 
 
-def render_index(out: Path, sections, compare, summaries: dict) -> str:
+def render_index(out: Path, sections, compare, summaries: dict, extra=()) -> str:
     def img(p: Path) -> str:
         rel = p.relative_to(out).as_posix()
         return f'<figure><img src="{html.escape(rel)}" alt="{html.escape(rel)}"></figure>'
@@ -221,13 +265,13 @@ def render_index(out: Path, sections, compare, summaries: dict) -> str:
     ]
     if summaries:
         parts.append(
-            "<h2>Summary (success rate after the last stage)</h2><table><tr><th>run</th>"
-            + "".join(f"<th>{label}</th>" for _, label in SUMMARY_KEYS)
-            + "</tr>"
+            "<h2>Summary (the primary score after the last stage)</h2><table><tr><th>run</th>"
+            "<th>score</th>" + "".join(f"<th>{label}</th>" for _, label in SUMMARY_KEYS) + "</tr>"
         )
         for name, s in summaries.items():
             parts.append(
                 f"<tr><td><a href='#{html.escape(name)}'>{html.escape(name)}</a></td>"
+                f"<td>{html.escape(s.get('score', ''))}</td>"
                 + "".join(f"<td>{_fmt(s.get(k))}</td>" for k, _ in SUMMARY_KEYS)
                 + "</tr>"
             )
@@ -237,14 +281,20 @@ def render_index(out: Path, sections, compare, summaries: dict) -> str:
         )
     if compare:
         parts.append("<h2>Runs compared</h2>" + "".join(img(p) for p in compare))
+    parts.extend(extra)
     for name, figs, summary in sections:
         parts.append(f"<h2 id='{html.escape(name)}'>{html.escape(name)}</h2>")
         if summary:
             per_task = summary.get("forgetting_per_task", {})
             if per_task:
                 parts.append(
-                    "<p>forgetting per group: "
-                    + ", ".join(f"group {html.escape(k)}: {v:.3f}" for k, v in per_task.items())
+                    "<p>forgetting per task: "
+                    + ", ".join(
+                        f"{html.escape(summary['task_names'][int(k)])}: {v:.3f}"
+                        if "task_names" in summary and k.isdigit()
+                        else f"{html.escape(k)}: {v:.3f}"
+                        for k, v in per_task.items()
+                    )
                     + "</p>"
                 )
         parts.extend(img(p) for p in figs)
