@@ -72,6 +72,17 @@ def test_methods_share_the_initial_model_and_log_what_they_update(workdir):
     s = json.loads(Path("metrics/k-k1/summary.json").read_text())
     assert s["score"] == "perplexity" and s["higher_is_better"] is False
     assert len(s["matrix"]) == 3 and len(s["matrix"][0]) == 2
+    samples = [json.loads(x) for x in Path("metrics/k-k1/samples.jsonl").read_text().splitlines()]
+    assert {(x["stage"], x["task"]) for x in samples} == {
+        (s, t) for s in range(3) for t in range(2)
+    }
+    # the page: the methods side by side, which groups K-1 updated, corpus 1 by method
+    Path("p.yaml").write_text("kind: plot\n")
+    assert main(["run", "p.yaml"]) == 0
+    page = Path("plots/index.html").read_text()
+    assert "k: methods side by side" in page and "Samples on prose" in page
+    assert Path("plots/k-k1/group_selection.png").is_file()
+    assert Path("plots/compare/k-first-task.png").is_file()
 
 
 def test_a_crash_mid_stage_resumes_to_the_same_numbers(workdir, monkeypatch):
@@ -99,6 +110,25 @@ def test_a_crash_mid_stage_resumes_to_the_same_numbers(workdir, monkeypatch):
         assert a["selected"] == b["selected"]
         for k in ("loss", "grad_norm", "weight_change_run"):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7)
+
+
+def test_a_local_parquet_corpus_reads_its_text_column(workdir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clab.data.text.corpora import load_corpus, split_text
+
+    rows = [{"text": f"paragraph {i} " + "word " * 30, "id": i} for i in range(50)]
+    pq.write_table(pa.Table.from_pylist(rows), "c.parquet")
+    text = load_corpus("c.parquet", 10_000)
+    assert text.startswith("paragraph 0 word") and len(text) <= 10_000
+    parts = split_text(text)
+    assert "".join(parts.values()) == text  # by position: nothing lost, nothing shared
+    assert 0.75 < len(parts["train"]) / len(text) < 0.85
+    from clab.errors import ClabError
+
+    with pytest.raises(ClabError, match="no 'body' column"):
+        load_corpus("c.parquet", 10_000, field="body")
 
 
 @pytest.mark.parametrize(
