@@ -86,12 +86,39 @@ def run_table(metrics: Path, run: str) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(metrics: Path, prefix: str, methods: list[str]) -> str:
+    """Sparse updates: each corpus's perplexity before and after its own stage (learning),
+    and the first corpus's after every stage (forgetting), one row per method."""
+    lines = [
+        f"**{prefix}** (test perplexity, lower is better)",
+        "",
+        "| method | each corpus before -> after its stage | first corpus after each stage | "
+        "forgetting of the first corpus |",
+        "|---|---|---|---|",
+    ]
+    for m in methods:
+        path = metrics / f"{prefix}-{m}" / "summary.json"
+        if not path.is_file():
+            raise ClabError(f"{path}: no evaluation of run {prefix}-{m!s}; run `clab demo` first")
+        s = json.loads(path.read_text())
+        R, names = s["matrix"], s["task_names"]
+        own = ", ".join(f"{names[t]} {R[t][t]:.0f} -> {R[t + 1][t]:.0f}" for t in range(len(R) - 1))
+        first = " -> ".join(f"{row[0]:.0f}" for row in R)
+        forgot = s.get("forgetting_per_task", {}).get("0")
+        lines.append(f"| {m} | {own} | {first} | {forgot:+.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--metrics", type=Path, default=Path("metrics"))
     ap.add_argument("--runs", nargs="+", default=["demo-curriculum", "demo-control"])
+    ap.add_argument("--sweep", default="demo-k1", help="a k1-trainer sweep's name ('' for none)")
     args = ap.parse_args(argv)
-    print("\n\n".join(run_table(args.metrics, run) for run in args.runs))
+    tables = [run_table(args.metrics, run) for run in args.runs]
+    if args.sweep and (args.metrics / f"{args.sweep}-k1").is_dir():
+        tables.append(sweep_table(args.metrics, args.sweep, ["k1", "dense", "random_k"]))
+    print("\n\n".join(tables))
 
 
 if __name__ == "__main__":

@@ -50,3 +50,19 @@ def test_table_marks_a_rise_beyond_chance_and_the_forgetting(tmp_path: Path):
     assert "forgetting 0.300" in table and "0: 0.30" in table
     with pytest.raises(ClabError, match="no evaluation of run 'other'"):
         run_table(tmp_path, "other")
+
+
+def test_sweep_table_reads_learning_and_forgetting_per_method(tmp_path: Path):
+    from demo_numbers import sweep_table
+
+    for m, R in (("k1", [[9, 8], [3, 7], [5, 2]]), ("dense", [[9, 8], [2, 6], [6, 1]])):
+        (tmp_path / f"s-{m}").mkdir()
+        summary = {
+            "matrix": R,
+            "task_names": ["a", "b"],
+            "forgetting_per_task": {"0": R[2][0] - R[1][0]},
+        }
+        (tmp_path / f"s-{m}" / "summary.json").write_text(json.dumps(summary))
+    table = sweep_table(tmp_path, "s", ["k1", "dense"])
+    assert "| k1 | a 9 -> 3, b 7 -> 2 | 9 -> 3 -> 5 | +2.0 |" in table
+    assert "| dense | a 9 -> 2, b 6 -> 1 | 9 -> 2 -> 6 | +4.0 |" in table
