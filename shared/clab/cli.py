@@ -41,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
                 help="a training run that exists already is moved aside (renamed, never "
                 "deleted) and started again",
             )
+    ph = sub.add_parser(
+        "plot-history",
+        help="overlay validation-loss histories (replay mixing) in one figure",
+        description="Overlays any number of history JSON files (steps, <task>_loss lists, "
+        "name): one panel per task, one line per file.",
+    )
+    ph.add_argument("files", nargs="+", help="history files or globs")
+    ph.add_argument("-o", "--output", required=True, help="the PNG to write")
     sub.add_parser(
         "demo",
         help="the whole stack at tiny scale on this machine (CPU)",
@@ -53,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "plot-history":
+            from pathlib import Path
+
+            from clab.plotting.history import expand, plot_histories
+
+            print(plot_histories(expand(args.files), Path(args.output)))
+            return 0
         if args.command == "demo":
             from clab.demo import run_demo
 
