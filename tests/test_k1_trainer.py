@@ -112,6 +112,25 @@ def test_a_crash_mid_stage_resumes_to_the_same_numbers(workdir, monkeypatch):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7)
 
 
+def test_random_k_follows_the_k1_rules_count_and_never_picks_a_frozen_group(workdir):
+    """rule fraction 1.0 takes every trainable group: so must random_k (it used to
+    take select.top_k groups whatever the rule); the frozen group is no candidate."""
+    s = spec(
+        workdir / "s.yaml",
+        methods=["random_k"],
+        select={"rule": "fraction", "fraction": 1.0, "top_k": 2},
+        groups={"frozen": ["embed"]},
+        steps_per_corpus=3,
+        save_steps=0,
+    )
+    assert main(["run", str(s)]) == 0
+    rows = read_rows("metrics/k-random_k/train.jsonl")
+    assert len(rows) == 6
+    for r in rows:
+        assert r["groups_selected"] == 5 and "embed" not in r["selected"], r["selected"]
+        assert 0.5 < r["fraction_updated"] < 1
+
+
 def test_a_local_parquet_corpus_reads_its_text_column(workdir):
     import pyarrow as pa
     import pyarrow.parquet as pq

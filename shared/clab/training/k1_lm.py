@@ -28,10 +28,12 @@ from clab.training.sparse import (
     SELECTORS,
     Smoothed,
     SparseOptimizer,
+    among,
     check_group_names,
     group_grad_norms,
     make_optimizer,
     parameter_groups,
+    same_count_at_random,
 )
 
 STATE = "sparse_state.pt"
@@ -137,24 +139,26 @@ class K1Trainer:
         self.opt = SparseOptimizer(
             self.groups, make_optimizer(o.name, o.lr, o.weight_decay, o.momentum)
         )
-        self.frozen = torch.tensor([n in spec.groups.frozen for n in self.groups])
-        k = spec.select.top_k
+        live = torch.tensor([n not in spec.groups.frozen for n in self.groups])
+        sel = spec.select
+        k1 = SELECTORS[sel.rule](sel.top_k if sel.rule == "top_k" else sel.fraction)
+        self.smoothed = None
+        if sel.smoothing and spec.method != "dense":
+            k1 = self.smoothed = Smoothed(k1)
         rule = {
-            "k1": SELECTORS[spec.select.rule](
-                k if spec.select.rule == "top_k" else spec.select.fraction
-            ),
-            "random_k": SELECTORS["random_k"](k),
+            "k1": k1,
+            "random_k": same_count_at_random(k1),  # as many as K-1 would take, at random
             "dense": SELECTORS["dense"](),
         }[spec.method]
-        self.select = Smoothed(rule) if spec.select.smoothing and spec.method == "k1" else rule
+        self.select = among(rule, live)
         self.gen = torch.Generator().manual_seed(spec.seed)
         state = model_dir / STATE
         if state.is_file():
             saved = torch.load(state, weights_only=False)
             self.opt.load_state_dict(saved["optimizer"])
             self.gen.set_state(saved["generator"])
-            if isinstance(self.select, Smoothed):
-                self.select.average = saved.get("ema")
+            if self.smoothed is not None:
+                self.smoothed.average = saved.get("ema")
 
     def stage_steps(self, task: int) -> int:
         return self.spec.steps_per_corpus
@@ -180,7 +184,7 @@ class K1Trainer:
                 raise ClabError(f"stage {ctx.stage.name}: loss is not finite; lower optim.lr")
             loss.backward()
             norms = group_grad_norms(self.groups)
-            chosen = self.select(norms, self.opt.sizes, self.gen).cpu() & ~self.frozen
+            chosen = self.select(norms, self.opt.sizes, self.gen).cpu()
             row = self.opt.step(chosen)
             ctx.log(
                 {
@@ -221,7 +225,7 @@ class K1Trainer:
             {
                 "optimizer": self.opt.state_dict(),
                 "generator": self.gen.get_state(),
-                "ema": getattr(self.select, "average", None),
+                "ema": self.smoothed.average if self.smoothed else None,
             },
             out / STATE,
         )
