@@ -7,7 +7,11 @@ import pytest
 import yaml
 
 from clab.cli import main
+from clab.models.loading import load_policy
+from clab.specs import load_spec
 from clab.tracking.metrics_log import read_rows
+from clab.training.k1_lm import planned_groups
+from clab.training.sparse import parameter_groups
 
 BASE = {
     "kind": "k1-lm",
@@ -54,13 +58,19 @@ def test_targets_are_shifted_exactly_once_a_repeating_text_is_learned(workdir):
 
 
 def test_methods_share_the_initial_model_and_log_what_they_update(workdir):
-    assert main(["run", str(spec(workdir / "s.yaml"))]) == 0
+    spec_file = spec(workdir / "s.yaml")
+    assert main(["run", str(spec_file)]) == 0
     k1 = read_rows("metrics/k-k1/train.jsonl")
     dense = read_rows("metrics/k-dense/train.jsonl")
     assert [r["global_step"] for r in k1] == list(range(1, 9))
     assert all(r["groups_selected"] == 2 and len(r["selected"]) == 2 for r in k1)
     assert all(0 < r["fraction_updated"] < 1 for r in k1)
     assert all(r["fraction_updated"] == 1.0 for r in dense)
+    # the group names check_inputs plans before the model exists are the built model's
+    built = load_policy("checkpoints/k-k1/initial")
+    for g in ("block", "module", "tensor"):
+        planned = planned_groups(load_spec(spec_file, [f"groups.granularity={g}"]))
+        assert planned == list(parameter_groups(built, g))
     a = Path("checkpoints/k-k1/initial/model.safetensors").read_bytes()
     assert a == Path("checkpoints/k-dense/initial/model.safetensors").read_bytes()
     # the evaluator scores every stage on every corpus by perplexity (lower is better)
@@ -162,6 +172,10 @@ def test_a_local_parquet_corpus_reads_its_text_column(workdir):
             "shorter than one sequence",
         ),
         ({"groups": {"frozen": ["layer9.attn"]}}, "unknown group 'layer9.attn'"),
+        (
+            {"groups": {"granularity": "module", "frozen": ["model.layers.0.mlp.up_proj", "mlpp"]}},
+            "unknown group 'mlpp'",
+        ),
         ({"corpora": [BASE["corpora"][0]]}, "at least two"),
     ],
 )

@@ -56,13 +56,35 @@ def check_inputs(spec: K1Spec) -> None:
                 )
     if spec.resources.use_gpu and not torch.cuda.is_available():
         raise ClabError("resources.use_gpu: true, but no CUDA device is visible")
-    if spec.model.preset == "small" and spec.groups.granularity == "block":
-        # the small model's groups are known before it exists (others: checked at load)
-        names = [
-            "embed",
-            *(f"layer{i}.{p}" for i in range(spec.model.layers) for p in ("attn", "ffn")),
-        ]
-        check_group_names(spec.groups.frozen, dict.fromkeys([*names, "head"]))
+    if spec.groups.frozen:
+        check_group_names(spec.groups.frozen, dict.fromkeys(planned_groups(spec)))
+
+
+def planned_groups(spec: K1Spec) -> list[str]:
+    """The run's group names before its model exists: the architecture built on the
+    meta device (no weights, no memory), so a wrong name in ``groups.frozen`` is
+    refused before stage 0 is written, for any granularity and model source."""
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
+
+    m = spec.model
+    if m.preset == "small":  # the architecture build_tiny_model writes
+        config = Qwen2Config(
+            vocab_size=m.vocab_size,
+            hidden_size=m.hidden_size,
+            intermediate_size=m.ffn,
+            num_hidden_layers=m.layers,
+            num_attention_heads=m.heads,
+            num_key_value_heads=max(1, m.heads // 2),
+            tie_word_embeddings=False,
+        )
+    else:
+        try:
+            config = AutoConfig.from_pretrained(m.name_or_path)
+        except OSError as e:
+            raise ClabError(f"model.name_or_path: cannot read the model's config: {e}") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return list(parameter_groups(model, spec.groups.granularity))
 
 
 def make_trainer(spec: K1Spec, rank: int, world: int) -> K1Trainer:
