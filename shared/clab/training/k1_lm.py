@@ -201,7 +201,9 @@ class K1Trainer:
             order = self._order(len(data), ctx.stage, epoch)
             idx = order[k * spec.batch_size : (k + 1) * spec.batch_size] or order[: spec.batch_size]
             x = data[idx].to(self.device)
-            loss = self.model(input_ids=x, labels=x).loss  # shifted once, inside the model
+            # fp32 weights and optimizer state; bf16 autocast on a GPU (validation stays fp32)
+            with torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
+                loss = self.model(input_ids=x, labels=x).loss  # shifted once, inside the model
             if not torch.isfinite(loss):
                 raise ClabError(f"stage {ctx.stage.name}: loss is not finite; lower optim.lr")
             loss.backward()
