@@ -40,10 +40,19 @@ def spec(path: Path, **changes) -> Path:
 
 
 def test_targets_are_shifted_exactly_once_a_repeating_text_is_learned(workdir):
-    """Labels are the inputs and the model shifts them once: a period-4 text becomes
-    predictable (the public code shifted twice and learned the token two ahead)."""
+    """Labels are the inputs and the model shifts them once. Corpus a, a period-4
+    text, must become predictable (near-zero loss). A periodic text alone cannot
+    tell one shift from two (the token two ahead is as predictable), so corpus b
+    writes random one-token words twice each ("h h c c ..."): the next token is known
+    after every first copy, the token two ahead never, so its loss only falls
+    towards log(20) / 2 with one shift and stays near log(20) = 3.0 with two
+    (the public code shifted twice and learned the token two ahead)."""
+    import random
+
+    words = list("abcdefghijklmnopqrst")  # one token each
+    rng = random.Random(0)
     Path("a.txt").write_text("red green blue gold " * 3000)
-    Path("b.txt").write_text("one two three four " * 3000)
+    Path("b.txt").write_text(" ".join(w for _ in range(6000) for w in [rng.choice(words)] * 2))
     s = spec(
         workdir / "s.yaml",
         methods=["dense"],
@@ -55,6 +64,8 @@ def test_targets_are_shifted_exactly_once_a_repeating_text_is_learned(workdir):
     assert main(["run", str(s)]) == 0
     losses = [r["loss"] for r in read_rows("metrics/k-dense/train.jsonl")]
     assert losses[0] > 3.0 and max(losses[110:120]) < 0.05, (losses[0], losses[110:120])
+    pairs = sum(losses[230:240]) / 10
+    assert pairs < 2.5, losses[230:240]  # 2.07 here; 3.01 with two shifts
 
 
 def test_methods_share_the_initial_model_and_log_what_they_update(workdir):
