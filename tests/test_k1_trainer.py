@@ -7,7 +7,11 @@ import pytest
 import yaml
 
 from clab.cli import main
+from clab.models.loading import load_policy
+from clab.specs import load_spec
 from clab.tracking.metrics_log import read_rows
+from clab.training.k1_lm import planned_groups
+from clab.training.sparse import parameter_groups
 
 BASE = {
     "kind": "k1-lm",
@@ -36,10 +40,19 @@ def spec(path: Path, **changes) -> Path:
 
 
 def test_targets_are_shifted_exactly_once_a_repeating_text_is_learned(workdir):
-    """Labels are the inputs and the model shifts them once: a period-4 text becomes
-    predictable (the public code shifted twice and learned the token two ahead)."""
+    """Labels are the inputs and the model shifts them once. Corpus a, a period-4
+    text, must become predictable (near-zero loss). A periodic text alone cannot
+    tell one shift from two (the token two ahead is as predictable), so corpus b
+    writes random one-token words twice each ("h h c c ..."): the next token is known
+    after every first copy, the token two ahead never, so its loss only falls
+    towards log(20) / 2 with one shift and stays near log(20) = 3.0 with two
+    (the public code shifted twice and learned the token two ahead)."""
+    import random
+
+    words = list("abcdefghijklmnopqrst")  # one token each
+    rng = random.Random(0)
     Path("a.txt").write_text("red green blue gold " * 3000)
-    Path("b.txt").write_text("one two three four " * 3000)
+    Path("b.txt").write_text(" ".join(w for _ in range(6000) for w in [rng.choice(words)] * 2))
     s = spec(
         workdir / "s.yaml",
         methods=["dense"],
@@ -51,16 +64,24 @@ def test_targets_are_shifted_exactly_once_a_repeating_text_is_learned(workdir):
     assert main(["run", str(s)]) == 0
     losses = [r["loss"] for r in read_rows("metrics/k-dense/train.jsonl")]
     assert losses[0] > 3.0 and max(losses[110:120]) < 0.05, (losses[0], losses[110:120])
+    pairs = sum(losses[230:240]) / 10
+    assert pairs < 2.5, losses[230:240]  # 2.07 here; 3.01 with two shifts
 
 
 def test_methods_share_the_initial_model_and_log_what_they_update(workdir):
-    assert main(["run", str(spec(workdir / "s.yaml"))]) == 0
+    spec_file = spec(workdir / "s.yaml")
+    assert main(["run", str(spec_file)]) == 0
     k1 = read_rows("metrics/k-k1/train.jsonl")
     dense = read_rows("metrics/k-dense/train.jsonl")
     assert [r["global_step"] for r in k1] == list(range(1, 9))
     assert all(r["groups_selected"] == 2 and len(r["selected"]) == 2 for r in k1)
     assert all(0 < r["fraction_updated"] < 1 for r in k1)
     assert all(r["fraction_updated"] == 1.0 for r in dense)
+    # the group names check_inputs plans before the model exists are the built model's
+    built = load_policy("checkpoints/k-k1/initial")
+    for g in ("block", "module", "tensor"):
+        planned = planned_groups(load_spec(spec_file, [f"groups.granularity={g}"]))
+        assert planned == list(parameter_groups(built, g))
     a = Path("checkpoints/k-k1/initial/model.safetensors").read_bytes()
     assert a == Path("checkpoints/k-dense/initial/model.safetensors").read_bytes()
     # the evaluator scores every stage on every corpus by perplexity (lower is better)
@@ -112,6 +133,25 @@ def test_a_crash_mid_stage_resumes_to_the_same_numbers(workdir, monkeypatch):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7)
 
 
+def test_random_k_follows_the_k1_rules_count_and_never_picks_a_frozen_group(workdir):
+    """rule fraction 1.0 takes every trainable group: so must random_k (it used to
+    take select.top_k groups whatever the rule); the frozen group is no candidate."""
+    s = spec(
+        workdir / "s.yaml",
+        methods=["random_k"],
+        select={"rule": "fraction", "fraction": 1.0, "top_k": 2},
+        groups={"frozen": ["embed"]},
+        steps_per_corpus=3,
+        save_steps=0,
+    )
+    assert main(["run", str(s)]) == 0
+    rows = read_rows("metrics/k-random_k/train.jsonl")
+    assert len(rows) == 6
+    for r in rows:
+        assert r["groups_selected"] == 5 and "embed" not in r["selected"], r["selected"]
+        assert 0.5 < r["fraction_updated"] < 1
+
+
 def test_a_local_parquet_corpus_reads_its_text_column(workdir):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -143,6 +183,10 @@ def test_a_local_parquet_corpus_reads_its_text_column(workdir):
             "shorter than one sequence",
         ),
         ({"groups": {"frozen": ["layer9.attn"]}}, "unknown group 'layer9.attn'"),
+        (
+            {"groups": {"granularity": "module", "frozen": ["model.layers.0.mlp.up_proj", "mlpp"]}},
+            "unknown group 'mlpp'",
+        ),
         ({"corpora": [BASE["corpora"][0]]}, "at least two"),
     ],
 )

@@ -10,10 +10,12 @@ from clab.training.sparse import (
     SELECTORS,
     Smoothed,
     SparseOptimizer,
+    among,
     check_group_names,
     group_grad_norms,
     make_optimizer,
     parameter_groups,
+    same_count_at_random,
 )
 
 
@@ -129,3 +131,37 @@ def test_smoothing_keeps_a_group_on_until_its_average_drops_below_the_threshold(
     switch = next(i for i, s in enumerate(seen) if s == [False, True])
     # 0.9^(n+1) < 0.5 from n = 6; 1 - 0.9^(n+1) > 0.5 likewise
     assert switch == 6
+
+
+def test_random_k_takes_as_many_groups_as_the_k1_rule_whatever_the_rule():
+    """The control must differ from K-1 in which groups, not how many: with the
+    ``fraction`` rule K-1's count follows the norms, and random_k's must too."""
+    sizes = torch.tensor([40, 10, 30, 20])
+    gen = torch.Generator().manual_seed(0)
+    for share, n in ((0.1, 1), (0.3, 2), (0.5, 3), (0.95, 4)):
+        k1 = SELECTORS["fraction"](share)
+        control = same_count_at_random(k1)
+        norms = torch.tensor([0.5, 3.0, 1.0, 2.0])
+        assert int(k1(norms, sizes, gen).sum()) == n
+        picks = [control(norms, sizes, gen) for _ in range(30)]
+        assert all(int(p.sum()) == n for p in picks)
+        if n < 4:
+            assert len({tuple(p.tolist()) for p in picks}) > 1
+
+
+def test_a_frozen_group_never_takes_the_place_of_a_trainable_one():
+    """top 2 with the largest-norm group frozen: the next two move, still two groups."""
+    norms = torch.tensor([9.0, 3.0, 1.0, 2.0])
+    sizes = torch.tensor([40, 10, 30, 20])
+    live = torch.tensor([False, True, True, True])
+    gen = torch.Generator().manual_seed(0)
+    assert among(SELECTORS["top_k"](2), live)(norms, sizes, gen).tolist() == [
+        False,
+        True,
+        False,
+        True,
+    ]
+    for _ in range(20):
+        pick = among(same_count_at_random(SELECTORS["top_k"](2)), live)(norms, sizes, gen)
+        assert int(pick.sum()) == 2 and not pick[0]
+    assert among(SELECTORS["dense"](), live)(norms, sizes, gen).tolist() == live.tolist()

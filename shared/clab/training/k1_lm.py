@@ -28,10 +28,12 @@ from clab.training.sparse import (
     SELECTORS,
     Smoothed,
     SparseOptimizer,
+    among,
     check_group_names,
     group_grad_norms,
     make_optimizer,
     parameter_groups,
+    same_count_at_random,
 )
 
 STATE = "sparse_state.pt"
@@ -54,13 +56,35 @@ def check_inputs(spec: K1Spec) -> None:
                 )
     if spec.resources.use_gpu and not torch.cuda.is_available():
         raise ClabError("resources.use_gpu: true, but no CUDA device is visible")
-    if spec.model.preset == "small" and spec.groups.granularity == "block":
-        # the small model's groups are known before it exists (others: checked at load)
-        names = [
-            "embed",
-            *(f"layer{i}.{p}" for i in range(spec.model.layers) for p in ("attn", "ffn")),
-        ]
-        check_group_names(spec.groups.frozen, dict.fromkeys([*names, "head"]))
+    if spec.groups.frozen:
+        check_group_names(spec.groups.frozen, dict.fromkeys(planned_groups(spec)))
+
+
+def planned_groups(spec: K1Spec) -> list[str]:
+    """The run's group names before its model exists: the architecture built on the
+    meta device (no weights, no memory), so a wrong name in ``groups.frozen`` is
+    refused before stage 0 is written, for any granularity and model source."""
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
+
+    m = spec.model
+    if m.preset == "small":  # the architecture build_tiny_model writes
+        config = Qwen2Config(
+            vocab_size=m.vocab_size,
+            hidden_size=m.hidden_size,
+            intermediate_size=m.ffn,
+            num_hidden_layers=m.layers,
+            num_attention_heads=m.heads,
+            num_key_value_heads=max(1, m.heads // 2),
+            tie_word_embeddings=False,
+        )
+    else:
+        try:
+            config = AutoConfig.from_pretrained(m.name_or_path)
+        except OSError as e:
+            raise ClabError(f"model.name_or_path: cannot read the model's config: {e}") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return list(parameter_groups(model, spec.groups.granularity))
 
 
 def make_trainer(spec: K1Spec, rank: int, world: int) -> K1Trainer:
@@ -137,24 +161,26 @@ class K1Trainer:
         self.opt = SparseOptimizer(
             self.groups, make_optimizer(o.name, o.lr, o.weight_decay, o.momentum)
         )
-        self.frozen = torch.tensor([n in spec.groups.frozen for n in self.groups])
-        k = spec.select.top_k
+        live = torch.tensor([n not in spec.groups.frozen for n in self.groups])
+        sel = spec.select
+        k1 = SELECTORS[sel.rule](sel.top_k if sel.rule == "top_k" else sel.fraction)
+        self.smoothed = None
+        if sel.smoothing and spec.method != "dense":
+            k1 = self.smoothed = Smoothed(k1)
         rule = {
-            "k1": SELECTORS[spec.select.rule](
-                k if spec.select.rule == "top_k" else spec.select.fraction
-            ),
-            "random_k": SELECTORS["random_k"](k),
+            "k1": k1,
+            "random_k": same_count_at_random(k1),  # as many as K-1 would take, at random
             "dense": SELECTORS["dense"](),
         }[spec.method]
-        self.select = Smoothed(rule) if spec.select.smoothing and spec.method == "k1" else rule
+        self.select = among(rule, live)
         self.gen = torch.Generator().manual_seed(spec.seed)
         state = model_dir / STATE
         if state.is_file():
             saved = torch.load(state, weights_only=False)
             self.opt.load_state_dict(saved["optimizer"])
             self.gen.set_state(saved["generator"])
-            if isinstance(self.select, Smoothed):
-                self.select.average = saved.get("ema")
+            if self.smoothed is not None:
+                self.smoothed.average = saved.get("ema")
 
     def stage_steps(self, task: int) -> int:
         return self.spec.steps_per_corpus
@@ -175,12 +201,14 @@ class K1Trainer:
             order = self._order(len(data), ctx.stage, epoch)
             idx = order[k * spec.batch_size : (k + 1) * spec.batch_size] or order[: spec.batch_size]
             x = data[idx].to(self.device)
-            loss = self.model(input_ids=x, labels=x).loss  # shifted once, inside the model
+            # fp32 weights and optimizer state; bf16 autocast on a GPU (validation stays fp32)
+            with torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
+                loss = self.model(input_ids=x, labels=x).loss  # shifted once, inside the model
             if not torch.isfinite(loss):
                 raise ClabError(f"stage {ctx.stage.name}: loss is not finite; lower optim.lr")
             loss.backward()
             norms = group_grad_norms(self.groups)
-            chosen = self.select(norms, self.opt.sizes, self.gen).cpu() & ~self.frozen
+            chosen = self.select(norms, self.opt.sizes, self.gen).cpu()
             row = self.opt.step(chosen)
             ctx.log(
                 {
@@ -221,7 +249,7 @@ class K1Trainer:
             {
                 "optimizer": self.opt.state_dict(),
                 "generator": self.gen.get_state(),
-                "ema": getattr(self.select, "average", None),
+                "ema": self.smoothed.average if self.smoothed else None,
             },
             out / STATE,
         )

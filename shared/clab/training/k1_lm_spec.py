@@ -48,9 +48,11 @@ class SmallModelSpec(SpecModel):
 
 class SelectSpec(SpecModel):
     rule: Literal["top_k", "fraction"] = "top_k"
-    top_k: int = Field(5, ge=1, description="groups updated per step (rule top_k, and random_k)")
+    top_k: int = Field(5, ge=1, description="rule top_k: groups updated per step")
     fraction: float = Field(0.5, gt=0, le=1, description="rule fraction: share of parameters")
     smoothing: bool = Field(False, description="EMA 0.9 of the selection, on above 0.5")
+    # random_k takes, each step, as many groups as this rule (smoothing included)
+    # takes from its gradients; frozen groups are never candidates, for any method.
 
 
 class GroupsSpec(SpecModel):

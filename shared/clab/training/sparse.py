@@ -141,6 +141,34 @@ def random_k(k: int) -> SelectFn:
     return select
 
 
+def same_count_at_random(rule: SelectFn) -> SelectFn:
+    """The ``random_k`` control for any K-1 rule: as many groups as ``rule`` picks
+    from these norms (``fraction`` and smoothing pick a varying number), chosen
+    at random, so the control separates "which groups" from "how many"."""
+
+    def select(norms, sizes, gen):
+        n = int(rule(norms, sizes, gen).sum())
+        mask = torch.zeros(len(norms), dtype=torch.bool)
+        mask[torch.randperm(len(norms), generator=gen)[:n]] = True
+        return mask.to(norms.device)
+
+    return select
+
+
+def among(rule: SelectFn, live: torch.Tensor) -> SelectFn:
+    """``rule`` applied to the ``live`` groups only: a frozen group is never a
+    candidate, so it does not take the place of one that could move (every
+    method then updates as many trainable groups as it asks for)."""
+
+    def select(norms, sizes, gen):
+        on = live.to(norms.device)
+        mask = torch.zeros(len(norms), dtype=torch.bool, device=norms.device)
+        mask[on] = rule(norms[on], sizes[live], gen).to(norms.device)
+        return mask
+
+    return select
+
+
 @register_selector("dense")
 def dense() -> SelectFn:
     def select(norms, sizes, gen):
