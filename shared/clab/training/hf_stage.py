@@ -38,7 +38,10 @@ def stage_args(spec, ctx: StageContext, n_steps: int) -> dict[str, Any]:
         save_only_model=False,
         report_to=[],
         use_cpu=not use_gpu,
-        bf16=use_gpu,  # autocast over fp32 weights: small updates must not round away
+        # autocast over fp32 weights (small updates must not round away), in the
+        # spec's compute dtype
+        bf16=use_gpu and spec.model.dtype == "bfloat16",
+        fp16=use_gpu and spec.model.dtype == "float16",
         seed=hash((spec.seed, ctx.stage.index)) % (2**31),
         data_seed=hash((spec.seed, ctx.stage.index)) % (2**31),
         disable_tqdm=True,  # the runner draws the progress bar
