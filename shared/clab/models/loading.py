@@ -26,6 +26,7 @@ from transformers import (
 from clab.errors import ClabError
 
 TINY_MARKER = "clab_tiny.json"
+ADAPTER_CONFIG = "adapter_config.json"  # a PEFT (LoRA) checkpoint: adapter weights only
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -83,7 +84,42 @@ def _zero_dropout_modules(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
+def is_adapter(folder: str | Path) -> bool:
+    return (Path(folder) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(folder: str | Path) -> str:
+    """The base model an adapter checkpoint was trained on (a folder or a hub id)."""
+    import json
+
+    path = Path(folder) / ADAPTER_CONFIG
+    try:
+        base = json.loads(path.read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ClabError(f"{path}: not a readable adapter config ({e})") from None
+    if not base:
+        raise ClabError(f"{path}: base_model_name_or_path is empty")
+    return base
+
+
+def load_adapter_model(folder: str | Path, dtype: str = "float32", trainable: bool = True):
+    """A PeftModel: the base model (dropout off) with the adapter saved in ``folder``.
+
+    The base is read from the adapter's own config, so a stage checkpoint of a
+    LoRA run is a few megabytes and still names everything needed to load it.
+    """
+    from peft import PeftModel
+
+    base = load_policy(adapter_base(folder), dtype)
+    model = PeftModel.from_pretrained(base, str(folder), is_trainable=trainable)
+    return _zero_dropout_modules(model)
+
+
 def load_policy(name_or_path: str | Path, dtype: str = "float32") -> PreTrainedModel:
+    """A causal LM with every dropout at 0. An adapter checkpoint is loaded onto its base
+    and merged: scoring and generation then run at the base model's speed."""
+    if is_adapter(name_or_path):
+        return load_adapter_model(name_or_path, dtype, trainable=False).merge_and_unload()
     config = _no_dropout_config(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(
         str(name_or_path), config=config, dtype=DTYPES[dtype]
@@ -131,6 +167,12 @@ def check_model_folder(folder: str | Path) -> None:
     """A local model folder has a config transformers can read, and sound weights."""
     from transformers import AutoConfig
 
+    if is_adapter(folder):
+        check_weights(folder)
+        base = adapter_base(folder)
+        if Path(base).is_dir():
+            check_model_folder(base)
+        return
     try:
         AutoConfig.from_pretrained(str(folder))
     except (ValueError, OSError, KeyError) as e:

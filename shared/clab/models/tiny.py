@@ -14,7 +14,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from clab.models.loading import TINY_MARKER
 from clab.storage.atomic import atomic_dir
@@ -50,10 +56,19 @@ def build_tiny_model(
     seed: int = 0,
     intermediate_size: int | None = None,
     tie_word_embeddings: bool = True,
+    architecture: str = "qwen2",
 ) -> Path:
-    """Write a tiny model and its tokenizer to ``out_dir`` (atomically) and return it."""
+    """Write a tiny model and its tokenizer to ``out_dir`` (atomically) and return it.
+
+    ``architecture`` is ``qwen2`` (the RL services' Qwen2.5) or ``llama`` (the
+    mixing trainer's TinyLlama), so a tiny stand-in takes the real model's code path.
+    """
     tokenizer = train_tokenizer(texts, vocab_size)
-    config = Qwen2Config(
+    config_class, model_class = {
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "llama": (LlamaConfig, LlamaForCausalLM),
+    }[architecture]
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or hidden_size * 4,
@@ -67,7 +82,7 @@ def build_tiny_model(
         bos_token_id=None,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = model_class(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     with atomic_dir(out_dir) as d:

@@ -464,6 +464,8 @@ def _load_params(model_dir: Path, like: torch.nn.Module) -> list[torch.Tensor]:
         if not p.requires_grad:
             continue
         t = state.get(name)
+        if t is None and ".default." in name:  # PEFT saves adapters without their name
+            t = state.get(name.replace(".default.", "."))
         if t is None and name == "lm_head.weight":
             t = state.get("model.embed_tokens.weight")
         if t is None:
