@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from clab.specs import load_spec
+from clab.training.mixing_spec import DEFAULT_STRATEGIES, PHASE_A
 
 DEMO_DATA = "data/demo-continual"
 DEMO_CONTROL_DATA = "data/demo-dummy_tinyzero"
@@ -60,6 +61,25 @@ _CONTROL = [
     "warmup.steps=0",
 ]
 
+# Replay mixing offline: task A arithmetic on Countdown expressions (levels from
+# operators and number count), task B questions answered from short facts made of
+# standard-library names; a tiny random Llama with LoRA on every projection.
+_MIXING = [
+    "name=demo-mix",
+    "task_a={name: arith, format: arithmetic, train_size: 256, val_size: 64, epochs: 4,"
+    " lr: 1.0e-2, max_new_tokens: 6}",
+    "task_b={name: qa, format: context_qa, train_size: 256, val_size: 64, epochs: 4,"
+    " lr: 1.0e-2, max_new_tokens: 6}",
+    "model={preset: tiny, hidden_size: 128, layers: 2, heads: 4, vocab_size: 800,"
+    " gradient_checkpointing: false}",
+    "lora={r: 16, alpha: 32, dropout: 0.0,"
+    " target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]}",
+    "training={batch_size: 16, micro_batch: 16, max_length: 256, eval_steps: 8}",
+    "joint={epochs: 4, lr: 1.0e-2}",
+    "resources.use_gpu=false",
+    "save_steps=32",
+]
+
 SERVICE_OVERRIDES: dict[str, list[str]] = {
     "data-generator": [
         "train_size=1200",
@@ -96,11 +116,16 @@ SERVICE_OVERRIDES: dict[str, list[str]] = {
         "resources.use_gpu=false",
         "save_steps=20",
     ],
+    "mixing-trainer": _MIXING,
     "evaluator": [f"test_size={TEST_SIZE}", "use_gpu=false"],
     "plotter": [],
 }
 
-_DEMO_RUNS = "demo-curriculum,demo-control,demo-k1-k1,demo-k1-dense,demo-k1-random_k"
+_MIX_BRANCHES = [PHASE_A, *DEFAULT_STRATEGIES]
+_DEMO_RUNS = ",".join(
+    ["demo-curriculum", "demo-control", "demo-k1-k1", "demo-k1-dense", "demo-k1-random_k"]
+    + [f"demo-mix/{b}" for b in _MIX_BRANCHES]
+)
 
 DEMO_PLAN: list[tuple[str, str, list[str]]] = [
     ("data-generator", "services/data-generator.yaml", SERVICE_OVERRIDES["data-generator"]),
@@ -120,6 +145,7 @@ DEMO_PLAN: list[tuple[str, str, list[str]]] = [
         _CONTROL,
     ),
     ("k1-trainer", "services/k1-trainer.yaml", SERVICE_OVERRIDES["k1-trainer"]),
+    ("mixing-trainer", "services/mixing-trainer.yaml", _MIXING),
     (
         "evaluator",
         "services/evaluator.yaml",

@@ -57,6 +57,7 @@ def build_tiny_model(
     intermediate_size: int | None = None,
     tie_word_embeddings: bool = True,
     architecture: str = "qwen2",
+    initializer_range: float = 0.02,
 ) -> Path:
     """Write a tiny model and its tokenizer to ``out_dir`` (atomically) and return it.
 
@@ -80,6 +81,7 @@ def build_tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     model = model_class(config)

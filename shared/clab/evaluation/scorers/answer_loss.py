@@ -2,9 +2,13 @@
 
 Mean answer-token loss: cross-entropy over the answer's tokens and the
 end-of-sequence token after it, the prompt and padding masked out, averaged
-over all answer tokens of the test set (lower is better). Exact match: the
-greedy answer, stripped, equals the reference answer (higher is better).
-Rows come from a Parquet or JSONL file with ``prompt`` and ``answer``.
+over all answer tokens of the test set (lower is better). Exact match
+(higher is better) compares the greedy answer with the row's short
+reference (``final``, else ``answer``) as the task's ``match`` says:
+``exact`` (stripped strings equal), ``normalized`` (SQuAD/HotpotQA
+normalisation), or ``boxed`` (the generation's last ``\boxed{}``, as MATH
+grades). Rows come from a Parquet or JSONL file with ``prompt`` and
+``answer`` (and optionally ``final``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ def read_pairs(path: str | Path, limit: int | None) -> list[dict[str, str]]:
     path = Path(path)
     try:
         if path.suffix == ".parquet":
-            rows = pq.read_table(path, columns=["prompt", "answer"]).to_pylist()
+            names = set(pq.read_schema(path).names)
+            cols = ["prompt", "answer", *(["final"] if "final" in names else [])]
+            rows = pq.read_table(path, columns=cols).to_pylist()
         else:
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (OSError, ValueError, KeyError) as e:
@@ -44,14 +50,13 @@ def answer_batch(tokenizer, rows: list[dict[str, str]], max_length: int):
     """input ids, attention mask and labels: -100 on the prompt and padding, the
     answer and its EOS labelled. Over-long prompts lose their start (the answer
     and the prompt's end are what the loss is about)."""
+    from clab.data.sft.encoding import encode_pair
+
     seqs, labels = [], []
     for r in rows:
-        p = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
-        a = tokenizer(r["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        a = a[:max_length]
-        p = p[max(0, len(p) - (max_length - len(a))) :]
-        seqs.append(p + a)
-        labels.append([-100] * len(p) + a)
+        ids, n_prompt = encode_pair(tokenizer, r["prompt"], r["answer"], max_length)
+        seqs.append(ids)
+        labels.append([-100] * n_prompt + ids[n_prompt:])
     width = max(len(s) for s in seqs)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
@@ -81,6 +86,26 @@ def answer_losses(model, tokenizer, rows, max_length: int, batch_size: int) -> l
     return out
 
 
+def _boxed(generated: str, reference: str) -> bool:
+    from clab.data.sft.tasks import last_boxed, normalize_answer
+
+    got = last_boxed(generated)
+    return got is not None and normalize_answer(got) == normalize_answer(reference)
+
+
+def _normalized(generated: str, reference: str) -> bool:
+    from clab.data.sft.tasks import normalize_answer
+
+    return normalize_answer(generated) == normalize_answer(reference)
+
+
+MATCHES = {
+    "exact": lambda generated, reference: generated.strip() == reference.strip(),
+    "normalized": _normalized,
+    "boxed": _boxed,
+}
+
+
 @register_scorer("answer_loss")
 def score_answer_loss(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
     from clab.generation.rollout import hf_generate
@@ -100,7 +125,10 @@ def score_answer_loss(handle: ModelHandle, task: dict[str, Any], s: ScoreSetting
             greedy=True,
             batch_size=s.batch_size,
         )
-    exact = [float(t.strip() == r["answer"].strip()) for t, r in zip(ro.texts, rows, strict=True)]
+    match = MATCHES[task.get("match", "exact")]
+    exact = [
+        float(match(t, r.get("final") or r["answer"])) for t, r in zip(ro.texts, rows, strict=True)
+    ]
     total, tokens = sum(x for x, _ in per_row), sum(n for _, n in per_row)
     return ScoreResult(
         values={"answer_loss": total / max(tokens, 1), "exact_match": sum(exact) / len(rows)},

@@ -1,0 +1,219 @@
+"""Spec of the replay-mixing trainer (kind ``replay-mixing``, service ``mixing-trainer``).
+
+LoRA SFT on task A, then on task B with a share of A's training examples
+mixed in, chosen by a strategy. One spec is one sweep: phase A is trained
+once (``checkpoints/<name>/phase-a/``), and every strategy of
+``strategies`` is its own run, ``checkpoints/<name>/<strategy>/``, that
+starts from phase A's checkpoint (``joint`` starts from the initial model
+and trains on A and B together). Every branch is a run of the stage
+runner, so each resumes on its own after a kill.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from clab.runs.spec import RunSpec
+from clab.specs import SpecModel
+
+PHASE_A = "phase-a"
+JOINT = "joint"
+DEFAULT_STRATEGIES = [
+    "difficulty_hard",
+    "difficulty_easy",
+    "random",
+    "loss_descending",
+    "loss_ascending",
+    "none",
+    JOINT,
+]
+REAL_FORMATS = ("competition_math", "hotpotqa")
+
+
+class TaskSpec(SpecModel):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_]+$", description="history key <name>_loss")
+    format: Literal["competition_math", "hotpotqa", "arithmetic", "context_qa"] = Field(
+        ..., description="real: competition_math | hotpotqa; offline demo: arithmetic | context_qa"
+    )
+    hub_id: str | None = Field(None, description="a data set on the hub (Parquet)")
+    hub_config: str | None = Field(None, description="the hub data set's config (distractor)")
+    path: str | None = Field(None, description="a local file or folder; used instead of hub_id")
+    train_split: str = "train"
+    validation_split: str | None = Field(
+        None, description="the hub split for validation; null: held out from the train rows"
+    )
+    validation_path: str | None = Field(None, description="a local validation file")
+    train_size: int = Field(4000, ge=1)
+    val_size: int = Field(400, ge=1)
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    max_new_tokens: int = Field(64, ge=1, description="greedy answer length for exact match")
+
+    @model_validator(mode="after")
+    def _source(self) -> TaskSpec:
+        if self.format in REAL_FORMATS and not (self.hub_id or self.path):
+            raise ValueError(f"task {self.name}: a {self.format} task needs hub_id or path")
+        return self
+
+
+class MixSpec(SpecModel):
+    fraction: float = Field(0.1, ge=0, le=1, description="replayed share, of the set `of` names")
+    of: Literal["a", "b"] = Field("b", description="b: of B's training-set size (public); a: A's")
+    seed: int = Field(42, description="seeds the random strategy and every tie-break")
+
+
+class LoraSpec(SpecModel):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+class MixModelSpec(SpecModel):
+    name_or_path: str | None = Field(
+        "TinyLlama/TinyLlama-1.1B-Chat-v1.0", description="a hub id or a local folder"
+    )
+    preset: Literal["tiny"] | None = Field(
+        None, description="tiny: a random Llama with a tokenizer trained on the tasks (demo)"
+    )
+    hidden_size: int = Field(128, ge=16, description="preset tiny only")
+    layers: int = Field(2, ge=1, description="preset tiny only")
+    heads: int = Field(4, ge=1, description="preset tiny only")
+    vocab_size: int = Field(1000, ge=300, description="preset tiny only")
+    init_std: float = Field(
+        0.1,
+        gt=0,
+        description="preset tiny only: a random head at the usual 0.02 caps logits near "
+        "+-2.5, so what LoRA learns barely shows as a lower loss",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "bfloat16", description="compute dtype on a GPU (autocast; weights stay fp32)"
+    )
+    gradient_checkpointing: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MixModelSpec:
+        if self.preset is not None:
+            self.name_or_path = None
+        if self.name_or_path is None and self.preset is None:
+            raise ValueError("give model.name_or_path or model.preset")
+        return self
+
+
+class TrainSpec(SpecModel):
+    batch_size: int = Field(64, ge=1, description="examples per optimizer step")
+    micro_batch: int = Field(8, ge=1, description="examples per forward/backward")
+    max_length: int = Field(
+        2048, ge=8, description="prompt + answer tokens; longer prompts lose their start"
+    )
+    eval_steps: int = Field(
+        10, ge=0, description="both validation losses every N steps; 0: stage ends only"
+    )
+    eval_batch: int = Field(16, ge=1)
+    lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _batches(self) -> TrainSpec:
+        if self.batch_size % self.micro_batch:
+            raise ValueError("training.batch_size must be a multiple of training.micro_batch")
+        return self
+
+
+class JointSpec(SpecModel):
+    epochs: int = Field(2, ge=1, description="over A and B together")
+    lr: float = Field(2e-4, gt=0)
+
+
+class MixingSpec(RunSpec):
+    """Replay mixing: LoRA SFT on A, then B with replayed A examples, per strategy."""
+
+    kind: Literal["replay-mixing"] = "replay-mixing"
+    TRAINER: ClassVar[str] = "clab.training.mixing"
+    SAFE_CHANGES: ClassVar[frozenset[str]] = RunSpec.SAFE_CHANGES | {"strategies"}
+    seed: int = 42
+    reset_optimizer: bool = Field(
+        True, description="a new optimizer for B, as the public experiment trains each phase"
+    )
+    strategies: list[str] = Field(default_factory=lambda: list(DEFAULT_STRATEGIES))
+    branch: str = Field(PHASE_A, description="set per run by the sweep: phase-a or a strategy")
+    task_a: TaskSpec = Field(
+        default_factory=lambda: TaskSpec(
+            name="math",
+            format="competition_math",
+            hub_id="qwedsacf/competition_math",
+            lr=2e-4,
+            max_new_tokens=512,
+        )
+    )
+    task_b: TaskSpec = Field(
+        default_factory=lambda: TaskSpec(
+            name="hotpot",
+            format="hotpotqa",
+            hub_id="hotpotqa/hotpot_qa",
+            hub_config="distractor",
+            validation_split="validation",
+            lr=7e-5,
+            max_new_tokens=32,
+        )
+    )
+    mix: MixSpec = Field(default_factory=MixSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    model: MixModelSpec = Field(default_factory=MixModelSpec)
+    training: TrainSpec = Field(default_factory=TrainSpec)
+    joint: JointSpec = Field(default_factory=JointSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> MixingSpec:
+        from clab.data.sft.replay import STRATEGIES
+
+        known = set(STRATEGIES) | {JOINT}
+        bad = [s for s in self.strategies if s not in known]
+        if bad:
+            raise ValueError(f"strategies: unknown {bad} (known: {', '.join(sorted(known))})")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError("strategies: each at most once")
+        if self.branch not in {PHASE_A, *self.strategies}:
+            raise ValueError(f"branch: {self.branch!r} is neither phase-a nor a listed strategy")
+        if self.task_a.name == self.task_b.name:
+            raise ValueError("task_a.name and task_b.name must differ")
+        if self.resources.num_workers != 1:
+            raise ValueError("resources.num_workers: replay-mixing runs on one worker")
+        return self
+
+    # -- the sweep's layout: checkpoints/<name>/<branch>/ ----------------------------------
+
+    def branch_spec(self, branch: str) -> MixingSpec:
+        return self.model_copy(update={"branch": branch})
+
+    def run_dirs(self) -> tuple[Path, Path, Path]:
+        return tuple(d / self.branch for d in self.sweep_dirs())  # type: ignore[return-value]
+
+    def sweep_dirs(self) -> tuple[Path, Path, Path]:
+        return (
+            Path("checkpoints") / self.name,
+            Path("metrics") / self.name,
+            Path("logs") / self.name,
+        )
+
+    def lock_path(self) -> Path:
+        return Path("checkpoints") / self.name / f".{self.branch}.lock"
+
+    def reads(self) -> list[Path]:
+        return [
+            Path(p) for t in (self.task_a, self.task_b) for p in (t.path, t.validation_path) if p
+        ]
+
+    def writes(self) -> list[Path]:
+        wandb = [Path("logs/wandb")] if self.wandb else []
+        return [*self.sweep_dirs(), Path("checkpoints") / f".{self.name}.lock", *wandb]
+
+    def run(self, restart: bool = False) -> None:
+        from clab.training.mixing import run_sweep
+
+        run_sweep(self, restart=restart)
