@@ -42,7 +42,8 @@ def read_history(path: Path) -> dict:
         if len(v) != len(steps):
             raise ClabError(f"{path}: '{k}' has {len(v)} values for {len(steps)} steps")
     label = h.get("name") or f"{h.get('selection_method', path.stem)} {h.get('mix_percentage', '')}"
-    return {"label": str(label).strip(), "steps": steps, "losses": losses}
+    start_b = h.get("phase_b_start")
+    return {"label": str(label).strip(), "steps": steps, "losses": losses, "b_start": start_b}
 
 
 def plot_histories(files: list[Path], out: Path) -> Path:
@@ -54,6 +55,10 @@ def plot_histories(files: list[Path], out: Path) -> Path:
             if task in r["losses"]:
                 ax.plot(r["steps"], r["losses"][task], marker=".", label=r["label"],
                         color=GROUP_COLORS[k % len(GROUP_COLORS)])  # fmt: skip
+        for s in sorted({r["b_start"] for r in runs if r.get("b_start")}):
+            ax.axvline(s, color="grey", ls=":", lw=1)
+            ax.annotate("task B starts", (s, 1), xycoords=("data", "axes fraction"),
+                        xytext=(3, -10), textcoords="offset points", fontsize=7)  # fmt: skip
         ax.set_title(task.removesuffix("_loss").replace("_", " ") + " validation loss")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("loss")

@@ -450,7 +450,7 @@ class MixingTrainer:
             args=args,
             train_dataset=dataset,
             processing_class=self.tokenizer,
-            callbacks=[history, callback],
+            callbacks=[callback, history],  # step time is taken before the evaluation
         )
         trainer.remove_callback(PrinterCallback)
         trainer.create_optimizer()
