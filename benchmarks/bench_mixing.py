@@ -33,7 +33,11 @@ def timed_train():
     real = SFTTrainer.train
 
     def train(self, *a, **k):
+        import gc
+
+        gc.collect()  # what an earlier round left must not count in this one's peak
         if torch.cuda.is_available():
+            torch.cuda.empty_cache()
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()

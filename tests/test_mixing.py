@@ -171,6 +171,15 @@ def test_the_sweep_trains_phase_a_once_and_every_strategy_from_it(workdir):
     # the evaluator reads each branch as a run: initial, after A, after B
     run = json.loads((ck / "none" / "run.json").read_text())
     assert [t["name"] for t in run["tasks"]] == ["arith", "qa"]
+    # the page's sweep figures: forgetting of A per strategy against none and joint
+    from clab.plotting.mixing import plot_sweep, sweep_table
+
+    table = {r["strategy"]: r for r in sweep_table(me)}
+    assert set(table) == {"loss_descending", "none", "joint"}
+    assert table["none"]["forgetting_a"] == pytest.approx(after_b["arith"] - after_a["arith"])
+    figs = plot_sweep(me, Path("plots"))
+    assert [f.name for f in figs] == ["mx_losses.png", "mx_forgetting.png"]
+    assert all(f.stat().st_size > 10_000 for f in figs)
     # a rerun finds everything done and trains nothing
     before = (me / "none" / "train.jsonl").read_text()
     spec.run()

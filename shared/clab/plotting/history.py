@@ -49,12 +49,16 @@ def read_history(path: Path) -> dict:
 def plot_histories(files: list[Path], out: Path) -> Path:
     runs = [read_history(f) for f in files]
     tasks = sorted({t for r in runs for t in r["losses"]})
+    # one distinct colour per file: the group palette, or tab10/tab20 for more files
+    palette = GROUP_COLORS if len(runs) <= len(GROUP_COLORS) else [
+        plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")(i % 20) for i in range(len(runs))
+    ]  # fmt: skip
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for k, r in enumerate(runs):
             if task in r["losses"]:
                 ax.plot(r["steps"], r["losses"][task], marker=".", label=r["label"],
-                        color=GROUP_COLORS[k % len(GROUP_COLORS)])  # fmt: skip
+                        color=palette[k % len(palette)])  # fmt: skip
         for s in sorted({r["b_start"] for r in runs if r.get("b_start")}):
             ax.axvline(s, color="grey", ls=":", lw=1)
             ax.annotate("task B starts", (s, 1), xycoords=("data", "axes fraction"),

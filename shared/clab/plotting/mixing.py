@@ -82,15 +82,19 @@ def plot_forgetting(table: list[dict], out: Path) -> Path:
     names = [r["strategy"] for r in strategies]
     for ax, (key, title) in zip(axes, panels, strict=True):
         values = [r[key] for r in strategies]
-        bars = ax.bar(range(len(values)), values, color="#4c72b0", width=0.6)
-        for b, v in zip(bars, values, strict=True):
-            ax.annotate(f"{v:+.3f}" if key == "forgetting_a" else f"{v:.3f}",
-                        (b.get_x() + b.get_width() / 2, v), ha="center",
-                        va="bottom" if v >= 0 else "top", fontsize=8)  # fmt: skip
+        if key == "forgetting_a":  # a change: bars from zero
+            ax.bar(range(len(values)), values, color="#4c72b0", width=0.6)
+            ax.axhline(0, color="black", lw=0.6)
+        else:  # a level: points, on an axis that shows their differences
+            ax.plot(range(len(values)), values, "o", color="#4c72b0", ms=8)
+        for x, v in enumerate(values):
+            ax.annotate(f"{v:+.3f}" if key == "forgetting_a" else f"{v:.3f}", (x, v),
+                        xytext=(0, 4 if v >= 0 else -10), textcoords="offset points",
+                        ha="center", fontsize=8)  # fmt: skip
         for name, r in refs.items():
             label, color = REFERENCES[name]
             ax.axhline(r[key], color=color, ls="--", lw=1.2, label=f"{label}: {r[key]:.3f}")
-        ax.axhline(0, color="black", lw=0.6)
+        ax.margins(y=0.15)  # room for the labels above the highest value
         ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
         ax.set_title(title + " (lower is better)", fontsize=10)
         ax.set_ylabel("answer-token loss" if key == "b_final" else "loss after B - loss after A")

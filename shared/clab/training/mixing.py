@@ -288,6 +288,12 @@ class MixingTrainer:
     # -- loading ---------------------------------------------------------------------------
 
     def load(self, model_dir: Path, initial: Path) -> None:
+        import gc
+
+        self.model = self.trainer = None  # stage 0's copy must not sit beside the new one
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         self.tokenizer = load_tokenizer(initial)
         self.model = load_adapter_model(model_dir, "float32", trainable=True).to(self.device)
         if self.spec.model.gradient_checkpointing:
