@@ -90,7 +90,7 @@ def compare(label: str, runs: list[RunData], out: Path) -> list[Section]:
                     "groups are random splits, not operator groups: compare the sizes.",
                 )
             )
-    return [Section(f"{names}: side by side", figs)]
+    return [Section("On the same axes", figs)]
 
 
 register_page_kind(

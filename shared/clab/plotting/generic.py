@@ -201,4 +201,4 @@ def group_figures(label: str, runs: list[RunData], out: Path) -> list[Section]:
     )
     if bars is not None:
         figs.append(Figure(bars, "Per task and run, with 95% paired-bootstrap intervals."))
-    return [Section(f"{label}: compared", figs)]
+    return [Section("On the same axes", figs)]

@@ -27,6 +27,7 @@ h1{margin-bottom:.2em}h2{border-bottom:2px solid #ccc;padding-bottom:.2em;margin
 h3{margin-top:1.6em}code{background:#f3f3f3;padding:0 .3em}
 table{border-collapse:collapse;margin:.6em 0;font-size:14px}
 td,th{border:1px solid #ccc;padding:3px 9px;text-align:right;vertical-align:top}
+td[data-key]{white-space:nowrap}
 th{background:#f5f5f5}th:first-child,td:first-child{text-align:left}
 td.text{text-align:left;white-space:pre-wrap;font-family:monospace;font-size:12px;max-width:30em}
 td.prompt{color:#666}
@@ -191,7 +192,8 @@ def render(out: Path, kinds: list[KindBlock], source: str) -> str:
         parts.append(headline_table(k.headline, k.runs, k.kind.kind))
         for g in k.groups:
             if len(g.runs) > 1:
-                parts.append(f"<div class='group'><h3>{_e(g.label)}: runs side by side</h3>")
+                names = ", ".join(b.run.name for b in g.runs)
+                parts.append(f"<div class='group'><h3>Side by side: {_e(names)}</h3>")
                 parts.append(_figures(out, g.sections))
                 parts.append(
                     f"<div class='cols' style='grid-template-columns:repeat({len(g.runs)},"

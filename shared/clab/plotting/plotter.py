@@ -102,8 +102,9 @@ def make_plots(spec: PlotSpec) -> Path:
                 bar.update()
             sections = pk.group_figures(label, members, out) if pk.group_figures else []
             groups.append(GroupBlock(label, run_blocks, sections))
-        headline = [row for r in mine for row in pk.headline(r)]
-        blocks.append(KindBlock(pk, headline, [b.run for g in groups for b in g.runs], groups))
+        ordered = [b.run for g in groups for b in g.runs]  # related runs next to each other
+        headline = [row for r in ordered for row in pk.headline(r)]
+        blocks.append(KindBlock(pk, headline, ordered, groups))
     bar.close()
     page = out / "index.html"
     write_text(page, render(out, blocks, f"{spec.metrics}/"))

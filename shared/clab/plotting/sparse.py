@@ -267,7 +267,9 @@ def _slug(prefix: str) -> str:
 def sweep_figures(prefix: str, runs: list[RunData], out: Path) -> list[Section]:
     figs = [f for f in (_matrices(prefix, runs, out), _forgetting(prefix, runs, out)) if f]
     figs += _updates(prefix, runs, out)
-    title = f"{prefix}: methods side by side" if len(runs) > 1 else f"{prefix}: evaluation"
+    title = (
+        f"{prefix}: the methods on the same scales" if len(runs) > 1 else f"{prefix}: evaluation"
+    )
     sections = [Section(title, figs)] if figs else []
     table = samples_table(prefix, runs)
     if table:
