@@ -37,7 +37,7 @@ from clab.models.loading import check_weights
 from clab.runs.lock import RunLock
 from clab.specs import Spec
 from clab.storage.atomic import write_json, write_parquet, write_text
-from clab.storage.layout import RUN_INFO, complete_stages
+from clab.storage.layout import RUN_INFO, Stage, complete_stages
 
 EVAL_SCHEMA = pa.schema(
     [
@@ -257,50 +257,17 @@ def evaluate_run(spec: EvaluateSpec, run_dir: Path, name: str | None = None) -> 
         trained = stage.task if stage.index else -1
         for j, (task, scorer) in enumerate(zip(tasks, scorers, strict=True)):
             res = scorer(handle, task["config"], settings)
-            for metric, value in res.values.items():
-                items = res.items.get(metric)
-                weights = res.item_weights.get(metric)
-                how = res.aggregate.get(metric, "mean")
-                ci, method = cell_interval(
-                    float(value),
-                    res.n,
-                    None if items is None else np.asarray(items, dtype=float),
-                    None if weights is None else np.asarray(weights, dtype=float),
-                    how,
-                    success_rate=metric == "success_rate",
-                )
-                item_rows += [
-                    {
-                        "stage": stage.index,
-                        "task": j,
-                        "metric": metric,
-                        "item": i,
-                        "value": float(v),
-                        "weight": None if weights is None else float(weights[i]),
-                        "aggregate": how,
-                    }
-                    for i, v in enumerate(items or [])
-                ]
-                rows.append(
-                    {
-                        "run": name,
-                        "stage": stage.index,
-                        "stage_name": stage_dir.name,
-                        "round": stage.round,
-                        "trained_task": trained,
-                        "task": j,
-                        "task_name": task["name"],
-                        "scorer": task["scorer"],
-                        "metric": metric,
-                        "value": float(value),
-                        "n": res.n,
-                        "higher_is_better": res.higher_is_better[metric],
-                        "primary": metric == res.primary,
-                        "ci_low": None if ci is None else ci[0],
-                        "ci_high": None if ci is None else ci[1],
-                        "ci_method": method,
-                    }
-                )
+            new, new_items = result_rows(
+                res,
+                run=name,
+                stage=stage,
+                stage_name=stage_dir.name,
+                trained=trained,
+                task_index=j,
+                task=task,
+            )
+            rows += new
+            item_rows += new_items
             samples += "".join(
                 json.dumps({"stage": stage.index, "stage_name": stage_dir.name, "task": j, **x})
                 + "\n"
@@ -314,12 +281,94 @@ def evaluate_run(spec: EvaluateSpec, run_dir: Path, name: str | None = None) -> 
             write_parquet(items_path, pa.Table.from_pylist(item_rows, schema=ITEMS_SCHEMA))
         write_text(samples_path, samples)
     bar.close()
-    summary = summary_from_rows(rows, [t["name"] for t in tasks], item_rows)
+    return write_summary(
+        out_dir,
+        name,
+        rows,
+        [t["name"] for t in tasks],
+        item_rows,
+        settings.shaping(),
+        info.get("kind"),
+    )
+
+
+def write_summary(
+    out_dir: Path,
+    name: str,
+    rows: list[dict],
+    task_names: list[str],
+    item_rows: list[dict],
+    settings: dict,
+    kind: str | None,
+) -> dict | None:
+    """summary.json: the metrics of every value with their intervals, the settings and
+    the run's kind (so the page groups runs whose checkpoints are elsewhere)."""
+    summary = summary_from_rows(rows, task_names, item_rows)
     if summary is not None:
-        summary["settings"] = settings.shaping()
-        summary["kind"] = info.get("kind")
+        summary["settings"] = settings
+        summary["kind"] = kind
         write_json(out_dir / "summary.json", {"run": name, **summary})
     return summary
+
+
+def result_rows(
+    res,
+    *,
+    run: str,
+    stage: Stage,
+    stage_name: str,
+    trained: int,
+    task_index: int,
+    task: dict,
+) -> tuple[list[dict], list[dict]]:
+    """One scorer result as eval.parquet rows (one per value, with its 95% interval)
+    and items.parquet rows (one per value and test item)."""
+    rows, item_rows = [], []
+    for metric, value in res.values.items():
+        items = res.items.get(metric)
+        weights = res.item_weights.get(metric)
+        how = res.aggregate.get(metric, "mean")
+        ci, method = cell_interval(
+            float(value),
+            res.n,
+            None if items is None else np.asarray(items, dtype=float),
+            None if weights is None else np.asarray(weights, dtype=float),
+            how,
+            success_rate=metric == "success_rate",
+        )
+        item_rows += [
+            {
+                "stage": stage.index,
+                "task": task_index,
+                "metric": metric,
+                "item": i,
+                "value": float(v),
+                "weight": None if weights is None else float(weights[i]),
+                "aggregate": how,
+            }
+            for i, v in enumerate(items or [])
+        ]
+        rows.append(
+            {
+                "run": run,
+                "stage": stage.index,
+                "stage_name": stage_name,
+                "round": stage.round,
+                "trained_task": trained,
+                "task": task_index,
+                "task_name": task["name"],
+                "scorer": task["scorer"],
+                "metric": metric,
+                "value": float(value),
+                "n": res.n,
+                "higher_is_better": res.higher_is_better[metric],
+                "primary": metric == res.primary,
+                "ci_low": None if ci is None else ci[0],
+                "ci_high": None if ci is None else ci[1],
+                "ci_method": method,
+            }
+        )
+    return rows, item_rows
 
 
 def value_matrix(rows: list[dict], metric: str, n_tasks: int) -> tuple[np.ndarray, list] | None:

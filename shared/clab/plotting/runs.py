@@ -140,18 +140,21 @@ class Estimate:
     def text(self, signed: bool = False) -> str:
         if self.value is None or not math.isfinite(self.value):
             return "-"
-        s = fmt(self.value, signed)
+        scale = max([abs(self.value), *(abs(x) for x in self.ci or ())])
+        s = fmt(self.value, signed, scale)
         if self.ci is not None:
-            s += f" [{fmt(self.ci[0], signed)}, {fmt(self.ci[1], signed)}]"
+            s += f" [{fmt(self.ci[0], signed, scale)}, {fmt(self.ci[1], signed, scale)}]"
         return s
 
 
-def fmt(v: float, signed: bool = False) -> str:
-    """Three decimals for rates and losses; fewer for perplexities in the hundreds."""
-    a = abs(v)
-    digits = 0 if a >= 1000 else 1 if a >= 100 else 3
+def fmt(v: float, signed: bool = False, scale: float | None = None) -> str:
+    """Three decimals for rates and losses, fewer for perplexities in the hundreds; a
+    value and its interval share one ``scale``, so they have the same decimals."""
+    a = abs(v) if scale is None else scale
+    digits = 0 if a >= 1000 else 1 if a >= 100 else 2 if a >= 10 else 3
     out = f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
-    return out.replace("-0.000", "0.000").replace("+0.000", "0.000")
+    zero = f"{0:.{digits}f}"
+    return zero if out in (f"-{zero}", f"+{zero}") else out
 
 
 @dataclass
