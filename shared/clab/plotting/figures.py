@@ -114,12 +114,13 @@ def stage_labels(stage_tasks: Sequence, task_names: Sequence[str]) -> list[str]:
     ]
 
 
-def _yerr(values, cis) -> np.ndarray | None:
+def _yerr(values, cis) -> list[list[float]] | None:
     if cis is None or all(c is None for c in cis):
         return None
     lo = [v - c[0] if c else 0.0 for v, c in zip(values, cis, strict=True)]
     hi = [c[1] - v if c else 0.0 for v, c in zip(values, cis, strict=True)]
-    return np.maximum(np.array([lo, hi]), 0.0)
+    # nested lists, not an array: matplotlib warns on a (2, 1) array's first element
+    return np.maximum(np.array([lo, hi]), 0.0).tolist()
 
 
 # -- training curves ------------------------------------------------------------------
