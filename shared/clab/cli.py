@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     ph.add_argument("-o", "--output", required=True, help="the PNG to write")
     pr = sub.add_parser(
         "report",
-        help="print runs' headline numbers (average, BWT, forgetting, 95% intervals)",
+        help="print runs' headline numbers (average, BWT, forgetting, 95%% intervals)",
         description="The headline table of plots/index.html in the terminal: a run, a sweep "
         "folder (its branches) or a sweep prefix (demo-k1: its methods), then per task.",
     )

@@ -451,7 +451,21 @@ def forgetting_bars(
         ax.set_title(what, fontsize=9)
         ax.set_ylabel(unit, fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-    legend_outside(axes[1])
+        if not tasks:
+            ax.text(
+                0.5,
+                0.5,
+                "not in this summary",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="grey",
+            )
+    drawn = axes[0] if axes[0].patches else axes[1]
+    handles, labels = drawn.get_legend_handles_labels()
+    axes[1].legend(
+        handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8
+    )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, path)
