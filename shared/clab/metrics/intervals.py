@@ -7,8 +7,10 @@ it rests on and a 95% interval:
 - a success rate (items scored 0 or 1) in one cell of R: the Wilson score
   interval, which stays inside [0, 1] and has width at 0 successes (a normal
   interval collapses to a point there);
+- the average of success rates over equally sized tasks: Wilson again, on the
+  pooled items (the average is then the pooled rate);
 - everything else (a loss, a perplexity, and every metric computed from
-  several cells: average accuracy, backward transfer, forgetting): a
+  differences of cells: backward transfer, forgetting, forward transfer): a
   percentile bootstrap over items. The evaluator scores the same test items
   at every stage, so items are resampled jointly across stages (paired): the
   interval of a difference such as forgetting then reflects the items, not
@@ -135,9 +137,23 @@ def continual_intervals(
         return {k: _percentile(np.array([b[key][k] for b in boots], dtype=float)) for k in keys}
 
     per_stage = np.array([b["average_accuracy_per_stage"] for b in boots])
+    avg = [_percentile(per_stage[:, i]) for i in range(n_stages)]
+    sizes = {items[j].shape[1] for j in tasks}
+    if len(sizes) == 1 and all(
+        how.get(j, "mean") == "mean"
+        and weights.get(j) is None
+        and is_binary(items[j].ravel().tolist())
+        for j in tasks
+    ):
+        # equal-sized tasks of 0/1 items: the average is the pooled rate, so Wilson
+        # applies (and keeps its width where every item fails, unlike the bootstrap)
+        n = sizes.pop() * len(tasks)
+        avg = [
+            list(wilson(float(sum(items[j][i].sum() for j in tasks)), n)) for i in range(n_stages)
+        ]
     return {
-        "average_accuracy": _percentile(col("average_accuracy")),
-        "average_accuracy_per_stage": [_percentile(per_stage[:, i]) for i in range(n_stages)],
+        "average_accuracy": avg[-1],
+        "average_accuracy_per_stage": avg,
         "backward_transfer": _percentile(col("backward_transfer")),
         "backward_transfer_per_task": per_task("backward_transfer_per_task"),
         "forgetting": _percentile(col("forgetting")),

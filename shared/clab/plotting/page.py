@@ -27,7 +27,8 @@ h1{margin-bottom:.2em}h2{border-bottom:2px solid #ccc;padding-bottom:.2em;margin
 h3{margin-top:1.6em}code{background:#f3f3f3;padding:0 .3em}
 table{border-collapse:collapse;margin:.6em 0;font-size:14px}
 td,th{border:1px solid #ccc;padding:3px 9px;text-align:right;vertical-align:top}
-td[data-key]{white-space:nowrap}
+.headline td[data-key]{white-space:nowrap}
+.scroll{overflow-x:auto}.run table{font-size:12px}
 th{background:#f5f5f5}th:first-child,td:first-child{text-align:left}
 td.text{text-align:left;white-space:pre-wrap;font-family:monospace;font-size:12px;max-width:30em}
 td.prompt{color:#666}
@@ -153,7 +154,7 @@ def _run_block(out: Path, b: RunBlock) -> str:
     parts = [
         f"<div class='run' id='run-{_e(r.slug)}'><h3>{_e(r.name)}</h3>",
         f"<p class='meta'>{meta}</p>",
-        task_table(r),
+        f"<div class='scroll'>{task_table(r)}</div>",
         _figures(out, b.sections),
     ]
     if not b.sections and not s:
@@ -189,7 +190,7 @@ def render(out: Path, kinds: list[KindBlock], source: str) -> str:
         )
         if k.kind.description:
             parts.append(f"<p class='note'>{_e(k.kind.description)}</p>")
-        parts.append(headline_table(k.headline, k.runs, k.kind.kind))
+        parts.append(f"<div class='scroll'>{headline_table(k.headline, k.runs, k.kind.kind)}</div>")
         for g in k.groups:
             if len(g.runs) > 1:
                 names = ", ".join(b.run.name for b in g.runs)

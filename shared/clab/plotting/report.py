@@ -43,7 +43,11 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def report(names: list[str], metrics: Path, checkpoints: Path | None = None) -> str:
-    runs: list[RunData] = [load_run(metrics, n, checkpoints) for n in expand(metrics, names)]
+    loaded = [load_run(metrics, n, checkpoints) for n in expand(metrics, names)]
+    runs: list[RunData] = []  # in the page's order: related runs next to each other
+    for kind in dict.fromkeys(r.kind for r in loaded):
+        mine = [r for r in loaded if r.kind == kind]
+        runs += [r for group in page_kind(kind).related(mine).values() for r in group]
     head = ["run", "score", "n per task", "stages"] + [label for _, label in HEADLINE_COLUMNS]
     rows, missing = [], []
     for r in runs:
