@@ -428,4 +428,4 @@ def test_the_page_in_a_headless_browser(volumes, tmp_path):
     assert seen == set(s)
     assert shot.stat().st_size > 50_000
     if os.environ.get("CLAB_SCREENSHOT"):  # to refresh docs/: CLAB_SCREENSHOT=docs/page.png
-        shutil.copy(shot, Path(os.environ["CLAB_SCREENSHOT"]))
+        shutil.copy(shot, REPO / os.environ["CLAB_SCREENSHOT"])  # relative to the repo

@@ -55,7 +55,7 @@ def compare(label: str, runs: list[RunData], out: Path) -> list[Section]:
             f"average {score}",
             f"Average {score} over groups after each stage, each run on its own groups' test "
             f"problems (n = {', '.join(generic.n_text(r) for r in have)} per group; "
-            "bars: 95% paired bootstrap)",
+            "bars: 95% Wilson interval on the pooled problems)",
             axes[0],
         )
     figures.compare_train(

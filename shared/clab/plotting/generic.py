@@ -132,8 +132,8 @@ def eval_section(run: RunData, out: Path) -> Section | None:
                 how,
             ),
             f"The matrix's columns as lines: a task's {score} before, during and after its "
-            "own stage. The average over tasks is dashed (its interval: a paired bootstrap "
-            "over items).",
+            "own stage. The average over tasks is dashed (its interval: Wilson on the pooled "
+            "items for success rates, else a paired bootstrap over items).",
         ),
     ]
     bars = figures.forgetting_bars(
@@ -183,7 +183,7 @@ def group_figures(label: str, runs: list[RunData], out: Path) -> list[Section]:
             for r in have
         },
         f"average {pretty(score)}",
-        f"Average {pretty(score)} over tasks after each stage (bars: 95% paired bootstrap)",
+        f"Average {pretty(score)} over tasks after each stage (bars: 95% intervals)",
         ax,
     )
     figs = [
