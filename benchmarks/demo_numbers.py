@@ -14,22 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from clab.errors import ClabError
-
-Z95 = 1.959964
-
-
-def wilson(successes: float, n: int) -> tuple[float, float]:
-    """Wilson score interval: unlike p +- 1.96 se it stays inside [0, 1] and is honest at 0."""
-    p = successes / n
-    centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n**2)) / (1 + Z95**2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+from clab.metrics.intervals import wilson
 
 
 def _rate(r: dict) -> str:

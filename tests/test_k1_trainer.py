@@ -101,9 +101,9 @@ def test_methods_share_the_initial_model_and_log_what_they_update(workdir):
     Path("p.yaml").write_text("kind: plot\n")
     assert main(["run", "p.yaml"]) == 0
     page = Path("plots/index.html").read_text()
-    assert "k: methods side by side" in page and "Samples on prose" in page
-    assert Path("plots/k-k1/group_selection.png").is_file()
-    assert Path("plots/compare/k-first-task.png").is_file()
+    assert "Side by side: k-k1, k-dense" in page and "k: generated samples side by side" in page
+    for fig in ("matrices", "forgetting", "fraction-updated", "group-selection"):
+        assert f"compare/k-{fig}.png" in page and Path(f"plots/compare/k-{fig}.png").is_file()
 
 
 def test_a_crash_mid_stage_resumes_to_the_same_numbers(workdir, monkeypatch):

@@ -49,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     ph.add_argument("files", nargs="+", help="history files or globs")
     ph.add_argument("-o", "--output", required=True, help="the PNG to write")
+    pr = sub.add_parser(
+        "report",
+        help="print runs' headline numbers (average, BWT, forgetting, 95%% intervals)",
+        description="The headline table of plots/index.html in the terminal: a run, a sweep "
+        "folder (its branches) or a sweep prefix (demo-k1: its methods), then per task.",
+    )
+    pr.add_argument("runs", nargs="+", metavar="RUN", help="run names under --metrics")
+    pr.add_argument("--metrics", default="metrics", help="the metrics volume (default: metrics)")
+    pr.add_argument(
+        "--checkpoints", default="checkpoints", help="where run.json says each run's kind"
+    )
     sub.add_parser(
         "demo",
         help="the whole stack at tiny scale on this machine (CPU)",
@@ -67,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from clab.plotting.history import expand, plot_histories
 
             print(plot_histories(expand(args.files), Path(args.output)))
+            return 0
+        if args.command == "report":
+            from pathlib import Path
+
+            from clab.plotting.report import report
+
+            print(report(args.runs, Path(args.metrics), Path(args.checkpoints)))
             return 0
         if args.command == "demo":
             from clab.demo import run_demo

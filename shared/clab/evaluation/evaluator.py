@@ -32,11 +32,12 @@ from clab.data.countdown.reading import check_dataset
 from clab.errors import ClabError
 from clab.evaluation.scorers import ModelHandle, ScoreSettings, get_scorer
 from clab.metrics.continual import summarize
+from clab.metrics.intervals import cell_interval, continual_intervals
 from clab.models.loading import check_weights
 from clab.runs.lock import RunLock
 from clab.specs import Spec
 from clab.storage.atomic import write_json, write_parquet, write_text
-from clab.storage.layout import RUN_INFO, complete_stages
+from clab.storage.layout import RUN_INFO, Stage, complete_stages
 
 EVAL_SCHEMA = pa.schema(
     [
@@ -53,9 +54,27 @@ EVAL_SCHEMA = pa.schema(
         ("n", pa.int64()),
         ("higher_is_better", pa.bool_()),
         ("primary", pa.bool_()),
+        # the value's 95% interval (Wilson for a success rate, else a bootstrap over
+        # items; docs/metrics.md); null in results scored before items were kept
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("ci_method", pa.string()),
+    ]
+)
+# one row per (stage, task, value, test item): what intervals are computed from
+ITEMS_SCHEMA = pa.schema(
+    [
+        ("stage", pa.int64()),
+        ("task", pa.int64()),
+        ("metric", pa.string()),
+        ("item", pa.int64()),
+        ("value", pa.float64()),
+        ("weight", pa.float64()),  # null: items weigh the same
+        ("aggregate", pa.string()),  # mean | exp_mean
     ]
 )
 SETTINGS_FILE = "eval_settings.json"
+ITEMS_FILE = "items.parquet"
 
 
 class EvaluateSpec(Spec):
@@ -125,19 +144,37 @@ class EvaluateSpec(Spec):
                 "train one first (e.g. docker compose up curriculum-trainer-1.5b)"
             )
         for run_dir in runs:
-            with RunLock(self.metrics / run_dir.name, "evaluator", name=".eval.lock"):
-                evaluate_run(self, run_dir)
+            name = run_name(self.checkpoints, run_dir)
+            with RunLock(self.metrics / name, "evaluator", name=".eval.lock"):
+                evaluate_run(self, run_dir, name)
+
+
+def run_name(root: Path, run_dir: Path) -> str:
+    """A run's name: its folder under ``checkpoints/``, ``<sweep>/<branch>`` when nested."""
+    return run_dir.relative_to(root).as_posix()
+
+
+def _runs_in(d: Path) -> list[Path]:
+    """A run folder (holding run.json), or a sweep folder's runs one level down."""
+    if (d / RUN_INFO).is_file():
+        return [d]
+    if d.is_dir():
+        return sorted(c for c in d.iterdir() if (c / RUN_INFO).is_file())
+    return []
 
 
 def find_runs(root: Path, names: list[str] | None) -> list[Path]:
+    """The runs under ``root``: folders holding run.json, and those one level down in a
+    sweep folder (``checkpoints/<sweep>/<branch>/run.json``). A name may be a run,
+    ``<sweep>/<branch>``, or a sweep (all its branches)."""
     if names is not None:
-        missing = [n for n in names if not (root / n / RUN_INFO).is_file()]
+        missing = [n for n in names if not _runs_in(root / n)]
         if missing:
             raise ClabError(f"runs: no run {', '.join(missing)} under {root}/ (no run.json)")
-        return [root / n for n in names]
+        return [r for n in names for r in _runs_in(root / n)]
     if not root.is_dir():
         return []
-    return sorted(d for d in root.iterdir() if (d / RUN_INFO).is_file())
+    return [r for d in sorted(root.iterdir()) if not d.name.startswith(".") for r in _runs_in(d)]
 
 
 def read_eval(path: Path) -> list[dict]:
@@ -176,8 +213,8 @@ def _check_settings(spec: EvaluateSpec, out_dir: Path, stored: dict) -> None:
         for k in sorted(old.keys() | stored.keys())
         if old.get(k) != stored.get(k)
     ]
-    if not diff:
-        return
+    if not diff and not (spec.rescore and not (out_dir / ITEMS_FILE).is_file()):
+        return  # (rescore: true with the same settings rescores results that lack items)
     if not spec.rescore:
         raise ClabError(
             f"{out_dir}: stored results were scored with other settings ({'; '.join(diff)}); "
@@ -186,15 +223,15 @@ def _check_settings(spec: EvaluateSpec, out_dir: Path, stored: dict) -> None:
         )
     aside = out_dir / f"eval.old-{time.strftime('%Y%m%d-%H%M%S')}"
     aside.mkdir(parents=True)
-    for name in ("eval.parquet", "samples.jsonl", "summary.json", SETTINGS_FILE):
+    for name in ("eval.parquet", "samples.jsonl", "summary.json", SETTINGS_FILE, ITEMS_FILE):
         if (out_dir / name).exists():
             os.replace(out_dir / name, aside / name)
     print(f"clab: moved the old results of {out_dir.name} aside to {aside}", flush=True)
 
 
-def evaluate_run(spec: EvaluateSpec, run_dir: Path) -> dict | None:
+def evaluate_run(spec: EvaluateSpec, run_dir: Path, name: str | None = None) -> dict | None:
     info = json.loads((run_dir / RUN_INFO).read_text())
-    name = run_dir.name
+    name = name or run_dir.name
     tasks = run_tasks(info)
     scorers = [get_scorer(t["scorer"]) for t in tasks]
     for t in tasks:
@@ -205,7 +242,10 @@ def evaluate_run(spec: EvaluateSpec, run_dir: Path) -> dict | None:
     out_dir = spec.metrics / name
     _check_settings(spec, out_dir, stored)
     eval_path, samples_path = out_dir / "eval.parquet", out_dir / "samples.jsonl"
+    items_path = out_dir / ITEMS_FILE
     rows = read_eval(eval_path)
+    # results kept from before items were stored have none; new stages add theirs
+    item_rows = read_eval(items_path)
     done = {r["stage"] for r in rows}
     samples = samples_path.read_text() if samples_path.is_file() else ""
     todo = [(s, d) for s, d in complete_stages(run_dir) if s.index not in done]
@@ -217,24 +257,17 @@ def evaluate_run(spec: EvaluateSpec, run_dir: Path) -> dict | None:
         trained = stage.task if stage.index else -1
         for j, (task, scorer) in enumerate(zip(tasks, scorers, strict=True)):
             res = scorer(handle, task["config"], settings)
-            for metric, value in res.values.items():
-                rows.append(
-                    {
-                        "run": name,
-                        "stage": stage.index,
-                        "stage_name": stage_dir.name,
-                        "round": stage.round,
-                        "trained_task": trained,
-                        "task": j,
-                        "task_name": task["name"],
-                        "scorer": task["scorer"],
-                        "metric": metric,
-                        "value": float(value),
-                        "n": res.n,
-                        "higher_is_better": res.higher_is_better[metric],
-                        "primary": metric == res.primary,
-                    }
-                )
+            new, new_items = result_rows(
+                res,
+                run=name,
+                stage=stage,
+                stage_name=stage_dir.name,
+                trained=trained,
+                task_index=j,
+                task=task,
+            )
+            rows += new
+            item_rows += new_items
             samples += "".join(
                 json.dumps({"stage": stage.index, "stage_name": stage_dir.name, "task": j, **x})
                 + "\n"
@@ -244,13 +277,98 @@ def evaluate_run(spec: EvaluateSpec, run_dir: Path) -> dict | None:
         handle.close()
         rows.sort(key=lambda r: (r["stage"], r["task"], r["metric"]))
         write_parquet(eval_path, pa.Table.from_pylist(rows, schema=EVAL_SCHEMA))
+        if item_rows:
+            write_parquet(items_path, pa.Table.from_pylist(item_rows, schema=ITEMS_SCHEMA))
         write_text(samples_path, samples)
     bar.close()
-    summary = summary_from_rows(rows, [t["name"] for t in tasks])
+    return write_summary(
+        out_dir,
+        name,
+        rows,
+        [t["name"] for t in tasks],
+        item_rows,
+        settings.shaping(),
+        info.get("kind"),
+    )
+
+
+def write_summary(
+    out_dir: Path,
+    name: str,
+    rows: list[dict],
+    task_names: list[str],
+    item_rows: list[dict],
+    settings: dict,
+    kind: str | None,
+) -> dict | None:
+    """summary.json: the metrics of every value with their intervals, the settings and
+    the run's kind (so the page groups runs whose checkpoints are elsewhere)."""
+    summary = summary_from_rows(rows, task_names, item_rows)
     if summary is not None:
-        summary["settings"] = settings.shaping()
+        summary["settings"] = settings
+        summary["kind"] = kind
         write_json(out_dir / "summary.json", {"run": name, **summary})
     return summary
+
+
+def result_rows(
+    res,
+    *,
+    run: str,
+    stage: Stage,
+    stage_name: str,
+    trained: int,
+    task_index: int,
+    task: dict,
+) -> tuple[list[dict], list[dict]]:
+    """One scorer result as eval.parquet rows (one per value, with its 95% interval)
+    and items.parquet rows (one per value and test item)."""
+    rows, item_rows = [], []
+    for metric, value in res.values.items():
+        items = res.items.get(metric)
+        weights = res.item_weights.get(metric)
+        how = res.aggregate.get(metric, "mean")
+        ci, method = cell_interval(
+            float(value),
+            res.n,
+            None if items is None else np.asarray(items, dtype=float),
+            None if weights is None else np.asarray(weights, dtype=float),
+            how,
+            success_rate=metric == "success_rate",
+        )
+        item_rows += [
+            {
+                "stage": stage.index,
+                "task": task_index,
+                "metric": metric,
+                "item": i,
+                "value": float(v),
+                "weight": None if weights is None else float(weights[i]),
+                "aggregate": how,
+            }
+            for i, v in enumerate(items or [])
+        ]
+        rows.append(
+            {
+                "run": run,
+                "stage": stage.index,
+                "stage_name": stage_name,
+                "round": stage.round,
+                "trained_task": trained,
+                "task": task_index,
+                "task_name": task["name"],
+                "scorer": task["scorer"],
+                "metric": metric,
+                "value": float(value),
+                "n": res.n,
+                "higher_is_better": res.higher_is_better[metric],
+                "primary": metric == res.primary,
+                "ci_low": None if ci is None else ci[0],
+                "ci_high": None if ci is None else ci[1],
+                "ci_method": method,
+            }
+        )
+    return rows, item_rows
 
 
 def value_matrix(rows: list[dict], metric: str, n_tasks: int) -> tuple[np.ndarray, list] | None:
@@ -270,28 +388,95 @@ def value_matrix(rows: list[dict], metric: str, n_tasks: int) -> tuple[np.ndarra
     return R, trained
 
 
-def summary_from_rows(rows: list[dict], task_names: list[str]) -> dict | None:
+def item_arrays(
+    item_rows: list[dict], metric: str, n_stages: int, n_tasks: int
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray | None], dict[int, str]] | None:
+    """Per task, one metric's items as a (stages, items) array (with weights and the
+    aggregate rule), if every stage 0..T stored the same number of items."""
+    mine = [r for r in item_rows if r["metric"] == metric]
+    if not mine:
+        return None
+    items: dict[int, np.ndarray] = {}
+    weights: dict[int, np.ndarray | None] = {}
+    how: dict[int, str] = {}
+    for j in range(n_tasks):
+        cells = [[r for r in mine if r["task"] == j and r["stage"] == i] for i in range(n_stages)]
+        sizes = {len(c) for c in cells}
+        if len(sizes) != 1 or 0 in sizes:
+            return None
+        cells = [sorted(c, key=lambda r: r["item"]) for c in cells]
+        items[j] = np.array([[r["value"] for r in c] for c in cells], dtype=float)
+        has_w = cells[0][0]["weight"] is not None
+        weights[j] = (
+            np.array([[r["weight"] for r in c] for c in cells], dtype=float) if has_w else None
+        )
+        how[j] = cells[0][0].get("aggregate") or "mean"
+    return items, weights, how
+
+
+def summary_from_rows(
+    rows: list[dict], task_names: list[str], item_rows: list[dict] | None = None
+) -> dict | None:
     """The continual-learning metrics of every scored value; the top level is the
-    primary value's (the one each task's scorer names first)."""
+    primary value's (the one each task's scorer names first).
+
+    With per-item results, ``intervals.<value>`` holds each metric's 95% interval
+    (paired bootstrap over items) and each cell's (``matrix``: Wilson or bootstrap,
+    as stored in eval.parquet); without them, success-rate cells still get Wilson.
+    """
     if not rows:
         return None
     metrics = sorted({r["metric"] for r in rows})
     direction = {r["metric"]: r["higher_is_better"] for r in rows}
     primary = next(r["metric"] for r in rows if r["primary"])
-    scores = {}
+    scores, intervals = {}, {}
     for metric in metrics:
         m = value_matrix(rows, metric, len(task_names))
         if m is not None:
             R, trained = m
             scores[metric] = summarize(R, trained, higher_is_better=direction[metric])
+            intervals[metric] = _intervals(rows, item_rows or [], metric, R, trained, direction)
     if primary not in scores:
         return None
     n = {r["task_name"]: r["n"] for r in rows if r["metric"] == primary}
+    n_items = {
+        task_names[j]: int(v.shape[1])
+        for j, v in (intervals[primary].pop("_items", None) or {}).items()
+    }
+    for iv in intervals.values():
+        iv.pop("_items", None)
     return {
         **scores[primary],
         "score": primary,
         "task_names": task_names,
         "groups": task_names,
         "n_per_task": n,
+        "n_items_per_task": n_items or n,
         "scores": scores,
+        "intervals": intervals,
     }
+
+
+def _intervals(
+    rows: list[dict], item_rows: list[dict], metric: str, R: np.ndarray, trained, direction
+) -> dict:
+    cells: list[list[list[float] | None]] = [[None] * R.shape[1] for _ in range(R.shape[0])]
+    method = None
+    for r in rows:
+        if r["metric"] != metric:
+            continue
+        lo, hi = r.get("ci_low"), r.get("ci_high")
+        if lo is None and metric == "success_rate":  # scored before intervals were stored
+            ci, method = cell_interval(r["value"], r["n"], success_rate=True)
+            lo, hi = ci if ci else (None, None)
+        if lo is not None:
+            cells[r["stage"]][r["task"]] = [lo, hi]
+            method = r.get("ci_method") or method or "wilson"
+    out: dict = {"matrix": cells, "cell_method": method}
+    arrays = item_arrays(item_rows, metric, R.shape[0], R.shape[1])
+    if arrays is not None and R.shape[0] > 1:
+        items, weights, how = arrays
+        out.update(continual_intervals(items, weights, how, trained, direction[metric]))
+        out["method"] = "paired bootstrap over items"
+        out["_items"] = items
+    return out

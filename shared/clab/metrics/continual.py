@@ -47,15 +47,24 @@ def last_trained(stage_tasks: Sequence[int], task: int, upto: int) -> int | None
     return idx[-1] if idx else None
 
 
-def backward_transfer(R, stage_tasks: Sequence[int], higher_is_better: bool = True) -> float:
+def backward_transfer_per_task(
+    R, stage_tasks: Sequence[int], higher_is_better: bool = True
+) -> dict[int, float]:
+    """s * (R[T, j] - R[last(j), j]) for each task j trained before and other than
+    task(T): the terms whose mean is BWT, so a page can show which task lost what."""
     R, tasks = _check(R, stage_tasks)
     T, s = R.shape[0] - 1, _sign(higher_is_better)
-    diffs = []
+    out = {}
     for j in range(R.shape[1]):
         last = last_trained(tasks, j, T)
         if last is None or j == tasks[T]:
             continue
-        diffs.append(s * (R[T, j] - R[last, j]))
+        out[j] = float(s * (R[T, j] - R[last, j]))
+    return out
+
+
+def backward_transfer(R, stage_tasks: Sequence[int], higher_is_better: bool = True) -> float:
+    diffs = list(backward_transfer_per_task(R, stage_tasks, higher_is_better).values())
     return float(np.mean(diffs)) if diffs else float("nan")
 
 
@@ -101,6 +110,9 @@ def summarize(R, stage_tasks: Sequence[int], higher_is_better: bool = True) -> d
         "average_accuracy": clean(acc[-1]),
         "average_accuracy_per_stage": [float(a) for a in acc],
         "backward_transfer": clean(backward_transfer(R, tasks, higher_is_better)),
+        "backward_transfer_per_task": {
+            str(k): v for k, v in backward_transfer_per_task(R, tasks, higher_is_better).items()
+        },
         "forgetting": clean(forgetting(R, tasks, higher_is_better)),
         "forgetting_per_task": {
             str(k): v for k, v in forgetting_per_task(R, tasks, higher_is_better).items()

@@ -43,5 +43,22 @@ def mean_token_loss(model, data: torch.Tensor, batch_size: int = 32) -> tuple[fl
     return total / max(count, 1), count
 
 
+@torch.no_grad()
+def window_token_losses(model, data: torch.Tensor, batch_size: int = 32) -> list[float]:
+    """Mean loss per predicted token of each window: the items a perplexity's
+    interval resamples (their mean is ``mean_token_loss``, windows being equally long)."""
+    device = next(model.parameters()).device
+    out: list[float] = []
+    was = model.training
+    model.eval()
+    for s in range(0, len(data), batch_size):
+        x = data[s : s + batch_size].to(device)
+        logits = model(input_ids=x).logits[:, :-1].float()
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+        out += loss.mean(dim=1).tolist()
+    model.train(was)
+    return out
+
+
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))

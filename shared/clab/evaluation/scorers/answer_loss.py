@@ -139,6 +139,7 @@ def score_answer_loss(handle: ModelHandle, task: dict[str, Any], s: ScoreSetting
             "answer_loss": [x / max(n, 1) for x, n in per_row],
             "exact_match": exact,
         },
+        item_weights={"answer_loss": [float(n) for _, n in per_row]},  # a mean over tokens
         samples=[
             {"prompt": r["prompt"][-200:], "answer": r["answer"], "response": t}
             for r, t in list(zip(rows, ro.texts, strict=True))[: s.samples]

@@ -19,7 +19,7 @@ from clab.evaluation.scorers.registry import (
     ScoreSettings,
     register_scorer,
 )
-from clab.metrics.language import mean_token_loss, perplexity, windows
+from clab.metrics.language import perplexity, window_token_losses, windows
 
 
 @register_scorer("perplexity")
@@ -32,14 +32,19 @@ def score_perplexity(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings
     if s.test_size:
         data = data[: s.test_size]
     with handle.autocast():
-        loss, tokens = mean_token_loss(handle.model, data, s.batch_size)
+        per_window = window_token_losses(handle.model, data, s.batch_size)
         samples = _samples(handle, data, s)
+    tokens = int(data[:, 1:].numel())
+    loss = sum(per_window) / len(per_window)  # windows are equally long: the token mean
     return ScoreResult(
         values={"perplexity": perplexity(loss), "token_loss": loss},
         higher_is_better={"perplexity": False, "token_loss": False},
         primary="perplexity",
         n=tokens,
         samples=samples,
+        # windows are the items an interval resamples; perplexity is exp of their mean
+        items={"perplexity": per_window, "token_loss": per_window},
+        aggregate={"perplexity": "exp_mean"},
     )
 
 

@@ -48,12 +48,24 @@ class ScoreSettings:
 
 @dataclass
 class ScoreResult:
+    """What a scorer returns for one checkpoint on one task.
+
+    ``items`` holds per-item values (one per test problem, example or window,
+    in the same order at every stage) so that intervals can be computed by
+    resampling items. A value is the mean of its items unless
+    ``item_weights`` gives weights (e.g. tokens per example, for a loss
+    averaged over tokens) or ``aggregate`` says ``exp_mean`` (a perplexity is
+    the exponential of the mean token loss over windows).
+    """
+
     values: dict[str, float]
     higher_is_better: dict[str, bool]
     primary: str
     n: int
     items: dict[str, list[float]] = field(default_factory=dict)  # per-item, for intervals
     samples: list[dict[str, Any]] = field(default_factory=list)
+    item_weights: dict[str, list[float]] = field(default_factory=dict)
+    aggregate: dict[str, str] = field(default_factory=dict)  # metric -> mean | exp_mean
 
 
 class ModelHandle:

@@ -1,0 +1,146 @@
+"""Experiment kinds on the page: one registration per kind.
+
+The page (``plots/index.html``) groups runs by their kind (``run.json``'s
+``kind``). What a kind shows is registered here, so a new trainer adds its
+figures and headline rows without touching the page::
+
+    from clab.plotting.registry import Figure, Section, register_page_kind
+
+    def my_run_figures(run, out):                   # one run -> its sections
+        return [Section("Validation losses", [Figure(draw(run, out / "losses.png"),
+                                                     "what it shows, n, interval")])]
+
+    def my_group_figures(label, runs, out):         # related runs -> side by side
+        return [Section(f"{label}: strategies", [...])]
+
+    register_page_kind("sft-mixing", title="Replay mixing (SFT)",
+                       run_figures=my_run_figures, group_figures=my_group_figures)
+
+Put that in a module under ``clab/plotting/`` (e.g. ``mixing.py``): the
+plotter imports every module there, so the registration is all it takes. A
+kind that registers nothing still appears, with the generic figures (training
+curves, the annotated R matrix, per-task scores and forgetting with
+intervals). ``related`` says which runs belong together (default: a sweep's
+nested branches, and names that differ only by a ``-<method>`` suffix);
+``group_figures`` defaults to the runs' average scores and forgetting on the
+same axes; ``headline`` says which rows the headline table holds (default: the primary
+score's average, backward transfer and forgetting, with intervals).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clab.plotting.runs import HeadlineRow, RunData
+from clab.plotting.runs import headline as default_headline
+
+
+@dataclass
+class Figure:
+    """A PNG the plotter wrote, and a caption that says what it shows."""
+
+    path: Path
+    caption: str
+
+
+@dataclass
+class Section:
+    """A titled block of figures; ``html`` is an already-escaped fragment (a table of
+    samples, say) shown after them."""
+
+    title: str
+    figures: list[Figure] = field(default_factory=list)
+    html: str = ""
+
+
+RunFigures = Callable[[RunData, Path], list[Section]]
+GroupFigures = Callable[[str, list[RunData], Path], list[Section]]
+Related = Callable[[list[RunData]], dict[str, list[RunData]]]
+Headline = Callable[[RunData], list[HeadlineRow]]
+
+
+def related_by_name(
+    runs: list[RunData], suffixes: tuple[str, ...] = ()
+) -> dict[str, list[RunData]]:
+    """Runs that belong together: a sweep's nested branches (``<sweep>/<branch>``), and
+    names that differ only by one of ``suffixes``; every other run alone."""
+    groups: dict[str, list[RunData]] = {}
+    for r in runs:
+        key = r.sweep or next((r.name[: -len(s)] for s in suffixes if r.name.endswith(s)), r.name)
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+@dataclass
+class PageKind:
+    kind: str
+    title: str
+    run_figures: RunFigures
+    group_figures: GroupFigures | None = None
+    related: Related = related_by_name
+    headline: Headline = default_headline
+    description: str = ""
+
+
+PAGE_KINDS: dict[str, PageKind] = {}
+
+
+def register_page_kind(
+    kind: str,
+    *,
+    title: str,
+    run_figures: RunFigures | None = None,
+    group_figures: GroupFigures | None = None,
+    related: Related | None = None,
+    headline: Headline | None = None,
+    description: str = "",
+) -> PageKind:
+    """Register what the page shows for runs of ``kind`` (see the module docstring)."""
+    from clab.plotting import generic
+
+    pk = PageKind(
+        kind=kind,
+        title=title,
+        run_figures=run_figures or generic.run_figures,
+        group_figures=group_figures or generic.group_figures,
+        related=related or related_by_name,
+        headline=headline or default_headline,
+        description=description,
+    )
+    PAGE_KINDS[kind] = pk
+    return pk
+
+
+def page_kind(kind: str) -> PageKind:
+    """The registered kind, or the generic view for a kind nobody registered."""
+    load_registrations()
+    if kind in PAGE_KINDS:
+        return PAGE_KINDS[kind]
+    from clab.plotting import generic
+
+    return PageKind(
+        kind=kind,
+        title=f"Runs of kind {kind}",
+        run_figures=generic.run_figures,
+        group_figures=generic.group_figures,
+        description="No page view is registered for this kind; generic figures.",
+    )
+
+
+_LOADED = False
+
+
+def load_registrations() -> None:
+    """Import every module of ``clab.plotting``, so each one's registrations run."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import clab.plotting as pkg
+
+    for m in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"clab.plotting.{m.name}")
