@@ -107,3 +107,54 @@ def plot_forgetting(table: list[dict], out: Path) -> Path:
 
 def is_sweep(metrics_dir: Path) -> bool:
     return (metrics_dir / "phase-a" / "val.jsonl").is_file()
+
+
+# -- on the page -----------------------------------------------------------------------------
+
+
+def _group_figures(label: str, runs: list, out: Path) -> list:
+    from clab.plotting import generic
+    from clab.plotting.registry import Figure, Section
+
+    sweep_dir = runs[0].metrics_dir.parent if runs[0].sweep else None
+    sections = []
+    if sweep_dir is not None and is_sweep(sweep_dir):
+        figs = plot_sweep(sweep_dir, out)
+        captions = {
+            "_losses.png": "Both tasks' validation loss (answer tokens, lower is better) against "
+            "optimizer step for every branch: phase A, then B from the dotted line; "
+            f"each point is the mean over all validation examples (n = {_n(runs)}).",
+            "_forgetting.png": "Per strategy: how far task A's validation loss rose from the "
+            "phase-A model to the end of B (forgetting; bars), and task B's final loss "
+            "(points); dashed lines: no replay (none) and A and B trained together (joint).",
+        }
+        sections.append(
+            Section(
+                "Replay strategies: what each kept of task A",
+                [
+                    Figure(f, next(c for s, c in captions.items() if f.name.endswith(s)))
+                    for f in figs
+                ],
+            )
+        )
+    return sections + generic.group_figures(label, runs, out)
+
+
+def _n(runs: list) -> str:
+    ns = {f"{r['task']} {r['n']}" for run in runs for r in run.val if "n" in r}
+    return ", ".join(sorted(ns)) or "?"
+
+
+def _register() -> None:
+    from clab.plotting.registry import register_page_kind
+
+    register_page_kind(
+        "replay-mixing",
+        title="Replay mixing (LoRA SFT, task A then B)",
+        group_figures=_group_figures,
+        description="Phase A once, then B with 10% of A replayed per strategy; none and "
+        "joint are the baselines. Read forgetting from A's loss after B.",
+    )
+
+
+_register()
