@@ -180,6 +180,25 @@ def test_the_sweep_trains_phase_a_once_and_every_strategy_from_it(workdir):
     figs = plot_sweep(me, Path("plots"))
     assert [f.name for f in figs] == ["mx_losses.png", "mx_forgetting.png"]
     assert all(f.stat().st_size > 10_000 for f in figs)
+    # the evaluator: each branch a run (initial, after A, after B x A, B); stages shared
+    # with phase A (hard links) are scored once, not once per branch
+    from clab.evaluation import evaluator
+    from clab.evaluation.scorers import registry
+
+    calls = []
+    real = registry.SCORERS["answer_loss"]
+    registry.SCORERS["answer_loss"] = lambda *a: calls.append(a[0].dir) or real(*a)
+    try:
+        evaluator.EvaluateSpec(test_size=4, use_gpu=False, batch_size=8).run()
+    finally:
+        registry.SCORERS["answer_loss"] = real
+    ev = evaluator.read_eval(me / "none" / "eval.parquet")
+    assert {(r["stage"], r["task_name"]) for r in ev} == {
+        (s, t) for s in (0, 1, 2) for t in ("arith", "qa")
+    }
+    assert {r["metric"] for r in ev} == {"answer_loss", "exact_match"}
+    # phase A's two stages x two tasks once, B's stage of two strategies, joint's two
+    assert len(calls) == 2 * 2 + 2 * 2 + 2 * 2
     # a rerun finds everything done and trains nothing
     before = (me / "none" / "train.jsonl").read_text()
     spec.run()

@@ -229,6 +229,20 @@ def _check_settings(spec: EvaluateSpec, out_dir: Path, stored: dict) -> None:
     print(f"clab: moved the old results of {out_dir.name} aside to {aside}", flush=True)
 
 
+# Scores of this process by (the weight files' identity, task, settings). A mixing sweep's
+# branches share phase A's stages as hard links: each is scored once, not once per branch.
+_SCORED: dict[tuple, object] = {}
+
+
+def weights_identity(stage_dir: Path) -> tuple:
+    """The same files (hard links included) give the same identity; a rewrite does not."""
+    out = []
+    for f in sorted(Path(stage_dir).glob("*.safetensors")):
+        st = f.stat()
+        out.append((f.name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 def evaluate_run(spec: EvaluateSpec, run_dir: Path, name: str | None = None) -> dict | None:
     info = json.loads((run_dir / RUN_INFO).read_text())
     name = name or run_dir.name
@@ -255,8 +269,12 @@ def evaluate_run(spec: EvaluateSpec, run_dir: Path, name: str | None = None) -> 
         check_weights(stage_dir)
         handle = ModelHandle(stage_dir, settings)
         trained = stage.task if stage.index else -1
+        identity = weights_identity(stage_dir)
         for j, (task, scorer) in enumerate(zip(tasks, scorers, strict=True)):
-            res = scorer(handle, task["config"], settings)
+            key = (identity, json.dumps(task, sort_keys=True), json.dumps(settings.shaping()))
+            res = _SCORED.get(key) if identity else None
+            if res is None:
+                res = _SCORED[key] = scorer(handle, task["config"], settings)
             new, new_items = result_rows(
                 res,
                 run=name,
