@@ -24,6 +24,14 @@ FASTER = [
 EXTRA = {
     "curriculum-trainer-1.5b": FASTER,
     "curriculum-trainer-3b": FASTER,
+    "mixing-trainer": [
+        "strategies=[loss_descending, joint]",
+        *(f"task_{t}.{k}={v}" for t in "ab" for k, v in (("train_size", 24), ("val_size", 4))),
+        "training.eval_steps=0",
+        "model.hidden_size=32",
+        "model.layers=1",
+        "model.vocab_size=300",
+    ],
     "evaluator": ["test_size=4"],
 }
 
