@@ -49,6 +49,7 @@ KINDS: dict[str, str] = {
     "countdown-random-split": "clab.data.countdown.random_split:RandomSplitSpec",
     "countdown-rl": "clab.training.countdown_rl_spec:CountdownRLSpec",
     "k1-lm": "clab.training.k1_lm_spec:K1Spec",
+    "continual-dpo": "clab.training.dpo_spec:ContinualDPOSpec",
     "evaluate": "clab.evaluation.evaluator:EvaluateSpec",
     "plot": "clab.plotting.plotter:PlotSpec",
 }
