@@ -5,8 +5,8 @@ response repeats them; the tasks differ only in which way of writing them is
 preferred. ``upper`` prefers capitals over lower case, ``lower`` the
 opposite (the same prompts, a direct conflict: learning it must undo
 ``upper``, which is what makes forgetting visible), and ``commas`` prefers
-the words separated by commas over spaces (both lower case: orthogonal to
-the other two). A tiny model learns each in a few dozen DPO steps on a CPU,
+the words separated by commas over semicolons (both lower case, and neither
+is a response of the other tasks: it touches the punctuation, not the case). A tiny model learns each in a few dozen DPO steps on a CPU,
 and a tiny reward model tells chosen from rejected almost perfectly, so the
 scores move far beyond their noise. Train and test prompts are disjoint word
 triples.
@@ -58,10 +58,12 @@ def _respond(words: list[str], style: str) -> str:
         return " " + " ".join(w.upper() for w in words)
     if style == "commas":
         return " " + ", ".join(words)
+    if style == "semicolons":
+        return " " + "; ".join(words)
     return " " + " ".join(words)
 
 
-PAIRS = {"upper": ("upper", "lower"), "lower": ("lower", "upper"), "commas": ("commas", "lower")}
+PAIRS = {"upper": ("upper", "lower"), "lower": ("lower", "upper"), "commas": ("commas", "semicolons")}
 
 
 def style_tasks(
