@@ -27,8 +27,14 @@ def aif(path: Path, datasets: list[dict]) -> Path:
 
 def spec_file(path: Path, data: dict) -> Path:
     path.write_text(
-        json.dumps({"kind": "continual-dpo", "name": "d", "data": data,
-                    "model": {"preset": "tiny", "name_or_path": None}})  # fmt: skip
+        json.dumps(
+            {
+                "kind": "continual-dpo",
+                "name": "d",
+                "data": data,
+                "model": {"preset": "tiny", "name_or_path": None},
+            }
+        )  # fmt: skip
     )
     return path
 
@@ -72,7 +78,10 @@ def test_conversational_rows_are_refused_not_silently_templated(workdir, capsys)
     conv = {"prompt": [{"role": "user", "content": "hi"}], "chosen": " a", "rejected": " b"}
     pq.write_table(pa.Table.from_pylist([conv]), workdir / "train.parquet")
     Path("test.jsonl").write_text(json.dumps(pair(1)) + "\n")
-    data = {"source": None, "datasets": [{"name": "c", "train": "train.parquet", "test": "test.jsonl"}]}
+    data = {
+        "source": None,
+        "datasets": [{"name": "c", "train": "train.parquet", "test": "test.jsonl"}],
+    }
     code, err = run(spec_file(workdir / "s.json", data), capsys)
     assert code == 2 and "task 'c': train row 0, field 'prompt' is a list, not a string" in err
 
@@ -92,7 +101,9 @@ def test_a_list_of_local_data_sets_in_parquet_json_and_jsonl(workdir):
     spec = load_spec(spec_file(workdir / "s.json", data))
     tasks = load_tasks(spec)
     assert [(t.name, len(t.train), len(t.test)) for t in tasks] == [("a", 3, 1), ("b", 2, 1)]
-    assert spec.reads() == [Path(p) for p in ("a.parquet", "a-test.json", "b.jsonl", "b-test.jsonl")]
+    assert spec.reads() == [
+        Path(p) for p in ("a.parquet", "a-test.json", "b.jsonl", "b-test.jsonl")
+    ]
 
 
 def test_missing_file_and_both_sources_are_refused(workdir, capsys):
