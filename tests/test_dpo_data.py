@@ -34,7 +34,7 @@ def spec_file(path: Path, data: dict) -> Path:
                 "data": data,
                 "model": {"preset": "tiny", "name_or_path": None},
             }
-        )  # fmt: skip
+        )
     )
     return path
 

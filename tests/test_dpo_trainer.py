@@ -181,7 +181,7 @@ def test_a_reward_model_at_chance_level_is_flagged_in_the_log_and_for_the_page(w
     import random
 
     rng = random.Random(0)
-    words = "alpha beta gamma delta eps zeta eta theta".split()
+    words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
 
     def row(i):  # chosen and rejected drawn alike: nothing to learn
         return {"prompt": f"say {i}:", "chosen": " " + rng.choice(words),

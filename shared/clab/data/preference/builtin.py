@@ -6,8 +6,8 @@ preferred. ``upper`` prefers capitals over lower case, ``lower`` the
 opposite (the same prompts, a direct conflict: learning it must undo
 ``upper``, which is what makes forgetting visible), and ``commas`` prefers
 the words separated by commas over semicolons (both lower case, and neither
-is a response of the other tasks: it touches the punctuation, not the case). A tiny model learns each in a few dozen DPO steps on a CPU,
-and a tiny reward model tells chosen from rejected almost perfectly, so the
+is a response of the other tasks: it touches the punctuation, not the case). A tiny model learns each in a
+few dozen DPO steps on a CPU, and a tiny reward model tells chosen from rejected almost perfectly, so the
 scores move far beyond their noise. Train and test prompts are disjoint word
 triples.
 """
@@ -63,7 +63,11 @@ def _respond(words: list[str], style: str) -> str:
     return " " + " ".join(words)
 
 
-PAIRS = {"upper": ("upper", "lower"), "lower": ("lower", "upper"), "commas": ("commas", "semicolons")}
+PAIRS = {  # task: (chosen style, rejected style)
+    "upper": ("upper", "lower"),
+    "lower": ("lower", "upper"),
+    "commas": ("commas", "semicolons"),
+}
 
 
 def style_tasks(
