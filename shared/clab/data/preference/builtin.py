@@ -6,10 +6,10 @@ preferred. ``upper`` prefers capitals over lower case, ``lower`` the
 opposite (the same prompts, a direct conflict: learning it must undo
 ``upper``, which is what makes forgetting visible), and ``commas`` prefers
 the words separated by commas over semicolons (both lower case, and neither
-is a response of the other tasks: it touches the punctuation, not the case). A tiny model learns each in a
-few dozen DPO steps on a CPU, and a tiny reward model tells chosen from rejected almost perfectly, so the
-scores move far beyond their noise. Train and test prompts are disjoint word
-triples.
+is a response of the other tasks: it touches the punctuation, not the case).
+A tiny model learns each in a few dozen DPO steps on a CPU, and a tiny
+reward model tells chosen from rejected almost perfectly, so the scores move
+far beyond their noise. Train and test prompts are disjoint word triples.
 """
 
 from __future__ import annotations
