@@ -34,6 +34,7 @@ def test_the_services_are_there_in_pipeline_order():
         "curriculum-trainer-1.5b",
         "curriculum-trainer-3b",
         "k1-trainer",
+        "dpo-trainer",
         "evaluator",
         "plotter",
     ]
