@@ -85,17 +85,21 @@ def test_two_tasks_trained_logged_and_scored_on_every_checkpoint(workdir):
     assert main(["run", "e.yaml"]) == 0
     s = json.loads(Path("metrics/p/summary.json").read_text())
     assert s["score"] == "reward_score"
-    assert set(s["scores"]) == {"reward_score", "win_rate", "implicit_accuracy"}
+    assert set(s["scores"]) == {"reward_score", "win_rate", "implicit_accuracy", "implicit_margin"}
     for name in s["scores"]:
         assert len(s["scores"][name]["matrix"]) == 3 and len(s["scores"][name]["matrix"][0]) == 2
         assert "forgetting" in s["scores"][name] and "backward_transfer" in s["scores"][name]
     # stage 0 against itself: exactly even, on both pairwise scores
     assert s["scores"]["win_rate"]["matrix"][0] == [0.5, 0.5]
     assert s["scores"]["implicit_accuracy"]["matrix"][0] == [0.5, 0.5]
+    assert s["scores"]["implicit_margin"]["matrix"][0] == [0.0, 0.0]
     # after the upper stage the policy prefers upper's chosen over its rejected, and
     # (the same pairs, swapped) disprefers lower's: the conflict is there to forget
     upper_then = s["scores"]["implicit_accuracy"]["matrix"][1]
     assert upper_then[0] > 0.5 > upper_then[1]
+    margin = s["scores"]["implicit_margin"]["matrix"]
+    assert margin[1][0] > 0 > margin[1][1]
+    assert margin[2][1] > margin[1][1]  # the lower stage moves lower's margin back up
     samples = [json.loads(x) for x in Path("metrics/p/samples.jsonl").read_text().splitlines()]
     assert {(x["stage"], x["task"]) for x in samples} == {
         (a, b) for a in range(3) for b in range(2)

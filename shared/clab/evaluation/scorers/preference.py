@@ -13,6 +13,10 @@ Values, each a matrix and its forgetting/BWT in the evaluator's summary:
   pairs, beta * log(pi / pi_0) of chosen above rejected, with the stage-0
   model as pi_0 for every checkpoint so the matrix compares like with like
   (a tie counts one half: stage 0 is exactly 0.5). beta cancels in the sign.
+- ``implicit_margin``: the mean of that implicit reward margin,
+  beta * (log(pi / pi_0)(chosen) - log(pi / pi_0)(rejected)) (stage 0: 0).
+  The accuracy saturates at 0 or 1 once a conflicting task has moved the
+  policy far; the margin still shows how far a later stage moved it back.
 
 Generation is HF's for every engine setting. The stage-0 model's
 completions and log-probabilities are computed once per evaluator process
@@ -99,6 +103,7 @@ def score_preference(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings
     c = [a - b for a, b in zip(mine["chosen"], zero["chosen"], strict=True)]
     r = [a - b for a, b in zip(mine["rejected"], zero["rejected"], strict=True)]
     implicit = [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(c, r, strict=True)]
+    margins = [task["beta"] * (x - y) for x, y in zip(c, r, strict=True)]
     wins = [
         1.0 if a > b else 0.5 if a == b else 0.0
         for a, b in zip(r_mine, zero["rewards"], strict=True)
@@ -108,11 +113,22 @@ def score_preference(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings
             "reward_score": sum(r_mine) / len(r_mine),
             "win_rate": win,
             "implicit_accuracy": sum(implicit) / len(implicit),
+            "implicit_margin": sum(margins) / len(margins),
         },
-        higher_is_better={"reward_score": True, "win_rate": True, "implicit_accuracy": True},
+        higher_is_better={
+            "reward_score": True,
+            "win_rate": True,
+            "implicit_accuracy": True,
+            "implicit_margin": True,
+        },
         primary="reward_score",
         n=len(rows),
-        items={"reward_score": r_mine, "win_rate": wins, "implicit_accuracy": implicit},
+        items={
+            "reward_score": r_mine,
+            "win_rate": wins,
+            "implicit_accuracy": implicit,
+            "implicit_margin": margins,
+        },
         samples=[
             {
                 "prompt": p,
