@@ -14,13 +14,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from clab.generation.rollout import hf_generate, position_ids
 
 
-def _full_ids(tokenizer, prompt: str, response: str) -> tuple[list[int], int]:
+def _full_ids(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], int]:
     p = tokenizer(prompt)["input_ids"]
     full = tokenizer(prompt + response + tokenizer.eos_token)["input_ids"]
     n = 0
@@ -38,7 +39,12 @@ def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 
 @torch.no_grad()
 def response_logps(
-    model, tokenizer, prompts: list[str], responses: list[str], max_length: int, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    responses: list[str],
+    max_length: int,
+    batch_size: int,
 ) -> list[float]:
     """Sum of log-probabilities of each response (and its EOS) after its prompt."""
     device = next(model.parameters()).device
@@ -62,7 +68,9 @@ def response_logps(
     return out
 
 
-def pair_logps(model, tokenizer, rows, max_length: int, batch_size: int):
+def pair_logps(
+    model: Any, tokenizer: Any, rows: list[dict[str, str]], max_length: int, batch_size: int
+) -> tuple[list[float], list[float]]:
     """(log pi(chosen), log pi(rejected)) per pair."""
     prompts = [r["prompt"] for r in rows]
     c = response_logps(
@@ -75,8 +83,8 @@ def pair_logps(model, tokenizer, rows, max_length: int, batch_size: int):
 
 
 def sample(
-    model,
-    tokenizer,
+    model: Any,
+    tokenizer: Any,
     prompts: list[str],
     *,
     temperature: float,
@@ -104,8 +112,8 @@ def sample(
 
 @torch.no_grad()
 def reward_scores(
-    reward_model,
-    tokenizer,
+    reward_model: Any,
+    tokenizer: Any,
     prompts: list[str],
     responses: list[str],
     max_length: int,

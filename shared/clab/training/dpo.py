@@ -133,7 +133,8 @@ def make_trainer(spec: ContinualDPOSpec, rank: int, world: int) -> DPOStageTrain
     return DPOStageTrainer(spec)
 
 
-def lora_config(spec: ContinualDPOSpec):
+def lora_config(spec: ContinualDPOSpec) -> Any:
+    """PEFT's LoraConfig for the spec (typed Any: PEFT is imported only when needed)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -145,7 +146,14 @@ def lora_config(spec: ContinualDPOSpec):
     )
 
 
-def supervised_warmup(model, tokenizer, tasks, spec: ContinualDPOSpec, device, say) -> None:
+def supervised_warmup(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    tasks: list[PreferenceTask],
+    spec: ContinualDPOSpec,
+    device: torch.device,
+    say: Any,
+) -> None:
     """Both responses of every train pair, answer tokens only in the loss: a random tiny
     model learns to write the tasks' responses in every style, with no preference
     between them, so sampled completions mean something from stage 0 on."""
@@ -492,7 +500,7 @@ class DPOStageTrainer:
         return self.policy
 
 
-def _dpo_trainer_class():
+def _dpo_trainer_class() -> type:
     from trl import DPOTrainer
 
     class _EWCDPOTrainer(DPOTrainer):
@@ -516,11 +524,11 @@ def _dpo_trainer_class():
     return _EWCDPOTrainer
 
 
-def EWCDPOTrainer(*args, **kwargs):
+def EWCDPOTrainer(*args: Any, **kwargs: Any) -> Any:
     return _dpo_trainer_class()(*args, **kwargs)
 
 
-def dpo_fisher(trainer, n: int, seed: tuple[int, int]) -> dict[str, torch.Tensor]:
+def dpo_fisher(trainer: Any, n: int, seed: tuple[int, int]) -> dict[str, torch.Tensor]:
     """The empirical Fisher of the stage's DPO loss at its final weights: squared gradients
     of TRL's own loss (its reference, its tokenization), one train pair at a time."""
     from trl import DPOTrainer

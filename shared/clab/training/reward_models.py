@@ -79,7 +79,8 @@ def link_copy(src: Path, dst: Path) -> None:
             shutil.copy2(f, target)
 
 
-def load_reward_model(folder: str | Path, dtype: str = "float32"):
+def load_reward_model(folder: str | Path, dtype: str = "float32") -> Any:
+    """A one-output sequence classifier as RewardTrainer saved it, dropout off."""
     from transformers import AutoModelForSequenceClassification
 
     from clab.models.loading import DTYPES, _no_dropout_config, _zero_dropout_modules
@@ -151,7 +152,9 @@ def train_reward_model(
     }
 
 
-def test_accuracy(model, tokenizer, task: PreferenceTask, max_length: int) -> dict[str, Any]:
+def test_accuracy(
+    model: Any, tokenizer: Any, task: PreferenceTask, max_length: int
+) -> dict[str, Any]:
     prompts = [r["prompt"] for r in task.test]
     with torch.no_grad():
         c = reward_scores(
