@@ -151,6 +151,9 @@ def test_reward_models_are_reused_and_a_second_run_on_one_model_folder_works(wor
         m.setattr(reward_models, "train_reward_model", no_training)
         assert main(["run", str(spec(workdir / "b.yaml", name="b", **common))]) == 0
     assert folder_hash(folder) == before
+    # one model folder, one seed: the same adapter start, so runs differ only by their method
+    a0 = Path("checkpoints/a/initial/lora_init.safetensors").read_bytes()
+    assert a0 == Path("checkpoints/b/initial/lora_init.safetensors").read_bytes()
     for task in ("upper", "lower"):
         a = Path(f"checkpoints/a/reward-models/{task}")
         b = Path(f"checkpoints/b/reward-models/{task}")

@@ -283,7 +283,11 @@ class DPOStageTrainer:
             from peft import get_peft_model, get_peft_model_state_dict
             from safetensors.torch import save_file
 
-            pm = get_peft_model(model, lora_config(spec))
+            with torch.random.fork_rng(devices=[]):
+                # from the seed alone: two runs from one initial model (plain and EWC)
+                # start from the same adapter, whatever built the model before
+                torch.manual_seed(spec.seed)
+                pm = get_peft_model(model, lora_config(spec))
             state = {k: v.contiguous().cpu() for k, v in get_peft_model_state_dict(pm).items()}
             save_file(state, str(out / LORA_INIT))
             pm.unload()
