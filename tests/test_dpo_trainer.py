@@ -147,11 +147,20 @@ def test_reward_models_are_reused_and_a_second_run_on_one_model_folder_works(wor
     def no_training(*a, **k):
         raise AssertionError("the reward model should have been reused")
 
+    from clab.training import dpo
+
+    real_load = dpo.load_policy
+
+    def load_after_other_draws(*a, **k):  # as a warm-up or a tiny build would draw
+        torch.rand(7)
+        return real_load(*a, **k)
+
     with monkeypatch.context() as m:
         m.setattr(reward_models, "train_reward_model", no_training)
+        m.setattr(dpo, "load_policy", load_after_other_draws)
         assert main(["run", str(spec(workdir / "b.yaml", name="b", **common))]) == 0
     assert folder_hash(folder) == before
-    # one model folder, one seed: the same adapter start, so runs differ only by their method
+    # one model folder, one seed: the same adapter start, whatever was drawn before it
     a0 = Path("checkpoints/a/initial/lora_init.safetensors").read_bytes()
     assert a0 == Path("checkpoints/b/initial/lora_init.safetensors").read_bytes()
     for task in ("upper", "lower"):
