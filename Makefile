@@ -41,3 +41,4 @@ bench: sync ## the benchmarks under benchmarks/
 	$(UV) run --frozen python benchmarks/bench_reward.py
 	$(UV) run --frozen python benchmarks/bench_rl_overhead.py
 	$(UV) run --frozen python benchmarks/bench_demo.py
+	$(UV) run --frozen python benchmarks/bench_dpo.py

@@ -35,6 +35,7 @@ def test_the_services_are_there_in_pipeline_order():
         "curriculum-trainer-3b",
         "k1-trainer",
         "mixing-trainer",
+        "dpo-trainer",
         "evaluator",
         "plotter",
     ]

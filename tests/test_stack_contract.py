@@ -32,6 +32,15 @@ EXTRA = {
         "model.layers=1",
         "model.vocab_size=300",
     ],
+    "dpo-trainer": [
+        "model.warmup_steps=0",
+        "model.tiny_hidden_size=32",
+        "model.tiny_layers=1",
+        "data.tasks=[upper,lower]",
+        "data.builtin_train_size=32",
+        "data.builtin_test_size=8",
+        "save_steps=0",
+    ],
     "evaluator": ["test_size=4"],
 }
 

@@ -80,6 +80,39 @@ _MIXING = [
     "save_steps=32",
 ]
 
+# Continual DPO through the built-in preference tasks (upper, lower, commas:
+# clab.data.preference.builtin), a tiny Qwen2 warmed up on both responses of
+# every pair, LoRA; reward models trained once and reused by the EWC run, which
+# starts from the plain run's initial model.
+_DPO = [
+    "name=demo-dpo",
+    "model.preset=tiny",
+    "model.name_or_path=null",
+    "model.warmup_steps=300",
+    "resources.use_gpu=false",
+    "data.source=builtin:styles",
+    "data.builtin_train_size=512",
+    "data.builtin_test_size=64",
+    "dpo.lr=2e-3",
+    "dpo.batch_size=16",
+    "dpo.micro_batch_size=16",
+    "dpo.max_length=64",
+    "reward.lr=1e-3",
+    "reward.batch_size=16",
+    "reward.max_length=64",
+    "score.max_new_tokens=12",
+    "reset_optimizer=true",
+    "save_steps=16",
+]
+_DPO_EWC = [
+    *_DPO,
+    "name=demo-dpo-ewc",
+    "model.preset=null",
+    "model.name_or_path=checkpoints/demo-dpo/initial",
+    "model.warmup_steps=0",
+    "ewc.lambda=10000",
+]
+
 SERVICE_OVERRIDES: dict[str, list[str]] = {
     "data-generator": [
         "train_size=1200",
@@ -117,6 +150,7 @@ SERVICE_OVERRIDES: dict[str, list[str]] = {
         "save_steps=20",
     ],
     "mixing-trainer": _MIXING,
+    "dpo-trainer": _DPO,
     "evaluator": [f"test_size={TEST_SIZE}", "use_gpu=false"],
     "plotter": [],
 }
@@ -125,6 +159,7 @@ _MIX_BRANCHES = [PHASE_A, *DEFAULT_STRATEGIES]
 _DEMO_RUNS = ",".join(
     ["demo-curriculum", "demo-control", "demo-k1-k1", "demo-k1-dense", "demo-k1-random_k"]
     + [f"demo-mix/{b}" for b in _MIX_BRANCHES]
+    + ["demo-dpo", "demo-dpo-ewc"]
 )
 
 DEMO_PLAN: list[tuple[str, str, list[str]]] = [
@@ -146,6 +181,8 @@ DEMO_PLAN: list[tuple[str, str, list[str]]] = [
     ),
     ("k1-trainer", "services/k1-trainer.yaml", SERVICE_OVERRIDES["k1-trainer"]),
     ("mixing-trainer", "services/mixing-trainer.yaml", _MIXING),
+    ("dpo-trainer", "services/dpo-trainer.yaml", SERVICE_OVERRIDES["dpo-trainer"]),
+    ("dpo-trainer, with online EWC", "services/dpo-trainer.yaml", _DPO_EWC),
     (
         "evaluator",
         "services/evaluator.yaml",

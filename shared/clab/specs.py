@@ -50,6 +50,7 @@ KINDS: dict[str, str] = {
     "countdown-rl": "clab.training.countdown_rl_spec:CountdownRLSpec",
     "k1-lm": "clab.training.k1_lm_spec:K1Spec",
     "replay-mixing": "clab.training.mixing_spec:MixingSpec",
+    "continual-dpo": "clab.training.dpo_spec:ContinualDPOSpec",
     "evaluate": "clab.evaluation.evaluator:EvaluateSpec",
     "plot": "clab.plotting.plotter:PlotSpec",
 }

@@ -1,6 +1,6 @@
 """The registered scorers; importing this package registers every one of them."""
 
-from clab.evaluation.scorers import answer_loss, countdown, perplexity
+from clab.evaluation.scorers import answer_loss, countdown, perplexity, preference
 from clab.evaluation.scorers.registry import (
     SCORERS,
     ModelHandle,
@@ -19,5 +19,6 @@ __all__ = [
     "countdown",
     "get_scorer",
     "perplexity",
+    "preference",
     "register_scorer",
 ]

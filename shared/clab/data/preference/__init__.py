@@ -1,0 +1,1 @@
+"""Preference tasks (prompt, chosen, rejected) for the continual DPO trainer."""

@@ -1,0 +1,164 @@
+"""Spec of the continual DPO trainer (kind ``continual-dpo``, service ``dpo-trainer``).
+
+A policy is trained with DPO on preference task 1, then task 2, ... (one
+stage each, the policy carried); a reward model per task scores every stage
+checkpoint on every task. See ``training/dpo.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from clab.runs.spec import RunSpec
+from clab.specs import SpecModel
+
+
+class PreferenceDatasetSpec(SpecModel):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$", description="the task's name")
+    train: str = Field(..., description="a .parquet/.json/.jsonl file, or hub:<id>[:config]@split")
+    test: str = Field(..., description="the same, for the held-out pairs")
+
+
+class PreferenceDataSpec(SpecModel):
+    source: str | None = Field(
+        "builtin:styles",
+        description="builtin:styles (offline demo tasks) or an AIF-Gen continual JSON file",
+    )
+    datasets: list[PreferenceDatasetSpec] | None = Field(
+        None, description="instead of source: one data set per task, in training order"
+    )
+    tasks: list[str] | None = Field(
+        None, description="builtin:styles only: which tasks, in order (upper, lower, commas)"
+    )
+    builtin_train_size: int = Field(512, ge=8)
+    builtin_test_size: int = Field(64, ge=4)
+    max_train_rows: int | None = Field(None, ge=1, description="first N train pairs per task")
+    max_test_rows: int | None = Field(None, ge=1, description="first N test pairs per task")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PreferenceDataSpec:
+        if (self.source is None) == (self.datasets is None):
+            raise ValueError("give exactly one of data.source and data.datasets")
+        return self
+
+    def files(self) -> list[Path]:
+        """Local files the data comes from (Compose must mount them)."""
+        if self.datasets is not None:
+            return [
+                Path(p)
+                for d in self.datasets
+                for p in (d.train, d.test)
+                if not p.startswith("hub:")
+            ]
+        if self.source and not self.source.startswith("builtin:"):
+            return [Path(self.source)]
+        return []
+
+
+class DPOModelSpec(SpecModel):
+    name_or_path: str | None = Field("Qwen/Qwen2-0.5B-Instruct", description="folder or hub id")
+    preset: Literal["tiny"] | None = Field(
+        None, description="tiny: a small random Qwen2, tokenizer trained on the tasks' text"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "bfloat16", description="compute dtype on GPU (autocast over fp32 weights); CPU: float32"
+    )
+    gradient_checkpointing: bool = False
+    tiny_hidden_size: int = Field(64, ge=16)
+    tiny_layers: int = Field(2, ge=1)
+    tiny_vocab_size: int = Field(512, ge=300)
+    warmup_steps: int = Field(
+        0, ge=0, description="supervised steps on both responses of every train pair, first"
+    )
+    warmup_lr: float = Field(3e-3, gt=0)
+    warmup_batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DPOModelSpec:
+        if (self.name_or_path is None) == (self.preset is None):
+            raise ValueError("give exactly one of model.name_or_path and model.preset")
+        return self
+
+
+class LoraSpec(SpecModel):
+    enabled: bool = Field(True, description="false: full fine-tuning")
+    r: int = Field(32, ge=1)
+    alpha: int = Field(16, ge=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="every linear layer but the head, or a list of module names"
+    )
+
+
+class DPOSpec(SpecModel):
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid"] = Field("sigmoid", description="TRL's DPO loss (Rafailov)")
+    reference: Literal["previous", "initial"] = Field(
+        "previous",
+        description="previous: the policy after the previous task; initial: the model before any",
+    )
+    lr: float = Field(5e-5, gt=0, description="LoRA; about 1e-6 for full fine-tuning")
+    batch_size: int = Field(8, ge=1, description="pairs per optimizer step (one worker)")
+    micro_batch_size: int = Field(8, ge=1, description="pairs per forward/backward")
+    epochs: int = Field(1, ge=1, description="passes over each task's train pairs")
+    max_steps_per_stage: int | None = Field(None, ge=1, description="cap (tests, demo)")
+    max_length: int = Field(1024, ge=8, description="prompt + response tokens")
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    max_grad_norm: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _divides(self) -> DPOSpec:
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError("dpo.batch_size must be a multiple of dpo.micro_batch_size")
+        return self
+
+
+class EWCSpec(SpecModel):
+    """Online EWC: lambda/2 * sum F (theta - theta*)^2 over the trainable parameters."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_default=True, populate_by_name=True, serialize_by_alias=True
+    )
+
+    lambda_: float = Field(0.0, ge=0, alias="lambda", description="0: no EWC")
+    fisher_samples: int = Field(64, ge=1, description="train pairs per task for its Fisher")
+    gamma: float = Field(1.0, ge=0, le=1, description="decay of the earlier tasks' Fisher")
+
+
+class RewardSpec(SpecModel):
+    lr: float = Field(1e-4, gt=0)
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(1024, ge=8)
+
+
+class ScoreSpec(SpecModel):
+    temperature: float = Field(0.7, gt=0, description="sampling temperature of scored completions")
+    max_new_tokens: int = Field(50, ge=1)
+    max_prompt_length: int = Field(512, ge=8, description="prompts are cut from the left")
+
+
+class ContinualDPOSpec(RunSpec):
+    """DPO through a sequence of preference tasks, a reward model per task."""
+
+    kind: Literal["continual-dpo"] = "continual-dpo"
+    TRAINER: ClassVar[str] = "clab.training.dpo"
+    data: PreferenceDataSpec = Field(default_factory=PreferenceDataSpec)
+    model: DPOModelSpec = Field(default_factory=DPOModelSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    dpo: DPOSpec = Field(default_factory=DPOSpec)
+    ewc: EWCSpec = Field(default_factory=EWCSpec)
+    reward: RewardSpec = Field(default_factory=RewardSpec)
+    score: ScoreSpec = Field(default_factory=ScoreSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> ContinualDPOSpec:
+        if self.resources.num_workers != 1:
+            raise ValueError("resources.num_workers: continual-dpo runs on one worker for now")
+        return self
+
+    def reads(self) -> list[Path]:
+        return self.data.files()
