@@ -1,6 +1,6 @@
 """The replay-mixing trainer on the stage runner (kind ``replay-mixing``).
 
-A sweep (:func:`run_sweep`) is one run of the stage runner per branch:
+A sweep (:func:`clab.training.mixing_sweep.run_sweep`) is one run of the stage runner per branch:
 ``phase-a`` trains task A from the initial LoRA adapter; each strategy's run
 starts with phase A's ``initial`` and ``r0-g0`` stages (hard links: no
 copy, no retraining) and its metrics so far, then trains stage ``r0-g1`` on
@@ -18,8 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -35,12 +33,12 @@ from clab.errors import ClabError
 from clab.evaluation.scorers.answer_loss import answer_losses
 from clab.models.loading import check_model_source, load_adapter_model, load_policy, load_tokenizer
 from clab.models.precision import compute_autocast
-from clab.runs.lock import RunLock
 from clab.runs.protocol import StageContext, TaskRef
-from clab.storage.atomic import atomic_dir, write_json, write_parquet
+from clab.storage.atomic import write_json, write_parquet
 from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE, Stage
 from clab.tracking.metrics_log import read_rows
-from clab.training.mixing_spec import JOINT, PHASE_A, MixingSpec, TaskSpec
+from clab.training.mixing_spec import MixingSpec, TaskSpec
+from clab.training.mixing_sweep import JOINT, PHASE_A
 
 OPTIMIZER = "optimizer.pt"
 LOSS_CACHE = "replay-losses.json"  # beside phase A's checkpoint: checkpoints/<name>/phase-a/
@@ -51,62 +49,6 @@ SFT_KEYS = {
     "mean_token_accuracy": "token_accuracy",
     "num_tokens": "num_tokens",
 }
-
-
-# -- the sweep -----------------------------------------------------------------------------
-
-
-def run_sweep(spec: MixingSpec, restart: bool = False) -> None:
-    """Phase A once, then every strategy from it, each a resumable run of its own."""
-    from clab.runs.runner import run_spec
-
-    ckpt = spec.sweep_dirs()[0]
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    with RunLock(ckpt.parent, "mixing sweep", name=f".{spec.name}.lock"):
-        if restart:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            for d in spec.sweep_dirs():
-                if d.exists():
-                    os.replace(d, d.with_name(f"{d.name}.old-{stamp}"))
-                    print(f"clab: moved {d} aside to {d.name}.old-{stamp}", flush=True)
-        print(f"=== {spec.name}: phase A ({spec.task_a.name}) ===", flush=True)
-        run_spec(spec.branch_spec(PHASE_A))
-        for s in spec.strategies:
-            print(f"=== {spec.name}: {s} ===", flush=True)
-            branch = spec.branch_spec(s)
-            seed_branch(spec, s)
-            run_spec(branch)
-
-
-def _link_tree(src: Path, dst: Path) -> None:
-    """``dst`` as a copy of ``src`` made of hard links (a copy where links cannot be made)."""
-    with atomic_dir(dst) as d:
-        shutil.rmtree(d)
-        shutil.copytree(src, d, copy_function=_link_or_copy)
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def seed_branch(spec: MixingSpec, strategy: str) -> None:
-    """A strategy's run begins where phase A ended: its stage 0 and (except ``joint``)
-    stage 1 are phase A's, and so are its metrics up to there. Done once; a branch
-    that already has its stages is left as it is."""
-    phase_ckpt, phase_metrics, _ = spec.branch_spec(PHASE_A).run_dirs()
-    ckpt, metrics, _ = spec.branch_spec(strategy).run_dirs()
-    stages = [INITIAL_STAGE] if strategy == JOINT else [INITIAL_STAGE, "r0-g0"]
-    for name in stages:
-        if not (ckpt / name / COMPLETE_MARKER).is_file():
-            _link_tree(phase_ckpt / name, ckpt / name)
-            if name != INITIAL_STAGE:
-                for log in ("train.jsonl", "val.jsonl", "weights.jsonl"):
-                    if (phase_metrics / log).is_file():
-                        metrics.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(phase_metrics / log, metrics / log)
 
 
 # -- data ------------------------------------------------------------------------------------

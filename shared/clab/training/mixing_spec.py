@@ -18,9 +18,8 @@ from pydantic import Field, model_validator
 
 from clab.runs.spec import RunSpec
 from clab.specs import SpecModel
+from clab.training.mixing_sweep import JOINT, PHASE_A
 
-PHASE_A = "phase-a"
-JOINT = "joint"
 DEFAULT_STRATEGIES = [
     "difficulty_hard",
     "difficulty_easy",
@@ -214,6 +213,6 @@ class MixingSpec(RunSpec):
         return [*self.sweep_dirs(), Path("checkpoints") / f".{self.name}.lock", *wandb]
 
     def run(self, restart: bool = False) -> None:
-        from clab.training.mixing import run_sweep
+        from clab.training.mixing_sweep import run_sweep
 
         run_sweep(self, restart=restart)
