@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from clab.plotting import figures
-from clab.plotting.registry import Figure, Section
 from clab.plotting.runs import RunData, per_task
+from clab.plotting.sections import Figure, Section
 
 
 def pretty(value: str) -> str:

@@ -32,30 +32,22 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from clab.plotting.runs import HeadlineRow, RunData
 from clab.plotting.runs import headline as default_headline
+from clab.plotting.sections import Figure, Section
 
-
-@dataclass
-class Figure:
-    """A PNG the plotter wrote, and a caption that says what it shows."""
-
-    path: Path
-    caption: str
-
-
-@dataclass
-class Section:
-    """A titled block of figures; ``html`` is an already-escaped fragment (a table of
-    samples, say) shown after them."""
-
-    title: str
-    figures: list[Figure] = field(default_factory=list)
-    html: str = ""
-
+__all__ = [
+    "PAGE_KINDS",
+    "Figure",
+    "PageKind",
+    "Section",
+    "page_kind",
+    "register_page_kind",
+    "related_by_name",
+]
 
 RunFigures = Callable[[RunData, Path], list[Section]]
 GroupFigures = Callable[[str, list[RunData], Path], list[Section]]
