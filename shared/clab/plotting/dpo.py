@@ -18,8 +18,6 @@ import html
 import json
 from pathlib import Path
 
-import numpy as np
-
 from clab.metrics.intervals import wilson
 from clab.plotting import figures, generic
 from clab.plotting.figures import plt
@@ -171,18 +169,20 @@ def reward_model_section(run: RunData, out: Path) -> Section | None:
         "Each task's reward model: how often it scores the chosen response of a test pair "
         "above the rejected one; red where its 95% interval reaches 0.5 (chance level).",
     )
-    warning = ""
-    if chance:
-        warning = "".join(
-            f"<p class='missing warning' data-task='{html.escape(t, quote=True)}'><b>WARNING: "
-            f"reward model {html.escape(t)} is at chance level</b> (accuracy "
-            f"{rms[t]['accuracy']:.3f}, 95% interval [{rms[t]['interval'][0]:.3f}, "
-            f"{rms[t]['interval'][1]:.3f}] reaches 0.5, n = {html.escape(str(rms[t].get('n_test')))}"
-            "): its reward score and win rate cannot show what the policy learned or forgot on "
-            "this task.</p>"
-            for t in chance
-        )
+    warning = "".join(_chance_warning(t, rms[t]) for t in chance)
     return Section("Reward models", [fig_], warning)
+
+
+def _chance_warning(task: str, info: dict) -> str:
+    lo, hi = info["interval"] or (float("nan"), float("nan"))
+    e = html.escape
+    return (
+        f"<p class='missing warning' data-task='{e(task, quote=True)}'><b>WARNING: reward "
+        f"model {e(task)} is at chance level</b> (accuracy {info['accuracy']:.3f}, 95% "
+        f"interval [{lo:.3f}, {hi:.3f}] reaches 0.5, n = {e(str(info.get('n_test')))}): its "
+        "reward score and win rate cannot show what the policy learned or forgot on this "
+        "task.</p>"
+    )
 
 
 # -- samples ------------------------------------------------------------------------------
