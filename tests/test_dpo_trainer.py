@@ -105,6 +105,16 @@ def test_two_tasks_trained_logged_and_scored_on_every_checkpoint(workdir):
         (a, b) for a in range(3) for b in range(2)
     }
     assert all("baseline_response" in x and "reward" in x for x in samples)
+    # the page shows the real run's files: every score's matrix, the reward models
+    Path("p.yaml").write_text("kind: plot\nmetrics: metrics\ncheckpoints: checkpoints\n")
+    assert main(["run", "p.yaml"]) == 0
+    page = Path("plots/index.html").read_text()
+    assert "kind-continual-dpo" in page and "Sampled completions" in page
+    for name in s["scores"]:
+        assert f"p/eval_matrix-{name}.png" in page and f"p/forgetting-{name}.png" in page
+    assert "p/reward-models.png" in page
+    chance = [t for t, v in rm.items() if v["chance_level"]]
+    assert page.count("<p class='missing warning'") == len(chance)
 
 
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])

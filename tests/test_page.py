@@ -429,3 +429,103 @@ def test_the_page_in_a_headless_browser(volumes, tmp_path):
     assert shot.stat().st_size > 50_000
     if os.environ.get("CLAB_SCREENSHOT"):  # to refresh docs/: CLAB_SCREENSHOT=docs/page.png
         shutil.copy(shot, REPO / os.environ["CLAB_SCREENSHOT"])  # relative to the repo
+
+
+# -- continual DPO ------------------------------------------------------------------------
+
+DPO_SCORES = ("reward_score", "win_rate", "implicit_accuracy", "implicit_margin")
+
+
+def dpo_run(root: Path, name: str, keep: float, rng) -> None:
+    """Two preference tasks, scored as the preference scorer scores them; the second
+    task's reward model is at chance level (accuracy 0.5)."""
+    tasks, n = ["t0-helpful", "t1-concise"], 24
+
+    def score(i, j):
+        learned = i > j and (j == i - 1 or rng.random() < keep)
+        p = 0.8 if learned else 0.5
+        wins = (rng.random(n) < p).astype(float)
+        wins[0] = 0.5  # a tie: the cell is not a pure success rate
+        impl = (rng.random(n) < p).astype(float)
+        margins = (0.3 * learned + 0.1 * rng.standard_normal(n)).tolist()
+        rewards = (learned + 0.5 * rng.standard_normal(n)).tolist()
+        values = [rewards, wins.tolist(), impl.tolist(), margins]
+        return ScoreResult(
+            values={k: float(np.mean(v)) for k, v in zip(DPO_SCORES, values, strict=True)},
+            higher_is_better=dict.fromkeys(DPO_SCORES, True),
+            primary="reward_score",
+            n=n,
+            items=dict(zip(DPO_SCORES, values, strict=True)),
+        )
+
+    samples = [
+        {"stage": i, "stage_name": f"s{i}", "task": j, "prompt": f"p{k} <b>bold</b> & co",
+         "response": f"<script>alert({i})</script>\x07 r{k}", "reward": 0.1 * k,
+         "baseline_response": "<i>base</i>", "baseline_reward": 0.0}
+        for i in range(3) for j in range(2) for k in range(3)
+    ]  # fmt: skip
+    train = [
+        {"global_step": s, "step_in_stage": (s - 1) % 5 + 1, "stage": (s - 1) // 5 + 1,
+         "task": (s - 1) // 5, "loss": 0.69 - 0.02 * s, "rewards/accuracies": 0.5 + 0.04 * s}
+        for s in range(1, 11)
+    ]  # fmt: skip
+    write_run(root, name, "continual-dpo", tasks, score, train, samples=samples)
+    write_json(
+        root / "metrics" / name / "reward_models.json",
+        {"run": name, "tasks": {
+            "t0-helpful": {"accuracy": 0.9, "n_test": 40, "interval": [0.77, 0.96],
+                           "chance_level": False, "reused_from": None},
+            "t1-concise": {"accuracy": 0.5, "n_test": 40, "reused_from": None},
+        }},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dpo_page(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dpo")
+    rng = np.random.default_rng(1)
+    (root / "services").symlink_to(REPO / "services")
+    dpo_run(root, "demo-dpo", 0.2, rng)
+    dpo_run(root, "demo-dpo-ewc", 0.9, rng)
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        plot()
+    finally:
+        os.chdir(old)
+    return root
+
+
+def test_the_dpo_section_has_every_score_once_warnings_and_escaped_samples(dpo_page):
+    page = (dpo_page / "plots/index.html").read_text()
+    assert "Continual DPO" in page and "kind-continual-dpo" in page
+    assert "Side by side: demo-dpo, demo-dpo-ewc" in page  # plain first, EWC beside it
+    srcs = re.findall(r"<img src='([^']+)'", page)
+    assert len(srcs) == len(set(srcs))
+    for run in ("demo-dpo", "demo-dpo-ewc"):
+        for score in DPO_SCORES:
+            for fig in ("eval_matrix", "forgetting"):
+                assert srcs.count(f"{run}/{fig}-{score}.png") == 1, (run, fig, score)
+        assert srcs.count(f"{run}/reward-models.png") == 1
+        assert srcs.count(f"{run}/training.png") == 1
+    assert srcs.count("compare/demo-dpo-dpo-average.png") == 1
+    for score in DPO_SCORES:
+        assert srcs.count(f"compare/demo-dpo-forgetting-{score}.png") == 1
+    for src in srcs:
+        assert (dpo_page / "plots" / src).stat().st_size > 10_000, src
+    # the reward model at 0.5 is flagged (no interval stored: Wilson from n), once per run;
+    # the one well above chance is not
+    warnings = re.findall(r"<p class='missing warning' data-task='([^']+)'>", page)
+    assert warnings == ["t1-concise", "t1-concise"]
+    assert "reward model t1-concise is at chance level" in page
+    assert "reward model t0-helpful is at chance level" not in page
+    # samples: escaped, control characters made visible, a few per checkpoint and task
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "p0 &lt;b&gt;bold&lt;/b&gt; &amp; co" in page and "\x07" not in page
+    assert page.count("&lt;script&gt;alert(2)") == 2 * 2 * 2  # runs x tasks x shown
+    # the headline holds each run's reward score from its summary
+    cells = headline_cells(page)
+    for run in ("demo-dpo", "demo-dpo-ewc"):
+        s = json.loads((dpo_page / "metrics" / run / "summary.json").read_text())
+        assert s["score"] == "reward_score"
+        assert cells[run, "forgetting"] == pytest.approx(s["forgetting"])

@@ -59,10 +59,11 @@ def average_cis(run: RunData, score: str | None = None) -> list | None:
     )
 
 
-def forgetting_points(run: RunData) -> dict[str, list]:
-    """Per task forgetting and backward transfer with intervals, for ``forgetting_bars``."""
+def forgetting_points(run: RunData, score: str | None = None) -> dict[str, list]:
+    """Per task forgetting and backward transfer with intervals, for ``forgetting_bars``
+    (of the primary score, or the named one)."""
     out: dict[str, list] = {"forgetting": [], "backward_transfer": []}
-    for j, row in enumerate(per_task(run)):
+    for j, row in enumerate(per_task(run, score)):
         if row.forgetting.value is not None:
             out["forgetting"].append((j, row.forgetting.value, row.forgetting.ci))
         if row.backward_transfer.value is not None:
