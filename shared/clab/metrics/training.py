@@ -4,65 +4,95 @@ normalized weight change = ||theta - theta_ref|| / ||theta_ref||, with
 theta_ref the run's start (theta_0) or the current stage's start;
 normalized gradient = ||g|| / ||theta||. Norms are over all parameters
 together (the global 2-norm), computed on the parameters' device with a
-single host sync; the reference weights are copied once per run and once
-per stage, never per step.
+single host sync and one tensor's difference at a time; the reference
+weights are copied once per run and once per stage, never per step.
+
+Under FSDP every worker holds a shard of each tensor: the tracker keeps
+only its shard of the reference weights, sums squares over its shard, and
+adds the workers' sums in one all-reduce per measurement (every worker must
+measure; the numbers are those of the full tensors).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 
-def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """sqrt(sum_i ||t_i||^2), as a 0-d tensor on the tensors' device."""
-    if not tensors:
-        return torch.tensor(0.0)
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """This worker's values of a parameter: its shard under FSDP, else all of it."""
+    p = p.detach()
+    return p.to_local() if isinstance(p, DTensor) else p
 
 
-def distance(params: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
-    """||params - ref|| without materialising the whole difference at once."""
-    sq = [
-        torch.linalg.vector_norm((p.detach() - r).float()) ** 2
-        for p, r in zip(params, ref, strict=True)
-    ]
-    return torch.stack(sq).sum().sqrt()
+def _squares(tensors: list[torch.Tensor], minus: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Each tensor's sum of squares (fp32), of ``tensors - minus`` when given, stacked;
+    one difference at a time, never the whole model's at once."""
+    if minus is None:
+        return torch.stack([torch.linalg.vector_norm(t.float()) ** 2 for t in tensors])
+    return torch.stack(
+        [
+            torch.linalg.vector_norm((t - m).float()) ** 2
+            for t, m in zip(tensors, minus, strict=True)
+        ]
+    )
 
 
 class WeightTracker:
-    """Normalized weight change against the run's and the stage's start."""
+    """Normalized weight change against the run's and the stage's start.
+
+    ``theta_0``, when given, holds this worker's values of each parameter (its
+    shard under FSDP: :func:`clab.distributed.fsdp.local_shard`).
+    """
 
     def __init__(self, model: torch.nn.Module, theta_0: list[torch.Tensor] | None = None):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
+        self.sharded = any(isinstance(p, DTensor) for p in self.params)
         with torch.no_grad():
-            self.theta_0 = theta_0 or [p.detach().clone() for p in self.params]
-            self.theta_0_norm = global_norm(self.theta_0)
+            self.theta_0 = theta_0 or [_local(p).clone() for p in self.params]
             self.stage_start = [t.clone() for t in self.theta_0]
-            self.stage_norm = self.theta_0_norm
+            self.theta_0_norm = self.stage_norm = self._sum(_squares(self.theta_0)).sum().sqrt()
+
+    def _sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Sums of squares over every worker's shard (a collective under FSDP)."""
+        if self.sharded:
+            dist.all_reduce(x)
+        return x
+
+    def _locals(self) -> list[torch.Tensor]:
+        return [_local(p) for p in self.params]
 
     def start_stage(self, weights: list[torch.Tensor] | None = None) -> None:
         """Take the stage's reference: the current weights, or ``weights`` on a resume."""
         with torch.no_grad():
-            src = weights if weights is not None else [p.detach() for p in self.params]
+            src = weights if weights is not None else self._locals()
             torch._foreach_copy_(self.stage_start, src)
-            self.stage_norm = global_norm(self.stage_start)
+            self.stage_norm = self._sum(_squares(self.stage_start)).sum().sqrt()
 
     @torch.no_grad()
     def per_tensor(self) -> dict[str, float]:
         """||W - W_0|| / ||W_0|| for each named tensor, against the run's start: where
         in the network the change happened (one host sync for all tensors)."""
-        diff = torch._foreach_sub([p.detach() for p in self.params], self.theta_0)
-        num = torch.stack(torch._foreach_norm([d.float() for d in diff]))
-        den = torch.stack(torch._foreach_norm([t.float() for t in self.theta_0])).clamp(min=1e-12)
-        return dict(zip(self.names, (num / den).tolist(), strict=True))
+        now = self._locals()
+        sq = self._sum(torch.stack([_squares(now, self.theta_0), _squares(self.theta_0)]))
+        ratio = sq[0].sqrt() / sq[1].sqrt().clamp(min=1e-12)
+        return dict(zip(self.names, ratio.tolist(), strict=True))
 
     @torch.no_grad()
     def measure(self, grad_norm: float | None = None) -> dict[str, float]:
-        param_norm = global_norm([p.detach() for p in self.params])
-        run = distance(self.params, self.theta_0) / self.theta_0_norm
-        stage = distance(self.params, self.stage_start) / self.stage_norm
+        now = self._locals()
+        sq = torch.stack(
+            [
+                _squares(now).sum(),
+                _squares(now, self.theta_0).sum(),
+                _squares(now, self.stage_start).sum(),
+            ]
+        )
+        param_norm, run, stage = self._sum(sq).sqrt()
+        run, stage = run / self.theta_0_norm, stage / self.stage_norm
         values = torch.stack([param_norm, run, stage]).tolist()
         out = {
             "param_norm": values[0],

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers.utils import logging as hf_logging
 
+from clab.distributed.fsdp import local_shard
 from clab.errors import ClabError
 from clab.metrics.training import WeightTracker
 from clab.models.loading import check_weights
@@ -367,11 +368,16 @@ class StageRunner:
         self.say(f"{stage.name}: validation " + " ".join(main_scores))
 
     def _check_workers_agree(self, model: torch.nn.Module) -> None:
-        """Data-parallel workers must hold the same weights: a silent drift corrupts a run."""
-        if self.world <= 1 or not dist.is_initialized():
+        """Data-parallel workers must hold the same weights: a silent drift corrupts a run.
+        Sharded parameters (FSDP's DTensors) exist once, on one worker each: nothing to
+        compare."""
+        from torch.distributed.tensor import DTensor
+
+        replicated = [p for p in model.parameters() if not isinstance(p, DTensor)]
+        if self.world <= 1 or not dist.is_initialized() or not replicated:
             return
         with torch.no_grad():
-            mine = torch.stack([p.double().norm() for p in model.parameters()]).sum().reshape(1)
+            mine = torch.stack([p.double().norm() for p in replicated]).sum().reshape(1)
         if dist.get_backend() == "nccl":
             mine = mine.cuda()
         every = [torch.zeros_like(mine) for _ in range(self.world)]
@@ -420,12 +426,16 @@ class StepSink:
         now = time.perf_counter()
         row.setdefault("step_time", now - self._t)
         self._t, self.last_step = now, step
+        # on every worker: under FSDP the tracker's norms are collectives
+        per_tensor = None
+        if self.weights_every and step % self.weights_every == 0:
+            per_tensor = self.tracker.per_tensor()
         if self.logs.get("train") is None:
             return  # not rank 0
         self.logs["train"].log(row)
         self.wandb.log(row, step)
-        if self.weights_every and step % self.weights_every == 0:
-            self.logs["weights"].log({"global_step": step, **self.tracker.per_tensor()})
+        if per_tensor is not None:
+            self.logs["weights"].log({"global_step": step, **per_tensor})
         if self.bar is not None:
             self.bar.update(int(row["step_in_stage"]) - self.bar.n)
             shown = {k: row[k] for k in ("success_rate", "reward_mean", "loss") if k in row}
@@ -445,7 +455,8 @@ def _marker(stage_dir: Path) -> dict:
 
 
 def _load_params(model_dir: Path, like: torch.nn.Module) -> list[torch.Tensor]:
-    """The trainable parameters of a saved model, in ``like``'s order, device and dtype.
+    """The trainable parameters of a saved model, in ``like``'s order, device and dtype
+    (this worker's shard of each, when ``like`` is sharded by FSDP).
 
     Read with safetensors (never ``torch.load``), matching names as
     ``save_pretrained`` writes them; a tied head falls back to the embedding.
@@ -470,5 +481,5 @@ def _load_params(model_dir: Path, like: torch.nn.Module) -> list[torch.Tensor]:
             t = state.get("model.embed_tokens.weight")
         if t is None:
             raise ClabError(f"{model_dir}: checkpoint lacks parameter {name}")
-        out.append(t.to(device=p.device, dtype=p.dtype))
+        out.append(local_shard(p, t.to(device=p.device, dtype=p.dtype)))
     return out

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from clab.data.countdown.reading import Problem, check_dataset, read_group
+from clab.distributed.fsdp import full_model_state
 from clab.errors import ClabError
 from clab.evaluation.countdown import evaluate_problems
 from clab.generation.rollout import VLLMRollout, require_vllm
@@ -159,13 +160,16 @@ class CountdownTrainer:
         return min(total, cap) if cap else total
 
     def validate(self, stage: Stage) -> list[dict]:
+        return self._validate(self.policy)
+
+    def _validate(self, model: torch.nn.Module) -> list[dict]:
         """Greedy success on every group's validation problems."""
         s = self.spec
         out = []
         for g in self.groups:
             with compute_autocast(self.device, self.compute_dtype):  # as the evaluator scores
                 res = evaluate_problems(
-                    self.policy,
+                    model,
                     self.tokenizer,
                     read_group(s.data.dir, g, "test", s.batch.val),
                     max_prompt_length=s.rollout.max_prompt_length,
@@ -189,8 +193,8 @@ class CountdownTrainer:
             [p.allowed_ops for p in problems],
         )
 
-    def _save_model(self, d: Path) -> None:
-        self.policy.save_pretrained(d)
+    def _save_model(self, d: Path, state_dict: dict | None = None) -> None:
+        self.policy.save_pretrained(d, state_dict=state_dict)
         self.tokenizer.save_pretrained(d)
         copy_tiny_marker(self.ckpt_dir / INITIAL_STAGE, d)
 
@@ -200,16 +204,23 @@ class PPOStageTrainer(CountdownTrainer):
 
     def load(self, model_dir: Path, initial: Path) -> None:
         spec = self.spec
+        # FSDP: models are read on the CPU and moved to the GPU shard by shard
+        self.fsdp = spec.resources.strategy == "fsdp"
+        dev = torch.device("cpu") if self.fsdp else self.device
         self.tokenizer = load_tokenizer(initial)  # never trained; stage 0 has its marker
-        self.policy = load_policy(model_dir, "float32").to(self.device)
+        self.policy = load_policy(model_dir, "float32").to(dev)
         critic_src = model_dir / "critic" if (model_dir / "critic").is_dir() else model_dir
-        self.critic = load_critic(critic_src, "float32", seed=spec.seed).to(self.device)
+        self.critic = load_critic(critic_src, "float32", seed=spec.seed).to(dev)
         ref = None
         if spec.ppo.kl_coef > 0:
-            ref = load_policy(initial, self.infer_dtype).to(self.device)
+            ref = load_policy(initial, self.infer_dtype).to(dev)
         if spec.model.gradient_checkpointing:
             self.policy.gradient_checkpointing_enable()
             self.critic.gradient_checkpointing_enable()
+        # FSDP: the full copy of the policy that rollouts (and validation) generate from
+        self.generator = (
+            load_policy(model_dir, self.infer_dtype).to(self.device) if self.fsdp else self.policy
+        )
         p, r = spec.ppo, spec.rollout
         cfg = PPOConfig(
             actor_lr=p.actor_lr,
@@ -232,11 +243,12 @@ class PPOStageTrainer(CountdownTrainer):
             lr_warmup_steps=spec.lr_warmup_steps,
             compute_dtype=self.compute_dtype,
             weight_decay=p.weight_decay,
+            strategy=spec.resources.strategy,
         )
         engine = None
         if r.engine == "vllm":
             engine = VLLMRollout(
-                self.policy,
+                self.generator,
                 self.tokenizer,
                 tensor_parallel_size=r.tensor_parallel_size,
                 gpu_memory_utilization=r.gpu_memory_utilization,
@@ -245,10 +257,24 @@ class PPOStageTrainer(CountdownTrainer):
                 temperature=r.temperature,
             )
         self.ppo = PPOTrainer(
-            self.policy, self.critic, ref, self.tokenizer, cfg, self._score, engine
+            self.policy,
+            self.critic,
+            ref,
+            self.tokenizer,
+            cfg,
+            self._score,
+            engine,
+            rollout_model=self.generator if self.fsdp else None,
         )
         state_file = model_dir / TRAINER_STATE
-        self._state = torch.load(state_file, weights_only=False) if state_file.is_file() else None
+        # FSDP: rank 0 reads the optimizer state and broadcasts it shard by shard; the
+        # others map the file (for the schedules) without reading the optimizer's pages
+        self._state = (
+            torch.load(state_file, weights_only=False, mmap=self.fsdp)
+            if state_file.is_file()
+            else None
+        )
+        self._full: dict | None = None
 
     def _batch(self, rows: list[Problem], stage: Stage, step: int) -> list[Problem]:
         """The step's prompts: a fixed shuffle per (seed, stage, epoch), so resume is exact."""
@@ -293,12 +319,40 @@ class PPOStageTrainer(CountdownTrainer):
                 }
             )
             if spec.save_steps and (step + 1) % spec.save_steps == 0 and step + 1 < ctx.n_steps:
+                self._gather()
                 ctx.save_resume(step + 1)
+        self._gather()  # for the stage's validation and checkpoint on rank 0
+
+    def _gather(self) -> None:
+        """FSDP, on every worker: full weights into the rollout copy (validation
+        generates from it) and full model and optimizer state onto rank 0's CPU, for
+        :meth:`save`, which the runner calls on rank 0 alone. Nothing without FSDP."""
+        if not self.fsdp:
+            return
+        self.ppo.sync_rollout()
+        self._full = {
+            "policy": full_model_state(self.policy),
+            "critic": full_model_state(self.critic),
+            "trainer": self.ppo.state_dict(),
+        }
+
+    def validate(self, stage: Stage) -> list[dict]:
+        # FSDP: the rollout copy, gathered at the end of the stage (bf16 on GPU)
+        return self._validate(self.generator)
 
     def save(self, d: Path) -> None:
-        self._save_model(d)
-        self.critic.save_pretrained(d / "critic")
-        torch.save(self.ppo.state_dict(), d / TRAINER_STATE)
+        if not self.fsdp:
+            self._save_model(d)
+            self.critic.save_pretrained(d / "critic")
+            torch.save(self.ppo.state_dict(), d / TRAINER_STATE)
+            return
+        # the same folder as without FSDP, from the state gathered on rank 0
+        if self._full is None:
+            raise RuntimeError("FSDP save without a preceding gather: the state would be stale")
+        full, self._full = self._full, None
+        self._save_model(d, full["policy"])
+        self.critic.save_pretrained(d / "critic", state_dict=full["critic"])
+        torch.save(full["trainer"], d / TRAINER_STATE)
 
 
 def grpo_dataset(rows: list[Problem]):

@@ -145,9 +145,10 @@ class CountdownRLSpec(RunSpec):
                     f"batch.micro ({b.micro}) must divide the sequences per worker and step "
                     f"({per_worker})"
                 )
-        if self.resources.strategy == "fsdp":
+        if self.resources.strategy == "fsdp" and w < 2:
             raise ValueError(
-                "resources.strategy: fsdp is not supported yet for countdown-rl; use ddp"
+                "resources.strategy: fsdp shards the models over the workers; with "
+                "resources.num_workers 1 there is nothing to shard: use ddp (the default)"
             )
         tp = self.rollout.tensor_parallel_size
         if tp > 1 and (self.rollout.engine != "vllm" or w % tp):

@@ -8,9 +8,13 @@ vLLM machinery for the optional vLLM rollouts, and on ``ppo_core`` for the
 arithmetic. One :meth:`PPOTrainer.step` is one rollout batch: generate,
 score, estimate advantages with GAE against the critic, then
 ``ppo_epochs`` passes of mini-batches (one optimizer step each) split into
-micro-batches (gradient accumulation). Under ``torch.distributed`` the
-actor and critic are wrapped in DDP and each rank handles its share of the
-prompts.
+micro-batches (gradient accumulation). Under ``torch.distributed`` each
+rank handles its share of the prompts, and the actor and critic are either
+replicated (``strategy="ddp"``) or sharded with FSDP2 (``"fsdp"``: fp32
+master weights, gradients and AdamW state sharded over the workers, layers
+gathered in the compute dtype; the reference is sharded too). Under FSDP the
+rollouts come from a full copy of the policy (bf16 on GPU) that is gathered
+once per step, in place (``clab.distributed.fsdp``).
 """
 
 from __future__ import annotations
@@ -21,9 +25,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.utils import clip_grad_norm_
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from clab.data.countdown.reading import Problem
+from clab.distributed.fsdp import (
+    full_optimizer_state,
+    gather_into,
+    load_full_optimizer_state,
+    mesh_device,
+    scalar,
+    shard_model,
+    unsharded_copy,
+)
 from clab.distributed.reduce import reduce_metrics
 from clab.generation.rollout import Rollout, hf_generate, position_ids
 from clab.metrics.training import success_rate
@@ -66,6 +80,8 @@ class PPOConfig:
     lr_warmup_steps: int = 0
     weight_decay: float = 0.01  # veRL's actor and critic default
     compute_dtype: str | None = None  # e.g. "bfloat16": autocast over fp32 weights (GPU)
+    strategy: str = "ddp"  # several workers: "ddp" (replicated) or "fsdp" (sharded)
+    rollout_dtype: str | None = None  # FSDP: the rollout copy's dtype (None: compute dtype)
     compute_dtype: str | None = None
 
 
@@ -86,29 +102,61 @@ class PPOTrainer:
         config: PPOConfig,
         score_fn: ScoreFn,
         rollout_engine=None,
+        rollout_model: PreTrainedModel | None = None,
     ):
+        """``rollout_model`` (FSDP only): the unsharded model rollouts generate from,
+        of the actor's architecture; its weights are overwritten from the actor before
+        each step's rollout. Without it, FSDP makes one from the actor."""
         self.cfg = config
         self.tokenizer = tokenizer
         self.score_fn = score_fn
-        self.actor, self.critic, self.ref = actor, critic, ref
         self.rollout_engine = rollout_engine
         if ref is not None:
             ref.eval().requires_grad_(False)
-        ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if ddp:
+        dist_on = dist.is_available() and dist.is_initialized()
+        self.fsdp = config.strategy == "fsdp"
+        self.rollout_model = None
+        if self.fsdp:
+            if not dist_on:
+                raise ValueError("strategy fsdp needs a torch.distributed process group")
+            compute = getattr(torch, config.compute_dtype) if config.compute_dtype else None
+            dtype = getattr(torch, config.rollout_dtype or config.compute_dtype or "float32")
+            dev = mesh_device()
+            if rollout_model is None:  # before sharding: a copy of the full weights
+                rollout_model = unsharded_copy(actor, dtype, dev)
+            self.rollout_model = rollout_model.to(dev).eval().requires_grad_(False)
+            for model in (actor, critic, ref):
+                if model is not None:
+                    shard_model(model, compute)
+            self.actor_train, self.critic_train = actor, critic
+            self.world = dist.get_world_size()
+        elif dist_on and dist.get_world_size() > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             dev = next(actor.parameters()).device
             ids = [dev.index] if dev.type == "cuda" else None
             self.actor_train = DDP(actor, device_ids=ids)
             self.critic_train = DDP(critic, device_ids=ids)
+            self.world = dist.get_world_size()
         else:
             self.actor_train, self.critic_train = actor, critic
-        self.world = dist.get_world_size() if ddp else 1
+            self.world = 1
+        self.actor, self.critic, self.ref = actor, critic, ref
+        # the model generate runs on: the actor itself, or the FSDP rollout copy
+        self.generator = self.rollout_model if self.fsdp else actor
+        self._rollout_stale = self.fsdp
+        self.rank0 = not dist_on or dist.get_rank() == 0
         self.actor_opt = _adamw(actor, config.actor_lr, config.weight_decay)
         self.critic_opt = _adamw(critic, config.critic_lr, config.weight_decay)
         self.device_type = next(actor.parameters()).device.type
         self.new_stage(1, reset_optimizer=False)
+
+    def sync_rollout(self) -> None:
+        """FSDP: gather the actor's weights into the rollout copy if they changed since
+        the last gather (a collective: every worker calls it); nothing otherwise."""
+        if self.fsdp and self._rollout_stale:
+            gather_into(self.actor, self.rollout_model)
+            self._rollout_stale = False
 
     def autocast(self):
         """bf16 (or fp16) compute over the fp32 weights, as veRL and TRL run it: the
@@ -130,7 +178,13 @@ class PPOTrainer:
         bring back the previous stage's last learning rate for the first step, and a
         scheduler's saved state holds its step, not the groups' current rate.
         """
-        if state is not None:
+        if state is not None and self.fsdp:  # rank 0 holds the full state; a collective
+            for model, opt, key in (
+                (self.actor, self.actor_opt, "actor_opt"),
+                (self.critic, self.critic_opt, "critic_opt"),
+            ):
+                load_full_optimizer_state(model, opt, state[key] if self.rank0 else {})
+        elif state is not None:
             self.actor_opt.load_state_dict(state["actor_opt"])
             self.critic_opt.load_state_dict(state["critic_opt"])
         if reset_optimizer:
@@ -155,9 +209,16 @@ class PPOTrainer:
                     g["lr"] = lr
 
     def state_dict(self) -> dict:
+        """Optimizer and schedule state. Under FSDP a collective (every worker calls
+        it): the optimizers' full state, keyed by parameter name, on rank 0's CPU."""
+        if self.fsdp:
+            actor_opt = full_optimizer_state(self.actor, self.actor_opt)
+            critic_opt = full_optimizer_state(self.critic, self.critic_opt)
+        else:
+            actor_opt, critic_opt = self.actor_opt.state_dict(), self.critic_opt.state_dict()
         return {
-            "actor_opt": self.actor_opt.state_dict(),
-            "critic_opt": self.critic_opt.state_dict(),
+            "actor_opt": actor_opt,
+            "critic_opt": critic_opt,
             "actor_sched": self.actor_sched.state_dict(),
             "critic_sched": self.critic_sched.state_dict(),
         }
@@ -169,7 +230,7 @@ class PPOTrainer:
             return self.rollout_engine.generate(prompts, self.cfg.max_prompt_length)
         with self.autocast():
             return hf_generate(
-                self.actor,
+                self.generator,
                 self.tokenizer,
                 prompts,
                 max_prompt_length=self.cfg.max_prompt_length,
@@ -212,6 +273,7 @@ class PPOTrainer:
         t0 = time.perf_counter()
         n = cfg.responses_per_prompt
         batch = [p for p in problems for _ in range(n)]
+        self.sync_rollout()
         ro = self._rollout([p.prompt for p in batch])
         t_gen = time.perf_counter() - t0
         results = self.score_fn(ro.texts, batch)
@@ -275,8 +337,8 @@ class PPOTrainer:
                     acc["pg_clipfrac"].append(pg_clip.item())
                     acc["vf_clipfrac"].append(vf_clip.item())
                     acc["approx_kl"].append(masked_mean(old_lp[idx] - lp.detach(), m).item())
-                gn = torch.nn.utils.clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)
-                cgn = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+                gn = scalar(clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm))
+                cgn = scalar(clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm))
                 if not (torch.isfinite(gn) and torch.isfinite(cgn)):
                     raise NonFiniteLoss(f"gradient norm {gn.item()} / critic {cgn.item()}")
                 for k, v in sums.items():
@@ -285,6 +347,7 @@ class PPOTrainer:
                 acc["critic_grad_norm"].append(cgn.item())
                 self.actor_opt.step()
                 self.critic_opt.step()
+                self._rollout_stale = True
         lrs = (self.actor_sched.get_last_lr()[0], self.critic_sched.get_last_lr()[0])
         self.actor_sched.step()
         self.critic_sched.step()

@@ -1,0 +1,151 @@
+"""PPO under FSDP2 on 2 CPU workers (gloo): the same updates as one process, the
+rollout copy equal to the gathered weights, checkpoints in the usual HF folder
+format, resume, and the same run as DDP step by step.
+
+Each test spawns its two workers once (starting Python and importing torch and
+transformers is most of the time) and does all its runs inside them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from clab.data.countdown.reading import read_group
+from clab.models.loading import load_critic, load_policy, load_tokenizer
+from clab.models.tiny import build_tiny_model
+from clab.rewards.countdown import Reason, RewardResult
+from clab.training.ppo import PPOConfig, PPOTrainer
+
+COMPARED = ("policy_loss", "value_loss", "entropy", "grad_norm", "critic_grad_norm")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(fn, *args) -> None:
+    """``fn(rank, world, *args)`` on 2 gloo workers; a worker's error fails the test.
+    Forked, not spawned: the workers inherit the imported torch and transformers
+    (seconds each on a small machine); each uses one thread, as DataLoader's forked
+    workers do, so OpenMP's state from the parent is never entered."""
+    mp.start_processes(
+        _entry, args=(fn, _free_port(), args), nprocs=2, join=True, start_method="fork"
+    )
+
+
+def _entry(rank: int, fn, port: int, args) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # two workers on a small machine
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        fn(rank, 2, *args)
+    except BaseException:
+        traceback.print_exc()
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _score(texts, problems):
+    # a reward that varies with the text, so that advantages and gradients are not zero
+    return [RewardResult(len(t) % 3 / 2, False, Reason.WRONG_VALUE) for t in texts]
+
+
+def _trainer(model_dir: Path, strategy: str) -> PPOTrainer:
+    cfg = PPOConfig(
+        actor_lr=1e-3,
+        critic_lr=1e-3,
+        mini_batch_size=4 if strategy == "single" else 2,
+        micro_batch_size=2,
+        max_response_length=6,
+        max_prompt_length=160,
+        strategy="fsdp" if strategy == "fsdp" else "ddp",
+    )
+    return PPOTrainer(
+        load_policy(model_dir),
+        load_critic(model_dir, seed=0),
+        load_policy(model_dir),
+        load_tokenizer(model_dir),
+        cfg,
+        _score,
+    )
+
+
+def _fixed_rollout(trainer: PPOTrainer, rollout, rows: slice) -> None:
+    """Every step trains on ``rollout[rows]``: the same samples for one process and
+    for two workers, whose sampling streams differ."""
+
+    def take(prompts):
+        r = type(rollout)(
+            rollout.prompt_ids[rows],
+            rollout.prompt_mask[rows],
+            rollout.response_ids[rows],
+            rollout.response_mask[rows],
+            rollout.texts[rows],
+        )
+        return r
+
+    trainer._rollout = take
+
+
+def _fsdp_worker(rank: int, world: int, model_dir: Path, out: Path) -> None:
+    from torch.distributed.tensor import DTensor
+
+    from clab.distributed.fsdp import full_model_state
+
+    rollout = torch.load(out / "rollout.pt", weights_only=False)
+    torch.manual_seed(1)
+    tr = _trainer(model_dir, "fsdp")
+    assert all(isinstance(p, DTensor) for p in tr.actor.parameters())
+    assert all(p.dtype == torch.float32 for p in tr.actor.parameters())
+    _fixed_rollout(tr, rollout, slice(rank * 2, rank * 2 + 2))
+    problems = read_group(model_dir.parent / "data", 0, "train", 4)[rank * 2 : rank * 2 + 2]
+    rows = [tr.step(problems) for _ in range(3)]
+    # the rollout copy, gathered before the next rollout, holds the actor's weights
+    tr.sync_rollout()
+    copy = dict(tr.rollout_model.named_parameters())
+    for name, p in tr.actor.named_parameters():
+        assert torch.equal(copy[name], p.full_tensor()), name
+    actor = full_model_state(tr.actor)
+    if rank == 0:
+        torch.save({"rows": rows, "actor": actor}, out / "fsdp.pt")
+
+
+def test_two_fsdp_workers_make_the_updates_of_one_process(tmp_path, dataset):
+    """3 PPO steps on the same 4 sampled sequences: one process (mini-batch 4 in two
+    micro-batches) and two FSDP workers (2 sequences each): losses, gradient norms
+    and weights agree to float rounding (the sums are added in another order)."""
+    model_dir = tmp_path / "m"
+    (tmp_path / "data").symlink_to(dataset)
+    probs = read_group(dataset, 0, "train", 4)
+    build_tiny_model(model_dir, [p.prompt for p in probs], vocab_size=300, hidden_size=32)
+    torch.manual_seed(0)
+    single = _trainer(model_dir, "single")
+    rollout = single._rollout([p.prompt for p in probs])
+    assert rollout.response_mask.sum() > 8
+    torch.save(rollout, tmp_path / "rollout.pt")
+    _fixed_rollout(single, rollout, slice(0, 4))
+    expected = [single.step(probs) for _ in range(3)]
+
+    _spawn(_fsdp_worker, model_dir, tmp_path)
+    got = torch.load(tmp_path / "fsdp.pt", weights_only=False)
+    for want, row in zip(expected, got["rows"], strict=True):
+        for key in COMPARED:
+            assert row[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+    for name, p in single.actor.state_dict().items():
+        assert torch.allclose(got["actor"][name], p, rtol=1e-4, atol=1e-6), name
+    moved = max(
+        (got["actor"][n] - p).abs().max().item()
+        for n, p in load_policy(model_dir).state_dict().items()
+    )
+    assert moved > 1e-4  # the weights did move: the comparison is not trivial
