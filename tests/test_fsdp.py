@@ -149,3 +149,81 @@ def test_two_fsdp_workers_make_the_updates_of_one_process(tmp_path, dataset):
         for n, p in load_policy(model_dir).state_dict().items()
     )
     assert moved > 1e-4  # the weights did move: the comparison is not trivial
+
+
+# -- through the stage runner ---------------------------------------------------------------
+
+
+class Crash(Exception):
+    pass
+
+
+def _run(name: str, rank: int, world: int, **changes) -> None:
+    from clab.runs.runner import worker_main
+    from rl_spec import TINY
+
+    spec = {
+        **TINY,
+        "name": name,
+        "data": {**TINY["data"], "groups": [0, 1]},
+        "batch": {"train": 4, "val": 4, "mini": 4, "micro": 2},
+        "resources": {"num_workers": world, "strategy": "fsdp"},
+        **changes,
+    }
+    worker_main({"kind": "countdown-rl", "spec": spec, "cwd": os.getcwd()}, rank, world)
+
+
+def _runner_worker(rank: int, world: int) -> None:
+    _run("ddp", rank, world, resources={"num_workers": world, "strategy": "ddp"})
+    _run("fsdp", rank, world)
+    original, calls = PPOTrainer.step, {"n": 0}
+
+    def dies_after_4(self, problems):
+        calls["n"] += 1
+        if calls["n"] > 4:  # stage r0-g1, after its first step (and its checkpoint)
+            raise Crash
+        return original(self, problems)
+
+    PPOTrainer.step = dies_after_4
+    try:
+        _run("broken", rank, world)
+        raise AssertionError("the run did not crash")
+    except Crash:
+        pass
+    finally:
+        PPOTrainer.step = original
+    dist.barrier()
+    _run("broken", rank, world)  # the same command again: resumes
+
+
+def test_fsdp_through_the_runner_checkpoints_resumes_and_equals_ddp(run_dir):
+    """Two FSDP workers through the stage runner (2 stages x 3 steps, a checkpoint
+    every step): stage checkpoints are the HF folders DDP writes, with the same
+    weights; a run killed mid-stage and rerun equals the uninterrupted one; and
+    every step equals DDP's (same seeds, same shares of the batch)."""
+    from clab.storage.layout import complete_stages
+    from clab.tracking.metrics_log import read_rows
+
+    _spawn(_runner_worker)
+    ddp, fsdp, broken = (read_rows(f"metrics/{n}/train.jsonl") for n in ("ddp", "fsdp", "broken"))
+    assert [r["global_step"] for r in broken] == [1, 2, 3, 4, 5, 6]
+    keys = ("reward_mean", "weight_change_run", "weight_change_stage", *COMPARED)
+    for a, b, c in zip(fsdp, broken, ddp, strict=True):
+        for key in keys:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["global_step"], key)
+            assert a[key] == pytest.approx(c[key], rel=1e-4, abs=1e-6), (a["global_step"], key)
+    assert fsdp[-1]["weight_change_run"] > 1e-3
+
+    stages = [d.name for _, d in complete_stages("checkpoints/fsdp")]
+    assert stages == ["initial", "r0-g0", "r0-g1"]
+    ours, theirs = Path("checkpoints/fsdp/r0-g1"), Path("checkpoints/ddp/r0-g1")
+    files = sorted(str(p.relative_to(ours)) for p in ours.rglob("*"))
+    assert files == sorted(str(p.relative_to(theirs)) for p in theirs.rglob("*"))
+    for load in (load_policy, load_critic):
+        sub = "critic" if load is load_critic else ""
+        a, b = load(ours / sub).state_dict(), load(theirs / sub).state_dict()
+        for name, t in a.items():
+            assert torch.allclose(t, b[name], rtol=1e-4, atol=1e-6), name
+    state = torch.load(ours / "trainer_state.pt", weights_only=False)
+    exp_avg = state["actor_opt"]["state"]["model.embed_tokens.weight"]["exp_avg"]
+    assert exp_avg.shape == a["model.embed_tokens.weight"].shape  # full, not a shard
