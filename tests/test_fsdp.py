@@ -44,7 +44,15 @@ def _spawn(fn, *args) -> None:
 
 
 def _entry(rank: int, fn, port: int, args) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # what torchrun and Ray Train set (transformers' Trainer reads them)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_WORLD_SIZE="2",
+    )
     torch.set_num_threads(1)  # two workers on a small machine
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:

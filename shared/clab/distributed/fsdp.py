@@ -42,8 +42,8 @@ _FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
 
 
 def mesh_device() -> torch.device:
-    """The device FSDP shards onto: this worker's GPU under NCCL, else the CPU (gloo)."""
-    if dist.get_backend() == "nccl":
+    """The device FSDP shards onto: the CPU under gloo, else this worker's GPU."""
+    if dist.get_backend() != "gloo" and torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
