@@ -235,3 +235,28 @@ def test_fsdp_through_the_runner_checkpoints_resumes_and_equals_ddp(run_dir):
     state = torch.load(ours / "trainer_state.pt", weights_only=False)
     exp_avg = state["actor_opt"]["state"]["model.embed_tokens.weight"]["exp_avg"]
     assert exp_avg.shape == a["model.embed_tokens.weight"].shape  # full, not a shard
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"algorithm": "grpo", "rollout": {"responses_per_prompt": 2}},
+            "resources.strategy: fsdp is implemented for algorithm ppo only",
+        ),
+        ({}, None),  # ppo on two workers: accepted
+    ],
+)
+def test_which_runs_fsdp_takes(workdir, capsys, changes, message):
+    from clab.cli import main
+    from rl_spec import write_spec
+
+    spec = write_spec(
+        workdir / "s.yaml",
+        resources={"num_workers": 2, "strategy": "fsdp"},
+        batch={"train": 4, "val": 4, "mini": 4, "micro": 2},
+        **changes,
+    )
+    assert main(["validate", str(spec)]) == (2 if message else 0)
+    if message:
+        assert message in capsys.readouterr().err

@@ -204,8 +204,9 @@ class PPOStageTrainer(CountdownTrainer):
 
     def load(self, model_dir: Path, initial: Path) -> None:
         spec = self.spec
-        # FSDP: models are read on the CPU and moved to the GPU shard by shard
-        self.fsdp = spec.resources.strategy == "fsdp"
+        # FSDP (several workers): models are read on the CPU and moved to the GPU shard
+        # by shard; one worker trains alone, as with DDP
+        self.fsdp = spec.resources.strategy == "fsdp" and self.world > 1
         dev = torch.device("cpu") if self.fsdp else self.device
         self.tokenizer = load_tokenizer(initial)  # never trained; stage 0 has its marker
         self.policy = load_policy(model_dir, "float32").to(dev)
@@ -243,7 +244,7 @@ class PPOStageTrainer(CountdownTrainer):
             lr_warmup_steps=spec.lr_warmup_steps,
             compute_dtype=self.compute_dtype,
             weight_decay=p.weight_decay,
-            strategy=spec.resources.strategy,
+            strategy="fsdp" if self.fsdp else "ddp",
         )
         engine = None
         if r.engine == "vllm":
@@ -368,24 +369,6 @@ def grpo_dataset(rows: list[Problem]):
     )
 
 
-def grpo_fsdp_args(model: torch.nn.Module, checkpointing: bool) -> dict:
-    """transformers' FSDP settings for TRL's trainer, as our PPO shards: FSDP2, each
-    decoder layer a unit, full state dicts in checkpoints; activation checkpointing
-    through FSDP (transformers' own would all-gather every layer a second time)."""
-    return {
-        "fsdp": "full_shard auto_wrap",
-        "fsdp_config": {
-            "version": 2,
-            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "transformer_layer_cls_to_wrap": list(model._no_split_modules),
-            "reshard_after_forward": True,
-            "state_dict_type": "FULL_STATE_DICT",
-            "activation_checkpointing": checkpointing,
-            "cpu_ram_efficient_loading": False,
-        },
-    }
-
-
 # TRL's GRPO log keys -> clab's metric names
 GRPO_KEYS = {
     "loss": "policy_loss",
@@ -423,8 +406,6 @@ class GRPOStageTrainer(CountdownTrainer):
         n = spec.rollout.responses_per_prompt
         per_worker = spec.batch.train // self.world * n
         g = spec.grpo
-        fsdp = spec.resources.strategy == "fsdp"
-        fsdp_args = grpo_fsdp_args(self.policy, spec.model.gradient_checkpointing) if fsdp else {}
         return dict(
             stage_args(spec, ctx, ctx.n_steps),
             per_device_train_batch_size=spec.batch.micro,
@@ -449,9 +430,8 @@ class GRPOStageTrainer(CountdownTrainer):
             vllm_mode="colocate",
             vllm_tensor_parallel_size=spec.rollout.tensor_parallel_size,
             vllm_gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
-            gradient_checkpointing=spec.model.gradient_checkpointing and not fsdp,
+            gradient_checkpointing=spec.model.gradient_checkpointing,
             shuffle_dataset=True,
-            **fsdp_args,
         )
 
     def train_stage(self, ctx: StageContext) -> None:
