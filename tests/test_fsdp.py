@@ -109,7 +109,7 @@ def _fixed_rollout(trainer: PPOTrainer, rollout, rows: slice) -> None:
 def _fsdp_worker(rank: int, world: int, model_dir: Path, out: Path) -> None:
     from torch.distributed.tensor import DTensor
 
-    from clab.distributed.fsdp import full_model_state
+    from clab.distributed.fsdp import full_model_state, local_shard, shard_model
 
     rollout = torch.load(out / "rollout.pt", weights_only=False)
     torch.manual_seed(1)
@@ -125,6 +125,12 @@ def _fsdp_worker(rank: int, world: int, model_dir: Path, out: Path) -> None:
     for name, p in tr.actor.named_parameters():
         assert torch.equal(copy[name], p.full_tensor()), name
     actor = full_model_state(tr.actor)
+    # the runner's reference weights: each worker's cut of a full tensor is its shard,
+    # also where rows do not divide (5 rows over 2 workers: 3 and 2)
+    odd = shard_model(torch.nn.Sequential(torch.nn.Linear(3, 5)))
+    for p in odd.parameters():
+        assert torch.equal(local_shard(p, p.full_tensor()), p.to_local())
+    assert odd[0].weight.to_local().shape[0] == (3 if rank == 0 else 2)
     if rank == 0:
         torch.save({"rows": rows, "actor": actor}, out / "fsdp.pt")
 

@@ -150,5 +150,5 @@ def local_shard(param: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     if not isinstance(param, DTensor):
         return full
     return distribute_tensor(
-        full, param.device_mesh, param.placements, src_data_rank=None
+        full.detach(), param.device_mesh, param.placements, src_data_rank=None
     ).to_local()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -80,7 +81,7 @@ class PPOConfig:
     lr_warmup_steps: int = 0
     weight_decay: float = 0.01  # veRL's actor and critic default
     compute_dtype: str | None = None  # e.g. "bfloat16": autocast over fp32 weights (GPU)
-    strategy: str = "ddp"  # several workers: "ddp" (replicated) or "fsdp" (sharded)
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # several workers: replicated or sharded
     rollout_dtype: str | None = None  # FSDP: the rollout copy's dtype (None: compute dtype)
     compute_dtype: str | None = None
 
