@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from clab.data.countdown.reading import read_group
 from clab.distributed.reduce import reduce_metrics
 from clab.generation.rollout import hf_generate, position_ids
-from clab.metrics.training import WeightTracker
+from clab.metrics.training import WeightTracker, distance
 from clab.models.loading import load_critic, load_policy, load_tokenizer
 from clab.models.tiny import build_tiny_model
 from clab.rewards.countdown import Reason, RewardResult
@@ -171,6 +171,27 @@ def test_per_tensor_weight_change_by_hand():
         model.weight.add_(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
     change = tracker.per_tensor()
     assert change == pytest.approx({"weight": 1 / 5, "bias": 0.0})
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 26])
+def test_weight_change_norms_by_hand_whatever_the_chunking(chunk):
+    # weight [[3, 0], [0, 4]] moved by 1 and bias [1, 0] by 2: run change sqrt(5) / sqrt(26)
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 4.0]]))
+        model.bias.copy_(torch.tensor([1.0, 0.0]))
+    tracker = WeightTracker(model)
+    with torch.no_grad():
+        model.weight.add_(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
+        model.bias.add_(torch.tensor([0.0, 2.0]))
+    assert distance(tracker.params, tracker.theta_0, chunk).item() == pytest.approx(5**0.5)
+    got = tracker.measure(grad_norm=2.0)
+    assert got["weight_change_run"] == pytest.approx((5 / 26) ** 0.5)
+    assert got["weight_change_stage"] == pytest.approx((5 / 26) ** 0.5)
+    assert got["param_norm"] == pytest.approx(31**0.5)  # 9 + 1 + 16 (weight) + 1 + 4 (bias)
+    assert got["normalized_grad"] == pytest.approx(2 / 31**0.5)
+    with pytest.raises(ValueError, match="2 tensors against 1"):
+        distance(tracker.params, tracker.theta_0[:1])
 
 
 # -- two gloo workers against one -----------------------------------------------------------

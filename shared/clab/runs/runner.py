@@ -313,6 +313,8 @@ class StageRunner:
 
         def save_resume(step_in_stage: int) -> None:
             if self.main:
+                for log in logs.values():
+                    log.sync()  # the rows up to the checkpoint are on disk before it is
                 ckpt = work / f"checkpoint-{step_in_stage}"
                 with atomic_dir(ckpt) as d:
                     self.trainer.save(d)
