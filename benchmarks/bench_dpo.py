@@ -75,7 +75,9 @@ def main() -> None:
     from clab.training.dpo import LORA_INIT, lora_config
 
     datasets.disable_progress_bars()
-    timings: dict[str, list[float]] = {"clab": [], "plain": [], "reward_model": []}
+    timings: dict[str, list[float]] = {
+        "clab": [], "plain": [], "reward_model": [], "clab_train": [], "plain_train": [], "rows": []
+    }  # fmt: skip
     captured: dict = {}
     original_stage, original_rm = dpo.DPOStageTrainer.train_stage, dpo.DPOStageTrainer.reward_models
 
@@ -92,12 +94,36 @@ def main() -> None:
         return out
 
     dpo.DPOStageTrainer.train_stage = timed_stage
+
+    # DPOTrainer.train() alone on each side, and the time our per-step rows take
+    # (HF row -> runner row -> weight norms, JSONL, progress bar): the bookkeeping.
+    from clab.runs import runner as runner_module
+    from clab.training.hf_stage import StageCallback
+
+    original_train, original_on_log = DPOTrainer.train, StageCallback.on_log
+
+    def timed_train(self, *args, **kwargs):
+        t = time.perf_counter()
+        out = original_train(self, *args, **kwargs)
+        captured["train"] = time.perf_counter() - t
+        return out
+
+    def timed_on_log(self, *args, **kwargs):
+        t = time.perf_counter()
+        original_on_log(self, *args, **kwargs)
+        captured["rows"] = captured.get("rows", 0.0) + time.perf_counter() - t
+
+    DPOTrainer.train, StageCallback.on_log = timed_train, timed_on_log
+    assert runner_module.StepSink  # rows reach it through StageCallback.on_log
     dpo.DPOStageTrainer.reward_models = timed_rm
 
     def clab_run(i: int) -> Path:
         spec = load_spec("services/dpo-trainer.yaml", overrides(f"b{i}", a.rows, use_gpu))
+        captured["rows"] = 0.0
         run_spec(spec)
         timings["clab"].append(captured["stage"])
+        timings["clab_train"].append(captured["train"])
+        timings["rows"].append(captured["rows"])
         timings["reward_model"].append(captured["rm"])
         return Path(f"checkpoints/b{i}/initial")
 
@@ -119,6 +145,7 @@ def main() -> None:
         trainer.remove_callback(PrinterCallback)
         trainer.train()
         timings["plain"].append(time.perf_counter() - t)
+        timings["plain_train"].append(captured["train"])
 
     initial = clab_run(0)  # warm-up round: the reward model is trained here, then reused
     plain_run(initial)
@@ -136,6 +163,11 @@ def main() -> None:
         runs = [round(x, 2) for x in timings["clab" if side == "clab stage" else "plain"]]
         print(f"{side:11s}: {t:.2f} s ({steps / t:.2f} steps/s)  runs {runs}")
     print(f"throughput ratio clab / plain = {p / c:.3f} (goal >= 0.95)")
+    ct, pt = statistics.median(timings["clab_train"]), statistics.median(timings["plain_train"])
+    rows = statistics.median(timings["rows"])
+    print(f"train() alone: clab {ct:.2f} s, plain {pt:.2f} s (ratio {pt / ct:.3f}); "
+          f"construction and setup: clab {c - ct:.2f} s, plain {p - pt:.2f} s; "
+          f"our per-step rows: {rows:.2f} s = {1e3 * rows / steps:.2f} ms a step")  # fmt: skip
     print(f"reward model (first round, trained): {rm_first:.2f} s; "
           f"reused in later runs: {statistics.median(timings['reward_model']):.2f} s")  # fmt: skip
 
