@@ -65,7 +65,7 @@ def main() -> None:
     import datasets
     from peft import get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from clab.models.loading import load_policy, load_tokenizer
@@ -75,9 +75,9 @@ def main() -> None:
     from clab.training.dpo import LORA_INIT, lora_config
 
     datasets.disable_progress_bars()
-    timings: dict[str, list[float]] = {
-        "clab": [], "plain": [], "reward_model": [], "clab_train": [], "plain_train": [], "rows": []
-    }  # fmt: skip
+    parts = ("", "_train", "_inside", "_between")
+    keys = ["reward_model", "rows"] + [f"{s}{p}" for s in ("clab", "plain") for p in parts]
+    timings: dict[str, list[float]] = {k: [] for k in keys}
     captured: dict = {}
     original_stage, original_rm = dpo.DPOStageTrainer.train_stage, dpo.DPOStageTrainer.reward_models
 
@@ -102,10 +102,27 @@ def main() -> None:
 
     original_train, original_on_log = DPOTrainer.train, StageCallback.on_log
 
+    class StepTimes(TrainerCallback):
+        """Inside a step (forward, backward, optimizer) and between steps (logging, rows)."""
+
+        def __init__(self):
+            self.begin, self.end = [], []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begin.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.end.append(time.perf_counter())
+
     def timed_train(self, *args, **kwargs):
+        times = StepTimes()
+        self.add_callback(times)
         t = time.perf_counter()
         out = original_train(self, *args, **kwargs)
         captured["train"] = time.perf_counter() - t
+        inside = [e - b for b, e in zip(times.begin, times.end, strict=False)]
+        between = [b - e for e, b in zip(times.end, times.begin[1:], strict=False)]
+        captured["inside"], captured["between"] = sum(inside), sum(between)
         return out
 
     def timed_on_log(self, *args, **kwargs):
@@ -124,6 +141,8 @@ def main() -> None:
         timings["clab"].append(captured["stage"])
         timings["clab_train"].append(captured["train"])
         timings["rows"].append(captured["rows"])
+        timings["clab_inside"].append(captured["inside"])
+        timings["clab_between"].append(captured["between"])
         timings["reward_model"].append(captured["rm"])
         return Path(f"checkpoints/b{i}/initial")
 
@@ -146,15 +165,21 @@ def main() -> None:
         trainer.train()
         timings["plain"].append(time.perf_counter() - t)
         timings["plain_train"].append(captured["train"])
+        timings["plain_inside"].append(captured["inside"])
+        timings["plain_between"].append(captured["between"])
 
     initial = clab_run(0)  # warm-up round: the reward model is trained here, then reused
     plain_run(initial)
     rm_first = timings["reward_model"][0]
     for k in timings:
         timings[k].clear()
-    for i in range(1, a.repeats + 1):
-        clab_run(i)
-        plain_run(initial)
+    for i in range(1, a.repeats + 1):  # alternating which side goes first
+        if i % 2:
+            clab_run(i)
+            plain_run(initial)
+        else:
+            plain_run(initial)
+            clab_run(i)
     steps = captured["steps"]
     c, p = statistics.median(timings["clab"]), statistics.median(timings["plain"])
     print(f"device {a.device}; {steps} DPO steps of 8 pairs, LoRA r 32 on a tiny Qwen2 "
@@ -168,6 +193,12 @@ def main() -> None:
     print(f"train() alone: clab {ct:.2f} s, plain {pt:.2f} s (ratio {pt / ct:.3f}); "
           f"construction and setup: clab {c - ct:.2f} s, plain {p - pt:.2f} s; "
           f"our per-step rows: {rows:.2f} s = {1e3 * rows / steps:.2f} ms a step")  # fmt: skip
+    for side in ("clab", "plain"):
+        inside = statistics.median(timings[f"{side}_inside"])
+        between = statistics.median(timings[f"{side}_between"])
+        print(f"{side:5s} per step: {1e3 * inside / steps:.2f} ms inside a step (forward, "
+              f"backward, optimizer), {1e3 * between / steps:.2f} ms between steps "
+              f"(logging, callbacks)")  # fmt: skip
     print(f"reward model (first round, trained): {rm_first:.2f} s; "
           f"reused in later runs: {statistics.median(timings['reward_model']):.2f} s")  # fmt: skip
 

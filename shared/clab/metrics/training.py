@@ -14,33 +14,51 @@ import torch
 
 
 def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """sqrt(sum_i ||t_i||^2), as a 0-d tensor on the tensors' device."""
+    """sqrt(sum_i ||t_i||^2), as a 0-d fp32 tensor on the tensors' device."""
     if not tensors:
         return torch.tensor(0.0)
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors, 2, dtype=FP32)))
 
 
-def distance(
-    params: list[torch.Tensor], ref: list[torch.Tensor], chunk_elements: int = 1 << 26
+FP32 = torch.float32
+
+
+def change_norms(
+    params: list[torch.Tensor],
+    refs: list[list[torch.Tensor]],
+    chunk_elements: int = 1 << 26,
 ) -> torch.Tensor:
-    """||params - ref||, over chunks of at most ``chunk_elements`` elements: few kernel
-    launches for many small tensors (LoRA: one per tensor cost ~2 ms a step on a GPU),
-    never the whole difference of a large model in memory at once."""
-    if len(params) != len(ref):
-        raise ValueError(f"{len(params)} tensors against {len(ref)} references")
-    sq: list[torch.Tensor] = []
+    """[||params||, ||params - refs[0]||, ||params - refs[1]||, ...] as one fp32 tensor.
+
+    One pass of multi-tensor kernels over chunks of at most ``chunk_elements``
+    elements: a handful of kernel launches for many small tensors (LoRA's dozens
+    of matrices cost ~2 ms a step when each had its own), and never the whole
+    difference of a large model in memory at once.
+    """
+    for ref in refs:
+        if len(ref) != len(params):
+            raise ValueError(f"{len(params)} tensors against {len(ref)} references")
+    sq = torch.zeros(1 + len(refs), dtype=FP32, device=params[0].device if params else "cpu")
     start = 0
     while start < len(params):
         end, size = start, 0
         while end < len(params) and (end == start or size + params[end].numel() <= chunk_elements):
             size += params[end].numel()
             end += 1
-        diff = torch._foreach_sub([p.detach() for p in params[start:end]], ref[start:end])
-        sq.append(torch.stack(torch._foreach_norm([d.float() for d in diff])).square().sum())
+        chunk = [p.detach() for p in params[start:end]]
+        parts = [chunk] + [torch._foreach_sub(chunk, ref[start:end]) for ref in refs]
+        flat = [t for part in parts for t in part]
+        norms = torch.stack(torch._foreach_norm(flat, 2, dtype=FP32)).view(len(parts), -1)
+        sq += norms.square().sum(dim=1)
         start = end
-    if not sq:
-        return torch.tensor(0.0)
-    return torch.stack(sq).sum().sqrt()
+    return sq.sqrt()
+
+
+def distance(
+    params: list[torch.Tensor], ref: list[torch.Tensor], chunk_elements: int = 1 << 26
+) -> torch.Tensor:
+    """||params - ref||, through :func:`change_norms`."""
+    return change_norms(params, [ref], chunk_elements)[1]
 
 
 class WeightTracker:
@@ -52,7 +70,7 @@ class WeightTracker:
         self.params = [p for _, p in named]
         with torch.no_grad():
             self.theta_0 = theta_0 or [p.detach().clone() for p in self.params]
-            self.theta_0_norm = global_norm(self.theta_0)
+            self.theta_0_norm = global_norm(self.theta_0).item()
             self.stage_start = [t.clone() for t in self.theta_0]
             self.stage_norm = self.theta_0_norm
 
@@ -61,7 +79,7 @@ class WeightTracker:
         with torch.no_grad():
             src = weights if weights is not None else [p.detach() for p in self.params]
             torch._foreach_copy_(self.stage_start, src)
-            self.stage_norm = global_norm(self.stage_start)
+            self.stage_norm = global_norm(self.stage_start).item()
 
     @torch.no_grad()
     def per_tensor(self) -> dict[str, float]:
@@ -74,10 +92,12 @@ class WeightTracker:
 
     @torch.no_grad()
     def measure(self, grad_norm: float | None = None) -> dict[str, float]:
-        param_norm = global_norm([p.detach() for p in self.params])
-        run = distance(self.params, self.theta_0) / self.theta_0_norm
-        stage = distance(self.params, self.stage_start) / self.stage_norm
-        values = torch.stack([param_norm, run, stage]).tolist()
+        norms = change_norms(self.params, [self.theta_0, self.stage_start]).tolist()  # one sync
+        values = [
+            norms[0],
+            norms[1] / max(self.theta_0_norm, 1e-12),
+            norms[2] / max(self.stage_norm, 1e-12),
+        ]
         out = {
             "param_norm": values[0],
             "weight_change_run": values[1],

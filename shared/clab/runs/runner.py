@@ -431,7 +431,7 @@ class StepSink:
         if self.bar is not None:
             self.bar.update(int(row["step_in_stage"]) - self.bar.n)
             shown = {k: row[k] for k in ("success_rate", "reward_mean", "loss") if k in row}
-            self.bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()}, refresh=False)
 
 
 def prune_checkpoints(work: Path, keep: int) -> None:
