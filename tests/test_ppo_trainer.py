@@ -227,3 +227,30 @@ def test_two_workers_whiten_and_reduce_as_one(tmp_path):
     for p in parts:
         assert p["metrics"] == {"response_length_max": 10.0, "tokens_per_s": 10.0, "loss": 0.5}
     assert not torch.allclose(masked_whiten(x[:2], m[:2]), single[:2])  # per worker: wrong
+
+
+def test_each_row_carries_the_weight_change_of_its_own_step_though_written_a_step_later(tmp_path):
+    from types import SimpleNamespace
+
+    from clab.runs.runner import StepSink
+    from clab.tracking.metrics_log import MetricsLog, read_rows
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    tracker = WeightTracker(model)
+    logs = {n: MetricsLog(tmp_path / f"{n}.jsonl") for n in ("train", "val", "weights")}
+    wandb = SimpleNamespace(log=lambda row, step: None)
+    sink = StepSink(SimpleNamespace(round=0, task=0, index=1), 10, tracker, logs, wandb)
+    with torch.no_grad():
+        model.weight.fill_(3.0)  # step 1: changed by 1 / 2
+    sink({"step_in_stage": 1, "loss": 1.0})
+    with torch.no_grad():
+        model.weight.fill_(4.0)  # step 2: by 2 / 2
+    sink({"step_in_stage": 2, "loss": 0.5})
+    assert [r["global_step"] for r in read_rows(tmp_path / "train.jsonl")] == [11]
+    sink.flush()
+    rows = read_rows(tmp_path / "train.jsonl")
+    assert [r["global_step"] for r in rows] == [11, 12]
+    assert [r["weight_change_run"] for r in rows] == pytest.approx([0.5, 1.0])
+    assert [r["param_norm"] for r in rows] == pytest.approx([3.0, 4.0])

@@ -91,12 +91,17 @@ class WeightTracker:
         return dict(zip(self.names, (num / den).tolist(), strict=True))
 
     @torch.no_grad()
-    def measure(self, grad_norm: float | None = None) -> dict[str, float]:
-        norms = change_norms(self.params, [self.theta_0, self.stage_start]).tolist()  # one sync
+    def launch(self) -> torch.Tensor:
+        """[||theta||, ||theta - theta_0||, ||theta - stage start||], queued on the device."""
+        return change_norms(self.params, [self.theta_0, self.stage_start])
+
+    def read(self, norms: torch.Tensor, grad_norm: float | None = None) -> dict[str, float]:
+        """The row's fields from :meth:`launch`'s tensor (the host sync happens here)."""
+        n = norms.tolist()
         values = [
-            norms[0],
-            norms[1] / max(self.theta_0_norm, 1e-12),
-            norms[2] / max(self.stage_norm, 1e-12),
+            n[0],
+            n[1] / max(self.theta_0_norm, 1e-12),
+            n[2] / max(self.stage_norm, 1e-12),
         ]
         out = {
             "param_norm": values[0],
@@ -106,6 +111,10 @@ class WeightTracker:
         if grad_norm is not None:
             out["normalized_grad"] = grad_norm / max(values[0], 1e-12)
         return out
+
+    def measure(self, grad_norm: float | None = None) -> dict[str, float]:
+        """Normalized weight change and gradient now (one host sync)."""
+        return self.read(self.launch(), grad_norm)
 
 
 def success_rate(correct: list[bool]) -> float:
