@@ -2,9 +2,9 @@
 
 ``clab plan SPEC`` and :func:`estimate` read the spec's model shape
 (``clab.models.shape``) and resources, and add up what each GPU holds, part by
-part. A part lives in some phases of a step; the peak is the largest phase.
-Every formula is a small function below, tested against hand-computed figures
-and against measurements (``tests/test_plan.py``, ``docs/memory.md``).
+part. Every formula is a small function below, tested against hand-computed
+figures and against measurements (``tests/test_plan.py``; ``docs/memory.md``
+has the formulas and the measurements side by side).
 
 Bytes per parameter of a trained model (``P`` parameters, ``N`` GPUs):
 
@@ -51,6 +51,13 @@ through a fused, chunked head and never holds the logits.
 A rollout with HF generate holds the KV cache, ``2 x layers x kv_heads x
 head_dim x c`` bytes per token of ``rollout batch x s``, and a bf16 copy of
 the policy (autocast's cache under ddp, the gathered full copy under fsdp).
+
+Parts are alive in some phases (moments) of a step: rollout; scoring (the
+no-grad forwards); the start of the actor's backward, where its loss's
+tensors peak (PPO runs the critic's forward before the actor's backward, so
+the critic's saved tensors are there too); with checkpointing, the recompute
+of the actor's top layer; the critic's backward; the optimizer step.
+Gradients follow :func:`gradient_phases`. The peak is the largest phase.
 
 The peak is what ``torch.cuda.max_memory_allocated`` would report; the
 verdict adds :data:`CUDA_CONTEXT_BYTES` for what the allocator does not see.
