@@ -20,6 +20,8 @@ from clab.models.shape import (
 from clab.training.countdown_rl_spec import CountdownRLSpec
 from clab.training.memory_plan import (
     CUDA_CONTEXT_BYTES,
+    PPO_FUSED,
+    PPO_SEPARATE,
     GiB,
     compute_copy_bytes,
     estimate,
@@ -175,9 +177,20 @@ def test_activation_kv_and_logits_formulas_by_hand():
     ) == 28 * tokens * 1536 * 4 + tokens * (2 * 128 * 4 + 8 * 1536 + 2 * 1536)
     # KV cache: 2 x 28 layers x 2 KV heads x 128 x 2 B per token, 64 sequences x 384
     assert kv_cache_bytes(QWEN15, 64, 384, 2) == 28_672 * 64 * 384 == 704_643_072
-    # PPO's loss: 7 fp32 copies of micro x response x vocabulary
-    assert ppo_logits_bytes(8, 1024, 151_936) == 7 * 4 * 8 * 1024 * 151_936
-    assert scoring_logits_bytes(8, 256, 1024, 151_936, 2) == 8 * 151_936 * (2 * 1280 + 8 * 1024)
+    # PPO's loss: 7 fp32 copies of micro x response x vocabulary (the earlier trainer),
+    # 5 with one log-softmax for log-probs and entropy (issue 14's)
+    assert ppo_logits_bytes(8, 1024, 151_936, PPO_SEPARATE) == 7 * 4 * 8 * 1024 * 151_936
+    assert ppo_logits_bytes(8, 1024, 151_936, PPO_FUSED) == 5 * 4 * 8 * 1024 * 151_936
+    # scoring: whole-sequence bf16 logits + 2 fp32 response copies (earlier); response
+    # logits only: the fp32 copy and its log-softmax (8 B) outweigh bf16 + copy (2 + 4 B),
+    # unless a temperature adds a scaled copy (2 + 8 B)
+    assert scoring_logits_bytes(8, 256, 1024, 151_936, 2, PPO_SEPARATE) == 8 * 151_936 * (
+        2 * 1280 + 8 * 1024
+    )
+    assert scoring_logits_bytes(8, 256, 1024, 151_936, 2, PPO_FUSED) == 8 * 151_936 * 8 * 1024
+    assert scoring_logits_bytes(8, 256, 1024, 151_936, 2, PPO_FUSED, 0.7) == 8 * 151_936 * (
+        2 * 1025 + 8 * 1024
+    )
     # autocast's bf16 copy: every layer's matmul weights and the (tied) head
     layer_matmuls = 2 * 1536 * 1536 + 2 * 1536 * 256 + 3 * 1536 * 8960
     assert compute_copy_bytes(QWEN15, 2) == 2 * (28 * layer_matmuls + 151_936 * 1536)
@@ -381,7 +394,7 @@ def _bench_spec(response: int) -> CountdownRLSpec:
 def test_reproduces_the_peak_measured_on_an_h100():
     """fp32 weights under bf16 autocast, 128-token responses: 61.1 GiB measured, while the
     benchmark also held an fp32 copy of the actor (4 B x P) to count changed weights."""
-    plan = estimate(_bench_spec(128))
+    plan = estimate(_bench_spec(128), layout=PPO_SEPARATE)  # the trainer measured then
     measured = 61.1 * GiB - 4 * plan.params["actor"]
     assert plan.peak_bytes == pytest.approx(measured, rel=0.03)
 
@@ -398,7 +411,7 @@ def test_reproduces_the_peaks_measured_with_bf16_weights(response, clone, measur
     saved = model_activation_bytes(  # each of actor and critic: checkpoints
         QWEN15, 8, 134 + response, checkpointing=True, residual_bytes=2, compute_bytes=2
     )
-    peak = state + 2 * saved + ppo_logits_bytes(8, response, QWEN15.vocab_size)
+    peak = state + 2 * saved + ppo_logits_bytes(8, response, QWEN15.vocab_size, PPO_SEPARATE)
     assert peak == pytest.approx(measured_gib * GiB, rel=0.03)
 
 
@@ -419,13 +432,18 @@ def test_service_plans_under_ddp_and_fsdp():
     # during a vLLM rollout: ddp holds 16 B + 4 B of buckets per trained parameter and
     # the bf16 reference; fsdp a 1/8 share of the 16 B and of the reference
     assert ddp.phase_bytes("rollout") - vllm == 20 * (actor + critic) + 2 * actor
+    # fsdp: a 1/8 share of the 16 B and of the reference, and the full bf16 copy of the
+    # policy that rollouts generate from
     assert fsdp.phase_bytes("rollout") - vllm == pytest.approx(
-        (16 * (actor + critic) + 2 * actor) / 8
+        (16 * (actor + critic) + 2 * actor) / 8 + 2 * actor
     )
-    # the actor's loss over 8 x 1024 x 151,936 fp32 logits is what does not fit in 24 GiB
+    # the actor's loss over 8 x 1024 x 151,936 fp32 logits (4.6 GiB a copy, 5 or 7 copies
+    # as the trainer computes it) is what does not fit in 24 GiB
     assert fsdp.fits is False
-    assert fsdp.part("actor logits (loss and its backward)").bytes > 30 * GiB
-    small = plan_file(str(SPEC_15B), ["resources.strategy=fsdp", "batch.micro=1"])
+    assert fsdp.part("actor logits (loss and its backward)").bytes > 20 * GiB
+    # HF rollouts instead of vLLM's 0.4 of the GPU, and micro-batches of 2: it fits
+    hf = ["rollout.engine=hf", "rollout.tensor_parallel_size=1"]
+    small = plan_file(str(SPEC_15B), ["resources.strategy=fsdp", "batch.micro=2", *hf])
     assert small.fits is True and small.required_bytes == small.peak_bytes + CUDA_CONTEXT_BYTES
 
 
@@ -448,6 +466,21 @@ def test_gradients_follow_accumulation():
     alone = estimate(spec)
     assert "actor backward" not in alone.part("critic gradients (fp32)").phases
     assert "rollout" in alone.part("critic gradients (fp32)").phases
+
+
+def test_static_rollouts_keep_their_copy_and_cache():
+    """hf-static (issue 14) keeps a bf16 copy of the policy and a KV cache for the whole
+    run; hf holds autocast's copy and a growing cache during the rollout only."""
+    spec = _bench_spec(128)
+    hf = estimate(spec)
+    static = estimate(
+        spec.model_copy(update={"rollout": spec.rollout.model_copy(update={"engine": "hf-static"})})
+    )
+    assert hf.part("KV cache").phases == ("rollout",)
+    assert static.part("KV cache (static)").phases == ("always",)
+    assert static.part("KV cache (static)").bytes == kv_cache_bytes(QWEN15, 64, 262, 2)
+    assert static.part("policy bf16 copy (hf-static)").bytes == 2 * 1_543_714_304
+    assert static.part("policy bf16 copy (hf-static)").phases == ("always",)
 
 
 # -- the command ------------------------------------------------------------------------

@@ -25,7 +25,6 @@ Qwen2.5-1.5B: 151,936 x 1,536 + 28 x 46,797,824 + 1,536 = 1,543,714,304.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,7 +197,8 @@ def published_config(name_or_path: str) -> tuple[str, dict] | None:
 
 
 def _looks_local(name_or_path: str) -> bool:
-    return name_or_path.startswith(("/", "./", "../", "~")) or os.path.sep in name_or_path
+    """A path, not a hub id (``org/name``)."""
+    return name_or_path.startswith(("/", "./", "../", "~"))
 
 
 def resolve_shape(name_or_path: str, field: str = "model.name_or_path") -> tuple[DecoderShape, str]:

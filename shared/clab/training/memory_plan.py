@@ -40,22 +40,25 @@ compute dtype ``c`` bytes; per token and layer (:func:`layer_activation_bytes`):
 - and per layer the padding mask as an additive bias: ``b s^2 c``.
 
 With activation checkpointing only each layer's input (``r h`` per token)
-is kept, and one layer is recomputed at a time. PPO's actor computes logits
-for the whole sequence and keeps, for its loss over the ``R`` response
-tokens, four fp32 vocabulary-sized tensors alive (the temperature-scaled
-logits, the log-softmax of the log-probs, the entropy's log-softmax and its
-exp); its backward adds three more at its peak: 28 bytes x ``b R V``
-(measured with torch's MemTracker, tests/test_plan.py). TRL's GRPO scores
-through a fused, chunked head and never holds the logits.
+is kept, and one layer is recomputed at a time. PPO's actor loss holds fp32
+vocabulary-sized tensors of ``b R V`` (``R`` response tokens): 4 alive and 3
+more in its backward (28 bytes x ``b R V``) in the trainer before issue 14,
+2 alive and 3 more (20 bytes) in issue 14's, which takes log-probs and
+entropy from one log-softmax (:class:`PPOLayout`; measured with torch's
+MemTracker, tests/test_plan.py). TRL's GRPO scores through a fused, chunked
+head and never holds the logits.
 
 A rollout with HF generate holds the KV cache, ``2 x layers x kv_heads x
 head_dim x c`` bytes per token of ``rollout batch x s``, and a bf16 copy of
-the policy (autocast's cache under ddp, the gathered full copy under fsdp).
+the policy: autocast's cache during the rollout (``hf`` under ddp), or a copy
+kept for the whole run (``hf-static``; and under fsdp the rollout copy that
+is gathered into in place once per step, whatever the engine).
 
 Parts are alive in some phases (moments) of a step: rollout; scoring (the
 no-grad forwards); the start of the actor's backward, where its loss's
-tensors peak (PPO runs the critic's forward before the actor's backward, so
-the critic's saved tensors are there too); with checkpointing, the recompute
+tensors peak (the trainer before issue 14 runs the critic's forward before
+the actor's backward, so the critic's saved tensors are there too); with
+checkpointing, the recompute
 of the actor's top layer; the critic's backward; the optimizer step.
 Gradients follow :func:`gradient_phases`. The peak is the largest phase.
 
@@ -84,8 +87,6 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 WEIGHT_BYTES, GRAD_BYTES, ADAM_BYTES = 4, 4, 8
 # DDP copies each gradient into an fp32 bucket for the all-reduce
 DDP_BUCKET_BYTES = 4
-# PPO's actor loss: fp32 copies of (micro x response x vocab) alive at the backward's peak
-PPO_LOGITS_LIVE_COPIES, PPO_LOGITS_BACKWARD_COPIES = 4, 3
 # foreach AdamW (torch's default on CUDA) allocates sqrt(v) for a whole parameter group
 ADAM_STEP_TEMP_BYTES = 4
 # TRL's fused log-prob head works on tiles of 4096 tokens x 32768 vocabulary entries
@@ -96,6 +97,48 @@ CUDA_CONTEXT_BYTES = GiB
 TIGHT_SHARE = 0.9
 
 ALWAYS = "always"
+
+
+@dataclass(frozen=True)
+class PPOLayout:
+    """How a version of clab's PPO trainer lays out a micro-batch in memory."""
+
+    name: str
+    # fp32 copies of (micro x response x vocab) alive at the start of the actor's
+    # backward, and how many more its backward makes at its peak (measured with
+    # torch's MemTracker on the CPU: tests/test_plan.py)
+    logits_live: int
+    logits_backward: int
+    # logits for every position (then sliced), or only where a response token is predicted
+    response_logits_only: bool
+    # the critic's forward runs before the actor's backward (both graphs alive at once)
+    critic_before_actor_backward: bool
+    # AdamW fused on CUDA (no foreach temporaries)
+    fused_adamw: bool
+
+
+# The trainer before issue 14: logits for the whole sequence, separate log-softmaxes for
+# the log-probs and the entropy, both forwards before both backwards, foreach AdamW.
+PPO_SEPARATE = PPOLayout("separate", 4, 3, False, True, False)
+# Issue 14's: logits at response positions only, log-probs and entropy from one
+# log-softmax (2 copies alive: it and its exp), the actor's graph freed before the
+# critic's forward, fused AdamW.
+PPO_FUSED = PPOLayout("fused", 2, 3, True, False, True)
+
+
+LAYOUT_NOTES = {
+    "separate": "whole-sequence logits, two log-softmaxes, both forwards before both backwards",
+    "fused": "response logits only, one log-softmax, the actor's backward before the "
+    "critic's forward",
+}
+
+
+def ppo_layout() -> PPOLayout:
+    """The layout of the PPO trainer installed with this clab (issue 14's is recognised by
+    its one-pass ``ppo_core.logprobs_and_entropy``)."""
+    from clab.training import ppo_core
+
+    return PPO_FUSED if hasattr(ppo_core, "logprobs_and_entropy") else PPO_SEPARATE
 
 
 # -- formulas ------------------------------------------------------------------------------
@@ -135,9 +178,10 @@ def compute_copy_bytes(s: DecoderShape, compute_bytes: int, value_head: bool = F
 def fsdp_gathered_bytes(
     s: DecoderShape, compute_bytes: int, *, value_head: bool = False, backward: bool = True
 ) -> int:
-    """What fully_shard holds unsharded at once: the root unit's parameters (kept from
-    forward to backward), the current and the prefetched layer; in backward also the root's
-    unsharded gradient, which accumulates until the end."""
+    """What fully_shard holds unsharded at once (every layer a unit, resharded after its
+    forward, the root too): the root unit's parameters, the current and the prefetched
+    layer; in backward also the root's unsharded gradient, which accumulates until the
+    end."""
     root = root_params(s, value_head=value_head)
     return compute_bytes * ((2 if backward else 1) * root + 2 * layer_params(s))
 
@@ -199,17 +243,33 @@ def model_activation_bytes(
     return layers + rotary + final_norm + head_input
 
 
-def ppo_logits_bytes(micro: int, response: int, vocab: int) -> int:
-    """PPO's actor loss at its backward's peak: 7 fp32 copies of micro x response x vocab."""
-    return (PPO_LOGITS_LIVE_COPIES + PPO_LOGITS_BACKWARD_COPIES) * 4 * micro * response * vocab
+def ppo_logits_bytes(
+    micro: int, response: int, vocab: int, layout: PPOLayout = PPO_SEPARATE
+) -> int:
+    """PPO's actor loss at its backward's peak: fp32 copies of micro x response x vocab
+    (7 for the earlier trainer, 5 for issue 14's)."""
+    return (layout.logits_live + layout.logits_backward) * 4 * micro * response * vocab
 
 
 def scoring_logits_bytes(
-    micro: int, prompt: int, response: int, vocab: int, compute_bytes: int
+    micro: int,
+    prompt: int,
+    response: int,
+    vocab: int,
+    compute_bytes: int,
+    layout: PPOLayout = PPO_SEPARATE,
+    temperature: float = 1.0,
 ) -> int:
-    """A no-grad scoring forward: the logits of the whole sequence in the compute dtype,
-    then the response's fp32 copy scaled by the temperature and its log-softmax."""
-    return micro * vocab * (compute_bytes * (prompt + response) + 8 * response)
+    """A no-grad scoring forward's logits at their peak. Earlier trainer: the whole
+    sequence's logits in the compute dtype, beside the response's fp32 copy and its
+    temperature-scaled copy. Issue 14's: logits at the response positions (R + 1), their
+    fp32 copy (and its scaled copy when the temperature is not 1), or later the copy and
+    its log-softmax, whichever is larger."""
+    if not layout.response_logits_only:
+        return micro * vocab * (compute_bytes * (prompt + response) + 8 * response)
+    copies = 2 if temperature != 1.0 else 1
+    forward = compute_bytes * (response + 1) + 4 * copies * response
+    return micro * vocab * max(forward, 8 * response)
 
 
 def kv_cache_bytes(s: DecoderShape, batch: int, seq: int, compute_bytes: int) -> int:
@@ -325,9 +385,12 @@ def gradient_phases(model: str, algorithm: str, accumulation: int) -> tuple[str,
 
 def _rollout_batch(spec, per_worker: int) -> int:
     """Sequences one GPU generates at once: the rollout's own batch size when the spec has
-    one (issue 14's ``rollout.batch_size``), else all of its share of the step."""
+    one (issue 14's ``rollout.batch_size``; ``hf-static`` pads every call to it), else all
+    of its share of the step."""
     size = getattr(spec.rollout, "batch_size", None)
-    return min(size, per_worker) if size else per_worker
+    if not size:
+        return per_worker
+    return size if spec.rollout.engine == "hf-static" else min(size, per_worker)
 
 
 def model_shape(spec) -> tuple[DecoderShape, str]:
@@ -342,18 +405,22 @@ def model_shape(spec) -> tuple[DecoderShape, str]:
     return resolve_shape(m.name_or_path)
 
 
-def estimate(spec, gpu_memory_gb: float | None = None) -> MemoryPlan:
+def estimate(
+    spec, gpu_memory_gb: float | None = None, layout: PPOLayout | None = None
+) -> MemoryPlan:
     """The per-GPU memory plan of a training spec (kind ``countdown-rl``: PPO or GRPO).
 
     ``gpu_memory_gb`` overrides ``resources.gpu_memory_gb`` (GiB, as nvidia-smi's MiB /
-    1024: a "24 GB" card has 24)."""
+    1024: a "24 GB" card has 24); ``layout`` the PPO trainer's (default: the one
+    installed, :func:`ppo_layout`)."""
     if getattr(spec, "kind", None) != "countdown-rl":
         raise ClabError(
             f"clab plan covers kind countdown-rl (PPO and GRPO) only; "
             f"{getattr(spec, 'kind', type(spec).__name__)!r} is not planned yet"
         )
     shape, source = model_shape(spec)
-    return _estimate_countdown_rl(spec, shape, source, gpu_memory_gb)
+    layout = layout or (ppo_layout() if spec.algorithm == "ppo" else PPO_SEPARATE)
+    return _estimate_countdown_rl(spec, shape, source, gpu_memory_gb, layout)
 
 
 @dataclass(frozen=True)
@@ -376,6 +443,9 @@ class _Run:
     rollout_batch: int
     accumulation: int  # micro-batches per optimizer step on one GPU
     engine: str
+    layout: PPOLayout
+    score_micro: int  # sequences per no-grad scoring pass
+    temperature: float
 
     @property
     def seq(self) -> int:
@@ -390,7 +460,7 @@ class _Run:
         return f" / {self.world}" if self.fsdp else ""
 
 
-def _run(spec, s: DecoderShape) -> _Run:
+def _run(spec, s: DecoderShape, layout: PPOLayout) -> _Run:
     res, ro, b = spec.resources, spec.rollout, spec.batch
     ppo, fsdp, gpu = spec.algorithm == "ppo", res.strategy == "fsdp", res.use_gpu
     compute = DTYPE_BYTES[spec.model.dtype] if gpu else 4  # CPU runs fp32
@@ -415,6 +485,9 @@ def _run(spec, s: DecoderShape) -> _Run:
         rollout_batch=_rollout_batch(spec, per_worker),
         accumulation=(b.mini // res.num_workers if ppo else per_worker) // b.micro,
         engine=ro.engine,
+        layout=layout,
+        score_micro=getattr(b, "score_micro", None) or b.micro,
+        temperature=ro.temperature,
     )
 
 
@@ -426,8 +499,10 @@ def _phases(r: _Run) -> list[str]:
     return ["rollout", "scoring", *backward, "optimizer step"]
 
 
-def _estimate_countdown_rl(spec, s: DecoderShape, source: str, gpu_gb: float | None) -> MemoryPlan:
-    r = _run(spec, s)
+def _estimate_countdown_rl(
+    spec, s: DecoderShape, source: str, gpu_gb: float | None, layout: PPOLayout
+) -> MemoryPlan:
+    r = _run(spec, s, layout)
     actor_p = causal_lm_params(s)
     params = {"actor" if r.ppo else "policy": actor_p}
     if r.ppo:
@@ -446,6 +521,8 @@ def _estimate_countdown_rl(spec, s: DecoderShape, source: str, gpu_gb: float | N
         f"maximum); micro-batch {r.micro}; rollout {r.engine}, {r.rollout_batch} sequences "
         f"at once per {'GPU' if r.gpu else 'worker'}",
     ]
+    if r.ppo:
+        setup.append(f"PPO trainer's memory layout: {layout.name} ({LAYOUT_NOTES[layout.name]})")
     plan = MemoryPlan(
         model=source,
         params=params,
@@ -455,6 +532,13 @@ def _estimate_countdown_rl(spec, s: DecoderShape, source: str, gpu_gb: float | N
         device="GPU" if r.gpu else "CPU",
     )
     _add_model_state(plan, r, params, ref_on)
+    if r.fsdp and r.ppo:
+        plan.add(
+            f"policy {r.cname} rollout copy (fsdp)",
+            r.compute * actor_p,
+            (ALWAYS,),
+            f"{actor_p:,} x {r.compute} B, gathered in place once per step",
+        )
     if r.engine == "vllm":
         if gpu_bytes is None:
             plan.notes.append(
@@ -473,7 +557,7 @@ def _estimate_countdown_rl(spec, s: DecoderShape, source: str, gpu_gb: float | N
         _add_rollout(plan, r, actor_p)
     _add_scoring(plan, r)
     _add_backward(plan, r)
-    if r.ppo:  # PPO's torch AdamW is foreach on CUDA; HF's Trainer uses the fused one
+    if r.ppo and r.gpu and not r.layout.fused_adamw:  # foreach on CUDA; HF's is fused
         plan.add(
             "AdamW step temporary",
             actor_p * ADAM_STEP_TEMP_BYTES // r.shard,
@@ -520,14 +604,17 @@ def _add_model_state(plan: MemoryPlan, r: _Run, params: dict[str, int], ref_on: 
 
 
 def _add_rollout(plan: MemoryPlan, r: _Run, actor_p: int) -> None:
-    """HF generate: the policy's compute copy, the KV cache, prefill and sampling."""
+    """HF generate: the policy's compute copy, the KV cache, prefill and sampling. The
+    ``hf-static`` engine keeps its own copy of the policy and a KV cache for
+    ``rollout.batch_size`` sequences padded to full length for the whole run."""
     s, rb = r.s, r.rollout_batch
-    if r.fsdp:
+    static = r.engine == "hf-static" and r.ppo
+    if static:
         plan.add(
-            f"policy {r.cname} copy for generation",
+            f"policy {r.cname} copy (hf-static)",
             r.compute * actor_p,
-            ("rollout",),
-            f"{actor_p:,} x {r.compute} B, gathered once per step",
+            (ALWAYS,),
+            f"{actor_p:,} x {r.compute} B, refreshed in place",
         )
     elif r.autocast:
         plan.add(
@@ -536,10 +623,17 @@ def _add_rollout(plan: MemoryPlan, r: _Run, actor_p: int) -> None:
             ("rollout",),
             "autocast's cached casts of the matmul weights",
         )
+    elif r.fsdp and not r.ppo:
+        plan.add(
+            f"policy {r.cname} copy for generation",
+            r.compute * actor_p,
+            ("rollout",),
+            f"{actor_p:,} x {r.compute} B, gathered for generate",
+        )
     plan.add(
-        "KV cache",
+        "KV cache" + (" (static)" if static else ""),
         kv_cache_bytes(s, rb, r.seq, r.compute),
-        ("rollout",),
+        (ALWAYS,) if static else ("rollout",),
         f"2 x {s.num_layers} layers x {s.num_kv_heads} x {s.head_dim} x {r.compute} B x "
         f"{rb} x {r.seq}",
     )
@@ -576,11 +670,20 @@ def _add_scoring(plan: MemoryPlan, r: _Run) -> None:
             "autocast's cached casts",
         )
     if r.ppo:
+        positions = r.response + 1 if r.layout.response_logits_only else r.seq
         plan.add(
             "logits (scoring)",
-            scoring_logits_bytes(r.micro, r.prompt, r.response, s.vocab_size, r.compute),
+            scoring_logits_bytes(
+                r.score_micro,
+                r.prompt,
+                r.response,
+                s.vocab_size,
+                r.compute,
+                r.layout,
+                r.temperature,
+            ),
             ("scoring",),
-            f"{r.micro} x {s.vocab_size:,} x ({r.compute} B x {r.seq} + 8 B x {r.response})",
+            f"{r.score_micro} x {positions} positions x {s.vocab_size:,}",
         )
     else:
         plan.add(
@@ -604,9 +707,11 @@ def _add_backward(plan: MemoryPlan, r: _Run) -> None:
     )
     models = [("actor", False), ("critic", True)] if r.ppo else [("policy", False)]
     for name, value_head in models:
-        if value_head:
+        if value_head and r.layout.critic_before_actor_backward:
             saved_in = ("actor backward", "critic backward") + ((recompute,) if r.ckpt else ())
             own: tuple[str, ...] = ("critic backward",)
+        elif value_head:
+            saved_in = own = ("critic backward",)
         else:
             saved_in = (start,) + ((recompute,) if r.ckpt else ())
             own = (recompute,) if recompute else (start,)
@@ -644,20 +749,14 @@ def _add_backward(plan: MemoryPlan, r: _Run) -> None:
                 own if value_head else saved_in,
                 "root unit and its gradient + 2 layers",
             )
-            if value_head:
-                plan.add(
-                    f"{name} root unit kept gathered",
-                    c * root_params(s, value_head=True),
-                    tuple(p for p in saved_in if p not in own),
-                    "from its forward to its backward",
-                )
         elif r.autocast and r.ckpt:
-            plan.add(
-                f"{name} {r.cname} head weight (saved cast)",
-                c * head_matmul_weights(s, value_head),
-                saved_in,
-                "autocast's cast",
-            )
+            if not value_head:  # (a value head's cast is a few kilobytes)
+                plan.add(
+                    f"{name} {r.cname} head weight (saved cast)",
+                    c * head_matmul_weights(s, value_head),
+                    saved_in,
+                    "autocast's cast",
+                )
             plan.add(
                 f"{name} {r.cname} recomputed layer's weights",
                 c * matmul_weights(s),
@@ -673,18 +772,20 @@ def _add_backward(plan: MemoryPlan, r: _Run) -> None:
             )
     if r.ppo:
         brv = f"{r.micro} x {r.response} x {s.vocab_size:,}"
+        copies = r.layout.logits_live + r.layout.logits_backward
         plan.add(
             "actor logits (loss and its backward)",
-            ppo_logits_bytes(r.micro, r.response, s.vocab_size),
+            ppo_logits_bytes(r.micro, r.response, s.vocab_size, r.layout),
             ("actor backward",),
-            f"7 fp32 copies of {brv}",
+            f"{copies} fp32 copies of {brv}",
         )
-        plan.add(
-            "actor logits (kept)",
-            4 * r.micro * r.response * s.vocab_size,
-            ((recompute,) if recompute else ()) + ("critic backward",),
-            f"1 fp32 copy of {brv}",
-        )
+        if r.layout.critic_before_actor_backward:  # the scaled logits outlive the loss
+            plan.add(
+                "actor logits (kept)",
+                4 * r.micro * r.response * s.vocab_size,
+                ((recompute,) if recompute else ()) + ("critic backward",),
+                f"1 fp32 copy of {brv}",
+            )
     else:
         plan.add(
             "fused log-prob head (TRL)",
