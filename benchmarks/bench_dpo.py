@@ -65,7 +65,7 @@ def main() -> None:
     import datasets
     from peft import get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from clab.models.loading import load_policy, load_tokenizer
@@ -75,7 +75,9 @@ def main() -> None:
     from clab.training.dpo import LORA_INIT, lora_config
 
     datasets.disable_progress_bars()
-    timings: dict[str, list[float]] = {"clab": [], "plain": [], "reward_model": []}
+    parts = ("", "_train", "_inside", "_between")
+    keys = ["reward_model", "rows"] + [f"{s}{p}" for s in ("clab", "plain") for p in parts]
+    timings: dict[str, list[float]] = {k: [] for k in keys}
     captured: dict = {}
     original_stage, original_rm = dpo.DPOStageTrainer.train_stage, dpo.DPOStageTrainer.reward_models
 
@@ -92,12 +94,55 @@ def main() -> None:
         return out
 
     dpo.DPOStageTrainer.train_stage = timed_stage
+
+    # DPOTrainer.train() alone on each side, and the time our per-step rows take
+    # (HF row -> runner row -> weight norms, JSONL, progress bar): the bookkeeping.
+    from clab.runs import runner as runner_module
+    from clab.training.hf_stage import StageCallback
+
+    original_train, original_on_log = DPOTrainer.train, StageCallback.on_log
+
+    class StepTimes(TrainerCallback):
+        """Inside a step (forward, backward, optimizer) and between steps (logging, rows)."""
+
+        def __init__(self):
+            self.begin, self.end = [], []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begin.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.end.append(time.perf_counter())
+
+    def timed_train(self, *args, **kwargs):
+        times = StepTimes()
+        self.add_callback(times)
+        t = time.perf_counter()
+        out = original_train(self, *args, **kwargs)
+        captured["train"] = time.perf_counter() - t
+        inside = [e - b for b, e in zip(times.begin, times.end, strict=False)]
+        between = [b - e for e, b in zip(times.end, times.begin[1:], strict=False)]
+        captured["inside"], captured["between"] = sum(inside), sum(between)
+        return out
+
+    def timed_on_log(self, *args, **kwargs):
+        t = time.perf_counter()
+        original_on_log(self, *args, **kwargs)
+        captured["rows"] = captured.get("rows", 0.0) + time.perf_counter() - t
+
+    DPOTrainer.train, StageCallback.on_log = timed_train, timed_on_log
+    assert runner_module.StepSink  # rows reach it through StageCallback.on_log
     dpo.DPOStageTrainer.reward_models = timed_rm
 
     def clab_run(i: int) -> Path:
         spec = load_spec("services/dpo-trainer.yaml", overrides(f"b{i}", a.rows, use_gpu))
+        captured["rows"] = 0.0
         run_spec(spec)
         timings["clab"].append(captured["stage"])
+        timings["clab_train"].append(captured["train"])
+        timings["rows"].append(captured["rows"])
+        timings["clab_inside"].append(captured["inside"])
+        timings["clab_between"].append(captured["between"])
         timings["reward_model"].append(captured["rm"])
         return Path(f"checkpoints/b{i}/initial")
 
@@ -119,15 +164,22 @@ def main() -> None:
         trainer.remove_callback(PrinterCallback)
         trainer.train()
         timings["plain"].append(time.perf_counter() - t)
+        timings["plain_train"].append(captured["train"])
+        timings["plain_inside"].append(captured["inside"])
+        timings["plain_between"].append(captured["between"])
 
     initial = clab_run(0)  # warm-up round: the reward model is trained here, then reused
     plain_run(initial)
     rm_first = timings["reward_model"][0]
     for k in timings:
         timings[k].clear()
-    for i in range(1, a.repeats + 1):
-        clab_run(i)
-        plain_run(initial)
+    for i in range(1, a.repeats + 1):  # alternating which side goes first
+        if i % 2:
+            clab_run(i)
+            plain_run(initial)
+        else:
+            plain_run(initial)
+            clab_run(i)
     steps = captured["steps"]
     c, p = statistics.median(timings["clab"]), statistics.median(timings["plain"])
     print(f"device {a.device}; {steps} DPO steps of 8 pairs, LoRA r 32 on a tiny Qwen2 "
@@ -136,6 +188,17 @@ def main() -> None:
         runs = [round(x, 2) for x in timings["clab" if side == "clab stage" else "plain"]]
         print(f"{side:11s}: {t:.2f} s ({steps / t:.2f} steps/s)  runs {runs}")
     print(f"throughput ratio clab / plain = {p / c:.3f} (goal >= 0.95)")
+    ct, pt = statistics.median(timings["clab_train"]), statistics.median(timings["plain_train"])
+    rows = statistics.median(timings["rows"])
+    print(f"train() alone: clab {ct:.2f} s, plain {pt:.2f} s (ratio {pt / ct:.3f}); "
+          f"construction and setup: clab {c - ct:.2f} s, plain {p - pt:.2f} s; "
+          f"our per-step rows: {rows:.2f} s = {1e3 * rows / steps:.2f} ms a step")  # fmt: skip
+    for side in ("clab", "plain"):
+        inside = statistics.median(timings[f"{side}_inside"])
+        between = statistics.median(timings[f"{side}_between"])
+        print(f"{side:5s} per step: {1e3 * inside / steps:.2f} ms inside a step (forward, "
+              f"backward, optimizer), {1e3 * between / steps:.2f} ms between steps "
+              f"(logging, callbacks)")  # fmt: skip
     print(f"reward model (first round, trained): {rm_first:.2f} s; "
           f"reused in later runs: {statistics.median(timings['reward_model']):.2f} s")  # fmt: skip
 

@@ -4,7 +4,7 @@
 # EWC, bf16 autocast over fp32 weights, then the evaluator on the GPU, then
 # benchmarks/bench_dpo.py on the GPU. Writes into a temporary folder.
 set -euo pipefail
-export PYTHONPATH="$PWD/shared" HF_HUB_OFFLINE=1 WANDB_MODE=offline
+export PYTHONPATH="$PWD/shared${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 WANDB_MODE=offline
 REPO="$PWD"
 WORK=$(mktemp -d) && cd "$WORK" && ln -s "$REPO/services" services
 clab() { python3 -c "import sys; from clab.cli import main; sys.exit(main(sys.argv[1:]))" "$@"; }

@@ -391,6 +391,19 @@ def test_a_registered_kind_plugs_in_its_figures_and_the_page_updates_in_place(ow
     assert "mix--replay/mine.png" in page and Path("plots/mix--replay/mine.png").is_file()
 
 
+def test_a_sweep_of_many_branches_wraps_three_abreast_so_each_stays_readable(own_volumes):
+    rng = np.random.default_rng(1)
+    for branch in ("random", "easy", "hard"):  # with none and replay: five branches
+        mixing_run(own_volumes, f"mix/{branch}", rng)
+    page = plot()
+    group = page[page.index("Side by side: mix/") :]
+    group = group[: group.index("</section>")]
+    assert group.count("<div class='run' ") == 5
+    assert "grid-template-columns:repeat(3," in group and "repeat(5," not in group
+    # pairs stay two abreast
+    assert "grid-template-columns:repeat(2," in page
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

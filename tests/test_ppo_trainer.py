@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from clab.data.countdown.reading import read_group
 from clab.distributed.reduce import reduce_metrics
 from clab.generation.rollout import hf_generate, position_ids
-from clab.metrics.training import WeightTracker
+from clab.metrics.training import WeightTracker, distance
 from clab.models.loading import load_critic, load_policy, load_tokenizer
 from clab.models.tiny import build_tiny_model
 from clab.rewards.countdown import Reason, RewardResult
@@ -173,6 +173,27 @@ def test_per_tensor_weight_change_by_hand():
     assert change == pytest.approx({"weight": 1 / 5, "bias": 0.0})
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 26])
+def test_weight_change_norms_by_hand_whatever_the_chunking(chunk):
+    # weight [[3, 0], [0, 4]] moved by 1 and bias [1, 0] by 2: run change sqrt(5) / sqrt(26)
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 4.0]]))
+        model.bias.copy_(torch.tensor([1.0, 0.0]))
+    tracker = WeightTracker(model)
+    with torch.no_grad():
+        model.weight.add_(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
+        model.bias.add_(torch.tensor([0.0, 2.0]))
+    assert distance(tracker.params, tracker.theta_0, chunk).item() == pytest.approx(5**0.5)
+    got = tracker.measure(grad_norm=2.0)
+    assert got["weight_change_run"] == pytest.approx((5 / 26) ** 0.5)
+    assert got["weight_change_stage"] == pytest.approx((5 / 26) ** 0.5)
+    assert got["param_norm"] == pytest.approx(31**0.5)  # 9 + 1 + 16 (weight) + 1 + 4 (bias)
+    assert got["normalized_grad"] == pytest.approx(2 / 31**0.5)
+    with pytest.raises(ValueError, match="2 tensors against 1"):
+        distance(tracker.params, tracker.theta_0[:1])
+
+
 # -- two gloo workers against one -----------------------------------------------------------
 
 
@@ -206,3 +227,30 @@ def test_two_workers_whiten_and_reduce_as_one(tmp_path):
     for p in parts:
         assert p["metrics"] == {"response_length_max": 10.0, "tokens_per_s": 10.0, "loss": 0.5}
     assert not torch.allclose(masked_whiten(x[:2], m[:2]), single[:2])  # per worker: wrong
+
+
+def test_each_row_carries_the_weight_change_of_its_own_step_though_written_a_step_later(tmp_path):
+    from types import SimpleNamespace
+
+    from clab.runs.runner import StepSink
+    from clab.tracking.metrics_log import MetricsLog, read_rows
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    tracker = WeightTracker(model)
+    logs = {n: MetricsLog(tmp_path / f"{n}.jsonl") for n in ("train", "val", "weights")}
+    wandb = SimpleNamespace(log=lambda row, step: None)
+    sink = StepSink(SimpleNamespace(round=0, task=0, index=1), 10, tracker, logs, wandb)
+    with torch.no_grad():
+        model.weight.fill_(3.0)  # step 1: changed by 1 / 2
+    sink({"step_in_stage": 1, "loss": 1.0})
+    with torch.no_grad():
+        model.weight.fill_(4.0)  # step 2: by 2 / 2
+    sink({"step_in_stage": 2, "loss": 0.5})
+    assert [r["global_step"] for r in read_rows(tmp_path / "train.jsonl")] == [11]
+    sink.flush()
+    rows = read_rows(tmp_path / "train.jsonl")
+    assert [r["global_step"] for r in rows] == [11, 12]
+    assert [r["weight_change_run"] for r in rows] == pytest.approx([0.5, 1.0])
+    assert [r["param_norm"] for r in rows] == pytest.approx([3.0, 4.0])

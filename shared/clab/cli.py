@@ -41,6 +41,26 @@ def _parser() -> argparse.ArgumentParser:
                 help="a training run that exists already is moved aside (renamed, never "
                 "deleted) and started again",
             )
+    pl = sub.add_parser(
+        "plan",
+        help="estimate a training spec's memory per GPU, part by part, and whether it fits",
+        description="Prints, for the spec's model and resources, the estimated memory of "
+        "each part on one GPU (weights, gradients, optimizer state, activations, logits, KV "
+        "cache or vLLM engine; actor, critic and reference for PPO), the peak and whether it "
+        "fits resources.gpu_memory_gb. Nothing is loaded or launched. Exit 0 whether or not "
+        "it fits; 2 on a bad spec.",
+    )
+    pl.add_argument(
+        "spec", help="path to a training spec, e.g. services/curriculum-trainer-1.5b.yaml"
+    )
+    pl.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field as `clab run` does, e.g. resources.strategy=fsdp",
+    )
     ph = sub.add_parser(
         "plot-history",
         help="overlay validation-loss histories (replay mixing) in one figure",
@@ -85,6 +105,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from clab.plotting.report import report
 
             print(report(args.runs, Path(args.metrics), Path(args.checkpoints)))
+            return 0
+        if args.command == "plan":
+            from clab.training.memory_plan import plan_file, render
+
+            plan = plan_file(args.spec, args.overrides)
+            print(
+                render(
+                    plan, f"clab plan {args.spec}" + "".join(f" --set {o}" for o in args.overrides)
+                )
+            )
             return 0
         if args.command == "demo":
             from clab.demo import run_demo

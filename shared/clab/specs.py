@@ -100,8 +100,8 @@ def _format_errors(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
-    """Read, override and validate a spec file."""
+def read_spec_data(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A spec file's mapping with the overrides applied, not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise ClabError(f"{path}: spec file not found")
@@ -111,12 +111,21 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
         raise ClabError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ClabError(f"{path}: a spec must be a YAML mapping with a 'kind:' key")
-    data = apply_overrides(data, overrides)
+    return apply_overrides(data, overrides)
+
+
+def validate_spec(source: str | Path, data: dict[str, Any]) -> Spec:
+    """The spec model of ``data``'s kind; errors name ``source`` and the field."""
     kind = data.get("kind")
     if kind not in KINDS:
         known = ", ".join(sorted(KINDS))
-        raise ClabError(f"{path}: field 'kind': {kind!r} is not a known kind (known: {known})")
+        raise ClabError(f"{source}: field 'kind': {kind!r} is not a known kind (known: {known})")
     try:
         return spec_class(kind).model_validate(data)
     except ValidationError as e:
-        raise ClabError(_format_errors(str(path), e)) from None
+        raise ClabError(_format_errors(str(source), e)) from None
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:
+    """Read, override and validate a spec file."""
+    return validate_spec(path, read_spec_data(path, overrides))

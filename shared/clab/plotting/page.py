@@ -34,10 +34,13 @@ td.text{text-align:left;white-space:pre-wrap;font-family:monospace;font-size:12p
 td.prompt{color:#666}
 figure{margin:.8em 0}img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:13px;color:#444;max-width:1100px}
-.cols{display:grid;gap:1.2em;align-items:start}
+.cols{display:grid;gap:1.2em;align-items:start}.run h3{overflow-wrap:anywhere}
 .note,.meta{font-size:13px;color:#555}nav ul{margin:.2em 0}
 .missing{color:#a00}
 """
+
+
+MAX_COLUMNS = 3
 
 
 @dataclass
@@ -196,9 +199,11 @@ def render(out: Path, kinds: list[KindBlock], source: str) -> str:
                 names = ", ".join(b.run.name for b in g.runs)
                 parts.append(f"<div class='group'><h3>Side by side: {_e(names)}</h3>")
                 parts.append(_figures(out, g.sections))
+                # at most MAX_COLUMNS abreast: a sweep's eight branches in one row were
+                # too narrow to read; more wrap onto further rows
                 parts.append(
-                    f"<div class='cols' style='grid-template-columns:repeat({len(g.runs)},"
-                    "minmax(0,1fr))'>"
+                    "<div class='cols' style='grid-template-columns:"
+                    f"repeat({min(len(g.runs), MAX_COLUMNS)},minmax(0,1fr))'>"
                 )
                 parts += [_run_block(out, b) for b in g.runs]
                 parts.append("</div></div>")

@@ -41,10 +41,12 @@ class StageContext:
     ``start_step`` > 0 means the stage resumes from ``resume_from``, an
     intermediate checkpoint that the trainer itself wrote (in ``work_dir``).
     ``log`` takes one metrics row per step with ``step_in_stage``; the runner
-    adds the global step, stage, weight change and time. ``save_resume``
-    writes an intermediate checkpoint through :meth:`StageTrainer.save`
-    (trainers built on transformers' Trainer let it checkpoint into
-    ``work_dir`` itself instead).
+    adds the global step, stage, weight change and time, and writes each row
+    when the next arrives (so the weight norms need no wait for the GPU).
+    ``save_resume`` writes an intermediate checkpoint through
+    :meth:`StageTrainer.save` (trainers built on transformers' Trainer let it
+    checkpoint into ``work_dir`` itself instead, and call ``flush_logs``
+    first: the rows up to a checkpoint are on disk before it is).
     """
 
     stage: Stage
@@ -59,6 +61,7 @@ class StageContext:
     log: Callable[[dict[str, Any]], None]
     save_resume: Callable[[int], None]
     say: Callable[[str], None]
+    flush_logs: Callable[[], None] = lambda: None
 
 
 class StageTrainer(Protocol):

@@ -314,6 +314,7 @@ class StageRunner:
 
         def save_resume(step_in_stage: int) -> None:
             if self.main:
+                sink.flush()  # the rows up to the checkpoint are on disk before it is
                 ckpt = work / f"checkpoint-{step_in_stage}"
                 with atomic_dir(ckpt) as d:
                     self.trainer.save(d)
@@ -334,10 +335,12 @@ class StageRunner:
             log=sink,
             save_resume=save_resume,
             say=self.say,
+            flush_logs=sink.flush,
         )
         try:
             self.trainer.train_stage(ctx)
         finally:
+            sink.flush()
             bar.close()
         end = global_step + n_steps
         if sink.last_step != end and self.main:
@@ -409,7 +412,12 @@ class StageRunner:
 class StepSink:
     """Where a trainer's per-step rows go: the global step, the stage and the weight
     change are added, then train.jsonl, W&B and the progress bar (rank 0 only).
-    Per-tensor weight change goes to weights.jsonl every ``weights_every`` steps."""
+    Per-tensor weight change goes to weights.jsonl every ``weights_every`` steps.
+
+    A row is written when the next one arrives (or at ``flush``): its weight norms
+    are launched on the device at once but read back a step later, when the device
+    has long finished them, so that bookkeeping never stalls training on a sync.
+    """
 
     def __init__(self, stage, global_step, tracker, logs, wandb, bar=None, weights_every=0):
         self.stage, self.start = stage, global_step
@@ -417,29 +425,49 @@ class StepSink:
         self.weights_every = weights_every
         self.last_step = global_step
         self._t = time.perf_counter()
+        self._pending: tuple[dict[str, Any], Any] | None = None
 
     def __call__(self, row: dict[str, Any]) -> None:
         step = self.start + int(row["step_in_stage"])
         row = {"global_step": step, **row}
-        row.update(self.tracker.measure(row.get("grad_norm")))
         row.update(round=self.stage.round, task=self.stage.task, stage=self.stage.index)
         now = time.perf_counter()
         row.setdefault("step_time", now - self._t)
         self._t, self.last_step = now, step
-        # on every worker: under FSDP the tracker's norms are collectives
-        per_tensor = None
+        norms = self.tracker.launch()  # on every worker: under FSDP it is a collective
         if self.weights_every and step % self.weights_every == 0:
-            per_tensor = self.tracker.per_tensor()
+            per_tensor = self.tracker.per_tensor()  # every worker too, for the same reason
+            self._emit()  # per-tensor change reads the weights of this very step
+            self._write(row, norms)
+            if self.logs.get("weights") is not None:
+                self.logs["weights"].log({"global_step": step, **per_tensor})
+        else:
+            self._emit()
+            self._pending = (row, norms)
+
+    def flush(self) -> None:
+        """Write the held row and force every log to disk: before a checkpoint, at the end."""
+        self._emit()
+        for log in self.logs.values():
+            if log is not None:
+                log.sync()
+
+    def _emit(self) -> None:
+        if self._pending is not None:
+            row, norms = self._pending
+            self._pending = None
+            self._write(row, norms)
+
+    def _write(self, row: dict[str, Any], norms) -> None:
+        row.update(self.tracker.read(norms, row.get("grad_norm")))
         if self.logs.get("train") is None:
             return  # not rank 0
         self.logs["train"].log(row)
-        self.wandb.log(row, step)
-        if per_tensor is not None:
-            self.logs["weights"].log({"global_step": step, **per_tensor})
+        self.wandb.log(row, row["global_step"])
         if self.bar is not None:
             self.bar.update(int(row["step_in_stage"]) - self.bar.n)
             shown = {k: row[k] for k in ("success_rate", "reward_mean", "loss") if k in row}
-            self.bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()})
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items()}, refresh=False)
 
 
 def prune_checkpoints(work: Path, keep: int) -> None:

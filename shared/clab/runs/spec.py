@@ -20,6 +20,12 @@ class ResourcesSpec(SpecModel):
     use_gpu: bool = False
     ray_address: str | None = Field(None, description="an existing Ray cluster; None: local")
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    gpu_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="memory of one GPU in GiB (a '24 GB' card: 24): `clab plan` checks that "
+        "the run fits it; None: unknown, the plan gives the estimate without a verdict",
+    )
 
 
 class RunSpec(Spec):
@@ -52,6 +58,7 @@ class RunSpec(Spec):
             "save_total_limit",
             "weight_change_every",
             "resources.ray_address",
+            "resources.gpu_memory_gb",
         }
     )
 

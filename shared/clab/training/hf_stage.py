@@ -89,6 +89,8 @@ class StageCallback(TrainerCallback):
         """HF writes checkpoint folders in place; the marker says this one is whole."""
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if self.ctx is not None:
+                self.ctx.flush_logs()  # the rows up to the checkpoint are on disk first
             if ckpt.is_dir():
                 (ckpt / COMPLETE_MARKER).write_text(f'{{"step": {state.global_step}}}\n')
 
