@@ -29,6 +29,7 @@ with the same random calls on the same shapes as the dynamic one: see
 from __future__ import annotations
 
 import json
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -157,6 +158,7 @@ def hf_generate(
             input_ids=ids,
             attention_mask=mask,
             generation_config=sampling_config(tokenizer, max_new_tokens, temperature, greedy),
+            use_cache=True,  # over a config's use_cache: false (gradient checkpointing)
         )
         parts.append((ids, mask, out[:, ids.shape[1] :]))
     model.train(was_training)
@@ -242,8 +244,9 @@ class StaticGenerator:
         self.compile = compile
         self.device = _device_of(model)
         self.dtype = dtype or next(model.parameters()).dtype
+        # its own config: _from_config would otherwise share (and retype) the policy's
         with torch.device("meta"):
-            copy = type(model)._from_config(model.config, dtype=self.dtype)
+            copy = type(model)._from_config(deepcopy(model.config), dtype=self.dtype)
         copy.to_empty(device=self.device)
         copy.tie_weights()
         self.model = copy.eval().requires_grad_(False)
@@ -293,6 +296,7 @@ class StaticGenerator:
                 past_key_values=self.cache,
                 generation_config=self.config(tokenizer),
                 logits_processor=LogitsProcessorList([sampler]),
+                use_cache=True,  # over a config's use_cache: false (gradient checkpointing)
             )
         return out[:n_real, ids.shape[1] :]
 
@@ -341,7 +345,7 @@ def _architecture(config) -> str:
     """What shapes a model (not where it was loaded from): checkpoints of one run
     share a rollout copy and its compiled graph."""
     d = config.to_dict()
-    for k in ("_name_or_path", "transformers_version", "dtype", "torch_dtype"):
+    for k in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"):
         d.pop(k, None)
     return json.dumps(d, sort_keys=True, default=str)
 

@@ -41,7 +41,20 @@ class ModelSpec(SpecModel):
 
 
 class RolloutSpec(SpecModel):
-    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate")
+    engine: Literal["hf", "hf-static", "vllm"] = Field(
+        "hf",
+        description="hf: transformers generate, dynamic cache; hf-static: static cache, decode "
+        "step compiled once per run (CUDA); vllm: colocated vLLM (the gpu extra)",
+    )
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="PPO: sequences per generate call on one worker (hf, hf-static), the "
+        "validation's too; null: a worker's whole rollout (batch.train / num_workers x "
+        "responses_per_prompt). hf-static pads every call to it: larger is faster while the "
+        "KV cache fits (batch_size x (max_prompt_length + max_response_length) x layers x 2 x "
+        "kv_heads x head_dim x 2 bytes)",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size")
     gpu_memory_utilization: float = Field(0.4, gt=0, le=1)
     max_prompt_length: int = Field(256, ge=8)
@@ -154,6 +167,11 @@ class CountdownRLSpec(RunSpec):
             raise ValueError(
                 f"rollout.tensor_parallel_size ({tp}) needs rollout.engine vllm and must "
                 f"divide resources.num_workers ({w})"
+            )
+        if self.algorithm == "grpo" and self.rollout.batch_size is not None:
+            raise ValueError(
+                "rollout.batch_size is for ppo: grpo generates each worker's sequences of a "
+                "step in one call (TRL); leave it null"
             )
         if self.rollout.engine == "vllm" and not self.resources.use_gpu:
             raise ValueError("rollout.engine vllm needs resources.use_gpu: true")
