@@ -158,7 +158,6 @@ def hf_generate(
             input_ids=ids,
             attention_mask=mask,
             generation_config=sampling_config(tokenizer, max_new_tokens, temperature, greedy),
-            use_cache=True,  # over a config's use_cache: false (gradient checkpointing)
         )
         parts.append((ids, mask, out[:, ids.shape[1] :]))
     model.train(was_training)
@@ -249,6 +248,9 @@ class StaticGenerator:
             copy = type(model)._from_config(deepcopy(model.config), dtype=self.dtype)
         copy.to_empty(device=self.device)
         copy.tie_weights()
+        # a policy trained with gradient checkpointing says use_cache: false, which
+        # generate would follow: the cache is the point here
+        copy.config.use_cache = copy.generation_config.use_cache = True
         self.model = copy.eval().requires_grad_(False)
         self._targets = {**dict(copy.named_parameters()), **dict(copy.named_buffers())}
         self.load_weights(model)
@@ -296,7 +298,6 @@ class StaticGenerator:
                 past_key_values=self.cache,
                 generation_config=self.config(tokenizer),
                 logits_processor=LogitsProcessorList([sampler]),
-                use_cache=True,  # over a config's use_cache: false (gradient checkpointing)
             )
         return out[:n_real, ids.shape[1] :]
 

@@ -229,6 +229,7 @@ class PPOStageTrainer(CountdownTrainer):
             ppo_epochs=p.ppo_epochs,
             mini_batch_size=spec.batch.mini // self.world,
             micro_batch_size=spec.batch.micro,
+            score_micro_batch_size=spec.batch.score_micro,
             responses_per_prompt=r.responses_per_prompt,
             max_grad_norm=p.max_grad_norm,
             max_prompt_length=r.max_prompt_length,

@@ -70,6 +70,14 @@ class BatchSpec(SpecModel):
         64, ge=1, description="PPO mini-batch: sequences per optimizer step, all workers"
     )
     micro: int = Field(8, ge=1, description="sequences per forward/backward on one worker")
+    score_micro: int | None = Field(
+        None,
+        ge=1,
+        description="PPO: sequences per no-grad scoring pass (old log-probs, reference, "
+        "values) on one worker; null: batch.micro. No activations are kept, so it can be "
+        "several times batch.micro (the logits, sequences x response x vocabulary x 4 bytes, "
+        "are what grows)",
+    )
 
 
 class PPOSpec(SpecModel):

@@ -58,6 +58,7 @@ class PPOConfig:
     ppo_epochs: int = 1
     mini_batch_size: int = 64
     micro_batch_size: int = 8
+    score_micro_batch_size: int | None = None  # no-grad scoring passes; None: micro_batch_size
     responses_per_prompt: int = 1
     max_grad_norm: float = 1.0
     max_prompt_length: int = 256
@@ -203,12 +204,16 @@ class PPOTrainer:
 
     @torch.no_grad()
     def _score_old(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, mb = ro.response_ids.shape[0], self.cfg.micro_batch_size
+        """Old log-probs, reference log-probs and values: forward passes without
+        gradients, so in larger micro-batches than training's when memory allows
+        (fewer, larger kernels: the passes are launch-bound at small batches)."""
+        B = ro.response_ids.shape[0]
+        mb = self.cfg.score_micro_batch_size or self.cfg.micro_batch_size
         old_lp, ref_lp, values = [], [], []
         self.actor.eval()
         self.critic.eval()
         for s in range(0, B, mb):
-            idx = torch.arange(s, min(s + mb, B))
+            idx = slice(s, min(s + mb, B))
             resp = ro.response_ids[idx]
             old_lp.append(gather_logprobs(self._forward(self.actor, ro, idx), resp))
             ref_model = self.ref if self.ref is not None else self.actor
