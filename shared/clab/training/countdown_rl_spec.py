@@ -127,6 +127,9 @@ class CountdownRLSpec(RunSpec):
 
     kind: Literal["countdown-rl"] = "countdown-rl"
     TRAINER: ClassVar[str] = "clab.training.countdown_rl"
+    # the scoring passes' micro-batch moves no number beyond rounding: a resumed run
+    # may change it to fit memory
+    SAFE_CHANGES: ClassVar[frozenset[str]] = RunSpec.SAFE_CHANGES | {"batch.score_micro"}
     algorithm: Literal["ppo", "grpo"] = "ppo"
     data: DataSpec = Field(default_factory=DataSpec)
     rounds: int = Field(3, ge=1, description="passes over all groups")
