@@ -199,13 +199,15 @@ def main() -> None:
         print(f"profiled training-only step: {row['step_time']:.2f} s")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
 
-    before = [p.detach().clone() for p in actor.parameters()]
+    before = [p.detach().to("cpu", copy=True) for p in actor.parameters()]  # off the GPU
     t0 = time.perf_counter()
     warm = trainer.step(problems)  # warm-up (the static engine compiles here)
     print(f"warm-up step: {time.perf_counter() - t0:.1f} s "
           f"(generation {warm['generation_time']:.1f} s)", flush=True)  # fmt: skip
     with torch.no_grad():
-        moved = sum(int((p != b).sum()) for p, b in zip(actor.parameters(), before, strict=True))
+        moved = sum(
+            int((p.cpu() != b).sum()) for p, b in zip(actor.parameters(), before, strict=True)
+        )
         total = sum(b.numel() for b in before)
     del before
     from torch._dynamo.utils import counters
