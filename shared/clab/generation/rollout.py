@@ -177,12 +177,10 @@ class _ChunkSampler(LogitsProcessor):
     """
 
     def __init__(self, n_real: int, temperature: float, greedy: bool, eos_id: int):
-        self.n_real, self.temperature, self.greedy, self.eos_id = (
-            n_real,
-            temperature,
-            greedy,
-            eos_id,
-        )
+        self.n_real = n_real
+        self.temperature = temperature
+        self.greedy = greedy
+        self.eos_id = eos_id
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         n = self.n_real
@@ -269,6 +267,7 @@ class StaticGenerator:
         torch._foreach_copy_([self._targets[n] for n in names], [src[n] for n in names])
 
     def config(self, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+        """Greedy mode: :class:`_ChunkSampler` does the sampling (see there)."""
         cfg = sampling_config(tokenizer, self.max_new_tokens, 1.0, greedy=True)
         cfg.disable_compile = not self.compile
         return cfg
