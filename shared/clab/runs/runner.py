@@ -33,7 +33,7 @@ from transformers.utils import logging as hf_logging
 from clab.errors import ClabError
 from clab.metrics.training import WeightTracker
 from clab.models.loading import check_weights
-from clab.runs.fingerprint import changed_fields, fingerprint
+from clab.runs.fingerprint import changed_fields, field_default, fingerprint
 from clab.runs.lock import RunLock
 from clab.runs.protocol import StageContext, StageTrainer
 
@@ -135,7 +135,7 @@ def _check_fingerprint(spec: RunSpec) -> None:
             f"{info_path}: written by an older clab without a fingerprint; "
             "rerun with --restart to move the old run aside and start again"
         )
-    diff = changed_fields(old, spec_fingerprint(spec))
+    diff = changed_fields(old, spec_fingerprint(spec), lambda key: field_default(type(spec), key))
     if diff:
         raise ClabError(
             f"run {spec.name!r} was started with other settings ({'; '.join(diff)}): "
