@@ -229,6 +229,8 @@ def build(args, device: torch.device, world: int):
         actor_lr=1e-6,
         compute_dtype=None if args.tiny else "bfloat16",
         strategy=args.strategy,
+        rollout_engine=args.engine,
+        score_micro_batch_size=args.score_micro or None,
     )
 
     def score(completions, problems):  # varied, so that advantages are not zero
@@ -247,6 +249,13 @@ def main() -> int:
     ap.add_argument("--prompts-per-gpu", type=int, default=64)
     ap.add_argument("--mini-per-gpu", type=int, default=0, help="0: half the prompts")
     ap.add_argument("--micro", type=int, default=8)
+    ap.add_argument("--score-micro", type=int, default=0, help="0: --micro")
+    ap.add_argument(
+        "--engine",
+        choices=["hf", "hf-static"],
+        default="hf",
+        help="rollout engine (the services use hf-static; the figures in docs: hf)",
+    )
     ap.add_argument("--response", type=int, default=256)
     ap.add_argument("--steps", type=int, default=2, help="measured, after one warm-up step")
     ap.add_argument("--memory-cap-gib", type=float, default=0.0, help="0: the whole GPU")
@@ -352,6 +361,7 @@ def main() -> int:
         "world": world,
         "emulated": bool(args.emulate_world),
         "params": params,
+        "engine": args.engine,
         "batch_per_gpu": {
             "prompts": args.prompts_per_gpu,
             "mini": trainer.cfg.mini_batch_size,

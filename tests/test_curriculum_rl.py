@@ -264,6 +264,12 @@ def test_missing_model_folder_names_the_mount(run_dir, capsys):
         ({"algorithm": "grpo"}, "responses_per_prompt >= 2"),
         ({"model": {"preset": "tiny", "name_or_path": "x"}}, "exactly one of"),
         ({"rollout": {"engine": "vllm"}}, "needs resources.use_gpu"),
+        ({"rollout": {"engine": "hf-dynamic"}}, "rollout.engine"),
+        ({"rollout": {"batch_size": 0}}, "rollout.batch_size"),
+        (
+            {"algorithm": "grpo", "rollout": {"responses_per_prompt": 2, "batch_size": 4}},
+            "rollout.batch_size is for ppo",
+        ),
     ],
 )
 def test_bad_settings_are_rejected_when_the_spec_is_validated(workdir, capsys, changes, message):
@@ -439,3 +445,73 @@ def test_tensor_parallel_size_must_divide_the_workers(workdir, capsys):
     )
     assert main(["validate", str(spec)]) == 2
     assert "tensor_parallel_size (2)" in capsys.readouterr().err
+
+
+# -- static-cache rollouts (issue 14) -----------------------------------------------------------
+
+
+def test_ppo_with_static_rollouts_in_calls_of_rollout_batch_size(run_dir, monkeypatch):
+    """rollout.engine hf-static with rollout.batch_size 3 for 4 prompts a step: every
+    generate call (rollouts and validation) has 3 rows, prompts padded to
+    max_prompt_length; one static generator serves the whole run."""
+    from clab.generation import rollout
+
+    shapes, built = [], []
+    generate_ids = rollout.StaticGenerator.generate_ids
+    init = rollout.StaticGenerator.__init__
+
+    def recording(self, ids, *a, **k):
+        shapes.append(tuple(ids.shape))
+        return generate_ids(self, ids, *a, **k)
+
+    def counting(self, *a, **k):
+        built.append(self)
+        init(self, *a, **k)
+
+    monkeypatch.setattr(rollout.StaticGenerator, "generate_ids", recording)
+    monkeypatch.setattr(rollout.StaticGenerator, "__init__", counting)
+    spec = write_spec(
+        run_dir / "s.yaml",
+        name="static",
+        data__groups=[0, 1],
+        max_steps_per_stage=2,
+        rollout={"engine": "hf-static", "batch_size": 3, "max_prompt_length": 160,
+                 "max_response_length": 8},
+    )  # fmt: skip
+    assert main(["run", str(spec)]) == 0
+    assert steps("static") == [1, 2, 3, 4]
+    assert set(shapes) == {(3, 160)}
+    assert len(shapes) >= 4 * 2  # 2 calls a step (3 + 1 real rows), and validation's
+    assert len(built) == 1
+    rows = read_rows("metrics/static/train.jsonl")
+    assert all(r["response_length_mean"] > 0 for r in rows)
+
+
+def test_grpo_static_rollouts_through_trls_generation_options(run_dir, monkeypatch):
+    """TRL's own options: a static cache of one length for the run, and transformers'
+    compilation of the decode step turned back on (TRL disables it)."""
+    from trl import GRPOTrainer
+
+    built = []
+    original = GRPOTrainer.__init__
+
+    def counting(self, *a, **k):
+        built.append(self)
+        original(self, *a, **k)
+
+    monkeypatch.setattr(GRPOTrainer, "__init__", counting)
+    spec = write_spec(
+        run_dir / "g.yaml",
+        name="gstatic",
+        algorithm="grpo",
+        data__groups=[0],
+        max_steps_per_stage=1,
+        rollout={"engine": "hf-static", "responses_per_prompt": 2, "max_prompt_length": 160,
+                 "max_response_length": 8},
+    )  # fmt: skip
+    assert main(["run", str(spec)]) == 0
+    gen = built[0].generation_config
+    assert gen.cache_implementation == "static"
+    assert gen.max_cache_len == 168
+    assert gen.disable_compile is False
+    assert steps("gstatic") == [1]

@@ -125,6 +125,19 @@ def _fsdp_worker(rank: int, world: int, model_dir: Path, out: Path) -> None:
     for name, p in tr.actor.named_parameters():
         assert torch.equal(copy[name], p.full_tensor()), name
     actor = full_model_state(tr.actor)
+    # the static engine generates from that very copy (no second one) and samples the
+    # tokens the dynamic engine samples from the same seed
+    from clab.generation import rollout as engines
+
+    prompts = [p.prompt for p in problems]
+    tr.cfg.rollout_engine = "hf-static"
+    torch.manual_seed(5)
+    static = PPOTrainer._rollout(tr, prompts)
+    (gen,) = engines._STATIC.values()
+    assert gen.model is tr.rollout_model
+    tr.cfg.rollout_engine = "hf"
+    torch.manual_seed(5)
+    assert PPOTrainer._rollout(tr, prompts).texts == static.texts
     # the runner's reference weights: each worker's cut of a full tensor is its shard,
     # also where rows do not divide (5 rows over 2 workers: 3 and 2)
     odd = shard_model(torch.nn.Sequential(torch.nn.Linear(3, 5)))

@@ -419,13 +419,15 @@ def test_reproduces_the_peaks_measured_with_bf16_weights(response, clone, measur
 
 
 def test_service_plans_under_ddp_and_fsdp():
-    # the service trains under fsdp with micro-batches of 2; first as it was: ddp, micro 8
-    ddp = plan_file(str(SPEC_15B), ["resources.strategy=ddp", "batch.micro=8"])
+    # the service trains under fsdp with micro-batches of 2 and static HF rollouts; first
+    # as it was: ddp, micro-batches of 8, vLLM over 2 GPUs
+    vllm_tp2 = ["rollout.engine=vllm", "rollout.tensor_parallel_size=2", "batch.micro=8"]
+    ddp = plan_file(str(SPEC_15B), ["resources.strategy=ddp", *vllm_tp2])
     assert ddp.part("actor AdamW moments (fp32)").bytes == 12_349_714_432
     assert ddp.part("actor DDP gradient buckets").bytes == 6_174_857_216
     assert ddp.part("vLLM engine (weights + KV cache)").bytes == int(0.4 * 24 * GiB)
     assert ddp.peak_phase == "actor backward" and ddp.fits is False
-    fsdp = plan_file(str(SPEC_15B), ["batch.micro=8"])
+    fsdp = plan_file(str(SPEC_15B), vllm_tp2)
     assert fsdp.part("actor AdamW moments (fp32)").bytes == 12_349_714_432 // 8
     assert not any("DDP" in p.name for p in fsdp.parts)
     vllm = int(0.4 * 24 * GiB)
@@ -492,10 +494,12 @@ def test_cli_plans_the_service_spec(capsys):
     out = capsys.readouterr().out
     assert "Qwen/Qwen2.5-1.5B (built-in table" in out
     assert "actor 1,543,714,304 parameters; critic 1,543,715,841" in out
-    assert "DOES NOT FIT" in out and "24.00 GiB there" in out
-    assert main(["plan", str(SPEC_15B), "--set", "resources.strategy=fsdp"]) == 0
+    # as written: fsdp, micro-batches of 2, static HF rollouts from the rollout copy
+    assert "fits: " in out and "of 24.00 GiB" in out and "fsdp over 8 GPUs" in out
+    assert "1,543,714,304 x 8 B / 8" in out and "copy (hf-static)" not in out
+    assert main(["plan", str(SPEC_15B), "--set", "resources.strategy=ddp"]) == 0
     out = capsys.readouterr().out
-    assert "1,543,714,304 x 8 B / 8" in out and "fsdp over 8 GPUs" in out
+    assert "DOES NOT FIT" in out and "24.00 GiB there" in out
 
 
 def test_cli_plans_a_cpu_spec(tmp_path, capsys):

@@ -223,3 +223,28 @@ def test_no_import_circle_in_the_package_even_through_function_level_imports():
             visit(m, [])
     assert not any(i.startswith("clab.training") for i in graph["clab.distributed.launch"])
     assert not any(i.startswith("clab.training") for i in graph["clab.runs.runner"])
+
+
+def test_a_field_added_since_a_run_started_is_no_change_while_it_holds_its_default():
+    from clab.runs.fingerprint import NO_DEFAULT, changed_fields, field_default
+    from clab.runs.runner import spec_fingerprint
+    from clab.training.countdown_rl_spec import CountdownRLSpec
+
+    spec = CountdownRLSpec(name="fp", model={"preset": "tiny"})
+    new = spec_fingerprint(spec)
+    old = {k: v for k, v in new.items() if k != "rollout.batch_size"}  # an older clab's run
+    default = lambda key: field_default(CountdownRLSpec, key)  # noqa: E731
+    assert changed_fields(old, new, default) == []
+    assert changed_fields(old, new) == [
+        f"rollout.batch_size: '(absent)' -> {new['rollout.batch_size']!r}"
+    ]
+    tuned = spec_fingerprint(
+        spec.model_copy(update={"rollout": spec.rollout.model_copy(update={"batch_size": 3})})
+    )
+    assert changed_fields(old, tuned, default) == ["rollout.batch_size: '(absent)' -> 3"]
+    # a value that was there and changed is a change, default or not
+    assert changed_fields({**new, "seed": 5}, new, default) == ["seed: 5 -> 0"]
+    assert field_default(CountdownRLSpec, "data.dir") == "data/continual"  # paths as JSON
+    assert field_default(CountdownRLSpec, "model.name_or_path") is None
+    assert field_default(CountdownRLSpec, "model") is NO_DEFAULT  # required
+    assert field_default(CountdownRLSpec, "no.such.field") is NO_DEFAULT

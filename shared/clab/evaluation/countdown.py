@@ -55,8 +55,10 @@ def evaluate_problems(
     batch_size: int = 64,
     enforce_ops: bool = True,
     n_samples: int = 0,
+    engine: str = "hf",
 ) -> dict:
-    """Greedy answers by HF generate (left padding, KV cache), scored by the shared reward."""
+    """Greedy answers by HF generate (``engine`` hf or hf-static), scored by the shared
+    reward."""
     ro = hf_generate(
         model,
         tokenizer,
@@ -65,6 +67,7 @@ def evaluate_problems(
         max_new_tokens=max_new_tokens,
         greedy=True,
         batch_size=batch_size,
+        engine=engine,
     )
     return score_texts(
         problems, ro.texts, ro.response_mask.sum(dim=1).tolist(), enforce_ops, n_samples

@@ -92,8 +92,10 @@ class EvaluateSpec(Spec):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="compute dtype of every engine; auto: bfloat16 on GPU, float32 on CPU"
     )
-    engine: Literal["auto", "hf", "vllm"] = Field(
-        "auto", description="auto: vLLM where it is installed and a GPU is visible, else HF"
+    engine: Literal["auto", "hf", "hf-static", "vllm"] = Field(
+        "auto",
+        description="auto: vLLM where it is installed and a GPU is visible, else hf-static on "
+        "a GPU (static KV cache, decode step compiled once for every checkpoint), hf on CPU",
     )
     rescore: bool = Field(
         False,
@@ -116,7 +118,7 @@ class EvaluateSpec(Spec):
         engine = self.engine
         if engine == "auto":
             has_vllm = importlib.util.find_spec("vllm") is not None
-            engine = "vllm" if device == "cuda" and has_vllm else "hf"
+            engine = ("vllm" if has_vllm else "hf-static") if device == "cuda" else "hf"
         return ScoreSettings(
             test_size=self.test_size,
             max_new_tokens=self.max_new_tokens,

@@ -92,6 +92,7 @@ def sample(
     max_prompt_length: int,
     seed: int,
     batch_size: int,
+    engine: str = "hf",
 ) -> list[str]:
     """Sampled completions under a fixed seed: every checkpoint draws with the same noise."""
     with torch.random.fork_rng(devices=[]):
@@ -106,6 +107,7 @@ def sample(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             batch_size=batch_size,
+            engine=engine,
         )
     return ro.texts
 

@@ -1,18 +1,50 @@
 """Rollouts: prompts in, response tokens and texts out.
 
-``hf`` generates with transformers (left padding, KV cache); ``vllm`` with a
-colocated vLLM engine (the optional ``gpu`` extra) whose weights are
-refreshed from the policy before each rollout.
+Three engines, chosen by ``rollout.engine`` (training) or ``engine``
+(evaluation):
+
+- ``hf``: transformers generate with its dynamic KV cache (left padding).
+  Simple and exact, but every decode step is a few hundred small kernel
+  launches from Python: on an H100 it reaches a few percent of the memory
+  bandwidth bound at batch 64.
+- ``hf-static``: transformers generate with a :class:`StaticCache` that this
+  module keeps for the whole run, on a copy of the policy in the compute
+  dtype (:class:`StaticGenerator`). Prompts are left-padded to
+  ``max_prompt_length`` and every call has exactly ``batch_size`` rows (the
+  last chunk filled up with rows that stop at once), so every shape is fixed
+  and transformers compiles the decode step once (CUDA graphs) and reuses it
+  for every rollout, validation and evaluation call with those sizes. The
+  copy's weights are refreshed in place from the policy before each call, so
+  an optimizer step never causes a recompilation.
+- ``vllm``: a colocated vLLM engine (the optional ``gpu`` extra) whose
+  weights are refreshed from the policy before each rollout.
+
+``hf`` and ``hf-static`` give the same tokens from the same seed (where the
+arithmetic is the same: fp32 on CPU; on GPU the bf16 copy and the padded
+attention round differently), because the static engine draws its samples
+with the same random calls on the same shapes as the dynamic one: see
+:class:`_ChunkSampler`.
 """
 
 from __future__ import annotations
 
+import json
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StaticCache,
+)
 
 from clab.errors import ClabError
+
+HF_ENGINES = ("hf", "hf-static")
 
 
 @dataclass
@@ -25,14 +57,20 @@ class Rollout:
 
 
 def encode_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_len: int, device: torch.device
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_len: int,
+    device: torch.device | str,
+    *,
+    pad_to_max: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad, and truncate from the left: a prompt's end is where the answer starts."""
+    """Left-pad (to the longest prompt, or to ``max_len`` for fixed shapes), and
+    truncate from the left: a prompt's end is where the answer starts."""
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     enc = tokenizer(
         prompts,
         return_tensors="pt",
-        padding=True,
+        padding="max_length" if pad_to_max else True,
         truncation=True,
         max_length=max_len,
         add_special_tokens=False,
@@ -87,7 +125,27 @@ def hf_generate(
     temperature: float = 1.0,
     greedy: bool = False,
     batch_size: int = 64,
+    engine: str = "hf",
 ) -> Rollout:
+    """Responses to ``prompts`` by transformers generate, ``batch_size`` rows a call.
+
+    ``engine`` ``hf-static`` generates from this process's
+    :class:`StaticGenerator` for the model's architecture and these sizes (built
+    at the first call, then reused with the model's current weights); its copy
+    computes in the autocast dtype when the call is made under autocast, as
+    training and evaluation make it.
+    """
+    if engine == "hf-static":
+        gen = static_generator(
+            model,
+            batch_size=batch_size,
+            max_prompt_length=max_prompt_length,
+            max_new_tokens=max_new_tokens,
+        )
+        gen.load_weights(model)
+        return gen.generate(tokenizer, prompts, temperature=temperature, greedy=greedy)
+    if engine != "hf":
+        raise ValueError(f"engine {engine!r}: hf_generate runs {' or '.join(HF_ENGINES)}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -106,6 +164,254 @@ def hf_generate(
     return _assemble(parts, tokenizer)
 
 
+class _ChunkSampler(LogitsProcessor):
+    """Token choice for a static-shape chunk whose first ``n_real`` rows are real.
+
+    The static engine runs generate in greedy mode with this processor last: it
+    draws the real rows' tokens itself, by the same operations transformers'
+    sampling mode applies to a batch of exactly those rows (scores divided by
+    the temperature, softmax, ``torch.multinomial``), and returns scores whose
+    argmax is the drawn token. The filler rows never touch the random stream
+    and are sent to EOS at once, so they cannot keep a chunk generating after
+    its real rows have stopped. With ``greedy`` the real rows keep their scores.
+    """
+
+    def __init__(self, n_real: int, temperature: float, greedy: bool, eos_id: int):
+        self.n_real = n_real
+        self.temperature = temperature
+        self.greedy = greedy
+        self.eos_id = eos_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        n = self.n_real
+        if self.greedy:
+            out = scores.clone()
+        else:
+            probs = torch.softmax(scores[:n] / self.temperature, dim=-1)
+            tokens = torch.multinomial(probs, num_samples=1)
+            out = torch.full_like(scores, float("-inf"))
+            out[:n].scatter_(1, tokens, 0.0)
+        if n < scores.shape[0]:
+            out[n:] = float("-inf")
+            out[n:, self.eos_id] = 0.0
+        return out
+
+
+def _weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by name (tied ones once), gathered in full when sharded
+    (FSDP2's DTensors: one parameter at a time, never the whole model twice)."""
+    from torch.distributed.tensor import DTensor
+
+    out = {}
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        out[name] = t.full_tensor() if isinstance(t, DTensor) else t
+    return out
+
+
+class StaticGenerator:
+    """HF generate with one static KV cache and fixed shapes, compiled once per run.
+
+    Owns a copy of the policy in the compute dtype (as veRL keeps a rollout
+    engine beside its trainer): decoding from fp32 master weights under
+    autocast would cast every weight at every decode step inside the compiled
+    graph (about three times the memory traffic of the bf16 weights). The copy
+    is refreshed in place by :meth:`load_weights` (parameters keep their
+    storage, so the compiled graph and its CUDA graphs stay valid) and the KV
+    cache is reset in place before each call.
+
+    Compilation is transformers' own (``torch.compile`` of the decode step in
+    ``reduce-overhead`` mode), which it applies on CUDA only; on CPU the same
+    static-cache path runs uncompiled (inductor's CPU compile takes minutes and
+    CUDA graphs do not exist there), which is how the CPU tests exercise it.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        batch_size: int,
+        max_prompt_length: int,
+        max_new_tokens: int,
+        dtype: torch.dtype | None = None,
+        compile: bool = True,
+        adopt: bool = False,
+    ):
+        """``adopt``: generate from ``model`` itself instead of a copy (see
+        :func:`static_generator`)."""
+        self.batch_size = batch_size
+        self.max_prompt_length = max_prompt_length
+        self.max_new_tokens = max_new_tokens
+        self.compile = compile
+        self.device = _device_of(model)
+        self.dtype = dtype or next(model.parameters()).dtype
+        if adopt:  # the caller's frozen copy, which it refreshes in place itself
+            copy = model
+        else:
+            # its own config: _from_config would otherwise share (and retype) the policy's
+            with torch.device("meta"):
+                copy = type(model)._from_config(deepcopy(model.config), dtype=self.dtype)
+            copy.to_empty(device=self.device)
+            copy.tie_weights()
+        # a policy trained with gradient checkpointing says use_cache: false, which
+        # generate would follow: the cache is the point here
+        copy.config.use_cache = copy.generation_config.use_cache = True
+        self.model = copy.eval().requires_grad_(False)
+        self._targets = {**dict(copy.named_parameters()), **dict(copy.named_buffers())}
+        self.load_weights(model)
+        self.cache = StaticCache(
+            config=copy.config, max_cache_len=max_prompt_length + max_new_tokens
+        )
+
+    @torch.no_grad()
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Copy ``model``'s current weights into the rollout copy, in place (nothing
+        for an adopted model: it is the copy)."""
+        if model is self.model:
+            return
+        src = _weights_of(model)
+        if src.keys() != self._targets.keys():
+            missing = sorted(self._targets.keys() ^ src.keys())[:3]
+            raise ValueError(f"the model's weights do not match the rollout copy's: {missing}")
+        names = list(self._targets)
+        torch._foreach_copy_([self._targets[n] for n in names], [src[n] for n in names])
+
+    def config(self, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+        """Greedy mode: :class:`_ChunkSampler` does the sampling (see there)."""
+        cfg = sampling_config(tokenizer, self.max_new_tokens, 1.0, greedy=True)
+        cfg.disable_compile = not self.compile
+        return cfg
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        n_real: int,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        temperature: float = 1.0,
+        greedy: bool = False,
+    ) -> torch.Tensor:
+        """Response ids of the first ``n_real`` rows of a (batch_size, max_prompt_length)
+        left-padded chunk."""
+        if ids.shape != (self.batch_size, self.max_prompt_length):
+            shape = (self.batch_size, self.max_prompt_length)
+            raise ValueError(f"a static chunk is {shape}, not {tuple(ids.shape)}")
+        self.cache.reset()
+        sampler = _ChunkSampler(n_real, temperature, greedy, _first(tokenizer.eos_token_id))
+        with torch.autocast(self.device.type, enabled=False):
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                past_key_values=self.cache,
+                generation_config=self.config(tokenizer),
+                logits_processor=LogitsProcessorList([sampler]),
+            )
+        return out[:n_real, ids.shape[1] :]
+
+    def generate(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: list[str],
+        *,
+        temperature: float = 1.0,
+        greedy: bool = False,
+    ) -> Rollout:
+        """Chunks of exactly ``batch_size`` prompts; the last one filled up with
+        copies of its first prompt, whose responses are dropped."""
+        parts = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            n = len(chunk)
+            ids, mask = encode_prompts(
+                tokenizer,
+                chunk + chunk[:1] * (self.batch_size - n),
+                self.max_prompt_length,
+                self.device,
+                pad_to_max=True,
+            )
+            resp = self.generate_ids(
+                ids, mask, n, tokenizer, temperature=temperature, greedy=greedy
+            )
+            parts.append((ids[:n], mask[:n], resp))
+        return _assemble(parts, tokenizer)
+
+
+def _first(token_id: int | list[int]) -> int:
+    return token_id[0] if isinstance(token_id, list) else token_id
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    from torch.distributed.tensor import DTensor
+
+    p = next(model.parameters())
+    if isinstance(p, DTensor):  # FSDP2: the local shard's device
+        return p.to_local().device
+    return p.device
+
+
+def _architecture(config) -> str:
+    """What shapes a model (not where it was loaded from): checkpoints of one run
+    share a rollout copy and its compiled graph."""
+    d = config.to_dict()
+    for k in ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"):
+        d.pop(k, None)
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+# One static generator per process: each holds a model copy and a KV cache, and
+# the compiled graph is the expensive part to rebuild.
+_STATIC: dict[tuple, StaticGenerator] = {}
+
+
+def static_generator(
+    model: PreTrainedModel, *, batch_size: int, max_prompt_length: int, max_new_tokens: int
+) -> StaticGenerator:
+    """This process's static generator for ``model``'s architecture and these sizes,
+    in the current autocast dtype (else the model's own): built at the first call,
+    reused after (a different key replaces it and frees its memory).
+
+    A model that is already such a copy (unsharded, frozen, in that dtype: FSDP's
+    rollout copy, which its trainer gathers into in place) is generated from as it
+    is, not copied again; its generator is that model's alone."""
+    device = _device_of(model)
+    if torch.is_autocast_enabled(device.type):
+        dtype = torch.get_autocast_dtype(device.type)
+    else:
+        dtype = next(model.parameters()).dtype
+    adopt = _is_rollout_copy(model, dtype)
+    key = (
+        type(model).__qualname__,
+        _architecture(model.config),
+        str(device),
+        dtype,
+        batch_size,
+        max_prompt_length,
+        max_new_tokens,
+        id(model) if adopt else None,  # never refresh an adopted model from another
+    )
+    if key not in _STATIC:
+        _STATIC.clear()
+        _STATIC[key] = StaticGenerator(
+            model,
+            batch_size=batch_size,
+            max_prompt_length=max_prompt_length,
+            max_new_tokens=max_new_tokens,
+            dtype=dtype,
+            adopt=adopt,
+        )
+    return _STATIC[key]
+
+
+def _is_rollout_copy(model: torch.nn.Module, dtype: torch.dtype) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return all(
+        not p.requires_grad and not isinstance(p, DTensor) and p.dtype == dtype
+        for p in model.parameters()
+    )
+
+
 def _assemble(parts, tokenizer: PreTrainedTokenizerBase) -> Rollout:
     pad = tokenizer.pad_token_id
     P = max(p[0].shape[1] for p in parts)
@@ -119,6 +425,10 @@ def _assemble(parts, tokenizer: PreTrainedTokenizerBase) -> Rollout:
 
     prompt_ids = torch.cat([left(p[0], P, pad) for p in parts])
     prompt_mask = torch.cat([left(p[1], P, 0) for p in parts])
+    # no column of padding alone (static chunks are padded to max_prompt_length):
+    # training would compute every one of them
+    first = int(prompt_mask.any(dim=0).long().argmax()) if prompt_mask.any() else P - 1
+    prompt_ids, prompt_mask = prompt_ids[:, first:], prompt_mask[:, first:]
     response_ids = torch.cat([right(p[2], R, pad) for p in parts])
     rmask = response_mask(response_ids, tokenizer.eos_token_id)
     response_ids = torch.where(rmask.bool(), response_ids, torch.full_like(response_ids, pad))

@@ -34,7 +34,7 @@ from clab.distributed.fsdp import local_shard
 from clab.errors import ClabError
 from clab.metrics.training import WeightTracker
 from clab.models.loading import check_weights
-from clab.runs.fingerprint import changed_fields, fingerprint
+from clab.runs.fingerprint import changed_fields, field_default, fingerprint
 from clab.runs.lock import RunLock
 from clab.runs.protocol import StageContext, StageTrainer
 
@@ -136,7 +136,7 @@ def _check_fingerprint(spec: RunSpec) -> None:
             f"{info_path}: written by an older clab without a fingerprint; "
             "rerun with --restart to move the old run aside and start again"
         )
-    diff = changed_fields(old, spec_fingerprint(spec))
+    diff = changed_fields(old, spec_fingerprint(spec), lambda key: field_default(type(spec), key))
     if diff:
         raise ClabError(
             f"run {spec.name!r} was started with other settings ({'; '.join(diff)}): "

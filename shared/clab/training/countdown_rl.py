@@ -83,6 +83,10 @@ class CountdownTrainer:
         self.compute_dtype = spec.model.dtype if use_gpu and spec.model.dtype != "float32" else None
         self.groups = spec.data.groups
         self.reward = CountdownReward(spec.data.enforce_ops)
+        r = spec.rollout
+        # validation generates as the rollouts do (vLLM's validation runs on HF's dynamic path)
+        self.val_engine = "hf-static" if r.engine == "hf-static" else "hf"
+        self.gen_batch = r.batch_size or spec.batch.train // world * r.responses_per_prompt
         self._rows: dict[int, list[Problem]] = {}
 
     # -- what the runner asks -------------------------------------------------------
@@ -174,8 +178,10 @@ class CountdownTrainer:
                     read_group(s.data.dir, g, "test", s.batch.val),
                     max_prompt_length=s.rollout.max_prompt_length,
                     max_new_tokens=s.rollout.max_response_length,
-                    batch_size=s.batch.val,
+                    # the static engine's one graph: the rollouts' batch
+                    batch_size=self.gen_batch if self.val_engine == "hf-static" else s.batch.val,
                     enforce_ops=s.data.enforce_ops,
+                    engine=self.val_engine,
                 )
             res.pop("samples")
             res.pop("correct")
@@ -235,6 +241,7 @@ class PPOStageTrainer(CountdownTrainer):
             ppo_epochs=p.ppo_epochs,
             mini_batch_size=spec.batch.mini // self.world,
             micro_batch_size=spec.batch.micro,
+            score_micro_batch_size=spec.batch.score_micro,
             responses_per_prompt=r.responses_per_prompt,
             max_grad_norm=p.max_grad_norm,
             max_prompt_length=r.max_prompt_length,
@@ -245,6 +252,8 @@ class PPOStageTrainer(CountdownTrainer):
             compute_dtype=self.compute_dtype,
             weight_decay=p.weight_decay,
             strategy="fsdp" if self.fsdp else "ddp",
+            rollout_engine=r.engine if r.engine != "vllm" else "hf",
+            rollout_batch_size=r.batch_size,
         )
         engine = None
         if r.engine == "vllm":
@@ -369,6 +378,29 @@ def grpo_dataset(rows: list[Problem]):
     )
 
 
+def grpo_generation_args(spec: CountdownRLSpec) -> dict:
+    """``rollout.engine: hf-static`` for TRL's transformers generation: a static KV
+    cache of one length for the run (prompt budget + completion), so that every
+    generation batch has the same shapes. TRL disables transformers' compilation
+    of the decode step; :func:`compile_grpo_generation` turns it back on (CUDA)."""
+    if spec.rollout.engine != "hf-static":
+        return {}
+    r = spec.rollout
+    return {
+        "cache_implementation": "static",
+        "generation_kwargs": {"max_cache_len": r.max_prompt_length + r.max_response_length},
+    }
+
+
+def compile_grpo_generation(trainer, spec: CountdownRLSpec) -> None:
+    """TRL 1.16 builds its ``GenerationConfig`` with ``disable_compile=True``; with a
+    static cache transformers then decodes step by step uncompiled, slower than the
+    dynamic cache. Re-enable it: transformers compiles the decode step on CUDA
+    only, once per shape."""
+    if spec.rollout.engine == "hf-static" and getattr(trainer, "generation_config", None):
+        trainer.generation_config.disable_compile = False
+
+
 # TRL's GRPO log keys -> clab's metric names
 GRPO_KEYS = {
     "loss": "policy_loss",
@@ -432,6 +464,7 @@ class GRPOStageTrainer(CountdownTrainer):
             vllm_gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
             gradient_checkpointing=spec.model.gradient_checkpointing,
             shuffle_dataset=True,
+            **grpo_generation_args(spec),
         )
 
     def train_stage(self, ctx: StageContext) -> None:
@@ -454,6 +487,7 @@ class GRPOStageTrainer(CountdownTrainer):
                 callbacks=[self.callback],
             )
             self.trainer.remove_callback(PrinterCallback)  # rows go to our logs, not stdout
+            compile_grpo_generation(self.trainer, self.spec)
         else:  # the kept trainer: its per-run counters and buffered generations start over
             self.trainer._step = 0
             self.trainer._buffered_inputs = None

@@ -41,7 +41,20 @@ class ModelSpec(SpecModel):
 
 
 class RolloutSpec(SpecModel):
-    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate")
+    engine: Literal["hf", "hf-static", "vllm"] = Field(
+        "hf",
+        description="hf: transformers generate, dynamic cache; hf-static: static cache, decode "
+        "step compiled once per run (CUDA); vllm: colocated vLLM (the gpu extra)",
+    )
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="PPO: sequences per generate call on one worker (hf, hf-static), the "
+        "validation's too; null: a worker's whole rollout (batch.train / num_workers x "
+        "responses_per_prompt). hf-static pads every call to it: larger is faster while the "
+        "KV cache fits (batch_size x (max_prompt_length + max_response_length) x layers x 2 x "
+        "kv_heads x head_dim x 2 bytes)",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size")
     gpu_memory_utilization: float = Field(0.4, gt=0, le=1)
     max_prompt_length: int = Field(256, ge=8)
@@ -57,6 +70,14 @@ class BatchSpec(SpecModel):
         64, ge=1, description="PPO mini-batch: sequences per optimizer step, all workers"
     )
     micro: int = Field(8, ge=1, description="sequences per forward/backward on one worker")
+    score_micro: int | None = Field(
+        None,
+        ge=1,
+        description="PPO: sequences per no-grad scoring pass (old log-probs, reference, "
+        "values) on one worker; null: batch.micro. No activations are kept, so it can be "
+        "several times batch.micro (the logits, sequences x response x vocabulary x 4 bytes, "
+        "are what grows)",
+    )
 
 
 class PPOSpec(SpecModel):
@@ -106,6 +127,9 @@ class CountdownRLSpec(RunSpec):
 
     kind: Literal["countdown-rl"] = "countdown-rl"
     TRAINER: ClassVar[str] = "clab.training.countdown_rl"
+    # the scoring passes' micro-batch moves no number beyond rounding: a resumed run
+    # may change it to fit memory
+    SAFE_CHANGES: ClassVar[frozenset[str]] = RunSpec.SAFE_CHANGES | {"batch.score_micro"}
     algorithm: Literal["ppo", "grpo"] = "ppo"
     data: DataSpec = Field(default_factory=DataSpec)
     rounds: int = Field(3, ge=1, description="passes over all groups")
@@ -159,6 +183,11 @@ class CountdownRLSpec(RunSpec):
             raise ValueError(
                 f"rollout.tensor_parallel_size ({tp}) needs rollout.engine vllm and must "
                 f"divide resources.num_workers ({w})"
+            )
+        if self.algorithm == "grpo" and self.rollout.batch_size is not None:
+            raise ValueError(
+                "rollout.batch_size is for ppo: grpo generates each worker's sequences of a "
+                "step in one call (TRL); leave it null"
             )
         if self.rollout.engine == "vllm" and not self.resources.use_gpu:
             raise ValueError("rollout.engine vllm needs resources.use_gpu: true")

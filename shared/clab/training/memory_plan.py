@@ -51,8 +51,9 @@ head and never holds the logits.
 A rollout with HF generate holds the KV cache, ``2 x layers x kv_heads x
 head_dim x c`` bytes per token of ``rollout batch x s``, and a bf16 copy of
 the policy: autocast's cache during the rollout (``hf`` under ddp), or a copy
-kept for the whole run (``hf-static``; and under fsdp the rollout copy that
-is gathered into in place once per step, whatever the engine).
+kept for the whole run (``hf-static``; under fsdp the rollout copy that is
+gathered into in place once per step, whatever the engine, from which
+``hf-static`` generates without a copy of its own).
 
 Parts are alive in some phases (moments) of a step: rollout; scoring (the
 no-grad forwards); the start of the actor's backward, where its loss's
@@ -609,7 +610,9 @@ def _add_rollout(plan: MemoryPlan, r: _Run, actor_p: int) -> None:
     ``rollout.batch_size`` sequences padded to full length for the whole run."""
     s, rb = r.s, r.rollout_batch
     static = r.engine == "hf-static" and r.ppo
-    if static:
+    if static and r.fsdp:
+        pass  # the static engine generates from fsdp's rollout copy itself (counted there)
+    elif static:
         plan.add(
             f"policy {r.cname} copy (hf-static)",
             r.compute * actor_p,

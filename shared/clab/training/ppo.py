@@ -19,6 +19,7 @@ once per step, in place (``clab.distributed.fsdp``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,9 +47,9 @@ from clab.models.precision import compute_autocast
 from clab.rewards.countdown import RewardResult
 from clab.training.ppo_core import (
     agg_token_mean,
-    entropy_from_logits,
     gae,
     gather_logprobs,
+    logprobs_and_entropy,
     masked_mean,
     masked_whiten,
     policy_loss,
@@ -72,6 +73,7 @@ class PPOConfig:
     ppo_epochs: int = 1
     mini_batch_size: int = 64
     micro_batch_size: int = 8
+    score_micro_batch_size: int | None = None  # no-grad scoring passes; None: micro_batch_size
     responses_per_prompt: int = 1
     max_grad_norm: float = 1.0
     max_prompt_length: int = 256
@@ -83,7 +85,8 @@ class PPOConfig:
     compute_dtype: str | None = None  # e.g. "bfloat16": autocast over fp32 weights (GPU)
     strategy: Literal["ddp", "fsdp"] = "ddp"  # several workers: replicated or sharded
     rollout_dtype: str | None = None  # FSDP: the rollout copy's dtype (None: compute dtype)
-    compute_dtype: str | None = None
+    rollout_engine: str = "hf"  # hf | hf-static (a vLLM engine is passed in instead)
+    rollout_batch_size: int | None = None  # sequences per generate call; None: all at once
 
 
 ScoreFn = Callable[[list[str], list[Problem]], list[RewardResult]]
@@ -237,28 +240,42 @@ class PPOTrainer:
                 max_prompt_length=self.cfg.max_prompt_length,
                 max_new_tokens=self.cfg.max_response_length,
                 temperature=self.cfg.temperature,
-                batch_size=len(prompts),
+                batch_size=self.cfg.rollout_batch_size or len(prompts),
+                engine=self.cfg.rollout_engine,
             )
 
     def _forward(self, model, ro: Rollout, idx: torch.Tensor, value_head: bool = False):
         """Response-token logits divided by the sampling temperature (the behaviour
-        policy's distribution, as veRL scores it), or the critic's values."""
+        policy's distribution, as veRL scores it), or the critic's values.
+
+        The policy computes logits only at the positions that predict a response
+        token (``logits_to_keep``): the prompt's positions would cost a third of
+        the vocabulary projection and its memory for nothing."""
         ids = torch.cat([ro.prompt_ids[idx], ro.response_ids[idx]], dim=1)
         mask = torch.cat([ro.prompt_mask[idx], ro.response_mask[idx]], dim=1)
+        R = ro.response_ids.shape[1]
+        kw = {} if value_head else {"logits_to_keep": R + 1}
         with self.autocast():
-            out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
-        P, R = ro.prompt_ids.shape[1], ro.response_ids.shape[1]
-        logits = out.logits[:, P - 1 : P + R - 1].float()
-        return logits[..., 0] if value_head else logits / self.cfg.temperature
+            out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), **kw)
+        if value_head:
+            P = ro.prompt_ids.shape[1]
+            return out.logits[:, P - 1 : P + R - 1, 0].float()
+        logits = out.logits[:, :-1].float()
+        # dividing by 1.0 changes no bit; skipped, it is a copy of the largest tensor
+        return logits if self.cfg.temperature == 1.0 else logits / self.cfg.temperature
 
     @torch.no_grad()
     def _score_old(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, mb = ro.response_ids.shape[0], self.cfg.micro_batch_size
+        """Old log-probs, reference log-probs and values: forward passes without
+        gradients, so in larger micro-batches than training's when memory allows
+        (fewer, larger kernels: the passes are launch-bound at small batches)."""
+        B = ro.response_ids.shape[0]
+        mb = self.cfg.score_micro_batch_size or self.cfg.micro_batch_size
         old_lp, ref_lp, values = [], [], []
         self.actor.eval()
         self.critic.eval()
         for s in range(0, B, mb):
-            idx = torch.arange(s, min(s + mb, B))
+            idx = slice(s, min(s + mb, B))
             resp = ro.response_ids[idx]
             old_lp.append(gather_logprobs(self._forward(self.actor, ro, idx), resp))
             ref_model = self.ref if self.ref is not None else self.actor
@@ -312,40 +329,50 @@ class PPOTrainer:
                 # token count on all workers; DDP averages gradients over workers, so
                 # the count per worker is the global one divided by the world size
                 denom = self._global_tokens(mask[mini]) / self.world
-                sums = dict.fromkeys(("pg_loss", "vf_loss", "entropy"), 0.0)
+                # kept on the device: a host read per micro-batch would stall the
+                # queue of kernels, one read per optimizer step is enough
+                sums = torch.zeros(3, device=device)  # pg_loss, vf_loss, entropy
+                micro = []  # pg_clipfrac, vf_clipfrac, approx_kl per micro-batch
                 for us in range(0, len(mini), cfg.micro_batch_size):
                     idx = mini[us : us + cfg.micro_batch_size]
                     m = mask[idx]
+                    # the actor's graph is freed before the critic's is built
                     logits = self._forward(self.actor_train, ro, idx)
-                    lp = gather_logprobs(logits, ro.response_ids[idx])
+                    lp, ent_tok = logprobs_and_entropy(logits, ro.response_ids[idx])
+                    del logits
                     pg, pg_clip = policy_loss(
                         lp, old_lp[idx], advantages[idx], m, cfg.clip_ratio, denom
                     )
-                    ent = agg_token_mean(entropy_from_logits(logits), m, denom)
-                    loss = pg - cfg.entropy_coef * ent
+                    ent = agg_token_mean(ent_tok, m, denom)
+                    (pg - cfg.entropy_coef * ent).backward()
                     v = self._forward(self.critic_train, ro, idx, value_head=True)
                     vf, vf_clip = value_loss(
                         v, old_values[idx], returns[idx], m, cfg.value_clip, denom
                     )
-                    if not (torch.isfinite(loss) and torch.isfinite(vf)):
-                        raise NonFiniteLoss(f"policy loss {pg.item()}, value loss {vf.item()}")
-                    loss.backward()
                     vf.backward()
                     # the micro-batches' terms add up to the mini-batch's token-means
-                    sums["pg_loss"] += pg.item()
-                    sums["vf_loss"] += vf.item()
-                    sums["entropy"] += ent.item()
-                    acc["pg_clipfrac"].append(pg_clip.item())
-                    acc["vf_clipfrac"].append(vf_clip.item())
-                    acc["approx_kl"].append(masked_mean(old_lp[idx] - lp.detach(), m).item())
+                    sums += torch.stack([pg.detach(), vf.detach(), ent.detach()])
+                    micro.append(
+                        torch.stack([pg_clip, vf_clip, masked_mean(old_lp[idx] - lp.detach(), m)])
+                    )
                 gn = scalar(clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm))
                 cgn = scalar(clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm))
-                if not (torch.isfinite(gn) and torch.isfinite(cgn)):
-                    raise NonFiniteLoss(f"gradient norm {gn.item()} / critic {cgn.item()}")
-                for k, v in sums.items():
-                    acc[k].append(v)
-                acc["grad_norm"].append(gn.item())
-                acc["critic_grad_norm"].append(cgn.item())
+                # one host read: losses and norms checked before any weight moves
+                pg_sum, vf_sum, ent_sum, gn_, cgn_ = torch.cat(
+                    [sums, gn.reshape(1), cgn.reshape(1)]
+                ).tolist()
+                if not all(map(math.isfinite, (pg_sum, vf_sum, ent_sum))):
+                    raise NonFiniteLoss(f"policy loss {pg_sum}, value loss {vf_sum}")
+                if not (math.isfinite(gn_) and math.isfinite(cgn_)):
+                    raise NonFiniteLoss(f"gradient norm {gn_} / critic {cgn_}")
+                for row in torch.stack(micro).tolist():
+                    for k, x in zip(("pg_clipfrac", "vf_clipfrac", "approx_kl"), row, strict=True):
+                        acc[k].append(x)
+                acc["pg_loss"].append(pg_sum)
+                acc["vf_loss"].append(vf_sum)
+                acc["entropy"].append(ent_sum)
+                acc["grad_norm"].append(gn_)
+                acc["critic_grad_norm"].append(cgn_)
                 self.actor_opt.step()
                 self.critic_opt.step()
                 self._rollout_stale = True
@@ -399,10 +426,12 @@ def _adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.opti
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    on_cuda = next(model.parameters()).device.type == "cuda"
     return torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ],
         lr=lr,
+        fused=on_cuda or None,  # one kernel for all tensors on CUDA, the same update
     )

@@ -126,6 +126,16 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
+def logprobs_and_entropy(
+    logits: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gather_logprobs` and :func:`entropy_from_logits` from one log-softmax:
+    the same numbers, one vocabulary-sized pass (and its saved tensor) fewer."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    lp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return lp, -(logp.exp() * logp).sum(dim=-1)
+
+
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(token) per position, computed in float32 for stability. ``logits``
     must already be divided by the sampling temperature (see ``PPOTrainer``)."""

@@ -124,6 +124,7 @@ def score_answer_loss(handle: ModelHandle, task: dict[str, Any], s: ScoreSetting
             max_new_tokens=s.max_new_tokens or task.get("max_new_tokens", 64),
             greedy=True,
             batch_size=s.batch_size,
+            engine=s.hf_engine,
         )
     match = MATCHES[task.get("match", "exact")]
     exact = [

@@ -49,6 +49,7 @@ def score_countdown(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings)
                 batch_size=s.batch_size,
                 enforce_ops=task["enforce_ops"],
                 n_samples=s.samples,
+                engine=s.hf_engine,
             )
     return ScoreResult(
         values={

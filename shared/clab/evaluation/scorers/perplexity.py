@@ -60,5 +60,13 @@ def _samples(handle: ModelHandle, data, s: ScoreSettings) -> list[dict[str, Any]
     prompts = [tok.decode(w[:16].tolist()) for w in data[: s.samples]]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s.seed)
-        ro = hf_generate(handle.model, tok, prompts, max_prompt_length=32, max_new_tokens=32)
+        ro = hf_generate(
+            handle.model,
+            tok,
+            prompts,
+            max_prompt_length=32,
+            max_new_tokens=32,
+            batch_size=s.batch_size,
+            engine=s.hf_engine,
+        )
     return [{"prompt": p, "response": t} for p, t in zip(prompts, ro.texts, strict=True)]

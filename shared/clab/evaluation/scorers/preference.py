@@ -18,7 +18,7 @@ Values, each a matrix and its forgetting/BWT in the evaluator's summary:
   The accuracy saturates at 0 or 1 once a conflicting task has moved the
   policy far; the margin still shows how far a later stage moved it back.
 
-Generation is HF's for every engine setting. The stage-0 model's
+Generation is HF's for every engine setting (hf-static where it is set). The stage-0 model's
 completions and log-probabilities are computed once per evaluator process
 and task, and reused for every later checkpoint.
 """
@@ -54,6 +54,7 @@ def _policy_side(model, tok, rows, task: dict[str, Any], s: ScoreSettings) -> di
         max_prompt_length=task["max_prompt_length"],
         seed=s.seed,
         batch_size=s.batch_size,
+        engine=s.hf_engine,
     )
     c, r = pair_logps(model, tok, rows, task["max_length"], s.batch_size)
     return {"texts": texts, "chosen": c, "rejected": r}

@@ -30,8 +30,14 @@ class ScoreSettings:
     samples: int
     dtype: str  # the compute dtype of every path (autocast on HF, the engine's on vLLM)
     device: str
-    engine: str  # hf or vllm, resolved
+    engine: str  # hf, hf-static or vllm, resolved
     seed: int = 0
+
+    @property
+    def hf_engine(self) -> str:
+        """The HF generation path of this setting (vLLM scores Countdown only; other
+        scorers, and log-probabilities, run on HF)."""
+        return "hf-static" if self.engine == "hf-static" else "hf"
 
     def shaping(self) -> dict[str, Any]:
         """The settings a score depends on (not batch size or device placement)."""

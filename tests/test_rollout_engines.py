@@ -1,0 +1,164 @@
+"""The static-cache rollout engine (issue 14) against today's dynamic one on CPU: the
+same tokens from the same seed, greedy and sampled, with prompts of unequal length, a
+batch that is not a multiple of the static batch and rows that stop early; weights
+followed in place; and a PPO step that does not depend on the engine.
+
+CPU runs the static cache uncompiled (transformers compiles the decode step on CUDA
+only), so these tests check the static path's arithmetic and bookkeeping; the compiled
+graph and its reuse are measured on a GPU by ``benchmarks/bench_rollout.py``."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from clab.data.countdown.reading import read_group
+from clab.generation import rollout
+from clab.generation.rollout import hf_generate
+from clab.models.loading import load_critic, load_policy, load_tokenizer
+from clab.models.tiny import build_tiny_model, train_tokenizer
+from clab.rewards.countdown import Reason, RewardResult
+from clab.training.ppo import PPOConfig, PPOTrainer
+
+PROMPTS = [f"sum {i} and {i * 7} " * (1 + i % 4) + "is" for i in range(7)]  # ragged
+
+
+@pytest.fixture(scope="module")
+def lm():
+    tok = train_tokenizer(PROMPTS * 3, 300)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.5,  # varied greedy tokens, not one token repeated
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():  # EOS along the mean last hidden state: some rows stop early
+        ids = tok(PROMPTS, return_tensors="pt", padding=True)
+        h = model(**ids, output_hidden_states=True).hidden_states[-1].mean(dim=(0, 1))
+        model.lm_head.weight[tok.eos_token_id] = 4 * h / h.norm()
+    return model, tok
+
+
+def _generate(model, tok, engine, greedy, seed=5):
+    torch.manual_seed(seed)
+    ro = hf_generate(
+        model,
+        tok,
+        PROMPTS,
+        max_prompt_length=40,
+        max_new_tokens=10,
+        temperature=0.8,
+        greedy=greedy,
+        batch_size=3,  # 7 prompts: chunks of 3, 3 and 1 (+2 filler rows on the static path)
+        engine=engine,
+    )
+    return ro, torch.rand(4)  # what the random stream gives next
+
+
+@pytest.mark.parametrize("greedy", [True, False], ids=["greedy", "sampled"])
+def test_static_engine_gives_the_dynamic_engines_tokens(lm, greedy):
+    model, tok = lm
+    dyn, dyn_next = _generate(model, tok, "hf", greedy)
+    sta, sta_next = _generate(model, tok, "hf-static", greedy)
+    lengths = dyn.response_mask.sum(dim=1)
+    assert lengths.min() < 10 and lengths.max() == 10  # some rows stopped at EOS, some not
+    assert len(set(dyn.texts)) > 3
+    assert torch.equal(sta.response_ids, dyn.response_ids)
+    assert torch.equal(sta.response_mask, dyn.response_mask)
+    assert sta.texts == dyn.texts
+    # prompts left-padded to max_prompt_length for generation, trimmed back for training
+    assert torch.equal(sta.prompt_ids, dyn.prompt_ids)
+    assert torch.equal(sta.prompt_mask, dyn.prompt_mask)
+    # the filler rows drew nothing: the random stream is where the dynamic path left it
+    assert torch.equal(sta_next, dyn_next)
+    # and the static path really ran: one generator, its cache (batch 3, 40 + 10 slots)
+    (gen,) = rollout._STATIC.values()
+    assert tuple(gen.cache.layers[0].keys.shape[::2]) == (3, 50)
+
+
+def test_static_engine_follows_the_weights_in_place(lm):
+    """An optimizer step on the model reaches the next static rollout through the same
+    generator, the same tensors (a compiled graph stays valid) and the same cache."""
+    model, tok = lm
+    model = Qwen2ForCausalLM(model.config).eval()
+    model.load_state_dict(lm[0].state_dict())
+    _generate(model, tok, "hf-static", greedy=True)
+    (gen,) = rollout._STATIC.values()
+    ptrs = [p.data_ptr() for p in gen.model.parameters()] + [gen.cache.layers[0].keys.data_ptr()]
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    ids = tok(PROMPTS[:2], return_tensors="pt", padding=True)["input_ids"]
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+
+    dyn, _ = _generate(model, tok, "hf", greedy=True)
+    sta, _ = _generate(model, tok, "hf-static", greedy=True)
+    assert torch.equal(sta.response_ids, dyn.response_ids)
+    assert list(rollout._STATIC.values()) == [gen]
+    assert [p.data_ptr() for p in gen.model.parameters()] + [
+        gen.cache.layers[0].keys.data_ptr()
+    ] == ptrs
+    for name, p in model.named_parameters():
+        assert torch.equal(dict(gen.model.named_parameters())[name], p.detach()), name
+
+
+def test_under_autocast_the_static_copy_computes_in_the_autocast_dtype(lm):
+    model, tok = lm
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _generate(model, tok, "hf-static", greedy=True)
+    (gen,) = rollout._STATIC.values()
+    assert gen.model.dtype == torch.bfloat16
+    assert model.dtype == torch.float32  # the model itself is untouched
+
+
+@pytest.fixture
+def tiny(tmp_path, dataset) -> Path:
+    probs = read_group(dataset, 0, "train", 8)
+    build_tiny_model(tmp_path / "m", [p.prompt for p in probs], vocab_size=300, hidden_size=32)
+    return tmp_path / "m"
+
+
+def test_a_ppo_step_is_the_same_on_either_engine(tiny, dataset):
+    """Rollouts of 6 prompts in calls of 4 (the static engine fills the second call up
+    to 4): same tokens, so the same losses, values and gradient norms."""
+
+    def score(texts, problems):
+        return [RewardResult(len(t) % 3 / 2, False, Reason.WRONG_VALUE) for t in texts]
+
+    def step(engine):
+        torch.manual_seed(0)
+        cfg = PPOConfig(
+            actor_lr=1e-3,
+            critic_lr=1e-3,
+            mini_batch_size=6,
+            micro_batch_size=3,
+            max_response_length=6,
+            max_prompt_length=160,
+            rollout_engine=engine,
+            rollout_batch_size=4,
+        )
+        tr = PPOTrainer(
+            load_policy(tiny),
+            load_critic(tiny, seed=0),
+            load_policy(tiny),
+            load_tokenizer(tiny),
+            cfg,
+            score,
+        )
+        rows = read_group(dataset, 0, "train", 6)
+        return [tr.step(rows) for _ in range(2)]  # the second after an optimizer step
+
+    timing = {"tokens_per_s", "step_time", "generation_time"}
+    dyn, sta = step("hf"), step("hf-static")
+    for d, s in zip(dyn, sta, strict=True):
+        assert {k: v for k, v in s.items() if k not in timing} == {
+            k: v for k, v in d.items() if k not in timing
+        }
