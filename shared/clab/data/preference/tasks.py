@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clab.data.row_files import read_row_file
 from clab.errors import ClabError
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -137,25 +138,7 @@ def read_rows(source: str) -> list[dict]:
             return load_dataset(name, config or None, split=split or "train").to_list()
         except Exception as e:  # the hub's errors have many types; the user's fix is one
             raise ClabError(f"{source}: cannot load the data set ({e})") from None
-    path = Path(source)
-    if not path.is_file():
-        raise ClabError(f"{source}: no such file")
-    try:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(path).to_pylist()
-        text = path.read_text()
-        if path.suffix == ".jsonl":
-            return [json.loads(x) for x in text.splitlines() if x.strip()]
-        data = json.loads(text)
-    except (OSError, ValueError) as e:
-        raise ClabError(f"{source}: not readable ({e})") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise ClabError(f"{source}: expected a list of rows")
-    return data
+    return read_row_file(Path(source))
 
 
 def write_split(path: Path, rows: list[Row]) -> None:

@@ -21,12 +21,12 @@ the offline demo builds its two tasks from what every Python has.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from clab.data.row_files import read_row_file
 from clab.data.sft.replay import parse_level
 from clab.errors import ClabError
 
@@ -91,7 +91,7 @@ def read_rows(
             raise ClabError(f"{p}: no Parquet or JSON files in the folder")
         rows: list = []
         for f in files:
-            rows += _read_file(f)
+            rows += read_row_file(f)
         return rows
     if not hub_id:
         raise ClabError("a task needs a hub_id or a path")
@@ -105,25 +105,6 @@ def read_rows(
             f"{hub_id}: cannot load split {split!r} ({first}); set the task's path to a local copy"
         ) from None
     return ds.to_list()
-
-
-def _read_file(f: Path) -> list:
-    try:
-        if f.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(f).to_pylist()
-        text = f.read_text()
-        if f.suffix == ".jsonl" or (text.lstrip().startswith("{") and "\n{" in text):
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
-    except (OSError, ValueError) as e:
-        raise ClabError(f"{f}: not readable as Parquet or JSON ({e})") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise ClabError(f"{f}: expected a list of rows")
-    return data
 
 
 def _field(row: dict, name: str, where: str, i: int, kind=str):
