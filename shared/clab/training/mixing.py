@@ -136,6 +136,7 @@ class MixingTrainer:
         self.device = torch.device("cuda" if spec.resources.use_gpu else "cpu")
         self.task_specs = [spec.task_a, spec.task_b]
         self._data: dict[int, list[dict]] = {}
+        self.final_losses: dict[str, float] | None = None  # measured at a stage's last step
 
     # -- where things are ----------------------------------------------------------------
 
@@ -355,9 +356,11 @@ class MixingTrainer:
         return {f"{t.name}_loss": self._val_loss(i) for i, t in enumerate(self.task_specs)}
 
     def validate(self, stage: Stage) -> list[dict]:
+        # the history measured both losses at the stage's last step, on these very weights
+        final, self.final_losses = self.final_losses, None
         out = []
         for i, t in enumerate(self.task_specs):
-            loss = self._val_loss(i)
+            loss = final[f"{t.name}_loss"] if final else self._val_loss(i)
             n = len(self._rows(i, "validation"))
             out.append({"task": t.name, "primary": "answer_loss", "answer_loss": loss, "n": n})
         return out
@@ -458,6 +461,8 @@ class History(TrainerCallback):
     def measure(self, step_in_stage: int) -> dict:
         t0 = time.perf_counter()
         losses = self.t.val_losses()
+        if step_in_stage == self.ctx.n_steps:
+            self.t.final_losses = losses  # validate() reads them instead of measuring again
         row = {f"val_{k}": v for k, v in losses.items()}
         row["eval_time"] = time.perf_counter() - t0
         self.write(self.ctx.global_step + step_in_stage, losses)
