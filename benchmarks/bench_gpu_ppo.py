@@ -46,28 +46,8 @@ from clab.generation.rollout import Rollout
 from clab.models.tiny import train_tokenizer
 from clab.rewards.countdown import Reason, RewardResult
 from clab.training.ppo import PPOConfig, PPOTrainer
+from model_shapes import QWEN25_15B, TINY
 
-QWEN25_15B = dict(
-    hidden_size=1536,
-    intermediate_size=8960,
-    num_hidden_layers=28,
-    num_attention_heads=12,
-    num_key_value_heads=2,
-    vocab_size=151936,
-    max_position_embeddings=32768,
-    rope_theta=1_000_000.0,
-    tie_word_embeddings=True,
-    rms_norm_eps=1e-6,
-)
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=512,
-    tie_word_embeddings=True,
-)
 LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "kl", "approx_kl", "grad_norm",
              "critic_grad_norm", "pg_clipfrac", "vf_clipfrac")  # fmt: skip
 

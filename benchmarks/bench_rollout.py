@@ -28,28 +28,8 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from clab.generation.rollout import StaticGenerator, sampling_config
+from model_shapes import QWEN25_15B, TINY
 
-QWEN25_15B = dict(
-    hidden_size=1536,
-    intermediate_size=8960,
-    num_hidden_layers=28,
-    num_attention_heads=12,
-    num_key_value_heads=2,
-    vocab_size=151936,
-    max_position_embeddings=32768,
-    rope_theta=1_000_000.0,
-    tie_word_embeddings=True,
-    rms_norm_eps=1e-6,
-)
-TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=512,
-    tie_word_embeddings=True,
-)
 EOS = 0
 
 

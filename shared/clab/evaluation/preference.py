@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -37,6 +38,16 @@ def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask
 
 
+def _batches(
+    prompts: list[str], responses: list[str], batch_size: int
+) -> Iterator[list[tuple[str, str]]]:
+    """(prompt, response) pairs, ``batch_size`` at a time."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts against {len(responses)} responses")
+    for s in range(0, len(prompts), batch_size):
+        yield list(zip(prompts[s : s + batch_size], responses[s : s + batch_size], strict=True))
+
+
 @torch.no_grad()
 def response_logps(
     model: Any,
@@ -49,9 +60,9 @@ def response_logps(
     """Sum of log-probabilities of each response (and its EOS) after its prompt."""
     device = next(model.parameters()).device
     out: list[float] = []
-    for s in range(0, len(prompts), batch_size):
+    for batch in _batches(prompts, responses, batch_size):
         seqs, starts = [], []
-        for p, r in zip(prompts[s : s + batch_size], responses[s : s + batch_size], strict=True):
+        for p, r in batch:
             full, n = _full_ids(tokenizer, p, r)
             full = full[:max_length]  # TRL keeps the start
             seqs.append(full)
@@ -123,12 +134,9 @@ def reward_scores(
 ) -> list[float]:
     device = next(reward_model.parameters()).device
     out: list[float] = []
-    for s in range(0, len(prompts), batch_size):
-        texts = [
-            p + r + tokenizer.eos_token
-            for p, r in zip(prompts[s : s + batch_size], responses[s : s + batch_size], strict=True)
-        ]
-        seqs = [tokenizer(t)["input_ids"][-max_length:] for t in texts]
+    for batch in _batches(prompts, responses, batch_size):
+        # the end is kept: a reward model scores the response, and it sits at the end
+        seqs = [tokenizer(p + r + tokenizer.eos_token)["input_ids"][-max_length:] for p, r in batch]
         ids, mask = _left_pad(seqs, tokenizer.pad_token_id)
         logits = reward_model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         out += logits[:, 0].float().tolist()
