@@ -389,12 +389,12 @@ def test_reset_optimizer_clears_state_and_the_schedule_restarts(run_dir):
 # -- GRPO settings (issue 8, point 8 and 11) ---------------------------------------------------
 
 
-def test_grpo_keeps_one_trainer_for_the_run_and_decays_no_norm_or_bias(run_dir, monkeypatch):
-    """One GRPOTrainer (so one optimizer and, with vLLM, one engine) through every stage;
-    HF's own optimizer: decay as the spec says, never on norms and biases."""
+@pytest.fixture
+def grpo_trainers(monkeypatch) -> list:
+    """Every GRPOTrainer built while the test runs, in order."""
     from trl import GRPOTrainer
 
-    built = []
+    built: list = []
     original = GRPOTrainer.__init__
 
     def counting(self, *a, **k):
@@ -402,6 +402,13 @@ def test_grpo_keeps_one_trainer_for_the_run_and_decays_no_norm_or_bias(run_dir, 
         original(self, *a, **k)
 
     monkeypatch.setattr(GRPOTrainer, "__init__", counting)
+    return built
+
+
+def test_grpo_keeps_one_trainer_for_the_run_and_decays_no_norm_or_bias(run_dir, grpo_trainers):
+    """One GRPOTrainer (so one optimizer and, with vLLM, one engine) through every stage;
+    HF's own optimizer: decay as the spec says, never on norms and biases."""
+    built = grpo_trainers
     spec = write_spec(
         run_dir / "g.yaml",
         name="one",
@@ -487,19 +494,10 @@ def test_ppo_with_static_rollouts_in_calls_of_rollout_batch_size(run_dir, monkey
     assert all(r["response_length_mean"] > 0 for r in rows)
 
 
-def test_grpo_static_rollouts_through_trls_generation_options(run_dir, monkeypatch):
+def test_grpo_static_rollouts_through_trls_generation_options(run_dir, grpo_trainers):
     """TRL's own options: a static cache of one length for the run, and transformers'
     compilation of the decode step turned back on (TRL disables it)."""
-    from trl import GRPOTrainer
-
-    built = []
-    original = GRPOTrainer.__init__
-
-    def counting(self, *a, **k):
-        built.append(self)
-        original(self, *a, **k)
-
-    monkeypatch.setattr(GRPOTrainer, "__init__", counting)
+    built = grpo_trainers
     spec = write_spec(
         run_dir / "g.yaml",
         name="gstatic",

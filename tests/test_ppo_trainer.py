@@ -161,11 +161,17 @@ def test_a_new_stage_after_loading_state_starts_at_the_stage_learning_rate(tiny,
     )
 
 
-def test_per_tensor_weight_change_by_hand():
+def _linear_3_4() -> torch.nn.Linear:
+    """Weight [[3, 0], [0, 4]] (norm 5), bias [1, 0]: changes one can work out by hand."""
     model = torch.nn.Linear(2, 2)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 4.0]]))
         model.bias.copy_(torch.tensor([1.0, 0.0]))
+    return model
+
+
+def test_per_tensor_weight_change_by_hand():
+    model = _linear_3_4()
     tracker = WeightTracker(model)
     with torch.no_grad():
         model.weight.add_(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
@@ -176,10 +182,7 @@ def test_per_tensor_weight_change_by_hand():
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 26])
 def test_weight_change_norms_by_hand_whatever_the_chunking(chunk):
     # weight [[3, 0], [0, 4]] moved by 1 and bias [1, 0] by 2: run change sqrt(5) / sqrt(26)
-    model = torch.nn.Linear(2, 2)
-    with torch.no_grad():
-        model.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 4.0]]))
-        model.bias.copy_(torch.tensor([1.0, 0.0]))
+    model = _linear_3_4()
     tracker = WeightTracker(model)
     with torch.no_grad():
         model.weight.add_(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
