@@ -1,5 +1,8 @@
 """Rollout tokens/s: HF generate with the dynamic cache (``rollout.engine: hf``) against
 clab's static-cache engine (``hf-static``), and the memory-bandwidth bound of decoding.
+``hf-generate-static`` is transformers' own static path (generate with
+``cache_implementation="static"``, its decode step compiled by transformers), for what
+clab's decode loop adds over it.
 
 Qwen2.5-1.5B's architecture with random weights in bf16 (no download), prompts of
 exactly ``--prompt-tokens`` random tokens, ``--new-tokens`` sampled at temperature 1
@@ -84,6 +87,61 @@ def timed(fn, device: torch.device) -> tuple[float, int]:
     return time.perf_counter() - t, out
 
 
+def breakdown(gen: StaticGenerator, ids, mask, device: torch.device, n: int = 64) -> None:
+    """ms a token of the static engine's parts: the compiled forward alone (graph
+    replays back to back), the eager token choice alone, and a profile of the loop."""
+    from clab.generation.rollout import position_ids
+
+    B, P, N = gen.batch_size, gen.max_prompt_length, gen.max_new_tokens
+    n = min(n, N - 1)
+    full = torch.ones(B, P + N, dtype=mask.dtype, device=device)
+    full[:, :P] = mask
+    pos = position_ids(mask)[:, -1:] + 1
+    tok = torch.ones(B, 1, dtype=torch.long, device=device)
+
+    def forwards():
+        gen.cache.reset()
+        with torch.no_grad():
+            gen._last_logits(ids, position_ids(mask), full)
+            for t in range(n):
+                if gen.compile:
+                    torch.compiler.cudagraph_mark_step_begin()
+                logits = gen._step(tok, pos + t, full)
+        return logits.clone()
+
+    logits = forwards()
+    t_fwd, _ = timed(forwards, device)
+
+    def prefill_only():
+        gen.cache.reset()
+        with torch.no_grad():
+            gen._last_logits(ids, position_ids(mask), full)
+
+    prefill, _ = timed(prefill_only, device)
+
+    def choices():
+        for _ in range(n):
+            probs = torch.softmax(logits / 1.0, dim=-1)
+            torch.multinomial(probs, num_samples=1)
+
+    choices()
+    t_choice, _ = timed(choices, device)
+    print(
+        f"  breakdown at batch {B}: compiled forward {1e3 * (t_fwd - prefill) / n:.2f} ms a "
+        f"token (back to back), token choice {1e3 * t_choice / n:.2f} ms, prefill "
+        f"{1e3 * prefill:.1f} ms",
+        flush=True,
+    )
+    if device.type != "cuda":
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        gen.generate_ids(ids[:, :P], mask, B, _Tok(), temperature=1.0)
+        sync(device)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", choices=["qwen2.5-1.5b", "tiny"], default="qwen2.5-1.5b")
@@ -92,7 +150,15 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument(
-        "--engines", nargs="+", choices=["hf", "hf-static"], default=["hf", "hf-static"]
+        "--breakdown",
+        action="store_true",
+        help="time the static engine's compiled step and its token choice apart, and profile",
+    )
+    ap.add_argument(
+        "--engines",
+        nargs="+",
+        choices=["hf", "hf-generate-static", "hf-static"],
+        default=["hf", "hf-generate-static", "hf-static"],
     )
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -112,6 +178,8 @@ def main() -> None:
     tok = _Tok()
     gen_cfg = sampling_config(tok, R, 1.0, greedy=False)
     warm_cfg = sampling_config(tok, 8, 1.0, greedy=False)
+    hf_static_cfg = sampling_config(tok, R, 1.0, greedy=False)
+    hf_static_cfg.cache_implementation = "static"
 
     rows = []
     for B in args.batches:
@@ -130,6 +198,16 @@ def main() -> None:
             # (memory for the growing KV cache is allocated), and a run pays it once
             t_dyn_first, _ = timed(dynamic, device)
             t_dyn = min(timed(dynamic, device)[0] for _ in range(args.repeats))
+        t_hfs = float("nan")
+        if "hf-generate-static" in args.engines:
+
+            def hf_static(ids=ids, mask=mask):
+                return dynamic(hf_static_cfg, ids, mask)
+
+            t_hfs_first, _ = timed(hf_static, device)
+            t_hfs = min(timed(hf_static, device)[0] for _ in range(args.repeats))
+            print(f"batch {B}: transformers' static generate: first call {t_hfs_first:.1f} s, "
+                  f"then {B * R / t_hfs:,.0f} tok/s ({t_hfs:.2f} s)", flush=True)  # fmt: skip
         if "hf-static" not in args.engines:
             print(f"batch {B}: dynamic first call {t_dyn_first:.1f} s, then "
                   f"{B * R / t_dyn:,.0f} tok/s ({t_dyn:.2f} s)", flush=True)  # fmt: skip
@@ -153,7 +231,7 @@ def main() -> None:
         t_after, new = timed(static, device)  # new: tokens a row (all ran the full length)
         g2 = graphs()
         bound = B / (decode_bytes(model, B, P + R / 2) / bw)
-        rows.append((B, B * R / t_dyn, t_first, B * R / t_sta, B * R / t_after, bound))
+        rows.append((B, B * R / t_dyn, B * R / t_hfs, t_first, B * R / t_sta, bound))
         print(
             f"batch {B}: dynamic first call {t_dyn_first:.1f} s, then {B * R / t_dyn:,.0f} "
             f"tok/s ({t_dyn:.2f} s); static first call "
@@ -163,16 +241,19 @@ def main() -> None:
             f"{bound:,.0f} tok/s",
             flush=True,
         )
+        if args.breakdown:
+            breakdown(gen, ids, mask, device)
         del gen
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    print("\n| batch | dynamic tok/s | static tok/s | static / dynamic | first static call "
-          "| bound tok/s | static / bound |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
-    for B, dyn, first, sta, _, bound in rows:
+    print("\n| batch | `hf` tok/s | transformers' static generate tok/s | `hf-static` tok/s "
+          "| `hf-static` / `hf` | first `hf-static` call | bound tok/s "
+          "| `hf-static` / bound |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for B, dyn, hfs, first, sta, bound in rows:
         print(
-            f"| {B} | {dyn:,.0f} | {sta:,.0f} | {sta / dyn:.2f}x | {first:.1f} s "
+            f"| {B} | {dyn:,.0f} | {hfs:,.0f} | {sta:,.0f} | {sta / dyn:.2f}x | {first:.1f} s "
             f"| {bound:,.0f} | {sta / bound:.0%} |"
         )
 

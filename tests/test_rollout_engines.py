@@ -110,6 +110,26 @@ def test_static_engine_follows_the_weights_in_place(lm):
         assert torch.equal(dict(gen.model.named_parameters())[name], p.detach()), name
 
 
+def test_the_gpu_settings_traced_whole_once_and_stopping_late_give_the_same_tokens(lm):
+    """What runs on a GPU, checked on CPU: the decode step traced as one graph
+    (``fullgraph``: a graph break would fail here) and reused at every token and
+    call without recompiling, and the stop flag read only every 4 tokens, whose
+    extra steps past the last EOS are cut off again."""
+    model, tok = lm
+    dyn, _ = _generate(model, tok, "hf", greedy=True)
+    _generate(model, tok, "hf-static", greedy=True)  # builds the generator
+    (gen,) = rollout._STATIC.values()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    gen._step = torch.compile(gen._last_logits, backend="eager", fullgraph=True)
+    gen.check_every = 4
+    sta, _ = _generate(model, tok, "hf-static", greedy=True)
+    assert torch.equal(sta.response_ids, dyn.response_ids)
+    assert torch.equal(sta.response_mask, dyn.response_mask)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["recompiles"]
+
+
 def test_under_autocast_the_static_copy_computes_in_the_autocast_dtype(lm):
     model, tok = lm
     with torch.autocast("cpu", dtype=torch.bfloat16):
