@@ -84,6 +84,48 @@ def test_static_engine_gives_the_dynamic_engines_tokens(lm, greedy):
     assert tuple(gen.cache.layers[0].keys.shape[::2]) == (3, 50)
 
 
+def test_static_engine_without_any_padding(lm):
+    """Every prompt cut to exactly max_prompt_length: no padding anywhere (a mask of
+    all ones, which transformers may drop for SDPA's ``is_causal``), and still each
+    decode step attends only to the cache slots written so far."""
+    model, tok = lm
+    outs = []
+    for engine in ("hf", "hf-static"):
+        torch.manual_seed(3)
+        ro = hf_generate(
+            model, tok, PROMPTS[3:6], max_prompt_length=4, max_new_tokens=10,
+            temperature=0.8, batch_size=3, engine=engine,
+        )  # fmt: skip
+        outs.append(ro)
+    assert outs[0].prompt_mask.all()
+    assert torch.equal(outs[1].response_ids, outs[0].response_ids)
+    assert outs[1].texts == outs[0].texts
+
+
+def test_grouped_attention_is_sdpa():
+    """The rollout copy's attention against transformers' SDPA path on grouped heads
+    (3 query heads a key/value head): with a padding mask, with no mask for one
+    query, and with no mask for a prefill (SDPA's top-left causal)."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from clab.generation.attention import grouped_attention
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True)
+    B, H, Hkv, kv, d = 2, 6, 2, 9, 8
+    key, value = torch.randn(B, Hkv, kv, d), torch.randn(B, Hkv, kv, d)
+    padded = torch.ones(B, 1, 4, kv, dtype=torch.bool).tril(diagonal=kv - 4)
+    padded[0, :, :, :2] = False  # row 0 left-padded by two
+    for q, mask in [(4, padded), (1, None), (4, None), (1, padded[:, :, -1:])]:
+        query = torch.randn(B, H, q, d)
+        want, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+        got, _ = grouped_attention(module, query, key, value, mask, scaling=0.3)
+        assert got.shape == want.shape == (B, q, H, d)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_static_engine_follows_the_weights_in_place(lm):
     """An optimizer step on the model reaches the next static rollout through the same
     generator, the same tensors (a compiled graph stays valid) and the same cache."""
