@@ -3,9 +3,10 @@ same tokens from the same seed, greedy and sampled, with prompts of unequal leng
 batch that is not a multiple of the static batch and rows that stop early; weights
 followed in place; and a PPO step that does not depend on the engine.
 
-CPU runs the static cache uncompiled (transformers compiles the decode step on CUDA
-only), so these tests check the static path's arithmetic and bookkeeping; the compiled
-graph and its reuse are measured on a GPU by ``benchmarks/bench_rollout.py``."""
+CPU runs the static engine uncompiled (it compiles its decode step on CUDA only), so
+these tests check the static path's arithmetic and bookkeeping, and one traces the step
+as a single graph with dynamo's eager backend; the compiled graph's speed and its reuse
+are measured on a GPU by ``benchmarks/bench_rollout.py``."""
 
 from pathlib import Path
 
