@@ -494,10 +494,22 @@ def test_ppo_with_static_rollouts_in_calls_of_rollout_batch_size(run_dir, monkey
     assert all(r["response_length_mean"] > 0 for r in rows)
 
 
-def test_grpo_static_rollouts_through_trls_generation_options(run_dir, grpo_trainers):
+def test_grpo_static_rollouts_through_trls_generation_options(run_dir, grpo_trainers, monkeypatch):
     """TRL's own options: a static cache of one length for the run, and transformers'
-    compilation of the decode step turned back on (TRL disables it)."""
+    compilation of the decode step turned back on (TRL disables it); and TRL's generate
+    really decodes into a static cache of that length (transformers may warn that the
+    option "may be ignored": it is not)."""
+    from transformers.cache_utils import StaticLayer
+
     built = grpo_trainers
+    filled = []
+    init = StaticLayer.lazy_initialization
+
+    def counting(self, *a, **k):
+        filled.append(self.max_cache_len)
+        return init(self, *a, **k)
+
+    monkeypatch.setattr(StaticLayer, "lazy_initialization", counting)
     spec = write_spec(
         run_dir / "g.yaml",
         name="gstatic",
@@ -512,4 +524,5 @@ def test_grpo_static_rollouts_through_trls_generation_options(run_dir, grpo_trai
     assert gen.cache_implementation == "static"
     assert gen.max_cache_len == 168
     assert gen.disable_compile is False
+    assert filled and set(filled) == {168}
     assert steps("gstatic") == [1]
