@@ -524,5 +524,5 @@ def test_grpo_static_rollouts_through_trls_generation_options(run_dir, grpo_trai
     assert gen.cache_implementation == "static"
     assert gen.max_cache_len == 168
     assert gen.disable_compile is False
-    assert filled and set(filled) == {168}
+    assert 168 in filled  # TRL's (validation's own static generator has its own length)
     assert steps("gstatic") == [1]
