@@ -1,12 +1,13 @@
-"""GRPO's generation, ``rollout.engine: hf`` against ``hf-static``, in TRL's GRPOTrainer.
+"""GRPO's generation in TRL's GRPOTrainer: ``rollout.engine: hf`` (TRL's transformers
+generate, dynamic cache), ``trl-static`` (TRL's own static option: generate with
+``cache_implementation: static``, one cache length for the run, transformers'
+compilation turned back on after TRL turns it off) and ``hf-static`` (clab's: TRL's
+``rollout_func`` hook generating through clab's StaticGenerator,
+``training/countdown_rl.py::grpo_rollout_func``).
 
-GRPO generates through TRL, so its ``hf-static`` is TRL's generation options as clab
-sets them (``training/countdown_rl.py``: ``cache_implementation: static`` with one
-cache length for the run, and transformers' compilation turned back on after TRL
-turns it off). This builds a plain GRPOTrainer with those options on Qwen2.5-1.5B's
-architecture (random weights, fp32 as clab's GRPO trains it, bf16 autocast), runs a
-few steps with each engine and times TRL's generate call in each step, and the
-whole step.
+A plain GRPOTrainer on Qwen2.5-1.5B's architecture (random weights, fp32 as clab's
+GRPO trains it, bf16), a few steps with each engine, timing the generation call in
+each step (TRL's ``_generate``) and the whole run.
 
 Prompts: random words, ``--prompt-tokens`` tokens each under a tokenizer trained
 here; ``--new-tokens`` sampled at temperature 1 (a random model practically never
@@ -29,7 +30,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from clab.models.tiny import train_tokenizer
-from clab.training.countdown_rl import compile_grpo_generation, grpo_generation_args
+from clab.training.countdown_rl import grpo_rollout_func
 from model_shapes import QWEN25_15B, TINY
 
 WORDS = [f"w{i}" for i in range(400)]
@@ -47,14 +48,29 @@ def run(engine: str, args, model_cfg, tok, prompts) -> dict:
     cuda = torch.cuda.is_available()
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(model_cfg).to("cuda" if cuda else "cpu")
-    spec = SimpleNamespace(
-        rollout=SimpleNamespace(
-            engine=engine,
-            max_prompt_length=args.prompt_tokens,
-            max_response_length=args.new_tokens,
-        )
-    )
     n = args.generations
+    extra, rollout_func = {}, None
+    if engine == "trl-static":
+        extra = {
+            "cache_implementation": "static",
+            "generation_kwargs": {"max_cache_len": args.prompt_tokens + args.new_tokens},
+        }
+    elif engine == "hf-static":
+        rollout_func = grpo_rollout_func(
+            SimpleNamespace(
+                spec=SimpleNamespace(
+                    rollout=SimpleNamespace(
+                        max_prompt_length=args.prompt_tokens,
+                        max_response_length=args.new_tokens,
+                        temperature=1.0,
+                    )
+                ),
+                device=model.device,
+                compute_dtype="bfloat16" if cuda else None,
+                tokenizer=tok,
+                gen_batch=args.prompts * n,
+            )
+        )
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=args.micro,
@@ -74,7 +90,7 @@ def run(engine: str, args, model_cfg, tok, prompts) -> dict:
         use_cpu=not cuda,
         disable_tqdm=True,
         gradient_checkpointing=args.gradient_checkpointing,
-        **grpo_generation_args(spec),
+        **extra,
     )
     ds = Dataset.from_list([{"prompt": p} for p in prompts])
     trainer = GRPOTrainer(
@@ -83,22 +99,24 @@ def run(engine: str, args, model_cfg, tok, prompts) -> dict:
         args=config,
         train_dataset=ds,
         processing_class=tok,
+        rollout_func=rollout_func,
     )
-    compile_grpo_generation(trainer, spec)
+    if engine == "trl-static":
+        trainer.generation_config.disable_compile = False
 
     gen_times, step_times, lengths = [], [], []
-    generate = trainer._generate_single_turn
+    generate = trainer._generate
 
     def timed_generate(*a, **k):
         sync()
         t = time.perf_counter()
-        ids, logprobs = generate(*a, **k)
+        out = generate(*a, **k)
         sync()
         gen_times.append(time.perf_counter() - t)
-        lengths.extend(len(c) for c in ids)
-        return ids, logprobs
+        lengths.extend(len(c) for c in out[1])  # completion ids
+        return out
 
-    trainer._generate_single_turn = timed_generate
+    trainer._generate = timed_generate
     step = trainer.training_step
 
     def timed_step(*a, **k):
@@ -128,7 +146,12 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--engines", nargs="+", default=["hf", "hf-static"])
+    ap.add_argument(
+        "--engines",
+        nargs="+",
+        choices=["hf", "trl-static", "hf-static"],
+        default=["hf", "trl-static", "hf-static"],
+    )
     ap.add_argument(
         "--gradient-checkpointing",
         action=argparse.BooleanOptionalAction,
@@ -167,10 +190,11 @@ def main() -> None:
             f"{new / later:,.0f} new tok/s; {r['steps']} steps in {r['total']:.1f} s",
             flush=True,
         )
-    if len(rows) == 2:
-        (a, ra), (b, rb) = rows
-        ta, tb = statistics.median(ra["gen"][1:]), statistics.median(rb["gen"][1:])
-        print(f"generation, {b} against {a} (after the first call): {ta / tb:.2f}x")
+    base = dict(rows).get("hf")
+    for engine, r in rows:
+        if base is not None and engine != "hf" and len(r["gen"]) > 1:
+            ratio = statistics.median(base["gen"][1:]) / statistics.median(r["gen"][1:])
+            print(f"generation, {engine} against hf (after the first call): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

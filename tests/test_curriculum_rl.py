@@ -13,6 +13,7 @@ import pytest
 
 from clab.cli import main
 from clab.rewards.countdown import Reason, RewardResult
+from clab.specs import load_spec
 from clab.storage.layout import complete_stages
 from clab.tracking.metrics_log import read_rows
 from rl_spec import write_spec
@@ -494,35 +495,46 @@ def test_ppo_with_static_rollouts_in_calls_of_rollout_batch_size(run_dir, monkey
     assert all(r["response_length_mean"] > 0 for r in rows)
 
 
-def test_grpo_static_rollouts_through_trls_generation_options(run_dir, grpo_trainers, monkeypatch):
-    """TRL's own options: a static cache of one length for the run, and transformers'
-    compilation of the decode step turned back on (TRL disables it); and TRL's generate
-    really decodes into a static cache of that length (transformers may warn that the
-    option "may be ignored": it is not)."""
-    from transformers.cache_utils import StaticLayer
+def test_grpo_static_rollouts_through_clabs_static_engine(run_dir, grpo_trainers, monkeypatch):
+    """GRPO's hf-static: TRL's rollout hook generates through the static engine PPO
+    uses (TRL's own generate is never called), in calls of a step's sequences, and
+    validation reuses the same generator: one static generator for the run."""
+    from trl import GRPOTrainer
 
-    built = grpo_trainers
-    filled = []
-    init = StaticLayer.lazy_initialization
+    from clab.generation import rollout
+
+    shapes, built = [], []
+    generate_ids = rollout.StaticGenerator.generate_ids
+    init = rollout.StaticGenerator.__init__
+
+    def recording(self, ids, *a, **k):
+        shapes.append(tuple(ids.shape))
+        return generate_ids(self, ids, *a, **k)
 
     def counting(self, *a, **k):
-        filled.append(self.max_cache_len)
-        return init(self, *a, **k)
+        built.append(self)
+        init(self, *a, **k)
 
-    monkeypatch.setattr(StaticLayer, "lazy_initialization", counting)
+    def trls_own(*a, **k):
+        raise AssertionError("TRL's own generation ran")
+
+    monkeypatch.setattr(rollout.StaticGenerator, "generate_ids", recording)
+    monkeypatch.setattr(rollout.StaticGenerator, "__init__", counting)
+    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", trls_own)
     spec = write_spec(
         run_dir / "g.yaml",
         name="gstatic",
         algorithm="grpo",
         data__groups=[0],
-        max_steps_per_stage=1,
+        max_steps_per_stage=2,
         rollout={"engine": "hf-static", "responses_per_prompt": 2, "max_prompt_length": 160,
                  "max_response_length": 8},
     )  # fmt: skip
     assert main(["run", str(spec)]) == 0
-    gen = built[0].generation_config
-    assert gen.cache_implementation == "static"
-    assert gen.max_cache_len == 168
-    assert gen.disable_compile is False
-    assert 168 in filled  # TRL's (validation's own static generator has its own length)
-    assert steps("gstatic") == [1]
+    assert grpo_trainers[0].rollout_func is not None
+    assert steps("gstatic") == [1, 2]
+    per_step = load_spec(spec).batch.train * 2
+    assert shapes and set(shapes) == {(per_step, 160)}
+    assert len(built) == 1
+    rows = read_rows("metrics/gstatic/train.jsonl")
+    assert all(r["response_length_mean"] > 0 for r in rows)
