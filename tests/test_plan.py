@@ -486,6 +486,18 @@ def test_static_rollouts_keep_their_copy_and_cache():
     assert static.part("policy bf16 copy (hf-static)").phases == ("always",)
 
 
+def test_grpo_static_rollouts_keep_their_copy_and_cache_too():
+    """GRPO's hf-static generates through the same engine (TRL's rollout hook): the
+    same copy and static cache, for a step's 64 x 2 sequences."""
+    spec = _bench_spec(128).model_copy(
+        update={"algorithm": "grpo", "rollout": _bench_spec(128).rollout.model_copy(
+            update={"engine": "hf-static", "responses_per_prompt": 2})}
+    )  # fmt: skip
+    plan = estimate(spec)
+    assert plan.part("policy bf16 copy (hf-static)").phases == ("always",)
+    assert plan.part("KV cache (static)").bytes == kv_cache_bytes(QWEN15, 128, 262, 2)
+
+
 # -- the command ------------------------------------------------------------------------
 
 

@@ -609,7 +609,7 @@ def _add_rollout(plan: MemoryPlan, r: _Run, actor_p: int) -> None:
     ``hf-static`` engine keeps its own copy of the policy and a KV cache for
     ``rollout.batch_size`` sequences padded to full length for the whole run."""
     s, rb = r.s, r.rollout_batch
-    static = r.engine == "hf-static" and r.ppo
+    static = r.engine == "hf-static"  # PPO's rollouts, and GRPO's through TRL's rollout hook
     if static and r.fsdp:
         pass  # the static engine generates from fsdp's rollout copy itself (counted there)
     elif static:
