@@ -104,7 +104,7 @@ def run(engine: str, args, model_cfg, tok, prompts) -> dict:
     if engine == "trl-static":
         trainer.generation_config.disable_compile = False
 
-    gen_times, step_times, lengths = [], [], []
+    gen_times, lengths = [], []
     generate = trainer._generate
 
     def timed_generate(*a, **k):
@@ -117,17 +117,6 @@ def run(engine: str, args, model_cfg, tok, prompts) -> dict:
         return out
 
     trainer._generate = timed_generate
-    step = trainer.training_step
-
-    def timed_step(*a, **k):
-        sync()
-        t = time.perf_counter()
-        out = step(*a, **k)
-        sync()
-        step_times.append(time.perf_counter() - t)
-        return out
-
-    trainer.training_step = timed_step
     t = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - t

@@ -458,10 +458,10 @@ def test_tensor_parallel_size_must_divide_the_workers(workdir, capsys):
 # -- static-cache rollouts (issue 14) -----------------------------------------------------------
 
 
-def test_ppo_with_static_rollouts_in_calls_of_rollout_batch_size(run_dir, monkeypatch):
-    """rollout.engine hf-static with rollout.batch_size 3 for 4 prompts a step: every
-    generate call (rollouts and validation) has 3 rows, prompts padded to
-    max_prompt_length; one static generator serves the whole run."""
+@pytest.fixture
+def static_calls(monkeypatch) -> tuple[list, list]:
+    """The chunk shapes every static generate call gets, and every StaticGenerator
+    built, while the test runs."""
     from clab.generation import rollout
 
     shapes, built = [], []
@@ -478,6 +478,14 @@ def test_ppo_with_static_rollouts_in_calls_of_rollout_batch_size(run_dir, monkey
 
     monkeypatch.setattr(rollout.StaticGenerator, "generate_ids", recording)
     monkeypatch.setattr(rollout.StaticGenerator, "__init__", counting)
+    return shapes, built
+
+
+def test_ppo_with_static_rollouts_in_calls_of_rollout_batch_size(run_dir, static_calls):
+    """rollout.engine hf-static with rollout.batch_size 3 for 4 prompts a step: every
+    generate call (rollouts and validation) has 3 rows, prompts padded to
+    max_prompt_length; one static generator serves the whole run."""
+    shapes, built = static_calls
     spec = write_spec(
         run_dir / "s.yaml",
         name="static",
@@ -495,31 +503,19 @@ def test_ppo_with_static_rollouts_in_calls_of_rollout_batch_size(run_dir, monkey
     assert all(r["response_length_mean"] > 0 for r in rows)
 
 
-def test_grpo_static_rollouts_through_clabs_static_engine(run_dir, grpo_trainers, monkeypatch):
+def test_grpo_static_rollouts_through_clabs_static_engine(
+    run_dir, grpo_trainers, static_calls, monkeypatch
+):
     """GRPO's hf-static: TRL's rollout hook generates through the static engine PPO
     uses (TRL's own generate is never called), in calls of a step's sequences, and
     validation reuses the same generator: one static generator for the run."""
     from trl import GRPOTrainer
 
-    from clab.generation import rollout
-
-    shapes, built = [], []
-    generate_ids = rollout.StaticGenerator.generate_ids
-    init = rollout.StaticGenerator.__init__
-
-    def recording(self, ids, *a, **k):
-        shapes.append(tuple(ids.shape))
-        return generate_ids(self, ids, *a, **k)
-
-    def counting(self, *a, **k):
-        built.append(self)
-        init(self, *a, **k)
+    shapes, built = static_calls
 
     def trls_own(*a, **k):
         raise AssertionError("TRL's own generation ran")
 
-    monkeypatch.setattr(rollout.StaticGenerator, "generate_ids", recording)
-    monkeypatch.setattr(rollout.StaticGenerator, "__init__", counting)
     monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", trls_own)
     spec = write_spec(
         run_dir / "g.yaml",
