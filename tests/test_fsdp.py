@@ -23,6 +23,9 @@ from clab.models.loading import load_critic, load_policy, load_tokenizer
 from clab.models.tiny import build_tiny_model
 from clab.rewards.countdown import Reason, RewardResult
 from clab.training.ppo import PPOConfig, PPOTrainer
+from rl_spec import TINY
+
+TINY_ROLLOUT = TINY["rollout"]
 
 COMPARED = ("policy_loss", "value_loss", "entropy", "grad_norm", "critic_grad_norm")
 
@@ -187,7 +190,6 @@ class Crash(Exception):
 
 def _run(name: str, rank: int, world: int, **changes) -> None:
     from clab.runs.runner import worker_main
-    from rl_spec import TINY
 
     spec = {
         **TINY,
@@ -256,26 +258,134 @@ def test_fsdp_through_the_runner_checkpoints_resumes_and_equals_ddp(run_dir):
     assert exp_avg.shape == a["model.embed_tokens.weight"].shape  # full, not a shard
 
 
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        (
-            {"algorithm": "grpo", "rollout": {"responses_per_prompt": 2}},
-            "resources.strategy: fsdp is implemented for algorithm ppo only",
-        ),
-        ({}, None),  # ppo on two workers: accepted
-    ],
-)
-def test_which_runs_fsdp_takes(workdir, capsys, changes, message):
+# -- GRPO: TRL's trainer on a policy clab sharded ---------------------------------------------
+
+
+def _accelerate_keeps_fsdp_on_cpu() -> None:
+    """accelerate 1.15 applies an FSDP plugin only to runs on accelerators: on CPU
+    workers (MULTI_CPU) it drops it and would wrap the model in DDP. Here it keeps it,
+    as it does on GPUs, so that transformers and accelerate take their FSDP paths
+    (the only difference from a GPU run: the gloo backend and the device)."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    original = AcceleratorState.__init__
+
+    def init(self, *args, fsdp_plugin=None, **kwargs):
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP  # as accelerate sets it on GPUs
+            self.fsdp_plugin = fsdp_plugin
+            PartialState._shared_state["distributed_type"] = self.distributed_type
+
+    AcceleratorState.__init__ = init
+
+
+GRPO = {
+    "algorithm": "grpo",
+    "rollout": {**TINY_ROLLOUT, "responses_per_prompt": 2, "engine": "hf-static"},
+}
+
+
+def _grpo_worker(rank: int, world: int) -> None:
+    from accelerate.state import GradientState
+    from torch.distributed.tensor import DTensor
+    from trl import GRPOTrainer
+
+    from clab.training import countdown_rl
+
+    _accelerate_keeps_fsdp_on_cpu()
+    # rewards that differ within a group, so that advantages and updates are not zero
+    countdown_rl.CountdownReward.score = lambda self, completions, *a: _score(completions, a)
+    _run("grpo-ddp", rank, world, **GRPO, resources={"num_workers": world, "strategy": "ddp"})
+    shards = []
+    original_load = countdown_rl.GRPOStageTrainer.load
+
+    def load(self, model_dir, initial):
+        original_load(self, model_dir, initial)
+        shards.append(all(isinstance(p, DTensor) for p in self.policy.parameters()))
+
+    countdown_rl.GRPOStageTrainer.load = load
+    _run("grpo-fsdp", rank, world, **GRPO)
+    assert shards == [True]  # sharded before TRL saw it, and TRL left it so
+    # killed twice: in the first step of stage r0-g1 (rerun from r0-g0's folder and its
+    # optimizer state), then after that stage's first checkpoint (rerun from HF's)
+    original, calls = GRPOTrainer.training_step, {"n": 0}
+    for dies_at in (7, 9):  # micro-steps: 2 a step, 3 steps a stage
+
+        def dies(self, *args, _at=dies_at, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == _at:
+                raise Crash
+            return original(self, *args, **kwargs)
+
+        GRPOTrainer.training_step = dies
+        try:
+            _run("grpo-broken", rank, world, **GRPO)
+            raise AssertionError("the run did not crash")
+        except Crash:  # what a new process starts with: accelerate's gradient state
+            GradientState._reset_state()  # left mid-accumulation by the crash
+        finally:
+            GRPOTrainer.training_step = original
+        dist.barrier()
+        calls["n"] = 6  # the rerun starts in stage r0-g1
+    _run("grpo-broken", rank, world, **GRPO)
+    countdown_rl.GRPOStageTrainer.load = original_load
+    # the dynamic engine under FSDP generates from the gathered copy too
+    _run("grpo-fsdp-hf", rank, world, **{**GRPO, "rollout": {**GRPO["rollout"], "engine": "hf"}})
+
+
+def test_grpo_under_fsdp_checkpoints_resumes_and_equals_ddp(run_dir):
+    """GRPO through TRL on a policy sharded by FSDP2 over two workers (2 stages x 3
+    steps, a checkpoint every step, the static engine generating from the gathered
+    copy): every step equals DDP's; the stage checkpoints are DDP's HF folders with
+    the same weights and a full optimizer state; a run killed at a stage's start and
+    again mid-stage, each time rerun, equals the uninterrupted one."""
+    from clab.storage.layout import complete_stages
+    from clab.tracking.metrics_log import read_rows
+
+    _spawn(_grpo_worker)
+    ddp, fsdp, broken = (
+        read_rows(f"metrics/grpo-{n}/train.jsonl") for n in ("ddp", "fsdp", "broken")
+    )
+    assert [r["global_step"] for r in fsdp] == [1, 2, 3, 4, 5, 6]
+    assert [r["global_step"] for r in broken] == [1, 2, 3, 4, 5, 6]
+    keys = ("reward_mean", "policy_loss", "grad_norm", "weight_change_run")
+    for a, b, c in zip(fsdp, broken, ddp, strict=True):
+        for key in keys:
+            assert a[key] == pytest.approx(c[key], rel=1e-4, abs=1e-6), (a["global_step"], key)
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["global_step"], key)
+    assert fsdp[-1]["weight_change_run"] > 1e-3
+    dynamic = read_rows("metrics/grpo-fsdp-hf/train.jsonl")
+    assert len(dynamic) == 6 and dynamic[-1]["weight_change_run"] > 1e-3
+
+    assert [d.name for _, d in complete_stages("checkpoints/grpo-fsdp")] == [
+        "initial",
+        "r0-g0",
+        "r0-g1",
+    ]
+    for run in ("grpo-fsdp", "grpo-broken"):
+        ours, theirs = Path(f"checkpoints/{run}/r0-g1"), Path("checkpoints/grpo-ddp/r0-g1")
+        files = sorted(str(p.relative_to(ours)) for p in ours.rglob("*"))
+        assert files == sorted(str(p.relative_to(theirs)) for p in theirs.rglob("*"))
+        a, b = load_policy(ours).state_dict(), load_policy(theirs).state_dict()
+        for name, t in a.items():
+            assert torch.allclose(t, b[name], rtol=1e-4, atol=1e-6), (run, name)
+    state = torch.load(ours / "trainer_state.pt", weights_only=False)
+    exp_avg = state["state"]["model.embed_tokens.weight"]["exp_avg"]
+    assert exp_avg.shape == a["model.embed_tokens.weight"].shape  # full, not a shard
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_fsdp_is_taken_by_both_algorithms(workdir, algorithm):
     from clab.cli import main
     from rl_spec import write_spec
 
     spec = write_spec(
         workdir / "s.yaml",
+        algorithm=algorithm,
+        rollout={"responses_per_prompt": 2},
         resources={"num_workers": 2, "strategy": "fsdp"},
         batch={"train": 4, "val": 4, "mini": 4, "micro": 2},
-        **changes,
     )
-    assert main(["validate", str(spec)]) == (2 if message else 0)
-    if message:
-        assert message in capsys.readouterr().err
+    assert main(["validate", str(spec)]) == 0

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from clab.cli import main
@@ -496,6 +497,23 @@ def test_grpo_static_rollouts_keep_their_copy_and_cache_too():
     plan = estimate(spec)
     assert plan.part("policy bf16 copy (hf-static)").phases == ("always",)
     assert plan.part("KV cache (static)").bytes == kv_cache_bytes(QWEN15, 128, 262, 2)
+
+
+def test_grpo_under_fsdp_keeps_one_rollout_copy_and_shards_the_rest():
+    """GRPO on the 1.5B service's 8 GPUs under fsdp: the policy's fp32 weights,
+    gradients and AdamW moments are 16 bytes a parameter over 8 workers, and one
+    bf16 copy of the whole policy stays on each for rollouts and validation
+    (the static engine generates from it: no second copy)."""
+    data = yaml.safe_load(SPEC_15B.read_text())
+    data["algorithm"] = "grpo"
+    data["rollout"]["responses_per_prompt"] = 2
+    plan = estimate(CountdownRLSpec.model_validate(data))
+    n = 1_543_714_304
+    assert plan.part("policy weights (fp32)").bytes == n * 4 // 8
+    assert plan.part("policy AdamW moments (fp32)").bytes == n * 8 // 8
+    assert plan.part("policy bf16 rollout copy (fsdp)").bytes == 2 * n
+    assert plan.part("policy bf16 rollout copy (fsdp)").phases == ("always",)
+    assert not any("hf-static" in p.name for p in plan.parts)
 
 
 # -- the command ------------------------------------------------------------------------

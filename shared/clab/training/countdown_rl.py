@@ -392,11 +392,21 @@ def grpo_rollout_func(trainer: CountdownTrainer):
     TRL hands over one prompt per completion (its sampler has already repeated each
     prompt ``num_generations`` times) and takes back the prompt and completion ids
     (the completion up to and including its EOS). ``logprobs`` is None, as on TRL's
-    own transformers path: TRL computes the old log-probabilities itself."""
+    own transformers path: TRL computes the old log-probabilities itself.
+
+    Under FSDP it serves ``rollout.engine: hf`` too: the policy's shards are gathered
+    into the trainer's unsharded bf16 copy once per call (a collective: every
+    worker generates at the same step), and the chosen engine generates from it."""
     r = trainer.spec.rollout
 
     def rollout(prompts: list[str], grpo) -> dict:
         model = grpo.accelerator.unwrap_model(grpo.model)
+        engine = "hf-static"
+        if trainer.rollout_copy is not None:  # FSDP: gathered once per call, in place
+            from clab.distributed.fsdp import gather_into
+
+            gather_into(model, trainer.rollout_copy)
+            model, engine = trainer.rollout_copy, r.engine
         with compute_autocast(trainer.device, trainer.compute_dtype):
             ro = hf_generate(
                 model,
@@ -406,7 +416,7 @@ def grpo_rollout_func(trainer: CountdownTrainer):
                 max_new_tokens=r.max_response_length,
                 temperature=r.temperature,
                 batch_size=trainer.gen_batch,
-                engine="hf-static",
+                engine=engine,
             )
 
         def kept(ids, mask):
@@ -437,16 +447,40 @@ GRPO_KEYS = {
 
 
 class GRPOStageTrainer(CountdownTrainer):
-    """TRL's GRPOTrainer, one for the whole run (one optimizer, one vLLM engine)."""
+    """TRL's GRPOTrainer, one for the whole run (one optimizer, one vLLM engine).
+
+    Under FSDP (``resources.strategy: fsdp``, several workers) the policy is
+    sharded here, as PPO's actor is (:func:`~clab.distributed.fsdp.shard_model`:
+    fp32 shards, bf16 compute, fp32 gradient reduction), before TRL sees it;
+    transformers and accelerate run their FSDP paths on it (no DDP wrapper,
+    sharded gradient clipping and checkpoints) and leave the sharding as it
+    is. Rollouts and validation generate from a full bf16 copy gathered once
+    per generation call, never through the sharded model (which would gather
+    every layer again at every decode step).
+    """
 
     def load(self, model_dir: Path, initial: Path) -> None:
         from clab.training.hf_stage import load_optimizer_state
 
+        self.fsdp = self.spec.resources.strategy == "fsdp" and self.world > 1
         self.tokenizer = load_tokenizer(initial)  # HF checkpoints lack the tiny marker
-        self.policy = load_policy(model_dir, "float32").to(self.device)
+        self.policy = load_policy(model_dir, "float32")
         # With beta > 0 TRL loads the reference from _name_or_path: the run's start.
         self.policy.config._name_or_path = str(initial)
+        self.rollout_copy = None
+        if self.fsdp:
+            from clab.distributed.fsdp import mesh_device, shard_model, unsharded_copy
+
+            dtype = getattr(torch, self.infer_dtype)
+            self.rollout_copy = unsharded_copy(self.policy, dtype, mesh_device())
+            if self.spec.model.gradient_checkpointing:  # HF's own, before sharding, as PPO's
+                self.policy.gradient_checkpointing_enable()
+            compute = getattr(torch, self.compute_dtype) if self.compute_dtype else None
+            shard_model(self.policy, compute)
+        else:
+            self.policy = self.policy.to(self.device)
         self._state = load_optimizer_state(model_dir / TRAINER_STATE)
+        self._full: dict | None = None
         self.trainer = None
 
     def grpo_args(self, ctx: StageContext) -> dict:
@@ -482,8 +516,26 @@ class GRPOStageTrainer(CountdownTrainer):
             vllm_mode="colocate",
             vllm_tensor_parallel_size=spec.rollout.tensor_parallel_size,
             vllm_gpu_memory_utilization=spec.rollout.gpu_memory_utilization,
-            gradient_checkpointing=spec.model.gradient_checkpointing,
+            # under FSDP enabled on the model before sharding (load)
+            gradient_checkpointing=spec.model.gradient_checkpointing and not self.fsdp,
             shuffle_dataset=True,
+            **self.fsdp_args(),
+        )
+
+    def fsdp_args(self) -> dict:
+        """transformers' FSDP2 keys: they make its Trainer (and accelerate) take the
+        FSDP paths for a model this trainer has already sharded, which accelerate
+        then leaves as it is; checkpoints hold the full state, as without FSDP."""
+        if not self.fsdp:
+            return {}
+        return dict(
+            fsdp="full_shard",
+            fsdp_config={
+                "version": 2,
+                "auto_wrap_policy": "NO_WRAP",  # wrapped already, layer by layer (load)
+                "reshard_after_forward": True,
+                "state_dict_type": "FULL_STATE_DICT",
+            },
         )
 
     def train_stage(self, ctx: StageContext) -> None:
@@ -496,7 +548,10 @@ class GRPOStageTrainer(CountdownTrainer):
         ds = grpo_dataset(self.rows(ctx.stage.task))
         group = self.groups[ctx.stage.task]
         if self.trainer is None:
-            static = self.spec.rollout.engine == "hf-static"
+            # under FSDP the HF engines generate from the gathered copy (rollout_func)
+            static = self.spec.rollout.engine == "hf-static" or (
+                self.fsdp and self.spec.rollout.engine == "hf"
+            )
             self.callback = StageCallback(GRPO_KEYS, extra=lambda logs: {"group": group})
             self.trainer = GRPOTrainer(
                 model=self.policy,
@@ -512,22 +567,53 @@ class GRPOStageTrainer(CountdownTrainer):
             self.trainer._step = 0
             self.trainer._buffered_inputs = None
             self.callback.extra = lambda logs: {"group": group}
+        reset = self.spec.reset_optimizer and ctx.start_step == 0
         carry_into_stage(
             self.trainer,
             args,
             ds,
-            optimizer_state=self._state,
-            reset_optimizer=self.spec.reset_optimizer and ctx.start_step == 0,
+            optimizer_state=None if self.fsdp else self._state,
+            reset_optimizer=reset,
         )
+        if self.fsdp and self._state is not None and not reset:
+            # saved full and keyed by parameter name (save); every worker keeps its shard
+            from clab.distributed.fsdp import load_full_optimizer_state
+
+            load_full_optimizer_state(self.policy, self.trainer.optimizer, self._state)
         self._state = None
         self.callback.start(ctx)
         self.trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
         if self.main and not self.callback.rows:
             raise ClabError(f"stage {ctx.stage.name}: GRPO logged no steps")
+        self._gather()
+
+    def _gather(self) -> None:
+        """FSDP, on every worker: the full weights into the rollout copy (validation
+        generates from it) and the full model and optimizer state onto rank 0's CPU
+        for :meth:`save`, which the runner calls on rank 0 alone."""
+        if not self.fsdp:
+            return
+        from clab.distributed.fsdp import full_optimizer_state, gather_into
+
+        gather_into(self.policy, self.rollout_copy)
+        self._full = {
+            "policy": full_model_state(self.policy),
+            "optimizer": full_optimizer_state(self.policy, self.trainer.optimizer),
+        }
+
+    def validate(self, stage: Stage) -> list[dict]:
+        return self._validate(self.rollout_copy if self.fsdp else self.policy)
 
     def save(self, d: Path) -> None:
         from clab.training.hf_stage import optimizer_state
 
+        if self.fsdp:  # the same folder as without FSDP, from the state gathered on rank 0
+            if self._full is None:
+                raise RuntimeError("FSDP save without a preceding gather: the state would be stale")
+            full, self._full = self._full, None
+            self._save_model(d, full["policy"])
+            torch.save(full["optimizer"], d / TRAINER_STATE)
+            return
         self._save_model(d)
         state = optimizer_state(self.trainer, self._state)
         if state is not None:

@@ -169,15 +169,6 @@ class CountdownRLSpec(RunSpec):
                     f"batch.micro ({b.micro}) must divide the sequences per worker and step "
                     f"({per_worker})"
                 )
-        # one worker trains alone whatever the strategy (nothing to replicate or shard)
-        if self.resources.strategy == "fsdp" and self.algorithm == "grpo" and w > 1:
-            # accelerate applies FSDP only to multi-accelerator runs (on CPU it drops the
-            # plugin and runs DDP), so this was never run here; see README
-            raise ValueError(
-                "resources.strategy: fsdp is implemented for algorithm ppo only; GRPO runs "
-                "through TRL and accelerate, whose FSDP has not been run with clab's runner "
-                "yet: use strategy ddp with grpo"
-            )
         tp = self.rollout.tensor_parallel_size
         if tp > 1 and (self.rollout.engine != "vllm" or w % tp):
             raise ValueError(

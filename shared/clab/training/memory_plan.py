@@ -533,7 +533,7 @@ def _estimate_countdown_rl(
         device="GPU" if r.gpu else "CPU",
     )
     _add_model_state(plan, r, params, ref_on)
-    if r.fsdp and r.ppo:
+    if r.fsdp:  # PPO's and GRPO's: rollouts and validation generate from it
         plan.add(
             f"policy {r.cname} rollout copy (fsdp)",
             r.compute * actor_p,
@@ -625,13 +625,6 @@ def _add_rollout(plan: MemoryPlan, r: _Run, actor_p: int) -> None:
             compute_copy_bytes(s, r.compute),
             ("rollout",),
             "autocast's cached casts of the matmul weights",
-        )
-    elif r.fsdp and not r.ppo:
-        plan.add(
-            f"policy {r.cname} copy for generation",
-            r.compute * actor_p,
-            ("rollout",),
-            f"{actor_p:,} x {r.compute} B, gathered for generate",
         )
     plan.add(
         "KV cache" + (" (static)" if static else ""),
@@ -870,31 +863,7 @@ def verdict(plan: MemoryPlan) -> str:
 
 
 def plan_file(path: str, overrides: list[str] | tuple[str, ...] = ()) -> MemoryPlan:
-    """Load a spec as ``clab run`` does (same ``--set`` overrides) and estimate it.
-
-    Issue 14 makes countdown-rl's PPO accept ``resources.strategy: fsdp``; until the
-    trainer at hand does, a spec asking for fsdp is checked with ddp and estimated for
-    fsdp, and the plan says the trainer would reject it.
-    """
-    import copy
-
+    """Load a spec as ``clab run`` does (same ``--set`` overrides) and estimate it."""
     from clab.specs import read_spec_data, validate_spec
 
-    data = read_spec_data(path, overrides)
-    try:
-        spec = validate_spec(path, data)
-        note = None
-    except ClabError as rejected:
-        resources = data.get("resources")
-        if not (isinstance(resources, dict) and resources.get("strategy") == "fsdp"):
-            raise
-        as_ddp = copy.deepcopy(data)
-        as_ddp["resources"]["strategy"] = "ddp"
-        spec = validate_spec(path, as_ddp)  # what else is wrong, the user must see
-        fsdp = spec.resources.model_copy(update={"strategy": "fsdp"})
-        spec = spec.model_copy(update={"resources": fsdp})
-        note = f"estimated for fsdp as asked, though this trainer rejects it: {rejected}"
-    plan = estimate(spec)
-    if note:
-        plan.notes.append(note)
-    return plan
+    return estimate(validate_spec(path, read_spec_data(path, overrides)))
