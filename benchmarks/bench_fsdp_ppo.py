@@ -240,6 +240,11 @@ def main() -> int:
     ap.add_argument("--memory-cap-gib", type=float, default=0.0, help="0: the whole GPU")
     ap.add_argument("--emulate-world", type=int, default=0)
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument(
+        "--no-checkpoint-timing",
+        action="store_true",
+        help="skip timing the full-state gather (about 30 s at 1.5B) after the steps",
+    )
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny model: checks the script")
     ap.add_argument("--label", default="")
     args = ap.parse_args()
@@ -301,6 +306,11 @@ def main() -> int:
                 phases.extra.clear()
             else:
                 rows.append(row)
+            if cuda:  # as it goes, for a run cut off before its summary
+                say(
+                    f"step {i} ({'warm-up' if i == 0 else 'measured'}) {row['step_time']:.1f} s; "
+                    f"peak allocated so far {torch.cuda.max_memory_allocated() / GIB:.2f} GiB"
+                )
     except torch.OutOfMemoryError as e:
         used = torch.cuda.memory_allocated() / GIB if cuda else 0.0
         say(
@@ -312,7 +322,8 @@ def main() -> int:
         say("RESULT " + json.dumps({"label": label, "oom": phases.current, "parts": parts}))
         return 3
     ckpt = {}
-    if args.strategy == "fsdp":  # what a checkpoint costs: full state onto rank 0's CPU, back
+    # what a checkpoint costs: full state onto rank 0's CPU, and back
+    if args.strategy == "fsdp" and not args.no_checkpoint_timing:
         from clab.distributed.fsdp import full_model_state
 
         t = time.perf_counter()
