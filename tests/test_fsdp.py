@@ -151,6 +151,34 @@ def _fsdp_worker(rank: int, world: int, model_dir: Path, out: Path) -> None:
         torch.save({"rows": rows, "actor": actor}, out / "fsdp.pt")
 
 
+def test_the_rollout_copy_is_the_model_without_its_training_hooks(tmp_path, dataset):
+    """What rollouts generate from under FSDP: the same function as the model, in
+    its own storage and dtype, without the input-embedding hook that
+    ``gradient_checkpointing_enable`` adds (a ``requires_grad_`` call that the
+    static engine's compiled forward cannot trace: it stopped the 1.5B benchmark
+    on a GPU)."""
+    from clab.distributed.fsdp import unsharded_copy
+
+    build_tiny_model(tmp_path, ["a b c d"] * 8, vocab_size=300, hidden_size=32)
+    model = load_policy(tmp_path)
+    model.gradient_checkpointing_enable()
+    assert model.get_input_embeddings()._forward_hooks  # what a deep copy would carry
+    copy = unsharded_copy(model, torch.float64, torch.device("cpu"))
+    assert not copy.get_input_embeddings()._forward_hooks
+    assert model.get_input_embeddings()._forward_hooks  # the training model keeps its own
+    assert all(p.dtype == torch.float64 and not p.requires_grad for p in copy.parameters())
+    assert not copy.training and not any(m.training for m in copy.modules())
+    ids = torch.tensor([[5, 9, 11, 3]])
+    model.eval()
+    with torch.no_grad():
+        want = model(ids).logits.double()
+        got = copy(ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert not torch.allclose(copy(ids).logits, model(ids).logits.double(), atol=1e-3)
+
+
 def test_two_fsdp_workers_make_the_updates_of_one_process(tmp_path, dataset):
     """3 PPO steps on the same 4 sampled sequences: one process (mini-batch 4 in two
     micro-batches) and two FSDP workers (2 sequences each): losses, gradient norms

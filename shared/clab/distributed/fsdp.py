@@ -86,16 +86,38 @@ def shard_model(
     return model
 
 
+@torch.no_grad()
 def unsharded_copy(
     model: torch.nn.Module, dtype: torch.dtype, device: torch.device
 ) -> torch.nn.Module:
     """A frozen copy of a not yet sharded model with its parameters in ``dtype``
-    (buffers such as rotary frequencies keep theirs), for :func:`gather_into`."""
-    out = copy.deepcopy(model)
-    with torch.no_grad():
+    (buffers such as rotary frequencies keep theirs), for :func:`gather_into`.
+
+    Built afresh from the model's config and filled with its tensors rather than
+    deep-copied: a deep copy would carry the training model's state with it, such as
+    the forward hook transformers' ``gradient_checkpointing_enable`` puts on the
+    input embeddings (``requires_grad_`` on their output), which the static engine's
+    compiled forward cannot trace. A module that is not a transformers model is
+    deep-copied.
+    """
+    if not hasattr(type(model), "_from_config"):
+        out = copy.deepcopy(model)
         for p in out.parameters():
             p.data = p.data.to(dtype)
-    return out.to(device).eval().requires_grad_(False)
+        return out.to(device).eval().requires_grad_(False)
+    with torch.device("meta"):
+        out = type(model)._from_config(copy.deepcopy(model.config), dtype=dtype)
+    out.to_empty(device=device)
+    out.tie_weights()  # as the model's own: a tied head is one tensor
+    targets = {**dict(out.named_parameters()), **dict(out.named_buffers())}
+    source = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    if targets.keys() != source.keys():
+        raise ValueError(
+            f"unsharded_copy: names differ: {sorted(targets.keys() ^ source.keys())[:3]}"
+        )
+    for name, t in targets.items():
+        t.copy_(source[name])
+    return out.eval().requires_grad_(False)
 
 
 @torch.no_grad()
