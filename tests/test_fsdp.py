@@ -317,6 +317,7 @@ GRPO = {
 
 def _grpo_worker(rank: int, world: int) -> None:
     from accelerate.state import GradientState
+    from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
     from trl import GRPOTrainer
 
@@ -333,9 +334,29 @@ def _grpo_worker(rank: int, world: int) -> None:
         original_load(self, model_dir, initial)
         shards.append(all(isinstance(p, DTensor) for p in self.policy.parameters()))
 
+    original_train = countdown_rl.GRPOStageTrainer.train_stage
+    references, unsynced = [], []
+
+    def train_stage(self, ctx):
+        original_train(self, ctx)
+        ref = self.trainer.ref_model  # TRL's, for the KL term: sharded layer by layer too
+        references.append([isinstance(m, FSDPModule) for m in (ref, *ref.model.layers)])
+
+    def set_sync(self, requires_gradient_sync, **kwargs):
+        if not requires_gradient_sync:  # micro-batches whose gradients stay unsharded
+            unsynced.append(type(self).__name__)
+        return original_sync(self, requires_gradient_sync, **kwargs)
+
+    original_sync = FSDPModule.set_requires_gradient_sync
     countdown_rl.GRPOStageTrainer.load = load
+    countdown_rl.GRPOStageTrainer.train_stage = train_stage
+    FSDPModule.set_requires_gradient_sync = set_sync
     _run("grpo-fsdp", rank, world, **GRPO)
+    countdown_rl.GRPOStageTrainer.train_stage = original_train
+    FSDPModule.set_requires_gradient_sync = original_sync
     assert shards == [True]  # sharded before TRL saw it, and TRL left it so
+    assert references == [[True] * 3] * 2
+    assert unsynced == []  # every micro-batch's gradients reduce-scattered as they come
     # killed twice: in the first step of stage r0-g1 (rerun from r0-g0's folder and its
     # optimizer state), then after that stage's first checkpoint (rerun from HF's)
     original, calls = GRPOTrainer.training_step, {"n": 0}

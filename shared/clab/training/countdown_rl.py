@@ -12,7 +12,9 @@ few percent of the elements.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -479,7 +481,15 @@ class GRPOStageTrainer(CountdownTrainer):
             shard_model(self.policy, compute)
         else:
             self.policy = self.policy.to(self.device)
-        self._state = load_optimizer_state(model_dir / TRAINER_STATE)
+        state_file = model_dir / TRAINER_STATE
+        if self.fsdp:  # a full state (about 12 GB at 1.5B): rank 0 reads it, and broadcasts
+            self._state = (
+                (torch.load(state_file, weights_only=False, mmap=True) if self.main else {})
+                if state_file.is_file()
+                else None
+            )
+        else:
+            self._state = load_optimizer_state(state_file)
         self._full: dict | None = None
         self.trainer = None
 
@@ -536,7 +546,35 @@ class GRPOStageTrainer(CountdownTrainer):
                 "reshard_after_forward": True,
                 "state_dict_type": "FULL_STATE_DICT",
             },
+            # each micro-batch's gradients reduce-scattered as they come (as veRL does):
+            # skipping the sync keeps every parameter's full fp32 gradient on each GPU
+            accelerator_config={"gradient_accumulation_kwargs": {"sync_each_batch": True}},
+            # TRL loads the reference with device_map "auto" unless told (it sets None
+            # for DDP only): spread over every GPU that Ray lets a worker see
+            model_init_kwargs={"device_map": None},
         )
+
+    @contextlib.contextmanager
+    def _reference_sharding(self) -> Iterator[None]:
+        """While TRL builds its GRPOTrainer under FSDP: the reference model sharded as
+        the policy is (each decoder layer a unit, bf16 compute, outputs as computed),
+        instead of by TRL's ``prepare_fsdp``, which makes the whole model one unit
+        (gathered whole at every forward) and, under accelerate's bf16 policy, rounds
+        the reference's fp32 log-probabilities to bf16 on their way out."""
+        if not self.fsdp:
+            yield
+            return
+        import trl.trainer.grpo_trainer as grpo_module
+
+        from clab.distributed.fsdp import shard_model
+
+        compute = getattr(torch, self.compute_dtype) if self.compute_dtype else None
+        original = grpo_module.prepare_fsdp
+        grpo_module.prepare_fsdp = lambda model, accelerator: shard_model(model, compute).eval()
+        try:
+            yield
+        finally:
+            grpo_module.prepare_fsdp = original
 
     def train_stage(self, ctx: StageContext) -> None:
         from transformers import PrinterCallback
@@ -553,19 +591,23 @@ class GRPOStageTrainer(CountdownTrainer):
                 self.fsdp and self.spec.rollout.engine == "hf"
             )
             self.callback = StageCallback(GRPO_KEYS, extra=lambda logs: {"group": group})
-            self.trainer = GRPOTrainer(
-                model=self.policy,
-                reward_funcs=[self.reward],
-                args=GRPOConfig(**args),
-                train_dataset=ds,
-                processing_class=self.tokenizer,
-                callbacks=[self.callback],
-                rollout_func=grpo_rollout_func(self) if static else None,
-            )
+            with self._reference_sharding():
+                self.trainer = GRPOTrainer(
+                    model=self.policy,
+                    reward_funcs=[self.reward],
+                    args=GRPOConfig(**args),
+                    train_dataset=ds,
+                    processing_class=self.tokenizer,
+                    callbacks=[self.callback],
+                    rollout_func=grpo_rollout_func(self) if static else None,
+                )
             self.trainer.remove_callback(PrinterCallback)  # rows go to our logs, not stdout
         else:  # the kept trainer: its per-run counters and buffered generations start over
             self.trainer._step = 0
             self.trainer._buffered_inputs = None
+            # the new TrainerState counts from 0 again: a vLLM engine last synced at step
+            # 0 of the previous stage must not count as synced now
+            self.trainer._last_loaded_step = -1
             self.callback.extra = lambda logs: {"group": group}
         reset = self.spec.reset_optimizer and ctx.start_step == 0
         carry_into_stage(
@@ -583,9 +625,9 @@ class GRPOStageTrainer(CountdownTrainer):
         self._state = None
         self.callback.start(ctx)
         self.trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
+        self._gather()  # a collective: before rank 0 alone may raise
         if self.main and not self.callback.rows:
             raise ClabError(f"stage {ctx.stage.name}: GRPO logged no steps")
-        self._gather()
 
     def _gather(self) -> None:
         """FSDP, on every worker: the full weights into the rollout copy (validation
