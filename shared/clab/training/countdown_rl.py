@@ -602,6 +602,17 @@ class GRPOStageTrainer(CountdownTrainer):
                     rollout_func=grpo_rollout_func(self) if static else None,
                 )
             self.trainer.remove_callback(PrinterCallback)  # rows go to our logs, not stdout
+            if self.fsdp:
+                from clab.distributed.fsdp import mesh_device
+
+                # accelerate places batches on cuda:LOCAL_RANK; the shards sit on the
+                # device Ray gave this worker: they must be the same
+                acc, mesh = self.trainer.accelerator.device, mesh_device()
+                if acc.type == "cuda" and acc != mesh:
+                    raise ClabError(
+                        f"worker {self.rank}: accelerate's device {acc} is not the device "
+                        f"its shards are on ({mesh}): check LOCAL_RANK and CUDA_VISIBLE_DEVICES"
+                    )
         else:  # the kept trainer: its per-run counters and buffered generations start over
             self.trainer._step = 0
             self.trainer._buffered_inputs = None
