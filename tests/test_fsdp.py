@@ -438,3 +438,23 @@ def test_fsdp_is_taken_by_both_algorithms(workdir, algorithm):
         batch={"train": 4, "val": 4, "mini": 4, "micro": 2},
     )
     assert main(["validate", str(spec)]) == 0
+
+
+def test_grpo_under_fsdp_on_cpu_workers_is_refused_before_anything_is_written(run_dir, capsys):
+    """accelerate runs CPU workers under DDP whatever the plugin, and DDP cannot wrap a
+    sharded policy: the run stops with the reason, before Ray starts or a file is
+    written."""
+    from clab.cli import main
+    from rl_spec import write_spec
+
+    spec = write_spec(
+        run_dir / "s.yaml",
+        name="cpu-fsdp",
+        algorithm="grpo",
+        rollout={"responses_per_prompt": 2},
+        resources={"num_workers": 2, "strategy": "fsdp"},
+        batch={"train": 4, "val": 4, "mini": 4, "micro": 2},
+    )
+    assert main(["run", str(spec)]) == 2
+    assert "fsdp with algorithm grpo needs resources.use_gpu: true" in capsys.readouterr().err
+    assert not Path("checkpoints/cpu-fsdp").exists() and not Path("metrics/cpu-fsdp").exists()

@@ -54,6 +54,13 @@ def check_inputs(spec: CountdownRLSpec) -> None:
         require_vllm()
     if spec.resources.use_gpu and not torch.cuda.is_available():
         raise ClabError("resources.use_gpu: true, but no CUDA device is visible")
+    r = spec.resources
+    if spec.algorithm == "grpo" and r.strategy == "fsdp" and r.num_workers > 1 and not r.use_gpu:
+        raise ClabError(
+            "resources.strategy fsdp with algorithm grpo needs resources.use_gpu: true: "
+            "accelerate applies FSDP on GPUs only (it runs CPU workers under DDP, which "
+            "cannot wrap a sharded policy); use strategy ddp on CPU"
+        )
 
 
 def make_trainer(spec: CountdownRLSpec, rank: int, world: int):
@@ -605,6 +612,11 @@ class GRPOStageTrainer(CountdownTrainer):
             if self.fsdp:
                 from clab.distributed.fsdp import mesh_device
 
+                if not self.trainer.is_fsdp_enabled:  # see check_inputs
+                    raise ClabError(
+                        "accelerate did not take FSDP for this GRPO run (it does on GPUs "
+                        "only): use resources.strategy ddp"
+                    )
                 # accelerate places batches on cuda:LOCAL_RANK; the shards sit on the
                 # device Ray gave this worker: they must be the same
                 acc, mesh = self.trainer.accelerator.device, mesh_device()
