@@ -593,8 +593,9 @@ class GRPOStageTrainer(CountdownTrainer):
         ds = grpo_dataset(self.rows(ctx.stage.task))
         group = self.groups[ctx.stage.task]
         if self.trainer is None:
-            # under FSDP the HF engines generate from the gathered copy (rollout_func)
-            static = self.spec.rollout.engine == "hf-static" or (
+            # our rollout hook: the static engine, and under FSDP the HF engines (from the
+            # gathered copy); TRL's own generation otherwise
+            ours = self.spec.rollout.engine == "hf-static" or (
                 self.fsdp and self.spec.rollout.engine == "hf"
             )
             self.callback = StageCallback(GRPO_KEYS, extra=lambda logs: {"group": group})
@@ -606,25 +607,10 @@ class GRPOStageTrainer(CountdownTrainer):
                     train_dataset=ds,
                     processing_class=self.tokenizer,
                     callbacks=[self.callback],
-                    rollout_func=grpo_rollout_func(self) if static else None,
+                    rollout_func=grpo_rollout_func(self) if ours else None,
                 )
             self.trainer.remove_callback(PrinterCallback)  # rows go to our logs, not stdout
-            if self.fsdp:
-                from clab.distributed.fsdp import mesh_device
-
-                if not self.trainer.is_fsdp_enabled:  # see check_inputs
-                    raise ClabError(
-                        "accelerate did not take FSDP for this GRPO run (it does on GPUs "
-                        "only): use resources.strategy ddp"
-                    )
-                # accelerate places batches on cuda:LOCAL_RANK; the shards sit on the
-                # device Ray gave this worker: they must be the same
-                acc, mesh = self.trainer.accelerator.device, mesh_device()
-                if acc.type == "cuda" and acc != mesh:
-                    raise ClabError(
-                        f"worker {self.rank}: accelerate's device {acc} is not the device "
-                        f"its shards are on ({mesh}): check LOCAL_RANK and CUDA_VISIBLE_DEVICES"
-                    )
+            self._check_fsdp_taken()
         else:  # the kept trainer: its per-run counters and buffered generations start over
             self.trainer._step = 0
             self.trainer._buffered_inputs = None
@@ -651,6 +637,26 @@ class GRPOStageTrainer(CountdownTrainer):
         self._gather()  # a collective: before rank 0 alone may raise
         if self.main and not self.callback.rows:
             raise ClabError(f"stage {ctx.stage.name}: GRPO logged no steps")
+
+    def _check_fsdp_taken(self) -> None:
+        """Under FSDP: accelerate took its FSDP path (not DDP) on the shards' device."""
+        if not self.fsdp:
+            return
+        from clab.distributed.fsdp import mesh_device
+
+        if not self.trainer.is_fsdp_enabled:  # see check_inputs
+            raise ClabError(
+                "accelerate did not take FSDP for this GRPO run (it does on GPUs only): "
+                "use resources.strategy ddp"
+            )
+        # accelerate places batches on cuda:LOCAL_RANK; the shards sit on the device Ray
+        # gave this worker: they must be the same
+        acc, mesh = self.trainer.accelerator.device, mesh_device()
+        if acc.type == "cuda" and acc != mesh:
+            raise ClabError(
+                f"worker {self.rank}: accelerate's device {acc} is not the device its shards "
+                f"are on ({mesh}): check LOCAL_RANK and CUDA_VISIBLE_DEVICES"
+            )
 
     def _gather(self) -> None:
         """FSDP, on every worker: the full weights into the rollout copy (validation
