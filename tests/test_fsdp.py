@@ -8,6 +8,7 @@ transformers is most of the time) and does all its runs inside them.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import traceback
@@ -286,27 +287,40 @@ def test_fsdp_through_the_runner_checkpoints_resumes_and_equals_ddp(run_dir):
     assert exp_avg.shape == a["model.embed_tokens.weight"].shape  # full, not a shard
 
 
+# -- several workers, one warm-up ---------------------------------------------------------
+
+WARM = {
+    "warmup": {"steps": 6, "lr": 5e-3, "batch_size": 8},
+    "data": {**TINY["data"], "groups": [0]},
+    "max_steps_per_stage": 1,
+}
+
+
+def _warmup_worker(rank: int, world: int) -> None:
+    _run("warm-2", rank, world, **WARM, resources={"num_workers": world, "strategy": "ddp"})
+
+
+def test_a_warm_up_with_several_workers_runs_apart_and_equals_one_workers(run_dir):
+    """Rank 0 builds the model before RL alone, while the others wait; its supervised
+    warm-up (transformers' Trainer) runs in a process of its own, since inside the
+    workers' process group it waited at collectives the others never entered (the
+    run died in gloo). The warmed-up model equals a one-worker run's."""
+    _spawn(_warmup_worker)
+    _run("warm-1", 0, 1, **WARM, resources={"num_workers": 1, "strategy": "ddp"})
+    from clab.tracking.metrics_log import read_rows
+
+    history = json.loads(Path("logs/warm-2/warmup/log_history.json").read_text())
+    losses = [r["loss"] for r in history if "loss" in r]
+    assert len(losses) >= 2 and losses[-1] < losses[0]  # it trained
+    two = load_policy("checkpoints/warm-2/initial").state_dict()
+    one = load_policy("checkpoints/warm-1/initial").state_dict()
+    assert two.keys() == one.keys()
+    for name, t in two.items():
+        assert torch.allclose(t, one[name], rtol=1e-4, atol=1e-6), name
+    assert len(read_rows("metrics/warm-2/train.jsonl")) == 1  # and the run went on to RL
+
+
 # -- GRPO: TRL's trainer on a policy clab sharded ---------------------------------------------
-
-
-def _accelerate_keeps_fsdp_on_cpu() -> None:
-    """accelerate 1.15 applies an FSDP plugin only to runs on accelerators: on CPU
-    workers (MULTI_CPU) it drops it and would wrap the model in DDP. Here it keeps it,
-    as it does on GPUs, so that transformers and accelerate take their FSDP paths
-    (the only difference from a GPU run: the gloo backend and the device)."""
-    from accelerate.state import AcceleratorState, PartialState
-    from accelerate.utils import DistributedType
-
-    original = AcceleratorState.__init__
-
-    def init(self, *args, fsdp_plugin=None, **kwargs):
-        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
-        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
-            self.distributed_type = DistributedType.FSDP  # as accelerate sets it on GPUs
-            self.fsdp_plugin = fsdp_plugin
-            PartialState._shared_state["distributed_type"] = self.distributed_type
-
-    AcceleratorState.__init__ = init
 
 
 GRPO = {
@@ -321,9 +335,10 @@ def _grpo_worker(rank: int, world: int) -> None:
     from torch.distributed.tensor import DTensor
     from trl import GRPOTrainer
 
+    from clab.distributed.fsdp import keep_accelerate_fsdp_on_cpu
     from clab.training import countdown_rl
 
-    _accelerate_keeps_fsdp_on_cpu()
+    keep_accelerate_fsdp_on_cpu()  # as on GPUs: see its docstring
     # rewards that differ within a group, so that advantages and updates are not zero
     countdown_rl.CountdownReward.score = lambda self, completions, *a: _score(completions, a)
     _run("grpo-ddp", rank, world, **GRPO, resources={"num_workers": world, "strategy": "ddp"})

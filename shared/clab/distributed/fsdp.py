@@ -174,3 +174,30 @@ def local_shard(param: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(
         full.detach(), param.device_mesh, param.placements, src_data_rank=None
     ).to_local()
+
+
+def keep_accelerate_fsdp_on_cpu() -> None:
+    """For CPU checks of the GPU path (tests, a benchmark's ``--cpu``), never for runs.
+
+    accelerate 1.15 applies an FSDP plugin only to runs on accelerators: on CPU
+    workers (MULTI_CPU) it drops it and would wrap the model in DDP. After this call
+    it keeps it, as it does on GPUs, so that transformers and accelerate take their
+    FSDP paths; the only difference from a GPU run is then the gloo backend and the
+    device. Trainers refuse GRPO with FSDP on CPU workers instead (``check_inputs``).
+    """
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    original = AcceleratorState.__init__
+    if getattr(original, "_keeps_fsdp_on_cpu", False):
+        return
+
+    def init(self, *args, fsdp_plugin=None, **kwargs):
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP  # as accelerate sets it on GPUs
+            self.fsdp_plugin = fsdp_plugin
+            PartialState._shared_state["distributed_type"] = self.distributed_type
+
+    init._keeps_fsdp_on_cpu = True
+    AcceleratorState.__init__ = init

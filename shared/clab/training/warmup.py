@@ -10,6 +10,7 @@ Trainer's own checkpoints let a warm-up killed half-way resume where it was
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
@@ -114,3 +115,70 @@ def supervised_warmup(
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     write_json(logs_dir / "warmup" / "log_history.json", trainer.state.log_history)
     shutil.rmtree(work_dir, ignore_errors=True)
+
+
+# what makes transformers and accelerate join a process group (torchrun's and Ray
+# Train's variables, accelerate's own)
+_GROUP_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK")
+_GROUP_ENV_PREFIXES = ("MASTER_", "TORCHELASTIC_", "ACCELERATE_")
+
+
+def supervised_warmup_apart(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    spec,
+    logs_dir: Path,
+    work_dir: Path,
+) -> PreTrainedModel:
+    """:func:`supervised_warmup` in a process of its own, for rank 0 of several workers.
+
+    Rank 0 alone builds the model before RL while the others wait for it; inside
+    their process group, transformers' Trainer would join the group and wait at
+    collectives the others never enter (a gloo or NCCL error, or a hang). The child
+    starts without the group's variables, on this worker's GPU, trains and saves;
+    it resumes from the warm-up's own checkpoints in ``work_dir`` as the in-process
+    warm-up does. Returns the warmed-up model."""
+    import torch
+    import torch.multiprocessing as mp
+
+    from clab.errors import ClabError
+    from clab.models.loading import load_policy
+
+    start, done = work_dir / "start", work_dir / "done"
+    model.save_pretrained(start)
+    saved = dict(os.environ)
+    for key in list(os.environ):
+        if key in _GROUP_ENV or key.startswith(_GROUP_ENV_PREFIXES):
+            del os.environ[key]
+    if spec.resources.use_gpu:  # this worker's device, as the child's only one
+        index = torch.cuda.current_device()
+        visible = saved.get("CUDA_VISIBLE_DEVICES")
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
+    try:
+        child = mp.get_context("spawn").Process(
+            target=_warmup_child,
+            args=(start, done, tokenizer, spec, logs_dir, work_dir / "checkpoints"),
+        )
+        child.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    child.join()
+    if child.exitcode != 0:
+        raise ClabError(
+            f"the supervised warm-up failed (exit {child.exitcode}); see its output above"
+        )
+    warmed = load_policy(done, "float32")
+    shutil.rmtree(start, ignore_errors=True)
+    shutil.rmtree(done, ignore_errors=True)
+    return warmed
+
+
+def _warmup_child(start: Path, done: Path, tokenizer, spec, logs_dir: Path, work_dir: Path) -> None:
+    from clab.models.loading import load_policy
+
+    model = load_policy(start, "float32")
+    if spec.resources.use_gpu:
+        model = model.to("cuda")
+    supervised_warmup(model, tokenizer, spec, logs_dir, work_dir)
+    model.save_pretrained(done)
