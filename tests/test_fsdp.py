@@ -168,6 +168,7 @@ def test_the_rollout_copy_is_the_model_without_its_training_hooks(tmp_path, data
     assert not copy.get_input_embeddings()._forward_hooks
     assert model.get_input_embeddings()._forward_hooks  # the training model keeps its own
     assert all(p.dtype == torch.float64 and not p.requires_grad for p in copy.parameters())
+    assert copy.generation_config.eos_token_id == model.generation_config.eos_token_id
     assert not copy.training and not any(m.training for m in copy.modules())
     ids = torch.tensor([[5, 9, 11, 3]])
     model.eval()

@@ -109,6 +109,7 @@ def unsharded_copy(
         out = type(model)._from_config(copy.deepcopy(model.config), dtype=dtype)
     out.to_empty(device=device)
     out.tie_weights()  # as the model's own: a tied head is one tensor
+    out.generation_config = copy.deepcopy(model.generation_config)
     targets = {**dict(out.named_parameters()), **dict(out.named_buffers())}
     source = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     if targets.keys() != source.keys():
