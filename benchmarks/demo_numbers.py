@@ -64,8 +64,11 @@ def run_table(metrics: Path, run: str) -> str:
         )
     summary = json.loads((metrics / run / "summary.json").read_text())
     per_task = summary.get("forgetting_per_task") or {}
+    first = next(r["trained_task"] for r in rows if r["stage"] == 1)
+    trail = " -> ".join(f"{at[stage, first]['success_rate']:.2f}" for stage in range(last + 1))
     lines += [
         "",
+        f"Group {first} (the first trained) after each stage, from stage 0: {trail}.",
         f"Final average success {summary['average_accuracy']:.3f}; backward transfer "
         f"{summary['backward_transfer']:+.3f}; forgetting {summary['forgetting']:.3f} "
         "(mean over the groups trained before the last of best earlier success minus final; "

@@ -48,6 +48,9 @@ def test_table_marks_a_rise_beyond_chance_and_the_forgetting(tmp_path: Path):
     assert "| 1 | 0 | 100 | 0.10 [0.06, 0.17] | 0.50 [0.40, 0.60] | +0.40 | yes |" in table
     assert "| 2 | 1 | 100 | 0.06 [0.03, 0.12] | 0.09 [0.05, 0.16] | +0.03 | no |" in table
     assert "forgetting 0.300" in table and "0: 0.30" in table
+    # a dip and a recovery show only in the first group's trail
+    trail = "Group 0 (the first trained) after each stage, from stage 0: 0.10 -> 0.50 -> 0.20."
+    assert trail in table
     with pytest.raises(ClabError, match="no evaluation of run 'other'"):
         run_table(tmp_path, "other")
 

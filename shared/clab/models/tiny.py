@@ -28,9 +28,23 @@ from clab.storage.atomic import atomic_dir
 EOS = "<|endoftext|>"
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, *, split_digits: bool = False
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``texts``.
+
+    ``split_digits``: every digit a token of its own, as Qwen's and Llama's
+    tokenizers split numbers. Without it a number merges with what precedes it, so
+    the 12 of a prompt's ``[12, 15, 1]`` is the token ``12`` and the answer's
+    `` 12`` another one: a tiny model then copies the second and third numbers of
+    a Countdown problem into its answer but never the first (docs/demo.md)."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -58,13 +72,14 @@ def build_tiny_model(
     tie_word_embeddings: bool = True,
     architecture: str = "qwen2",
     initializer_range: float = 0.02,
+    split_digits: bool = False,
 ) -> Path:
     """Write a tiny model and its tokenizer to ``out_dir`` (atomically) and return it.
 
     ``architecture`` is ``qwen2`` (the RL services' Qwen2.5) or ``llama`` (the
     mixing trainer's TinyLlama), so a tiny stand-in takes the real model's code path.
     """
-    tokenizer = train_tokenizer(texts, vocab_size)
+    tokenizer = train_tokenizer(texts, vocab_size, split_digits=split_digits)
     config_class, model_class = {
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
         "llama": (LlamaConfig, LlamaForCausalLM),

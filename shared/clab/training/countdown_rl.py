@@ -135,6 +135,7 @@ class CountdownTrainer:
                 hidden_size=spec.model.tiny_hidden_size,
                 num_layers=spec.model.tiny_layers,
                 seed=spec.seed,
+                split_digits=spec.model.tiny_split_digits,
             )
         else:
             source = Path(spec.model.name_or_path)

@@ -32,6 +32,11 @@ class ModelSpec(SpecModel):
     tiny_hidden_size: int = Field(64, ge=16)
     tiny_layers: int = Field(2, ge=1)
     tiny_vocab_size: int = Field(512, ge=300)
+    tiny_split_digits: bool = Field(
+        False,
+        description="tiny tokenizer: every digit a token, as Qwen's tokenizer splits "
+        "numbers (a tiny model can then copy a problem's numbers into its answer)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
