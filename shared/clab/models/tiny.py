@@ -36,8 +36,9 @@ def train_tokenizer(
     ``split_digits``: every digit a token of its own, as Qwen's and Llama's
     tokenizers split numbers. Without it a number is one token together with the
     space before it, so the 12 of a prompt's ``[12, 15, 1]`` (no space after the
-    bracket) is the token ``12`` and the answer's `` 12`` another one: a tiny model then copies the second and third numbers of
-    a Countdown problem into its answer but never the first (docs/demo.md)."""
+    bracket) is the token ``12`` and the answer's `` 12`` another one: a tiny model
+    then copies the second and third numbers of a Countdown problem into its
+    answer but never the first (docs/demo.md)."""
     tok = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.pre_tokenizer = (
