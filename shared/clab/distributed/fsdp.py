@@ -93,8 +93,8 @@ def unsharded_copy(
     """A frozen copy of a not yet sharded model with its parameters in ``dtype``
     (buffers such as rotary frequencies keep theirs), for :func:`gather_into`.
 
-    Built afresh from the model's config and filled with its tensors rather than
-    deep-copied: a deep copy would carry the training model's state with it, such as
+    Built afresh from the model's config (``empty_copy``) and filled with its tensors
+    rather than deep-copied: a deep copy would carry the training model's state with it, such as
     the forward hook transformers' ``gradient_checkpointing_enable`` puts on the
     input embeddings (``requires_grad_`` on their output), which the static engine's
     compiled forward cannot trace. A module that is not a transformers model is
@@ -105,10 +105,9 @@ def unsharded_copy(
         for p in out.parameters():
             p.data = p.data.to(dtype)
         return out.to(device).eval().requires_grad_(False)
-    with torch.device("meta"):
-        out = type(model)._from_config(copy.deepcopy(model.config), dtype=dtype)
-    out.to_empty(device=device)
-    out.tie_weights()  # as the model's own: a tied head is one tensor
+    from clab.models.loading import empty_copy
+
+    out = empty_copy(model, dtype, device)
     out.generation_config = copy.deepcopy(model.generation_config)
     targets = {**dict(out.named_parameters()), **dict(out.named_buffers())}
     source = {**dict(model.named_parameters()), **dict(model.named_buffers())}

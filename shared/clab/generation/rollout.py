@@ -31,7 +31,6 @@ with the same random calls on the same shapes as the dynamic one: see
 from __future__ import annotations
 
 import json
-from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +43,7 @@ from transformers import (
 
 from clab.errors import ClabError
 from clab.generation import attention
+from clab.models.loading import empty_copy
 
 HF_ENGINES = ("hf", "hf-static")
 
@@ -227,14 +227,8 @@ class StaticGenerator:
         self.compile = compile and self.device.type == "cuda"
         self.check_every = 16 if self.device.type == "cuda" else 1
         self.dtype = dtype or next(model.parameters()).dtype
-        if adopt:  # the caller's frozen copy, which it refreshes in place itself
-            copy = model
-        else:
-            # its own config: _from_config would otherwise share (and retype) the policy's
-            with torch.device("meta"):
-                copy = type(model)._from_config(deepcopy(model.config), dtype=self.dtype)
-            copy.to_empty(device=self.device)
-            copy.tie_weights()
+        # adopt: the caller's frozen copy, which it refreshes in place itself
+        copy = model if adopt else empty_copy(model, self.dtype, self.device)
         # a policy trained with gradient checkpointing says use_cache: false, which
         # generate would follow: the cache is the point here
         copy.config.use_cache = copy.generation_config.use_cache = True

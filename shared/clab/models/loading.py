@@ -147,6 +147,21 @@ def load_critic(
     return _zero_dropout_modules(model)
 
 
+def empty_copy(model: PreTrainedModel, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
+    """A model of ``model``'s class and config with unfilled tensors on ``device``
+    (a tied head tied), for a copy filled in place: built from the config, not
+    deep-copied, so none of the training model's state (hooks, checkpointing,
+    sharding) comes along, and with a config of its own (``_from_config`` would
+    otherwise share the model's and retype it)."""
+    import copy
+
+    with torch.device("meta"):
+        out = type(model)._from_config(copy.deepcopy(model.config), dtype=dtype)
+    out.to_empty(device=device)
+    out.tie_weights()
+    return out
+
+
 def check_weights(folder: str | Path) -> None:
     """Every safetensors file under ``folder`` opens and its header fits the file.
 
