@@ -70,6 +70,7 @@ def main() -> None:
 
     from clab.models.loading import load_policy, load_tokenizer
     from clab.runs.runner import run_spec
+    from clab.runs.sweep import run
     from clab.specs import load_spec
     from clab.training import dpo
     from clab.training.dpo import LORA_INIT, lora_config
@@ -206,7 +207,7 @@ def main() -> None:
         f"kind: evaluate\nruns: [b1]\nuse_gpu: {str(use_gpu).lower()}\nsamples_per_group: 0\n"
     )
     t = time.perf_counter()
-    load_spec("e.yaml").run()
+    run(load_spec("e.yaml"))
     ev = time.perf_counter() - t
     print(f"evaluation: {ev:.2f} s for 2 checkpoints x 1 task (64 test prompts: sampling "
           f"12 new tokens, reward model, win rate, implicit accuracy): "

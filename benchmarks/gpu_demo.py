@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from clab.demo import DEMO_CONTROL_DATA, DEMO_DATA
+from clab.runs.sweep import run
 from clab.specs import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,7 +117,7 @@ def main() -> None:
     start = time.perf_counter()
     for spec_path, overrides in plan:
         print(f"=== {spec_path} at {time.perf_counter() - start:.0f} s", flush=True)
-        load_spec(spec_path, overrides).run()
+        run(load_spec(spec_path, overrides))
     print(f"=== done in {time.perf_counter() - start:.0f} s\n", flush=True)
     print_numbers([])
 

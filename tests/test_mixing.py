@@ -13,6 +13,7 @@ from clab.data.sft import tasks as task_data
 from clab.data.sft.encoding import PLAIN_SUFFIX, encode_pair, format_prompt
 from clab.errors import ClabError
 from clab.models.tiny import train_tokenizer
+from clab.runs.sweep import run
 from clab.specs import load_spec
 from clab.tracking.metrics_log import read_rows
 from conftest import REPO
@@ -129,7 +130,7 @@ def test_bad_input_exits_2_naming_the_file_and_field_and_writes_nothing(workdir,
         [*args, "--set", "task_a={name: math, format: competition_math, path: data/no.json}"]
     )
     assert code == 2 and "data/no.json: data file not found" in capsys.readouterr().err
-    assert not (workdir / "checkpoints" / "mix" / "phase-a" / "initial").exists()
+    assert not (workdir / "checkpoints" / "mix-phase-a" / "initial").exists()
 
 
 def _val(metrics: Path) -> dict:
@@ -138,46 +139,47 @@ def _val(metrics: Path) -> dict:
 
 def test_the_sweep_trains_phase_a_once_and_every_strategy_from_it(workdir):
     spec = spec_for(workdir, "strategies=[loss_descending, none, joint]", "mix.fraction=0.25")
-    spec.run()
-    ck, me = Path("checkpoints/mx"), Path("metrics/mx")
-    a = ck / "phase-a" / "r0-g0" / "adapter_model.safetensors"
+    run(spec)
+    ck, me = Path("checkpoints"), Path("metrics")
+    a = ck / "mx-phase-a" / "r0-g0" / "adapter_model.safetensors"
     for s in ("loss_descending", "none"):  # the same file, not a retrained copy
-        assert os.path.samefile(a, ck / s / "r0-g0" / "adapter_model.safetensors")
-        assert (ck / s / "r0-g1" / "COMPLETE").is_file()
+        assert os.path.samefile(a, ck / f"mx-{s}" / "r0-g0" / "adapter_model.safetensors")
+        assert (ck / f"mx-{s}" / "r0-g1" / "COMPLETE").is_file()
     # phase A learned task A; B without replay learned B and raised A's loss
-    start = json.loads((ck / "phase-a" / "initial" / "COMPLETE").read_text())
-    after_a, after_b = _val(me / "phase-a"), _val(me / "none")
+    start = json.loads((ck / "mx-phase-a" / "initial" / "COMPLETE").read_text())
+    after_a, after_b = _val(me / "mx-phase-a"), _val(me / "mx-none")
     assert after_a["arith"] < start["validation_at_start"]["arith"]
     assert after_b["qa"] < after_a["qa"]
     # loss_descending replayed the 10 (0.25 x 40) examples phase A found hardest
-    replay = json.loads((me / "loss_descending" / "replay.json").read_text())
-    cache = json.loads((ck / "phase-a" / "replay-losses.json").read_text())
+    replay = json.loads((me / "mx-loss_descending" / "replay.json").read_text())
+    cache = json.loads((ck / "mx-phase-a" / "replay-losses.json").read_text())
     hardest = sorted(cache["losses"], key=cache["losses"].get, reverse=True)[:10]
     assert replay["chosen"] == 10 and set(replay["ids"]) == set(hardest)
     # joint trained A and B in its first stage from the initial model, nothing after
-    j0 = ck / "joint" / "r0-g0" / "adapter_model.safetensors"
+    j0 = ck / "mx-joint" / "r0-g0" / "adapter_model.safetensors"
     assert not os.path.samefile(a, j0)
-    assert j0.read_bytes() == (ck / "joint" / "r0-g1" / "adapter_model.safetensors").read_bytes()
+    assert j0.read_bytes() == (ck / "mx-joint" / "r0-g1" / "adapter_model.safetensors").read_bytes()
     # the public experiment's history schema, steps over both phases, no repeats
-    h = json.loads((me / "none" / "history.json").read_text())
+    h = json.loads((me / "mx-none" / "history.json").read_text())
     assert {"steps", "arith_loss", "qa_loss", "selection_method", "mix_percentage", "name"} <= set(
         h
     )
-    assert h["selection_method"] == "none" and h["name"] == "mx/none" and h["mix_percentage"] == 0
+    assert h["selection_method"] == "none" and h["name"] == "mx-none" and h["mix_percentage"] == 0
     assert h["steps"][0] == 0 and h["steps"] == sorted(set(h["steps"]))
     assert h["phase_b_start"] == 5 and h["steps"][-1] == 10  # 40 / 8 steps per phase
     assert len(h["arith_loss"]) == len(h["qa_loss"]) == len(h["steps"])
     assert h["arith_loss"][-1] == pytest.approx(after_b["arith"], rel=1e-5)
     # the evaluator reads each branch as a run: initial, after A, after B
-    run = json.loads((ck / "none" / "run.json").read_text())
-    assert [t["name"] for t in run["tasks"]] == ["arith", "qa"]
+    info = json.loads((ck / "mx-none" / "run.json").read_text())
+    assert [t["name"] for t in info["tasks"]] == ["arith", "qa"]
     # the page's sweep figures: forgetting of A per strategy against none and joint
     from clab.plotting.mixing import plot_sweep, sweep_table
 
-    table = {r["strategy"]: r for r in sweep_table(me)}
+    branches = {b: me / f"mx-{b}" for b in ("phase-a", "loss_descending", "none", "joint")}
+    table = {r["strategy"]: r for r in sweep_table(branches)}
     assert set(table) == {"loss_descending", "none", "joint"}
     assert table["none"]["forgetting_a"] == pytest.approx(after_b["arith"] - after_a["arith"])
-    figs = plot_sweep(me, Path("plots"))
+    figs = plot_sweep("mx", {0: branches}, Path("plots"))
     assert [f.name for f in figs] == ["mx_losses.png", "mx_forgetting.png"]
     assert all(f.stat().st_size > 10_000 for f in figs)
     # the evaluator: each branch a run (initial, after A, after B x A, B); stages shared
@@ -192,7 +194,7 @@ def test_the_sweep_trains_phase_a_once_and_every_strategy_from_it(workdir):
         evaluator.EvaluateSpec(test_size=4, use_gpu=False, batch_size=8).run()
     finally:
         registry.SCORERS["answer_loss"] = real
-    ev = evaluator.read_eval(me / "none" / "eval.parquet")
+    ev = evaluator.read_eval(me / "mx-none" / "eval.parquet")
     assert {(r["stage"], r["task_name"]) for r in ev} == {
         (s, t) for s in (0, 1, 2) for t in ("arith", "qa")
     }
@@ -200,26 +202,26 @@ def test_the_sweep_trains_phase_a_once_and_every_strategy_from_it(workdir):
     # phase A's two stages x two tasks once, B's stage of two strategies, joint's two
     assert len(calls) == 2 * 2 + 2 * 2 + 2 * 2
     # a rerun finds everything done and trains nothing
-    before = (me / "none" / "train.jsonl").read_text()
-    spec.run()
-    assert (me / "none" / "train.jsonl").read_text() == before
+    before = (me / "mx-none" / "train.jsonl").read_text()
+    run(spec)
+    assert (me / "mx-none" / "train.jsonl").read_text() == before
 
 
 def test_the_loss_cache_is_recomputed_when_phase_a_changes(workdir, capsys):
     from clab.training.mixing import MixingTrainer
 
     spec = spec_for(workdir, "strategies=[loss_ascending]")
-    spec.run()
-    cache = Path("checkpoints/mx/phase-a/replay-losses.json")
+    run(spec)
+    cache = Path("checkpoints/mx-phase-a/replay-losses.json")
     first = json.loads(cache.read_text())
     t = MixingTrainer(spec.branch_spec("loss_ascending"))
-    t.load(Path("checkpoints/mx/phase-a/r0-g0"), Path("checkpoints/mx/phase-a/initial"))
+    t.load(Path("checkpoints/mx-phase-a/r0-g0"), Path("checkpoints/mx-phase-a/initial"))
     rows = t._rows(0, "train")
     capsys.readouterr()
     assert t.example_losses(rows) == first["losses"]
     assert "reused" in capsys.readouterr().out
     # another adapter (the initial one) has other bytes: recomputed, never reused
-    t.phase_a_dir = Path("checkpoints/mx/phase-a")
+    t.phase_a_dir = Path("checkpoints/mx-phase-a")
     (t.phase_a_dir / "r0-g0" / "adapter_model.safetensors").unlink()
 
     shutil.copy(t.phase_a_dir / "initial" / "adapter_model.safetensors", t.phase_a_dir / "r0-g0")
@@ -233,8 +235,8 @@ def test_a_strategy_killed_mid_stage_resumes_to_the_same_numbers(workdir, monkey
 
     spec = spec_for(workdir, "strategies=[random]", "save_steps=2",
                     "task_b.epochs=2")  # fmt: skip
-    spec.run()
-    whole = Path("metrics/mx/random")
+    run(spec)
+    whole = Path("metrics/mx-random")
     expect_val, expect_rows = _val(whole), read_rows(whole / "train.jsonl")
     os.rename("checkpoints", "checkpoints.whole")
     os.rename("metrics", "metrics.whole")
@@ -248,20 +250,20 @@ def test_a_strategy_killed_mid_stage_resumes_to_the_same_numbers(workdir, monkey
 
     monkeypatch.setattr(mixing.History, "on_step_end", dies)
     with pytest.raises(KeyboardInterrupt):
-        spec.run()
-    assert list(Path("checkpoints/mx/random/_resume/r0-g1").glob("checkpoint-4"))
+        run(spec)
+    assert list(Path("checkpoints/mx-random/_resume/r0-g1").glob("checkpoint-4"))
     monkeypatch.setattr(mixing.History, "on_step_end", real)
-    spec.run()
-    got = read_rows(Path("metrics/mx/random/train.jsonl"))
+    run(spec)
+    got = read_rows(Path("metrics/mx-random/train.jsonl"))
     assert [r["global_step"] for r in got] == [r["global_step"] for r in expect_rows]
     for k in ("loss", "val_arith_loss", "val_qa_loss"):
         a = {r["global_step"]: r[k] for r in got if k in r}
         b = {r["global_step"]: r[k] for r in expect_rows if k in r}
         assert a.keys() == b.keys() and a, k
         assert a == pytest.approx(b, rel=1e-4, abs=1e-6), k
-    assert _val(Path("metrics/mx/random")) == pytest.approx(expect_val, rel=1e-5)
-    h = json.loads(Path("metrics/mx/random/history.json").read_text())
+    assert _val(Path("metrics/mx-random")) == pytest.approx(expect_val, rel=1e-5)
+    h = json.loads(Path("metrics/mx-random/history.json").read_text())
     assert h["steps"] == sorted(set(h["steps"]))
-    whole_h = json.loads(Path("metrics.whole/mx/random/history.json").read_text())
+    whole_h = json.loads(Path("metrics.whole/mx-random/history.json").read_text())
     assert h["steps"] == whole_h["steps"]
     assert h["qa_loss"] == pytest.approx(whole_h["qa_loss"], rel=1e-4)

@@ -51,11 +51,13 @@ def write_run(
     train: list[dict] | None = None,
     val: list[dict] | None = None,
     samples: list[dict] | None = None,
+    replicate: dict | None = None,
 ) -> None:
     """A run's volumes as the trainer and the evaluator write them."""
     ck, out = root / "checkpoints" / name, root / "metrics" / name
     task_refs = [{"name": t, "scorer": "x", "config": {}} for t in tasks]
-    write_json(ck / "run.json", {"kind": kind, "name": name, "tasks": task_refs})
+    info = {"kind": kind, "name": name, "tasks": task_refs}
+    write_json(ck / "run.json", {**info, "replicate": replicate} if replicate else info)
     rows, items = [], []
     for i in range(len(tasks) + 1):
         stage = Stage(i, 0, i - 1 if i else 0)
@@ -73,13 +75,13 @@ def write_run(
             items += it
     write_parquet(out / "eval.parquet", pa.Table.from_pylist(rows, schema=EVAL_SCHEMA))
     write_parquet(out / ITEMS_FILE, pa.Table.from_pylist(items, schema=ITEMS_SCHEMA))
-    write_summary(out, name, rows, tasks, items, {"test_size": None}, kind)
+    write_summary(out, name, rows, tasks, items, {"test_size": None}, kind, replicate)
     _jsonl(out / "train.jsonl", train or [])
     _jsonl(out / "val.jsonl", val or [])
     _jsonl(out / "samples.jsonl", samples or [])
 
 
-def countdown_run(root: Path, name: str, peak: float, rng) -> None:
+def countdown_run(root: Path, name: str, peak: float, rng, replicate: dict | None = None) -> None:
     """Four groups: each rises during its stage, then falls (forgetting)."""
     n = 60
 
@@ -132,7 +134,10 @@ def countdown_run(root: Path, name: str, peak: float, rng) -> None:
                     "success_rate": p(stage, g),
                 }
             )
-    write_run(root, name, "countdown-rl", [f"g{g}" for g in range(4)], score, train, val)
+    write_run(
+        root, name, "countdown-rl", [f"g{g}" for g in range(4)], score, train, val,
+        replicate=replicate,
+    )  # fmt: skip
 
 
 def k1_run(root: Path, name: str, method: str, rng) -> None:
@@ -190,6 +195,14 @@ def mixing_run(root: Path, name: str, rng) -> None:
     write_run(root, name, "sft-mixing", ["math", "hotpot"], score)
 
 
+SEEDS = (0, 1, 2)
+
+
+def replicate(experiment: str, seed: int) -> dict:
+    return {"experiment": experiment, "variant_axis": None, "variant": None, "seed": seed,
+            "seeds": list(SEEDS), "data_seed": 0}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     """Every kind's volumes, plotted once for the read-only tests of this module."""
@@ -198,6 +211,9 @@ def built(tmp_path_factory) -> Path:
     (root / "services").symlink_to(REPO / "services")
     countdown_run(root, "exp-curriculum", 0.8, rng)
     countdown_run(root, "exp-control", 0.4, rng)
+    for seed in SEEDS:  # an experiment of three training seeds, and its control
+        for exp, peak in (("seeded-curriculum", 0.8 - 0.1 * seed), ("seeded-control", 0.3)):
+            countdown_run(root, f"{exp}-s{seed}", peak, rng, replicate(exp, seed))
     for m in ("k1", "dense", "random_k"):
         k1_run(root, f"lm-{m}", m, rng)
     mixing_run(root, "mix/replay", rng)
@@ -266,6 +282,9 @@ def test_one_page_every_kind_headline_numbers_equal_the_summaries(volumes):
     # every evaluated run in its kind's headline table, with the summary's numbers
     cells = headline_cells(page)
     for run, s in summaries().items():
+        if "replicate" in s:  # one row for the experiment's seeds: test_seeds_...
+            assert (run, "forgetting") not in cells
+            continue
         for key in ("average_accuracy", "backward_transfer", "forgetting"):
             assert cells[run, key] == pytest.approx(s[key]), (run, key)
     # a run not evaluated yet says so instead of vanishing
@@ -275,6 +294,51 @@ def test_one_page_every_kind_headline_numbers_equal_the_summaries(volumes):
     assert "Side by side: exp-curriculum, exp-control" in page
     assert "Side by side: lm-k1, lm-dense, lm-random_k" in page
     assert "Side by side: mix/none, mix/replay" in page
+
+
+def test_an_experiment_of_seeds_is_one_row_with_its_mean_band_and_paired_comparison(volumes):
+    """Three seeds: one headline row, the mean over seeds with a Student-t interval over
+    seeds, said to be over seeds; a figure with the mean, its band and each seed; the
+    control compared seed by seed; a single run says its interval is over test items."""
+    import statistics
+
+    page = page_text()
+    s = summaries()
+    cells = headline_cells(page)
+    t2 = 4.302653  # t(0.975, 2)
+    for exp in ("seeded-curriculum", "seeded-control"):
+        for key in ("average_accuracy", "backward_transfer", "forgetting"):
+            xs = [s[f"{exp}-s{seed}"][key] for seed in SEEDS]
+            assert cells[exp, key] == pytest.approx(statistics.mean(xs)), (exp, key)
+            half = t2 * statistics.stdev(xs) / 3**0.5
+            row = re.search(rf"<tr data-run='{exp}'.*?</tr>", page, re.S).group(0)
+            lo, hi = re.search(
+                rf"data-key='{key}' data-value='[^']+' data-low='([^']+)' data-high='([^']+)'",
+                row,
+            ).groups()
+            assert (float(lo), float(hi)) == pytest.approx(
+                (statistics.mean(xs) - half, statistics.mean(xs) + half)
+            )
+        assert "data-over='seeds'" in row and "training seeds (n = 3)" in row
+    assert re.search(r"<tr data-run='exp-curriculum'[^>]*data-over='items'", page)
+    assert "test items of one run" in page
+    # the band figure and each seed's run, folded under the aggregate
+    fig = "seeds/seeded-curriculum-average.png"
+    assert fig in page and Path("plots", fig).stat().st_size > 10_000
+    assert "each seed's run (6)" in page
+    # the control against the curriculum, paired seed by seed
+    table = re.search(
+        r"<table class='comparison' data-base='seeded-curriculum' "
+        r"data-other='seeded-control'>.*?</table>",
+        page,
+        re.S,
+    ).group(0)
+    d = [s[f"seeded-control-s{x}"]["average_accuracy"] - s[f"seeded-curriculum-s{x}"]
+         ["average_accuracy"] for x in SEEDS]  # fmt: skip
+    half = t2 * statistics.stdev(d) / 3**0.5
+    beyond = statistics.mean(d) + half < 0 or statistics.mean(d) - half > 0
+    assert f"data-metric='average_accuracy' data-beyond='{str(beyond).lower()}'" in table
+    assert beyond  # a peak of 0.3 against 0.6 to 0.8: beyond the seed spread
 
 
 def test_intervals_are_shown_and_contain_their_values(volumes):
@@ -425,12 +489,17 @@ def test_the_page_in_a_headless_browser(volumes, tmp_path):
     headline = [t for t in rep.tables if t["cls"] == "headline"]
     assert {t["kind"] for t in headline} == {"countdown-rl", "k1-lm", "sft-mixing"}
     s = summaries()
+    for exp in ("seeded-curriculum", "seeded-control"):  # one row stands for its seeds
+        runs = [s.pop(f"{exp}-s{x}") for x in SEEDS]
+        s[exp] = {k: float(np.mean([r[k] for r in runs])) for k in
+                  ("average_accuracy", "backward_transfer", "forgetting")}  # fmt: skip
     seen = set()
     for t in headline:
         for row in t["rows"]:
             if row["run"] not in s:
                 assert "not evaluated yet" in row["cells"][1]["text"]
                 continue
+            assert row["over"] == ("seeds" if row["run"].startswith("seeded-") else "items")
             for c in row["cells"]:
                 if c["key"] in ("average_accuracy", "backward_transfer", "forgetting"):
                     want = s[row["run"]][c["key"]]

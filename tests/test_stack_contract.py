@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from clab.demo import SERVICE_OVERRIDES
+from clab.runs.sweep import run
 from clab.specs import load_spec
 from clab.storage.layout import VOLUMES
 from conftest import REPO
@@ -69,7 +70,7 @@ def test_every_service_reads_only_what_an_earlier_one_wrote(workdir):
             assert (workdir / r).exists(), f"{name} reads {r}, which nothing wrote before it"
             assert any(under(w, [r]) or under(r, [w]) for w in written), (name, r, written)
         before = files(workdir)
-        spec.run()
+        run(spec)
         new = files(workdir) - before
         assert new, f"{name} wrote nothing"
         stray = [p for p in new if not under(p, own)]

@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
         )
         if name == "run":
             sp.add_argument(
+                "--seeds",
+                metavar="S,S,...",
+                help="training seeds, e.g. 0,1,2: one run per seed, named <name>-s<seed> "
+                "(the spec's `seeds`)",
+            )
+            sp.add_argument(
                 "--restart",
                 action="store_true",
                 help="a training run that exists already is moved aside (renamed, never "
@@ -72,10 +78,21 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser(
         "report",
         help="print runs' headline numbers (average, BWT, forgetting, 95%% intervals)",
-        description="The headline table of plots/index.html in the terminal: a run, a sweep "
-        "folder (its branches) or a sweep prefix (demo-k1: its methods), then per task.",
+        description="The numbers of plots/index.html in the terminal. An experiment's name "
+        "(demo-k1: its methods and seeds) prints, for several seeds, the mean over seeds with "
+        "a Student-t interval over seeds and each seed's value, and the paired differences "
+        "between related runs; then each run's headline and per-task tables with intervals "
+        "over test items.",
     )
-    pr.add_argument("runs", nargs="+", metavar="RUN", help="run names under --metrics")
+    pr.add_argument(
+        "runs",
+        nargs="+",
+        metavar="NAME",
+        help="runs or experiments under --metrics (an experiment: all its seeds and variants)",
+    )
+    pr.add_argument(
+        "--json", action="store_true", help="the same numbers as JSON, per-seed values included"
+    )
     pr.add_argument("--metrics", default="metrics", help="the metrics volume (default: metrics)")
     pr.add_argument(
         "--checkpoints", default="checkpoints", help="where run.json says each run's kind"
@@ -87,6 +104,15 @@ def _parser() -> argparse.ArgumentParser:
         "the curriculum trainer and its control, evaluator, plotter.",
     )
     return p
+
+
+def _seed_list(text: str) -> str:
+    try:
+        return ", ".join(str(int(x)) for x in text.split(","))
+    except ValueError:
+        raise ClabError(
+            f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,9 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             from pathlib import Path
 
-            from clab.plotting.report import report
+            from clab.plotting.report import report, report_json
 
-            print(report(args.runs, Path(args.metrics), Path(args.checkpoints)))
+            show = report_json if args.json else report
+            print(show(args.runs, Path(args.metrics), Path(args.checkpoints)))
             return 0
         if args.command == "plan":
             from clab.training.memory_plan import plan_file, render
@@ -122,20 +149,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_demo()
             return 0
         spec = load_spec(args.spec, args.overrides)
+        if getattr(args, "seeds", None):
+            if "seeds" not in type(spec).model_fields:
+                raise ClabError(f"--seeds: {args.spec} is not a training run (kind {spec.kind})")
+            seeds = f"seeds=[{_seed_list(args.seeds)}]"
+            spec = load_spec(args.spec, [*args.overrides, seeds])
         if args.command == "validate":
             import yaml
 
             print(f"# {args.spec}: valid")
             print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
             return 0
-        if getattr(args, "restart", False):
-            from clab.runs.spec import RunSpec
+        from clab.runs.spec import RunSpec
+        from clab.runs.sweep import run
 
-            if not isinstance(spec, RunSpec):
-                raise ClabError(f"--restart: {args.spec} is not a training run (kind {spec.kind})")
-            spec.run(restart=True)
-        else:
-            spec.run()
+        if args.restart and not isinstance(spec, RunSpec):
+            raise ClabError(f"--restart: {args.spec} is not a training run (kind {spec.kind})")
+        run(spec, restart=args.restart)
     except ClabError as e:
         print(f"clab: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from clab.runs.sweep import run
 from clab.specs import load_spec
 from clab.training.mixing_spec import DEFAULT_STRATEGIES, PHASE_A
 
@@ -196,7 +197,7 @@ def run_demo() -> Path:
     start = time.perf_counter()
     for i, (label, spec_path, overrides) in enumerate(DEMO_PLAN, 1):
         print(f"\n=== demo {i}/{len(DEMO_PLAN)}: {label} ({spec_path}) ===", flush=True)
-        load_spec(spec_path, overrides).run()
+        run(load_spec(spec_path, overrides))
     page = Path("plots/index.html").resolve()
     print(f"\ndemo done in {time.perf_counter() - start:.0f} s; open {page}")
     return page

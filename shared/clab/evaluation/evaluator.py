@@ -149,6 +149,9 @@ class EvaluateSpec(Spec):
             name = run_name(self.checkpoints, run_dir)
             with RunLock(self.metrics / name, "evaluator", name=".eval.lock"):
                 evaluate_run(self, run_dir, name)
+        from clab.evaluation.experiments import seed_table
+
+        print(seed_table(self.metrics, [run_name(self.checkpoints, r) for r in runs]), end="")
 
 
 def run_name(root: Path, run_dir: Path) -> str:
@@ -309,6 +312,7 @@ def evaluate_run(spec: EvaluateSpec, run_dir: Path, name: str | None = None) -> 
         item_rows,
         settings.shaping(),
         info.get("kind"),
+        info.get("replicate"),
     )
 
 
@@ -320,13 +324,17 @@ def write_summary(
     item_rows: list[dict],
     settings: dict,
     kind: str | None,
+    replicate: dict | None = None,
 ) -> dict | None:
     """summary.json: the metrics of every value with their intervals, the settings and
-    the run's kind (so the page groups runs whose checkpoints are elsewhere)."""
+    the run's kind and its place among an experiment's seeds (so the page groups runs
+    whose checkpoints are elsewhere)."""
     summary = summary_from_rows(rows, task_names, item_rows)
     if summary is not None:
         summary["settings"] = settings
         summary["kind"] = kind
+        if replicate is not None:
+            summary["replicate"] = replicate
         write_json(out_dir / "summary.json", {"run": name, **summary})
     return summary
 

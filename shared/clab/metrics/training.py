@@ -22,6 +22,10 @@ from torch.distributed.tensor import DTensor
 FP32 = torch.float32
 
 
+ZERO_START = 1e-6  # a starting norm below this is zero: no relative change is defined
+ABSOLUTE = " (absolute)"
+
+
 def change_norms(
     params: list[torch.Tensor],
     refs: list[list[torch.Tensor]],
@@ -115,7 +119,10 @@ class WeightTracker:
     @torch.no_grad()
     def per_tensor(self) -> dict[str, float]:
         """||W - W_0|| / ||W_0|| for each named tensor, against the run's start: where
-        in the network the change happened (one host sync for all tensors)."""
+        in the network the change happened (one host sync for all tensors). A tensor
+        that starts at zero (a fresh Qwen2's attention biases) has no relative change:
+        its absolute change ||W - W_0|| is reported instead, as ``"<name> (absolute)"``,
+        so that one key never reads 1e10 on a plot of relative changes."""
         now = self._locals()
         sq = torch.stack(
             [
@@ -129,8 +136,11 @@ class WeightTracker:
             ]
         )
         sq = self._sum(sq)
-        ratio = sq[0].sqrt() / sq[1].sqrt().clamp(min=1e-12)
-        return dict(zip(self.names, ratio.tolist(), strict=True))
+        change, start = sq[0].sqrt().tolist(), sq[1].sqrt().tolist()
+        return {
+            (name if s >= ZERO_START else f"{name}{ABSOLUTE}"): (c / s if s >= ZERO_START else c)
+            for name, c, s in zip(self.names, change, start, strict=True)
+        }
 
     @torch.no_grad()
     def launch(self) -> torch.Tensor:

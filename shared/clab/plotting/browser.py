@@ -38,7 +38,7 @@ INSPECT = """(() => {
     cls: t.className, kind: t.dataset.kind || null, run: t.dataset.run || null,
     rows: [...t.querySelectorAll('tbody tr')].map(tr => ({
       run: tr.dataset.run || null, score: tr.dataset.score || null,
-      task: tr.dataset.task || null,
+      task: tr.dataset.task || null, over: tr.dataset.over || null,
       cells: [...tr.children].map(td => ({key: td.dataset.key || null,
         value: td.dataset.value === undefined ? null : Number(td.dataset.value),
         low: td.dataset.low === undefined ? null : Number(td.dataset.low),

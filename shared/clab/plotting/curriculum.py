@@ -21,11 +21,11 @@ def control_of(name: str, names: list[str]) -> str | None:
 
 def related(runs: list[RunData]) -> dict[str, list[RunData]]:
     """Each curriculum run with its control; a sweep's nested branches together."""
-    names = [r.name for r in runs]
+    names = list(dict.fromkeys(r.set_name for r in runs))  # seeds: their shared name
     partner = {control_of(n, names): n for n in names if control_of(n, names)}
     groups: dict[str, list[RunData]] = {}
     for r in runs:
-        key = r.sweep or partner.get(r.name, r.name)
+        key = partner.get(r.set_name, r.set_name)
         groups.setdefault(key, []).append(r)
     return {k: sorted(v, key=lambda r: "control" in r.name) for k, v in groups.items()}
 

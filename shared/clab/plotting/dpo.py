@@ -45,7 +45,7 @@ WHAT = {
 def related(runs: list[RunData]) -> dict[str, list[RunData]]:
     """``<name>`` with ``<name>-ewc``, the plain run first."""
     groups = related_by_name(runs, METHOD_SUFFIXES)
-    return {k: sorted(v, key=lambda r: r.name.endswith("-ewc")) for k, v in groups.items()}
+    return {k: sorted(v, key=lambda r: r.set_name.endswith("-ewc")) for k, v in groups.items()}
 
 
 def scores(run: RunData) -> list[str]:

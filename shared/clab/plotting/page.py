@@ -19,6 +19,7 @@ from pathlib import Path
 
 from clab.plotting.registry import PageKind, Section
 from clab.plotting.runs import HEADLINE_COLUMNS, Estimate, HeadlineRow, RunData, per_task
+from clab.plotting.seeds import SeedView, aggregate_html, comparison_html
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1500px;margin:1.5em auto;padding:0 1em;
@@ -54,6 +55,7 @@ class GroupBlock:
     label: str
     runs: list[RunBlock]
     sections: list[Section] = field(default_factory=list)
+    seeds: SeedView = field(default_factory=SeedView)
 
 
 @dataclass
@@ -82,27 +84,33 @@ def headline_table(rows: list[HeadlineRow], runs: list[RunData], kind: str) -> s
     head = "".join(f"<th>{_e(label)}</th>" for _, label in HEADLINE_COLUMNS)
     out = [
         f"<table class='headline' data-kind='{_e(kind)}'><thead><tr><th>run</th><th>score</th>"
-        f"<th>n per task</th><th>stages</th>{head}</tr></thead><tbody>"
+        f"<th>n per task</th><th>stages</th>{head}<th>intervals over</th></tr></thead><tbody>"
     ]
     seen = set()
     for r in rows:
         seen.add(r.run)
+        for run in runs:  # an aggregate row stands for its seeds' runs
+            if run.set_name == r.run and run.summary:
+                seen.add(run.name)
         arrow = "higher is better" if r.higher_is_better else "lower is better"
         cells = "".join(
             _num_cell(r.cells[k], k, signed=k == "backward_transfer") for k, _ in HEADLINE_COLUMNS
         )
         slug = r.run.replace("/", "--")
+        seeds = r.over != HeadlineRow.over
+        anchor = f"seeds-{slug}" if seeds else f"run-{slug}"
         out.append(
-            f"<tr data-run='{_e(r.run)}' data-score='{_e(r.score)}'>"
-            f"<td><a href='#run-{_e(slug)}'>{_e(r.run)}</a></td>"
+            f"<tr data-run='{_e(r.run)}' data-score='{_e(r.score)}' "
+            f"data-over='{'seeds' if seeds else 'items'}'>"
+            f"<td><a href='#{_e(anchor)}'>{_e(r.run)}</a></td>"
             f"<td>{_e(r.score.replace('_', ' '))} ({arrow})</td><td>{_e(r.n)}</td>"
-            f"<td>{r.stages}</td>{cells}</tr>"
+            f"<td>{r.stages}</td>{cells}<td class='over'>{_e(r.over)}</td></tr>"
         )
     for run in runs:
         if run.name not in seen:
             out.append(
                 f"<tr data-run='{_e(run.name)}'><td><a href='#run-{_e(run.slug)}'>"
-                f"{_e(run.name)}</a></td><td colspan='{3 + len(HEADLINE_COLUMNS)}' "
+                f"{_e(run.name)}</a></td><td colspan='{4 + len(HEADLINE_COLUMNS)}' "
                 "class='missing'>not evaluated yet: run the evaluator</td></tr>"
             )
     out.append("</tbody></table>")
@@ -166,6 +174,31 @@ def _run_block(out: Path, b: RunBlock) -> str:
     return "\n".join(parts)
 
 
+def _seeds_block(out: Path, g: GroupBlock) -> str:
+    """A group's experiments over seeds: each aggregate, then the paired comparisons."""
+    v = g.seeds
+    if not v.aggregates:
+        return ""
+    parts = []
+    for a in v.aggregates:
+        slug = a["name"].replace("/", "--")
+        parts.append(
+            f"<div class='seeds' id='seeds-{_e(slug)}'><h3>{_e(a['name'])}: "
+            f"{a['n_seeds']} training seeds</h3><p class='note'>Mean over seeds, with a 95% "
+            "Student-t interval over seeds (not over test items), and each seed's value.</p>"
+            f"<div class='scroll'>{aggregate_html(a)}</div></div>"
+        )
+    for c in v.comparisons:
+        parts.append(f"<div class='scroll'>{comparison_html(c)}</div>")
+    if v.comparisons:
+        parts.append(
+            "<p class='note'>A difference is beyond the seed spread when its paired interval "
+            "over the shared seeds excludes 0; otherwise these seeds cannot tell the two "
+            "apart.</p>"
+        )
+    return "\n".join(parts)
+
+
 def render(out: Path, kinds: list[KindBlock], source: str) -> str:
     n_runs = sum(len(k.runs) for k in kinds)
     parts = [
@@ -176,10 +209,14 @@ def render(out: Path, kinds: list[KindBlock], source: str) -> str:
         "<h1>clab: what the models learned and forgot</h1>",
         f"<p class='meta'>{n_runs} runs under {_e(source)}, grouped by experiment kind; "
         f"written {time.strftime('%Y-%m-%d %H:%M')} by the plotter. Numbers are the primary "
-        "score after each run's last stage; [low, high] is a 95% interval: Wilson for a "
-        "success rate, a paired bootstrap over test items for everything computed from "
-        "several cells. Backward transfer below 0 and forgetting above 0 mean the model got "
-        "worse on earlier tasks (signs follow each score's direction; docs/metrics.md).</p>",
+        "score after each run's last stage. An experiment run with several training seeds "
+        "is one row: its mean over seeds with a 95% Student-t interval over seeds. A run "
+        "of one seed shows a 95% interval over the test items of that one training run "
+        "(Wilson for a success rate, a paired bootstrap for everything computed from "
+        "several cells), which says nothing of how another seed would do; the last column "
+        "says which interval a row has. Backward transfer below 0 and forgetting above 0 "
+        "mean the model got worse on earlier tasks (signs follow each score's direction; "
+        "docs/metrics.md).</p>",
         "<nav><ul>",
     ]
     for k in kinds:
@@ -196,8 +233,9 @@ def render(out: Path, kinds: list[KindBlock], source: str) -> str:
         parts.append(f"<div class='scroll'>{headline_table(k.headline, k.runs, k.kind.kind)}</div>")
         for g in k.groups:
             if len(g.runs) > 1:
-                names = ", ".join(b.run.name for b in g.runs)
+                names = ", ".join(dict.fromkeys(b.run.set_name for b in g.runs))
                 parts.append(f"<div class='group'><h3>Side by side: {_e(names)}</h3>")
+                parts.append(_seeds_block(out, g))
                 parts.append(_figures(out, g.sections))
                 # at most MAX_COLUMNS abreast: a sweep's eight branches in one row were
                 # too narrow to read; more wrap onto further rows
@@ -205,8 +243,18 @@ def render(out: Path, kinds: list[KindBlock], source: str) -> str:
                     "<div class='cols' style='grid-template-columns:"
                     f"repeat({min(len(g.runs), MAX_COLUMNS)},minmax(0,1fr))'>"
                 )
-                parts += [_run_block(out, b) for b in g.runs]
-                parts.append("</div></div>")
+                parts += [_run_block(out, b) for b in g.runs if b.run.name not in g.seeds.multi]
+                parts.append("</div>")
+                seeded = [b for b in g.runs if b.run.name in g.seeds.multi]
+                if seeded:  # every seed's own run, folded: the aggregate above speaks for them
+                    parts.append(
+                        f"<details class='seed-runs'><summary>each seed's run ({len(seeded)})"
+                        "</summary><div class='cols' style='grid-template-columns:"
+                        f"repeat({min(len(seeded), MAX_COLUMNS)},minmax(0,1fr))'>"
+                    )
+                    parts += [_run_block(out, b) for b in seeded]
+                    parts.append("</div></details>")
+                parts.append("</div>")
             else:
                 parts += [_run_block(out, b) for b in g.runs]
                 parts.append(_figures(out, g.sections))

@@ -22,6 +22,8 @@ from clab.errors import ClabError
 from clab.plotting.page import GroupBlock, KindBlock, RunBlock, render
 from clab.plotting.registry import PAGE_KINDS, page_kind
 from clab.plotting.runs import RunData, find_run_names, is_run_dir, load_run
+from clab.plotting.seeds import headline_rows as seeds_headline
+from clab.plotting.seeds import seed_figures, seed_view
 from clab.specs import Spec
 from clab.storage.atomic import write_text
 
@@ -100,10 +102,18 @@ def make_plots(spec: PlotSpec) -> Path:
             for r in members:
                 run_blocks.append(RunBlock(r, pk.run_figures(r, out / r.slug)))
                 bar.update()
-            sections = pk.group_figures(label, members, out) if pk.group_figures else []
-            groups.append(GroupBlock(label, run_blocks, sections))
+            view = seed_view(members, spec.metrics)
+            sections = seed_figures(label, view, out)
+            sections += pk.group_figures(label, members, out) if pk.group_figures else []
+            groups.append(GroupBlock(label, run_blocks, sections, view))
         ordered = [b.run for g in groups for b in g.runs]  # related runs next to each other
-        headline = [row for r in ordered for row in pk.headline(r)]
+        headline = []  # an experiment of several seeds is one row: its mean over seeds
+        for g in groups:
+            headline += [row for a in g.seeds.aggregates for row in seeds_headline(a)]
+            aggregated = {r for a in g.seeds.aggregates for r in a["runs"].values()}
+            headline += [
+                row for b in g.runs if b.run.name not in aggregated for row in pk.headline(b.run)
+            ]
         blocks.append(KindBlock(pk, headline, ordered, groups))
     bar.close()
     page = out / "index.html"

@@ -50,11 +50,12 @@ Headline = Callable[[RunData], list[HeadlineRow]]
 def related_by_name(
     runs: list[RunData], suffixes: tuple[str, ...] = ()
 ) -> dict[str, list[RunData]]:
-    """Runs that belong together: a sweep's nested branches (``<sweep>/<branch>``), and
-    names that differ only by one of ``suffixes``; every other run alone."""
+    """Runs that belong together: an experiment's variants and seeds, and runs whose
+    names without the seed differ only by one of ``suffixes``; every other run alone."""
     groups: dict[str, list[RunData]] = {}
     for r in runs:
-        key = r.sweep or next((r.name[: -len(s)] for s in suffixes if r.name.endswith(s)), r.name)
+        n = r.set_name
+        key = r.sweep or next((n[: -len(s)] for s in suffixes if n.endswith(s)), n)
         groups.setdefault(key, []).append(r)
     return groups
 

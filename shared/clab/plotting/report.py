@@ -1,15 +1,28 @@
-"""``clab report RUN...``: the page's headline table in the terminal.
+"""``clab report NAME...``: the page's numbers in the terminal.
 
-The same rows as the page's table (``clab.plotting.runs.headline`` through each
-kind's registration), then per task what was kept and what was lost, with
-95% intervals, so people who live in a terminal read the same numbers.
+An experiment with several training seeds first: its aggregate (mean, the
+between-seed interval and every seed's value, :mod:`clab.evaluation.experiments`)
+and the paired differences between its variants or related experiments. Then,
+per run, the page's headline rows (``clab.plotting.runs.headline`` through each
+kind's registration) and per task what was kept and what was lost, with 95%
+intervals over test items, so people who live in a terminal read the same
+numbers. ``--json``: the same for programs.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from clab.errors import ClabError
+from clab.evaluation.experiments import (
+    aggregate_set,
+    aggregate_text,
+    compare_sets,
+    comparison_text,
+    group_replicates,
+    replicate_of,
+)
 from clab.plotting.registry import page_kind
 from clab.plotting.runs import HEADLINE_COLUMNS, RunData, find_run_names, load_run, per_task
 
@@ -42,12 +55,58 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
-def report(names: list[str], metrics: Path, checkpoints: Path | None = None) -> str:
+def ordered_runs(names: list[str], metrics: Path, checkpoints: Path | None) -> list[RunData]:
+    """The named runs in the page's order: related runs next to each other."""
     loaded = [load_run(metrics, n, checkpoints) for n in expand(metrics, names)]
-    runs: list[RunData] = []  # in the page's order: related runs next to each other
+    runs: list[RunData] = []
     for kind in dict.fromkeys(r.kind for r in loaded):
         mine = [r for r in loaded if r.kind == kind]
         runs += [r for group in page_kind(kind).related(mine).values() for r in group]
+    return runs
+
+
+def seed_sections(runs: list[RunData], metrics: Path) -> tuple[list[dict], list[dict]]:
+    """The aggregates of replicate sets with two evaluated seeds or more, and the paired
+    comparisons of each set with the first set of its related group."""
+    aggs, comps = [], []
+    for kind in dict.fromkeys(r.kind for r in runs):
+        mine = [r for r in runs if r.kind == kind]
+        for group in page_kind(kind).related(mine).values():
+            sets = group_replicates({r.name: replicate_of(r.summary, r.info) for r in group})
+            sets = [s for s in sets if len(s.runs) > 1]
+            for s in sets:
+                agg = aggregate_set(metrics, s)
+                if agg is not None:
+                    aggs.append(agg)
+            for other in sets[1:]:
+                c = compare_sets(metrics, sets[0], other)
+                if c is not None:
+                    comps.append(c)
+    return aggs, comps
+
+
+def report_json(names: list[str], metrics: Path, checkpoints: Path | None = None) -> str:
+    """``clab report --json``: aggregates with per-seed values, comparisons, and each run's
+    headline numbers with their item intervals."""
+    runs = ordered_runs(names, metrics, checkpoints)
+    aggs, comps = seed_sections(runs, metrics)
+    per_run = [
+        {
+            "run": h.run,
+            "score": h.score,
+            "interval": "test items of one run",
+            **{k: {"value": h.cells[k].value, "ci": h.cells[k].ci} for k, _ in HEADLINE_COLUMNS},
+        }
+        for r in runs
+        for h in page_kind(r.kind).headline(r)
+    ]
+    return json.dumps({"experiments": aggs, "comparisons": comps, "runs": per_run}, indent=2)
+
+
+def report(names: list[str], metrics: Path, checkpoints: Path | None = None) -> str:
+    runs = ordered_runs(names, metrics, checkpoints)
+    aggs, comps = seed_sections(runs, metrics)
+    seed_parts = [aggregate_text(a) for a in aggs] + [comparison_text(c) for c in comps]
     head = ["run", "score", "n per task", "stages"] + [label for _, label in HEADLINE_COLUMNS]
     rows, missing = [], []
     for r in runs:
@@ -65,7 +124,7 @@ def report(names: list[str], metrics: Path, checkpoints: Path | None = None) -> 
                 ]
                 + [h.cells[k].text(signed=k == "backward_transfer") for k, _ in HEADLINE_COLUMNS]
             )
-    parts = []
+    parts = [*seed_parts, "Each run (intervals over the test items of that one run):"]
     if rows:
         parts.append(table(head, rows))
         parts.append(

@@ -4,8 +4,9 @@ headline numbers with their intervals.
 Both read the same ``RunData`` and the same ``headline`` rows, so the table a
 terminal prints and the table the page shows can never disagree. A run is a
 folder under ``metrics/`` holding any of train.jsonl, val.jsonl,
-eval.parquet, summary.json; sweeps may nest their runs one level
-(``metrics/<sweep>/<branch>/``, as ``checkpoints/<sweep>/<branch>/run.json``).
+eval.parquet, summary.json. A run records its experiment, variant and seed
+(run.json's ``replicate``, copied into summary.json); runs of older clabs may
+nest a sweep's branches one level (``metrics/<sweep>/<branch>/``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from clab.evaluation.evaluator import ITEMS_FILE, read_eval, summary_from_rows
+from clab.evaluation.experiments import replicate_of, set_name
 from clab.storage.layout import RUN_INFO
 from clab.tracking.metrics_log import read_rows
 
@@ -38,8 +40,23 @@ class RunData:
     summary: dict[str, Any] | None = None  # with "intervals", computed if not stored
 
     @property
+    def replicate(self) -> dict | None:
+        """Experiment, variant and seed (run.json's, else the summary's copy)."""
+        return replicate_of(self.summary, self.info)
+
+    @property
+    def set_name(self) -> str:
+        """The run's name without its seed: what its seeds share."""
+        rep = self.replicate
+        return set_name(rep) if rep else self.name
+
+    @property
     def sweep(self) -> str | None:
-        """The sweep folder of a nested run, else None."""
+        """The experiment of a run among variants or seeds (or a nested run's sweep
+        folder), else None."""
+        rep = self.replicate
+        if rep and rep["experiment"] != self.name:
+            return rep["experiment"]
         return self.name.rsplit("/", 1)[0] if "/" in self.name else None
 
     @property
@@ -167,6 +184,7 @@ class HeadlineRow:
     n: str  # items per task, e.g. "100" or "100, 100, 64"
     stages: int
     cells: dict[str, Estimate]  # HEADLINE_COLUMNS keys
+    over: str = "test items of one run"  # what the intervals are over
 
 
 HEADLINE_COLUMNS = [

@@ -28,7 +28,7 @@ def related(runs: list[RunData]) -> dict[str, list[RunData]]:
     """A sweep's methods together, in the order k1, dense, random_k."""
 
     def rank(r: RunData) -> int:
-        return next((i for i, m in enumerate(METHOD_SUFFIXES) if r.name.endswith(m)), 99)
+        return next((i for i, m in enumerate(METHOD_SUFFIXES) if r.set_name.endswith(m)), 99)
 
     return {k: sorted(v, key=rank) for k, v in related_by_name(runs, METHOD_SUFFIXES).items()}
 

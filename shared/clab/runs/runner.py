@@ -18,13 +18,11 @@ import contextlib
 import importlib
 import json
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -37,6 +35,7 @@ from clab.models.loading import check_weights
 from clab.runs.fingerprint import changed_fields, field_default, fingerprint
 from clab.runs.lock import RunLock
 from clab.runs.protocol import StageContext, StageTrainer
+from clab.runs.seeding import seed_everything
 
 if TYPE_CHECKING:  # the spec calls the runner; the runner only reads the spec
     from clab.runs.spec import RunSpec
@@ -62,15 +61,6 @@ def trainer_module(spec: RunSpec) -> Any:
     return importlib.import_module(spec.TRAINER)
 
 
-def seed_everything(*parts: int) -> None:
-    """One seed per (run seed, place in the run): a resumed run draws what an
-    uninterrupted one drew. Tuples of ints hash the same in every process."""
-    seed = hash(parts) % (2**31)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def latest_checkpoint(work: Path) -> Path | None:
     """The newest ``checkpoint-N`` whose marker says it is whole."""
     done = [c for c in work.glob("checkpoint-*") if (c / COMPLETE_MARKER).is_file()]
@@ -91,8 +81,8 @@ def run_spec(spec: RunSpec, restart: bool = False) -> None:
     lock = spec.lock_path()
     with RunLock(lock.parent, "trainer", name=lock.name):
         if restart:
-            _move_aside(spec)
-        _check_fingerprint(spec)
+            move_aside(spec)
+        check_fingerprint(spec)
         _clean_leftovers(ckpt_dir)
         if spec.resources.num_workers > 1:
             from clab.distributed.launch import run_workers
@@ -123,7 +113,7 @@ def spec_fingerprint(spec: RunSpec) -> dict[str, Any]:
     return fingerprint(spec.model_dump(mode="json"), spec.SAFE_CHANGES)
 
 
-def _check_fingerprint(spec: RunSpec) -> None:
+def check_fingerprint(spec: RunSpec) -> None:
     info_path = spec.run_dirs()[0] / RUN_INFO
     if not info_path.is_file():
         return
@@ -145,7 +135,7 @@ def _check_fingerprint(spec: RunSpec) -> None:
         )
 
 
-def _move_aside(spec: RunSpec) -> None:
+def move_aside(spec: RunSpec) -> None:
     """--restart: every folder of the run gets a dated name beside it; nothing is deleted."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for d in spec.run_dirs():
@@ -209,7 +199,7 @@ class StageRunner:
     def prepare_initial(self) -> Path:
         initial = self.ckpt_dir / INITIAL_STAGE
         if self.main and not (initial / COMPLETE_MARKER).is_file():
-            seed_everything(self.spec.seed, 0)
+            seed_everything(self.spec.shared_seed, 0)  # stage 0 is the same for every seed
             work = self.ckpt_dir / INITIAL_WORK
             with atomic_dir(initial) as d:
                 facts = self.trainer.build_initial(d, work)
@@ -227,6 +217,7 @@ class StageRunner:
                     "name": self.spec.name,
                     "rounds": self.spec.rounds,
                     "tasks": [t.to_json() for t in self.tasks],
+                    "replicate": self.spec.replicate(),
                     "fingerprint": spec_fingerprint(self.spec),
                     "spec": self.spec.model_dump(mode="json"),
                 },
@@ -264,7 +255,13 @@ class StageRunner:
         tracker.start_stage(_load_params(prev_dir, module) if resume_from else None)
 
         logs = self._open_logs(prev_step, prev_step + start)
-        wandb = WandbRun(spec.wandb and self.main, "clab", spec.name, spec.model_dump(mode="json"))
+        wandb = WandbRun(
+            spec.wandb and self.main,
+            "clab",
+            spec.name,
+            spec.model_dump(mode="json"),
+            group=spec.replicate()["experiment"],
+        )
         global_step = prev_step
         try:
             for stage in todo:

@@ -1,8 +1,9 @@
 """The keys every continual-learning run has, whatever its trainer.
 
-A run's spec names its trainer's module by a string rather than importing
-it, so the runner (``clab.runs``) never imports ``clab.training`` and the
-package has no import circle, visible or hidden.
+A run's spec is plain data: it names its trainer's module by a string and
+lists its runs (:meth:`RunSpec.members`); :func:`clab.runs.sweep.run` runs
+them. So the runner never imports ``clab.training``, the spec never imports
+the runner, and the package has no import circle, visible or hidden.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from clab.specs import Spec, SpecModel
 
@@ -34,7 +35,22 @@ class RunSpec(Spec):
     name: str = Field(
         ..., pattern=r"^[A-Za-z0-9._-]+$", description="the run: checkpoints/<name> etc."
     )
-    seed: int = Field(0, description="seeds every random draw: heads, sampling, data order")
+    seed: int = Field(0, description="the training seed: sampling, data order, new heads, dropout")
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="training seeds: one run per seed, named <name>-s<seed>, run one after "
+        "another (`clab run SPEC --seeds 0,1,2`); null: `seed` alone, the run named <name>",
+    )
+    data_seed: int | None = Field(
+        None,
+        description="seeds what every training seed shares: data sets, tokenizers, the "
+        "initial model (tiny weights, warm-up, first adapter), reward models; null: the "
+        "first of `seeds` (or `seed`)",
+    )
+    experiment: str | None = Field(
+        None, description="set per run by the sweep: the experiment (spec name) it belongs to"
+    )
     rounds: int = Field(1, ge=1, description="passes over the whole task sequence")
     save_steps: int = Field(0, ge=0, description="intermediate checkpoint every N steps; 0: none")
     save_total_limit: int = Field(
@@ -47,6 +63,8 @@ class RunSpec(Spec):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     wandb: bool = Field(True, description="log to W&B (offline, under logs/wandb)")
 
+    # The field a sweep varies besides the seed (K-1: "method", mixing: "branch").
+    VARIANT: ClassVar[str | None] = None
     # The trainer's module: it has check_inputs(spec), run before anything is
     # written, and make_trainer(spec, rank, world) -> StageTrainer.
     TRAINER: ClassVar[str]
@@ -54,6 +72,7 @@ class RunSpec(Spec):
     SAFE_CHANGES: ClassVar[frozenset[str]] = frozenset(
         {
             "wandb",
+            "seeds",  # a seed added or dropped changes no other seed's run
             "save_steps",
             "save_total_limit",
             "weight_change_every",
@@ -61,6 +80,64 @@ class RunSpec(Spec):
             "resources.gpu_memory_gb",
         }
     )
+
+    # -- replicates: one sweep mechanism for seeds and the kinds' variants ----------------
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> RunSpec:
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: each at most once (got {self.seeds})")
+        return self
+
+    @property
+    def shared_seed(self) -> int:
+        """The seed of what the training seeds share (``data_seed``, or the first seed)."""
+        if self.data_seed is not None:
+            return self.data_seed
+        return self.seeds[0] if self.seeds else self.seed
+
+    def variants(self) -> list[str | None]:
+        """The values of ``VARIANT`` this spec sweeps, in running order; [None]: none."""
+        return [None]
+
+    def member(self, variant: str | None, seed: int) -> RunSpec:
+        """The run of one (variant, seed): ``<experiment>[-<variant>][-s<seed>]``, the one
+        run-naming rule of every sweep. A member's members are its siblings."""
+        experiment = self.experiment or self.name
+        parts = [experiment, *([variant] if variant is not None else [])]
+        if self.seeds is not None:
+            parts.append(f"s{seed}")
+        update: dict = {
+            "name": "-".join(parts),
+            "experiment": experiment,
+            "seed": seed,
+            "data_seed": self.shared_seed,
+        }
+        if self.VARIANT is not None:
+            update[self.VARIANT] = variant
+        return self.model_copy(update=update)
+
+    def members(self) -> list[RunSpec]:
+        """Every run of the experiment, seed by seed: after the first seed a comparison
+        of the variants already exists."""
+        seeds = self.seeds if self.seeds is not None else [self.seed]
+        return [self.member(v, s) for s in seeds for v in self.variants()]
+
+    def origin(self) -> tuple[RunSpec, list[str]] | None:
+        """The sibling run (same seed) whose stages this run starts from, and which
+        stages; None: it builds its own stage 0."""
+        return None
+
+    def replicate(self) -> dict:
+        """What run.json records of the run's place in its experiment."""
+        return {
+            "experiment": self.experiment or self.name,
+            "variant_axis": self.VARIANT,
+            "variant": getattr(self, self.VARIANT) if self.VARIANT else None,
+            "seed": self.seed,
+            "seeds": self.seeds if self.seeds is not None else [self.seed],
+            "data_seed": self.shared_seed,
+        }
 
     def run_dirs(self) -> tuple[Path, Path, Path]:
         """checkpoints/<name>, metrics/<name>, logs/<name>."""
@@ -76,9 +153,6 @@ class RunSpec(Spec):
 
     def writes(self) -> list[Path]:
         wandb = [Path("logs/wandb")] if self.wandb else []
-        return [*self.run_dirs(), self.lock_path(), *wandb]
-
-    def run(self, restart: bool = False) -> None:
-        from clab.runs.runner import run_spec
-
-        run_spec(self, restart=restart)
+        runs = [p for m in self.members() for p in (*m.run_dirs(), m.lock_path())]
+        sweep = Path("checkpoints") / f".{self.experiment or self.name}.sweep.lock"
+        return [*runs, sweep, *wandb]

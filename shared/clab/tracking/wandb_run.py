@@ -8,7 +8,15 @@ from typing import Any
 
 
 class WandbRun:
-    def __init__(self, enabled: bool, project: str, name: str, config: dict[str, Any]):
+    def __init__(
+        self,
+        enabled: bool,
+        project: str,
+        name: str,
+        config: dict[str, Any],
+        group: str | None = None,
+    ):
+        """``group``: the experiment, so W&B shows its seeds (and variants) together."""
         self.run = None
         if not enabled:
             return
@@ -19,7 +27,13 @@ class WandbRun:
         import wandb
 
         self.run = wandb.init(
-            project=project, name=name, id=name, resume="allow", dir=str(wandb_dir), config=config
+            project=project,
+            name=name,
+            id=name,
+            group=group,
+            resume="allow",
+            dir=str(wandb_dir),
+            config=config,
         )
 
     def log(self, row: dict[str, Any], step: int) -> None:

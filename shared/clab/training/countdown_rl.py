@@ -35,7 +35,7 @@ from clab.models.loading import (
 from clab.models.precision import compute_autocast
 from clab.rewards.countdown import CountdownReward
 from clab.runs.protocol import StageContext, TaskRef
-from clab.runs.runner import seed_everything
+from clab.runs.seeding import derive_seed, seed_everything
 from clab.storage.layout import INITIAL_STAGE, Stage
 from clab.training.countdown_rl_spec import CountdownRLSpec
 from clab.training.ppo import NonFiniteLoss, PPOConfig, PPOTrainer
@@ -134,7 +134,7 @@ class CountdownTrainer:
                 vocab_size=spec.model.tiny_vocab_size,
                 hidden_size=spec.model.tiny_hidden_size,
                 num_layers=spec.model.tiny_layers,
-                seed=spec.seed,
+                seed=spec.shared_seed,
                 split_digits=spec.model.tiny_split_digits,
             )
         else:
@@ -304,7 +304,7 @@ class PPOStageTrainer(CountdownTrainer):
         spec = self.spec
         per_epoch = len(rows) // spec.batch.train
         epoch, k = divmod(step, per_epoch)
-        g = torch.Generator().manual_seed(hash((spec.seed, stage.index, epoch)) % (2**31))
+        g = torch.Generator().manual_seed(derive_seed(spec.seed, stage.index, epoch))
         order = torch.randperm(len(rows), generator=g).tolist()
         batch = [rows[i] for i in order[k * spec.batch.train : (k + 1) * spec.batch.train]]
         return batch[self.rank :: self.world]

@@ -107,7 +107,7 @@ def load_tasks(spec: ContinualDPOSpec) -> list[PreferenceTask]:
     elif d.source.startswith("builtin:"):
         if d.source != "builtin:styles":
             raise ClabError(f"data.source: {d.source!r} is not built in (builtin:styles is)")
-        tasks = style_tasks(d.tasks, d.builtin_train_size, d.builtin_test_size, spec.seed)
+        tasks = style_tasks(d.tasks, d.builtin_train_size, d.builtin_test_size, spec.shared_seed)
     else:
         if d.tasks is not None:
             raise ClabError("data.tasks: only for builtin:styles")
@@ -168,7 +168,7 @@ def supervised_warmup(
         for k in ("chosen", "rejected")
     ]
     opt = torch.optim.AdamW(model.parameters(), lr=m.warmup_lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(spec.shared_seed)  # stage 0: the same for every seed
     model.train()
     losses = []
     for _ in range(m.warmup_steps):
@@ -266,7 +266,7 @@ class DPOStageTrainer:
                 hidden_size=spec.model.tiny_hidden_size,
                 num_layers=spec.model.tiny_layers,
                 max_positions=max(256, spec.dpo.max_length),
-                seed=spec.seed,
+                seed=spec.shared_seed,
             )
         else:
             source = Path(spec.model.name_or_path)
@@ -286,7 +286,7 @@ class DPOStageTrainer:
             with torch.random.fork_rng(devices=[]):
                 # from the seed alone: two runs from one initial model (plain and EWC)
                 # start from the same adapter, whatever built the model before
-                torch.manual_seed(spec.seed)
+                torch.manual_seed(spec.shared_seed)
                 pm = get_peft_model(model, lora_config(spec))
             state = {k: v.contiguous().cpu() for k, v in get_peft_model_state_dict(pm).items()}
             save_file(state, str(out / LORA_INIT))
@@ -315,7 +315,7 @@ class DPOStageTrainer:
                 base_hash,
                 self.ckpt_dir,
                 settings,
-                seed=spec.seed + i,
+                seed=spec.shared_seed + i,  # every seed is scored by the same models
                 use_gpu=spec.resources.use_gpu,
                 bf16=bf16,
             )

@@ -22,6 +22,7 @@ import torch
 from transformers import Trainer, TrainerCallback, set_seed
 
 from clab.runs.protocol import StageContext
+from clab.runs.seeding import derive_seed
 from clab.storage.layout import COMPLETE_MARKER
 
 
@@ -42,8 +43,8 @@ def stage_args(spec, ctx: StageContext, n_steps: int) -> dict[str, Any]:
         # spec's compute dtype
         bf16=use_gpu and spec.model.dtype == "bfloat16",
         fp16=use_gpu and spec.model.dtype == "float16",
-        seed=hash((spec.seed, ctx.stage.index)) % (2**31),
-        data_seed=hash((spec.seed, ctx.stage.index)) % (2**31),
+        seed=derive_seed(spec.seed, ctx.stage.index),
+        data_seed=derive_seed(spec.seed, ctx.stage.index),
         disable_tqdm=True,  # the runner draws the progress bar
     )
 

@@ -133,7 +133,7 @@ class K1Trainer:
                 intermediate_size=spec.model.ffn,
                 tie_word_embeddings=False,  # the public experiment's untied head: its own group
                 max_positions=max(2 * spec.seq_len, 128),
-                seed=spec.seed,
+                seed=spec.shared_seed,
             )
             for f in (out / "model").iterdir():
                 f.rename(out / f.name)

@@ -1,7 +1,8 @@
 """Spec of the sparse-update language-model trainer (kind ``k1-lm``, service ``k1-trainer``).
 
-One spec runs every method of ``methods`` as its own run, ``<name>-<method>``,
-from the same initial weights, through the same corpora in the same order
+One spec runs every method of ``methods`` as its own run, ``<name>-<method>``
+(``<name>-<method>-s<seed>`` with ``seeds``: :mod:`clab.runs.sweep`), from
+the same initial weights, through the same corpora in the same order
 with the same optimizer and data order: the methods differ only in which
 parameter groups each step updates.
 """
@@ -72,6 +73,7 @@ class K1Spec(RunSpec):
 
     kind: Literal["k1-lm"] = "k1-lm"
     TRAINER: ClassVar[str] = "clab.training.k1_lm"
+    VARIANT: ClassVar[str | None] = "method"
     methods: list[Literal["k1", "dense", "random_k"]] = Field(["k1", "dense", "random_k"])
     method: Literal["k1", "dense", "random_k"] = Field(
         "k1", description="set per run by the sweep; the spec file lists methods"
@@ -102,18 +104,8 @@ class K1Spec(RunSpec):
             raise ValueError("resources.num_workers: k1-lm runs on one worker")
         return self
 
-    def method_run(self, method: str) -> K1Spec:
-        return self.model_copy(update={"name": f"{self.name}-{method}", "method": method})
+    def variants(self) -> list[str | None]:
+        return list(self.methods)
 
     def reads(self) -> list[Path]:
         return [Path(c.source) for c in self.corpora if not c.source.startswith("stdlib:")]
-
-    def writes(self) -> list[Path]:
-        return [p for m in self.methods for p in RunSpec.writes(self.method_run(m))]
-
-    def run(self, restart: bool = False) -> None:
-        from clab.runs.runner import run_spec
-
-        for m in self.methods:
-            print(f"=== {self.name}: method {m} ===", flush=True)
-            run_spec(self.method_run(m), restart=restart)

@@ -1,6 +1,6 @@
 """The replay-mixing trainer on the stage runner (kind ``replay-mixing``).
 
-A sweep (:func:`clab.training.mixing_sweep.run_sweep`) is one run of the stage runner per branch:
+A sweep (:mod:`clab.runs.sweep`) is one run of the stage runner per branch and seed:
 ``phase-a`` trains task A from the initial LoRA adapter; each strategy's run
 starts with phase A's ``initial`` and ``r0-g0`` stages (hard links: no
 copy, no retraining) and its metrics so far, then trains stage ``r0-g1`` on
@@ -10,7 +10,7 @@ stage is TRL's SFTTrainer on a PEFT model over examples we tokenize
 ourselves (:mod:`clab.data.sft.encoding`: the label mask the evaluator
 uses too), padded per batch by TRL's collator. Both tasks' validation
 losses are measured every ``training.eval_steps`` optimizer steps and go
-to train.jsonl, W&B and ``metrics/<name>/<branch>/history.json``.
+to train.jsonl, W&B and ``metrics/<name>-<branch>[-s<seed>]/history.json``.
 """
 
 from __future__ import annotations
@@ -37,11 +37,10 @@ from clab.runs.protocol import StageContext, TaskRef
 from clab.storage.atomic import write_json, write_parquet
 from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE, Stage
 from clab.tracking.metrics_log import read_rows
-from clab.training.mixing_spec import MixingSpec, TaskSpec
-from clab.training.mixing_sweep import JOINT, PHASE_A
+from clab.training.mixing_spec import JOINT, PHASE_A, MixingSpec, TaskSpec
 
 OPTIMIZER = "optimizer.pt"
-LOSS_CACHE = "replay-losses.json"  # beside phase A's checkpoint: checkpoints/<name>/phase-a/
+LOSS_CACHE = "replay-losses.json"  # beside the same seed's phase-A checkpoint
 SFT_KEYS = {
     "loss": "loss",
     "grad_norm": "grad_norm",
@@ -105,7 +104,10 @@ def _load_task(task_json: str, seed: int) -> tuple[list, list]:
 
 
 def load_tasks(spec: MixingSpec) -> dict[str, tuple[list, list]]:
-    return {t.name: _load_task(t.model_dump_json(), spec.seed) for t in (spec.task_a, spec.task_b)}
+    return {
+        t.name: _load_task(t.model_dump_json(), spec.shared_seed)
+        for t in (spec.task_a, spec.task_b)
+    }
 
 
 def check_inputs(spec: MixingSpec) -> None:
@@ -180,7 +182,7 @@ class MixingTrainer:
                 num_layers=m.layers,
                 num_heads=m.heads,
                 max_positions=spec.training.max_length,
-                seed=spec.seed,
+                seed=spec.shared_seed,
                 architecture="llama",
                 initializer_range=m.init_std,
             )
@@ -208,7 +210,7 @@ class MixingTrainer:
         from peft import LoraConfig, get_peft_model
 
         lo = spec.lora
-        torch.manual_seed(spec.seed)  # LoRA's A matrices are random; B starts at zero
+        torch.manual_seed(spec.shared_seed)  # LoRA's A matrices are random; B starts at zero
         model = get_peft_model(
             base,
             LoraConfig(
@@ -447,7 +449,7 @@ def _count(values) -> dict[str, int]:
 
 class History(TrainerCallback):
     """Both validation losses every ``eval_steps`` optimizer steps, into the step's log row
-    and ``metrics/<name>/<branch>/history.json`` in the public experiment's schema.
+    and ``metrics/<name>-<branch>[-s<seed>]/history.json`` in the public experiment's schema.
 
     The history is rebuilt from train.jsonl (which the runner cuts back to the resume
     point), so a resumed run's curve has no gap and no repeat."""
@@ -486,7 +488,7 @@ class History(TrainerCallback):
         write_json(
             self.path,
             {
-                "name": f"{spec.name}/{spec.branch}",
+                "name": spec.name,
                 "steps": steps,
                 **values,
                 "selection_method": spec.branch,

@@ -1,11 +1,12 @@
 """Spec of the replay-mixing trainer (kind ``replay-mixing``, service ``mixing-trainer``).
 
 LoRA SFT on task A, then on task B with a share of A's training examples
-mixed in, chosen by a strategy. One spec is one sweep: phase A is trained
-once (``checkpoints/<name>/phase-a/``), and every strategy of
-``strategies`` is its own run, ``checkpoints/<name>/<strategy>/``, that
-starts from phase A's checkpoint (``joint`` starts from the initial model
-and trains on A and B together). Every branch is a run of the stage
+mixed in, chosen by a strategy. One spec is one sweep (:mod:`clab.runs.sweep`)
+whose variants are branches: phase A is trained once per seed
+(``checkpoints/<name>-phase-a[-s<seed>]/``), and every strategy of
+``strategies`` is its own run, ``checkpoints/<name>-<strategy>[-s<seed>]/``,
+that starts from the same seed's phase A (``joint`` starts from the initial
+model and trains on A and B together). Every branch is a run of the stage
 runner, so each resumes on its own after a kill.
 """
 
@@ -18,7 +19,10 @@ from pydantic import Field, model_validator
 
 from clab.runs.spec import RunSpec
 from clab.specs import SpecModel
-from clab.training.mixing_sweep import JOINT, PHASE_A
+from clab.storage.layout import INITIAL_STAGE
+
+PHASE_A = "phase-a"
+JOINT = "joint"
 
 DEFAULT_STRATEGIES = [
     "difficulty_hard",
@@ -134,6 +138,7 @@ class MixingSpec(RunSpec):
 
     kind: Literal["replay-mixing"] = "replay-mixing"
     TRAINER: ClassVar[str] = "clab.training.mixing"
+    VARIANT: ClassVar[str | None] = "branch"
     SAFE_CHANGES: ClassVar[frozenset[str]] = RunSpec.SAFE_CHANGES | {"strategies"}
     seed: int = 42
     reset_optimizer: bool = Field(
@@ -185,34 +190,23 @@ class MixingSpec(RunSpec):
             raise ValueError("resources.num_workers: replay-mixing runs on one worker")
         return self
 
-    # -- the sweep's layout: checkpoints/<name>/<branch>/ ----------------------------------
+    # -- the sweep: phase A, then each strategy from it ------------------------------------
+
+    def variants(self) -> list[str | None]:
+        return [PHASE_A, *self.strategies]
 
     def branch_spec(self, branch: str) -> MixingSpec:
-        return self.model_copy(update={"branch": branch})
+        """The same seed's run of ``branch``."""
+        return self.member(branch, self.seed)  # type: ignore[return-value]
 
-    def run_dirs(self) -> tuple[Path, Path, Path]:
-        return tuple(d / self.branch for d in self.sweep_dirs())  # type: ignore[return-value]
-
-    def sweep_dirs(self) -> tuple[Path, Path, Path]:
-        return (
-            Path("checkpoints") / self.name,
-            Path("metrics") / self.name,
-            Path("logs") / self.name,
-        )
-
-    def lock_path(self) -> Path:
-        return Path("checkpoints") / self.name / f".{self.branch}.lock"
+    def origin(self) -> tuple[RunSpec, list[str]] | None:
+        """A strategy starts after phase A's task-A stage; ``joint`` from its stage 0."""
+        if self.branch == PHASE_A:
+            return None
+        stages = [INITIAL_STAGE] if self.branch == JOINT else [INITIAL_STAGE, "r0-g0"]
+        return self.branch_spec(PHASE_A), stages
 
     def reads(self) -> list[Path]:
         return [
             Path(p) for t in (self.task_a, self.task_b) for p in (t.path, t.validation_path) if p
         ]
-
-    def writes(self) -> list[Path]:
-        wandb = [Path("logs/wandb")] if self.wandb else []
-        return [*self.sweep_dirs(), Path("checkpoints") / f".{self.name}.lock", *wandb]
-
-    def run(self, restart: bool = False) -> None:
-        from clab.training.mixing_sweep import run_sweep
-
-        run_sweep(self, restart=restart)

@@ -83,7 +83,7 @@ def supervised_warmup(
             if answer:
                 text = completion_text(answer) + tokenizer.eos_token
                 rows.append({"prompt": p.prompt, "completion": text})
-    random.Random(spec.seed).shuffle(rows)
+    random.Random(spec.shared_seed).shuffle(rows)  # stage 0: the same for every seed
     use_gpu = spec.resources.use_gpu
     args = SFTConfig(
         output_dir=str(work_dir),
@@ -101,7 +101,7 @@ def supervised_warmup(
         bf16=use_gpu and spec.model.dtype == "bfloat16",
         completion_only_loss=True,
         max_length=None,  # prompts are as long as they are; RL truncates from the left
-        seed=spec.seed,
+        seed=spec.shared_seed,
         dataset_kwargs={"add_special_tokens": False},
     )
     trainer = SFTTrainer(

@@ -1,0 +1,337 @@
+"""Replicates over training seeds: one sweep mechanism, runs per seed, the aggregate.
+
+A spec with ``seeds`` is an experiment of ordinary runs ``<name>[-<variant>]-s<seed>``
+sharing everything the seed does not control; the evaluator, ``clab report`` and the
+page give every number as a mean over seeds with a Student-t interval over seeds.
+"""
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from clab.cli import main
+from clab.metrics.continual import summarize
+from clab.metrics.replicates import (
+    aggregate_summaries,
+    mean_interval,
+    paired_difference,
+    t_quantile,
+)
+from clab.specs import load_spec
+from clab.tracking.metrics_log import read_rows
+from conftest import REPO
+from rl_spec import write_spec
+
+K1 = {
+    "kind": "k1-lm",
+    "name": "k",
+    "methods": ["k1", "dense"],
+    "corpora": [
+        {"name": "prose", "source": "stdlib:prose", "max_chars": 40000},
+        {"name": "code", "source": "stdlib:code", "max_chars": 40000},
+    ],
+    "seq_len": 32,
+    "batch_size": 8,
+    "steps_per_corpus": 4,
+    "val_windows": 8,
+    "model": {"hidden_size": 32, "layers": 2, "heads": 2, "ffn": 64, "vocab_size": 400},
+    "select": {"top_k": 2},
+    "save_steps": 2,
+    "wandb": False,
+}
+
+
+def k1_spec(path: Path, **changes) -> Path:
+    data = {**yaml.safe_load(yaml.safe_dump(K1)), **changes}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def weights(stage: Path) -> dict:
+    return {k: v for f in sorted(stage.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(bool((wa[k] == wb[k]).all()) for k in wa)
+
+
+# -- the arithmetic --------------------------------------------------------------------------
+
+
+def test_t_quantiles_match_the_tables():
+    for df, t in [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (10, 2.2281), (30, 2.0423)]:
+        assert t_quantile(0.975, df) == pytest.approx(t, abs=1e-4)
+    assert t_quantile(0.025, 2) == pytest.approx(-4.3027, abs=1e-4)
+
+
+def test_mean_and_intervals_over_seeds_by_hand():
+    values = {0: 0.61, 1: 0.42, 2: 0.55}
+    e = mean_interval(values)
+    m, sd = statistics.mean(values.values()), statistics.stdev(values.values())
+    half = 4.302653 * sd / math.sqrt(3)
+    assert (e.mean, e.low, e.high) == pytest.approx((m, m - half, m + half), rel=1e-6)
+    assert e.n == 3 and e.to_json()["interval"] == "seeds"
+    one = mean_interval({5: 0.3})
+    assert one.mean == 0.3 and one.low is None  # one seed: no interval over seeds
+    # paired: the per-seed differences, over the seeds both have
+    d = paired_difference({0: 0.5, 1: 0.6, 2: 0.7, 3: 0.1}, {0: 0.7, 1: 0.75, 2: 0.95})
+    diffs = [0.2, 0.15, 0.25]
+    half = 4.302653 * statistics.stdev(diffs) / math.sqrt(3)
+    assert d.n == 3 and d.mean == pytest.approx(0.2)
+    assert (d.low, d.high) == pytest.approx((0.2 - half, 0.2 + half), rel=1e-6)
+    assert d.beyond_spread  # [0.076, 0.324] excludes 0
+    assert not paired_difference({0: 0.5, 1: 0.6}, {0: 0.7, 1: 0.4}).beyond_spread
+
+
+def test_the_aggregate_equals_a_hand_computation_from_the_per_seed_summaries():
+    rng = np.random.default_rng(0)
+    tasks = [0, 0, 1, 2]
+    per_seed = {}
+    for seed in (0, 1, 2):
+        R = rng.uniform(0, 1, (4, 3))
+        per_seed[seed] = {
+            "score": "success_rate",
+            "task_names": ["a", "b", "c"],
+            **summarize(R, tasks),
+        }
+    agg = aggregate_summaries(per_seed)
+    m = agg["scores"]["success_rate"]
+    assert agg["seeds"] == [0, 1, 2] and agg["n_seeds"] == 3
+
+    def by_hand(xs):
+        mu, sd = statistics.mean(xs), statistics.stdev(xs)
+        half = 4.302653 * sd / math.sqrt(len(xs))
+        return mu, mu - half, mu + half
+
+    for key in ("average_accuracy", "backward_transfer", "forgetting", "forward_transfer"):
+        xs = [per_seed[s][key] for s in (0, 1, 2)]
+        assert (m[key]["mean"], m[key]["low"], m[key]["high"]) == pytest.approx(by_hand(xs))
+        assert m[key]["values"] == {str(s): per_seed[s][key] for s in (0, 1, 2)}
+    cell = m["matrix"][3][1]
+    assert (cell["mean"], cell["low"], cell["high"]) == pytest.approx(
+        by_hand([per_seed[s]["matrix"][3][1] for s in (0, 1, 2)])
+    )
+    f1 = m["forgetting_per_task"]["1"]
+    assert f1["mean"] == pytest.approx(
+        statistics.mean(per_seed[s]["forgetting_per_task"]["1"] for s in (0, 1, 2))
+    )
+    # seeds evaluated to different stages are refused, not averaged
+    short = {**per_seed[2], **summarize(np.ones((3, 3)), [0, 0, 1])}
+    with pytest.raises(ValueError, match="differ in their evaluated stages"):
+        aggregate_summaries({**per_seed, 2: short})
+
+
+# -- one naming rule for every sweep -----------------------------------------------------------
+
+
+def test_one_run_naming_rule_for_seeds_methods_and_branches(workdir):
+    cd = load_spec(write_spec(workdir / "t.yaml"))
+    assert [m.name for m in cd.members()] == ["t"]  # no seeds: today's single run
+    cd = load_spec(write_spec(workdir / "t.yaml", seeds=[3, 1]))
+    assert [(m.name, m.seed, m.data_seed) for m in cd.members()] == [
+        ("t-s3", 3, 3),
+        ("t-s1", 1, 3),  # data, tokenizer and initial model: the first seed's, for all
+    ]
+    assert cd.members()[1].replicate() == {
+        "experiment": "t",
+        "variant_axis": None,
+        "variant": None,
+        "seed": 1,
+        "seeds": [3, 1],
+        "data_seed": 3,
+    }
+    k = load_spec(k1_spec(workdir / "k.yaml", seeds=[0, 1]))
+    assert [m.name for m in k.members()] == ["k-k1-s0", "k-dense-s0", "k-k1-s1", "k-dense-s1"]
+    assert [m.name for m in load_spec(k1_spec(workdir / "k.yaml")).members()] == [
+        "k-k1",
+        "k-dense",
+    ]
+    mx = load_spec(
+        REPO / "services/mixing-trainer.yaml",
+        ["name=mx", "strategies=[none, joint]", "seeds=[0, 1]", "data_seed=7"],
+    )
+    names = [m.name for m in mx.members()]
+    assert names[:3] == ["mx-phase-a-s0", "mx-none-s0", "mx-joint-s0"]
+    joint = mx.members()[5]
+    origin, stages = joint.origin()
+    assert (joint.name, origin.name, stages) == ("mx-joint-s1", "mx-phase-a-s1", ["initial"])
+    assert {m.data_seed for m in mx.members()} == {7}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "0,x"], "--seeds '0,x': expected integers"),
+        (["--set", "seeds=[1, 1]"], "seeds: each at most once"),
+        (["--set", "seeds=[]"], "field 'seeds'"),
+    ],
+)
+def test_bad_seeds_exit_2_naming_what_is_wrong(workdir, capsys, args, message):
+    path = write_spec(workdir / "t.yaml")
+    assert main(["run", str(path), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not Path("checkpoints").exists()
+
+
+def test_seeds_on_a_spec_that_trains_nothing_exit_2(workdir, capsys):
+    assert main(["run", str(REPO / "services/data-generator.yaml"), "--seeds", "0,1"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds: " in err and "not a training run" in err
+
+
+# -- runs per seed, per kind -------------------------------------------------------------------
+
+
+def test_k1_seeds_are_ordinary_runs_a_killed_seed_resumes_and_the_aggregate_is_reported(
+    workdir, monkeypatch, capsys
+):
+    """Two seeds x two methods: four ordinary runs from one initial model whose numbers
+    differ by seed; the second seed killed mid-stage and rerun equals an uninterrupted
+    run; a rerun skips finished runs; the evaluator and `clab report --json` give the
+    mean over seeds with its t interval and every seed's value."""
+    from clab.training import sparse
+
+    whole = k1_spec(workdir / "whole.yaml", name="whole", seeds=[0, 1])
+    assert main(["run", str(whole)]) == 0
+    ck = Path("checkpoints")
+    runs = ["whole-k1-s0", "whole-dense-s0", "whole-k1-s1", "whole-dense-s1"]
+    for r in runs:
+        info = json.loads((ck / r / "run.json").read_text())
+        assert info["replicate"]["experiment"] == "whole"
+        assert info["replicate"]["seed"] == int(r[-1])
+        assert (ck / r / "r0-g1" / "COMPLETE").is_file()
+    # what the seed does not control is the same; what it does, differs
+    assert same_weights(ck / "whole-k1-s0" / "initial", ck / "whole-k1-s1" / "initial")
+    assert same_weights(ck / "whole-k1-s0" / "initial", ck / "whole-dense-s1" / "initial")
+    loss = {r: [x["loss"] for x in read_rows(f"metrics/{r}/train.jsonl")] for r in runs}
+    assert loss["whole-k1-s0"] != loss["whole-k1-s1"]
+    assert not same_weights(ck / "whole-k1-s0" / "r0-g1", ck / "whole-k1-s1" / "r0-g1")
+
+    # the second seed killed mid-stage, then the same command again
+    cut = k1_spec(workdir / "cut.yaml", name="cut", seeds=[0, 1])
+    original, calls = sparse.SparseOptimizer.step, {"n": 0}
+
+    def dies(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 16 + 6:  # both runs of seed 0, then seed 1's k1 at stage 2
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(sparse.SparseOptimizer, "step", dies)
+        assert main(["run", str(cut)]) == 130
+    assert (ck / "cut-dense-s0" / "r0-g1" / "COMPLETE").is_file()
+    assert not (ck / "cut-k1-s1" / "r0-g1" / "COMPLETE").is_file()
+    assert not (ck / "cut-dense-s1").exists()
+    before = Path("metrics/cut-k1-s0/train.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["run", str(cut)]) == 0
+    out = capsys.readouterr().out
+    assert "cut-k1-s0: finished, skipped" in out and "cut-dense-s0: finished, skipped" in out
+    assert Path("metrics/cut-k1-s0/train.jsonl").read_text() == before
+    for r in ("k1-s1", "dense-s1"):
+        keys = ("loss", "grad_norm", "weight_change_run")
+        a = read_rows(f"metrics/whole-{r}/train.jsonl")
+        b = read_rows(f"metrics/cut-{r}/train.jsonl")
+        assert [x["global_step"] for x in a] == [x["global_step"] for x in b]
+        for x, y in zip(a, b, strict=True):
+            assert [x[k] for k in keys] == pytest.approx([y[k] for k in keys], rel=1e-5)
+
+    # evaluated, then reported as an experiment
+    Path("e.yaml").write_text("kind: evaluate\nuse_gpu: false\nruns: [" + ", ".join(runs) + "]\n")
+    capsys.readouterr()
+    assert main(["run", "e.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "whole-k1: perplexity over 2 seeds (0, 1)" in out
+    assert main(["report", "whole", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    agg = {a["name"]: a for a in rep["experiments"]}
+    assert set(agg) == {"whole-k1", "whole-dense"}
+    for name in agg:
+        m = agg[name]["scores"]["perplexity"]
+        sums = {
+            s: json.loads(Path(f"metrics/{name}-s{s}/summary.json").read_text()) for s in (0, 1)
+        }
+        for key in ("average_accuracy", "forgetting"):
+            xs = [sums[s][key] for s in (0, 1)]
+            half = 12.706205 * statistics.stdev(xs) / math.sqrt(2)
+            mu = statistics.mean(xs)
+            assert (m[key]["mean"], m[key]["low"], m[key]["high"]) == pytest.approx(
+                (mu, mu - half, mu + half), rel=1e-6
+            )
+            assert m[key]["values"] == {"0": xs[0], "1": xs[1]}
+    (c,) = rep["comparisons"]
+    assert (c["base"], c["other"], c["seeds"]) == ("whole-k1", "whole-dense", [0, 1])
+    xs = {
+        s: json.loads(Path(f"metrics/whole-dense-s{s}/summary.json").read_text())["forgetting"]
+        - json.loads(Path(f"metrics/whole-k1-s{s}/summary.json").read_text())["forgetting"]
+        for s in (0, 1)
+    }
+    assert c["metrics"]["forgetting"]["mean"] == pytest.approx(statistics.mean(xs.values()))
+    assert {r["interval"] for r in rep["runs"]} == {"test items of one run"}
+    assert main(["report", "whole"]) == 0
+    text = capsys.readouterr().out
+    assert "Student t over training seeds, not over test items" in text
+    assert "whole-dense minus whole-k1, paired over 2 seeds (0, 1)" in text
+
+
+def test_countdown_seeds_share_stage_0_and_differ_in_training(run_dir):
+    s = write_spec(run_dir / "t.yaml", max_steps_per_stage=2, save_steps=0)
+    assert main(["run", str(s), "--seeds", "0,1"]) == 0
+    ck = Path("checkpoints")
+    assert sorted(p.name for p in ck.iterdir() if not p.name.startswith(".")) == ["t-s0", "t-s1"]
+    assert same_weights(ck / "t-s0" / "initial", ck / "t-s1" / "initial")
+    a, b = (read_rows(f"metrics/t-s{i}/train.jsonl") for i in (0, 1))
+    assert len(a) == len(b) == 8
+    assert [r["policy_loss"] for r in a] != [r["policy_loss"] for r in b]
+    assert not same_weights(ck / "t-s0" / "r0-g3", ck / "t-s1" / "r0-g3")
+
+
+def test_mixing_seeds_train_phase_a_per_seed_from_one_initial_model(workdir):
+    from clab.runs.sweep import run
+    from test_mixing import spec_for
+
+    spec = spec_for(workdir, "strategies=[none]", "seeds=[0, 1]")
+    run(spec)
+    ck = Path("checkpoints")
+    assert same_weights(ck / "mx-phase-a-s0" / "initial", ck / "mx-phase-a-s1" / "initial")
+    assert not same_weights(ck / "mx-phase-a-s0" / "r0-g0", ck / "mx-phase-a-s1" / "r0-g0")
+    # each strategy starts from its own seed's phase A (hard links)
+    for s in (0, 1):
+        a = ck / f"mx-phase-a-s{s}" / "r0-g0" / "adapter_model.safetensors"
+        assert a.samefile(ck / f"mx-none-s{s}" / "r0-g0" / "adapter_model.safetensors")
+    # the same data for both seeds
+    for split in ("train", "validation"):
+        f = Path("initial/tasks/qa") / f"{split}.parquet"
+        assert (ck / "mx-phase-a-s0" / f).read_bytes() == (ck / "mx-phase-a-s1" / f).read_bytes()
+    h0, h1 = (json.loads(Path(f"metrics/mx-none-s{s}/history.json").read_text()) for s in (0, 1))
+    assert h0["qa_loss"] != h1["qa_loss"]
+
+
+def test_dpo_seeds_share_the_reward_models_and_differ_in_training(workdir):
+    from test_dpo_trainer import spec
+
+    s = spec(workdir / "p.yaml")
+    assert main(["run", str(s), "--seeds", "0,1"]) == 0
+    ck = Path("checkpoints")
+    assert same_weights(ck / "p-s0" / "initial", ck / "p-s1" / "initial")
+    rm = json.loads(Path("metrics/p-s1/reward_models.json").read_text())["tasks"]
+    assert all(v.get("reused_from") for v in rm.values()), rm  # scored by the same models
+    assert not same_weights(ck / "p-s0" / "r0-g1", ck / "p-s1" / "r0-g1")
+
+
+def test_wandb_groups_an_experiments_runs(workdir, monkeypatch):
+    import wandb
+
+    seen = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.append(kw) or None)
+    s = k1_spec(workdir / "k.yaml", seeds=[4], methods=["dense"], wandb=True, steps_per_corpus=1)
+    assert main(["run", str(s)]) == 0
+    assert [(kw["name"], kw["group"]) for kw in seen] == [("k-dense-s4", "k")]
