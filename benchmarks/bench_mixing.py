@@ -123,7 +123,7 @@ def main() -> None:
         from clab.training.mixing import MixingTrainer
 
         trainer = MixingTrainer(spec.branch_spec("phase-a"))
-        ck = Path(f"checkpoints/bench{rnd}/phase-a")
+        ck = spec.branch_spec("phase-a").run_dirs()[0]
         trainer.load(ck / "r0-g0", ck / "initial")
         if gpu:
             torch.cuda.synchronize()

@@ -179,6 +179,20 @@ def test_per_tensor_weight_change_by_hand():
     assert change == pytest.approx({"weight": 1 / 5, "bias": 0.0})
 
 
+def test_a_tensor_that_starts_at_zero_reports_its_absolute_change_not_a_huge_ratio():
+    """A fresh Qwen2's attention biases start at zero: ||W - W_0|| / ||W_0|| read 3.7e10
+    in weights.jsonl; such a tensor gets its absolute change, under its own key."""
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 4.0]]))
+        model.bias.zero_()
+    tracker = WeightTracker(model)
+    with torch.no_grad():
+        model.bias.add_(torch.tensor([3e-3, 4e-3]))
+        model.weight.add_(torch.tensor([[0.0, 0.5], [0.0, 0.0]]))
+    assert tracker.per_tensor() == pytest.approx({"weight": 0.1, "bias (absolute)": 5e-3})
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 26])
 def test_weight_change_norms_by_hand_whatever_the_chunking(chunk):
     # weight [[3, 0], [0, 4]] moved by 1 and bias [1, 0] by 2: run change sqrt(5) / sqrt(26)
