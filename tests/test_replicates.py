@@ -207,7 +207,10 @@ def test_k1_seeds_are_ordinary_runs_a_killed_seed_resumes_and_the_aggregate_is_r
         assert info["replicate"]["experiment"] == "whole"
         assert info["replicate"]["seed"] == int(r[-1])
         assert (ck / r / "r0-g1" / "COMPLETE").is_file()
-    # what the seed does not control is the same; what it does, differs
+    # what the seed does not control is the same (seed 1 links seed 0's stage 0, which
+    # only the shared seed drew); what it does, differs
+    init = "initial/model.safetensors"
+    assert (ck / "whole-k1-s1" / init).samefile(ck / "whole-k1-s0" / init)
     assert same_weights(ck / "whole-k1-s0" / "initial", ck / "whole-k1-s1" / "initial")
     assert same_weights(ck / "whole-k1-s0" / "initial", ck / "whole-dense-s1" / "initial")
     loss = {r: [x["loss"] for x in read_rows(f"metrics/{r}/train.jsonl")] for r in runs}

@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from clab.specs import Spec, SpecModel
+from clab.storage.layout import INITIAL_STAGE
 
 
 class ResourcesSpec(SpecModel):
@@ -65,6 +66,8 @@ class RunSpec(Spec):
 
     # The field a sweep varies besides the seed (K-1: "method", mixing: "branch").
     VARIANT: ClassVar[str | None] = None
+    # Later seeds link the first seed's stage 0 (see origin).
+    SHARE_INITIAL: ClassVar[bool] = True
     # The trainer's module: it has check_inputs(spec), run before anything is
     # written, and make_trainer(spec, rank, world) -> StageTrainer.
     TRAINER: ClassVar[str]
@@ -124,9 +127,16 @@ class RunSpec(Spec):
         return [self.member(v, s) for s in seeds for v in self.variants()]
 
     def origin(self) -> tuple[RunSpec, list[str]] | None:
-        """The sibling run (same seed) whose stages this run starts from, and which
-        stages; None: it builds its own stage 0."""
-        return None
+        """The sibling run whose stages this run starts from, and which stages; None:
+        it builds its own stage 0. Stage 0 comes from ``shared_seed`` alone, so a
+        later seed takes the first seed's (a hard link): the same for every seed by
+        construction, even where a GPU's warm-up would not repeat bit for bit, and
+        built once. A kind whose stage 0 writes outside ``initial/`` sets
+        ``SHARE_INITIAL`` false."""
+        if not self.SHARE_INITIAL or not self.seeds or self.seed == self.seeds[0]:
+            return None
+        variant = getattr(self, self.VARIANT) if self.VARIANT else None
+        return self.member(variant, self.seeds[0]), [INITIAL_STAGE]
 
     def replicate(self) -> dict:
         """What run.json records of the run's place in its experiment."""

@@ -146,6 +146,9 @@ class ContinualDPOSpec(RunSpec):
 
     kind: Literal["continual-dpo"] = "continual-dpo"
     TRAINER: ClassVar[str] = "clab.training.dpo"
+    # stage 0 trains the reward models into the run's folder, beside initial/: every seed
+    # builds its own from data_seed (they reuse the stored reward models by content)
+    SHARE_INITIAL: ClassVar[bool] = False
     data: PreferenceDataSpec = Field(default_factory=PreferenceDataSpec)
     model: DPOModelSpec = Field(default_factory=DPOModelSpec)
     lora: LoraSpec = Field(default_factory=LoraSpec)

@@ -202,7 +202,7 @@ class MixingSpec(RunSpec):
     def origin(self) -> tuple[RunSpec, list[str]] | None:
         """A strategy starts after phase A's task-A stage; ``joint`` from its stage 0."""
         if self.branch == PHASE_A:
-            return None
+            return super().origin()  # a later seed's phase A: the first seed's stage 0
         stages = [INITIAL_STAGE] if self.branch == JOINT else [INITIAL_STAGE, "r0-g0"]
         return self.branch_spec(PHASE_A), stages
 
