@@ -4,9 +4,13 @@ The CPU demo (`clab demo`) runs the whole stack in minutes but its 64-wide
 model learns little; this runs the same services (data generator, random-split
 control, curriculum trainer, evaluator, plotter) with a 256-wide, 4-layer tiny
 model trained from scratch, a longer warm-up on every group, more RL steps and
-200 test problems per group, then prints `demo_numbers.py`'s table.
+200 test problems per group, over several training seeds, then prints
+`seed_numbers.py`'s tables (means over seeds with between-seed intervals).
+The control gets a warm-up of its own, on its own prompts and operators, of
+the same length as the curriculum's: both start equally prepared.
 
-    python benchmarks/gpu_demo.py WORK_DIR [--algorithm ppo|grpo] [--set key=value ...]
+    python benchmarks/gpu_demo.py WORK_DIR [--algorithm ppo|grpo] [--seeds 0,1,2]
+                                           [--set key=value ...] [--cpu]
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from clab.specs import load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
-from demo_numbers import main as print_numbers  # noqa: E402
+from seed_numbers import main as print_numbers  # noqa: E402
 
 TEST_SIZE = 200
 RANGES = ["ranges.count=[3,3]", "ranges.number=[1,20]", "ranges.target=[1,200]"]
@@ -35,7 +39,7 @@ TRAIN = [
     "model.dtype=float32",
     "resources.num_workers=1",
     "resources.use_gpu=true",
-    "rollout.engine=hf",
+    "rollout.engine=hf-static",
     "rollout.tensor_parallel_size=1",
     "rollout.max_prompt_length=160",
     "rollout.max_response_length=20",
@@ -75,13 +79,20 @@ def main() -> None:
     ap.add_argument("work", type=Path)
     ap.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="ppo")
     ap.add_argument("--set", action="append", default=[], help="extra trainer overrides")
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds (default 0,1,2)")
+    ap.add_argument("--test-size", type=int, default=TEST_SIZE, help="test problems per group")
+    ap.add_argument("--no-control", action="store_true", help="the curriculum alone")
+    ap.add_argument("--cpu", action="store_true", help="check the plan on a CPU (tiny settings)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if not (args.work / "services").exists():
         (args.work / "services").symlink_to(REPO / "services")
     os.chdir(args.work)
-    train = [*TRAIN, *ALGORITHMS[args.algorithm], *args.set]
-    sizes = ["train_size=1200", f"test_size={TEST_SIZE}"]
+    cpu = ["resources.use_gpu=false", "rollout.engine=hf", "warmup.steps=4",
+           "max_steps_per_stage=2", "model.tiny_hidden_size=32", "model.tiny_layers=1",
+           "batch.train=4", "batch.mini=4", "batch.micro=4"] if args.cpu else []  # fmt: skip
+    train = [*TRAIN, *ALGORITHMS[args.algorithm], f"batch.val={args.test_size}", *cpu, *args.set]
+    sizes = ["train_size=1200", f"test_size={args.test_size}"]
     plan = [
         ("services/data-generator.yaml", [*sizes, f"output={DEMO_DATA}", *RANGES]),
         (
@@ -97,29 +108,29 @@ def main() -> None:
             "services/curriculum-trainer-1.5b.yaml",
             [*train, "name=demo-curriculum", f"data.dir={DEMO_DATA}"],
         ),
-        (
+        (  # its own warm-up, as long, on its own prompts: equally prepared
             "services/curriculum-control-1.5b.yaml",
-            [
-                *train,
-                "name=demo-control",
-                f"data.dir={DEMO_CONTROL_DATA}",
-                "model.preset=null",
-                "model.name_or_path=checkpoints/demo-curriculum/initial",
-                "warmup.steps=0",
-            ],
+            [*train, "name=demo-control", f"data.dir={DEMO_CONTROL_DATA}"],
         ),
-        (
-            "services/evaluator.yaml",
-            [f"test_size={TEST_SIZE}", "use_gpu=true", "runs=[demo-curriculum,demo-control]"],
-        ),
-        ("services/plotter.yaml", ["runs=[demo-curriculum,demo-control]"]),
     ]
+    if args.no_control:
+        plan.pop()
     start = time.perf_counter()
     for spec_path, overrides in plan:
         print(f"=== {spec_path} at {time.perf_counter() - start:.0f} s", flush=True)
+        spec = load_spec(spec_path, overrides)
+        if "seeds" in type(spec).model_fields:
+            spec = load_spec(spec_path, [*overrides, f"seeds=[{args.seeds}]"])
+        run(spec)
+    gpu = "false" if args.cpu else "true"
+    for spec_path, overrides in [
+        ("services/evaluator.yaml", [f"test_size={args.test_size}", f"use_gpu={gpu}"]),
+        ("services/plotter.yaml", []),
+    ]:
+        print(f"=== {spec_path} at {time.perf_counter() - start:.0f} s", flush=True)
         run(load_spec(spec_path, overrides))
     print(f"=== done in {time.perf_counter() - start:.0f} s\n", flush=True)
-    print_numbers([])
+    print_numbers(["--metrics", "metrics"])
 
 
 if __name__ == "__main__":

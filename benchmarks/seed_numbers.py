@@ -1,0 +1,118 @@
+"""What each experiment learned and forgot, over its training seeds (never typed by hand).
+
+For every replicate set under ``metrics/`` (the runs of one experiment and variant
+that differ only by seed), per stage: the trained task's score just before and
+just after its own stage, the rise, each as a mean over seeds with a 95%
+Student-t interval over seeds and each seed's value, and whether the rise is
+beyond the seed spread (its interval excludes 0); then each task's forgetting
+(its best score after an earlier stage minus its final score, sign-adjusted) the
+same way; then the paired comparisons of related sets (curriculum against
+control, methods, strategies) as ``clab report`` gives them.
+
+    uv run python benchmarks/seed_numbers.py --metrics /tmp/gpu-demo/metrics [NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clab.evaluation.experiments import (
+    compare_sets,
+    comparison_text,
+    group_replicates,
+    read_summary,
+    replicate_of,
+)
+from clab.metrics.replicates import SeedEstimate, mean_interval, seeds_text
+
+
+def _est(e: SeedEstimate, signed: bool = False) -> str:
+    f = "{:+.2f}" if signed else "{:.2f}"
+    if e.mean is None:
+        return "-"
+    if e.low is None:
+        return f.format(e.mean)
+    return f"{f.format(e.mean)} [{f.format(e.low)}, {f.format(e.high)}]"
+
+
+def _seeds(e: SeedEstimate, signed: bool = False) -> str:
+    f = "{:+.2f}" if signed else "{:.2f}"
+    return ", ".join(f.format(v) for _, v in sorted(e.values.items()))
+
+
+def set_table(name: str, summaries: dict[int, dict]) -> str:
+    """One replicate set's Markdown table: learning per stage, forgetting per task."""
+    first = next(iter(summaries.values()))
+    tasks, names = first["stage_tasks"], first["task_names"]
+    score = first["score"]
+    sign = 1.0 if first.get("higher_is_better", True) else -1.0
+    lines = [
+        f"**{name}**: {score.replace('_', ' ')} over {seeds_text(sorted(summaries))}; "
+        "[low, high] is a 95% Student-t interval over seeds",
+        "",
+        "| stage | task trained | before its stage | after its stage | rise | each seed's rise "
+        "| beyond the seed spread |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i in range(1, len(tasks)):
+        j = tasks[i]
+        before = mean_interval({s: x["matrix"][i - 1][j] for s, x in summaries.items()})
+        after = mean_interval({s: x["matrix"][i][j] for s, x in summaries.items()})
+        rise = mean_interval(
+            {s: sign * (x["matrix"][i][j] - x["matrix"][i - 1][j]) for s, x in summaries.items()}
+        )
+        lines.append(
+            f"| {i} | {names[j]} | {_est(before)} | {_est(after)} | {_est(rise, True)} | "
+            f"{_seeds(rise, True)} | {'yes' if rise.beyond_spread else 'no'} |"
+        )
+    lines += [
+        "",
+        "| task | best after an earlier stage | at the end | forgetting | each seed's "
+        "| beyond the seed spread |",
+        "|---|---|---|---|---|---|",
+    ]
+    T = len(tasks) - 1
+    for key, _ in sorted(first.get("forgetting_per_task", {}).items(), key=lambda kv: int(kv[0])):
+        j = int(key)
+        best = mean_interval(
+            {
+                s: max(x["matrix"][i][j] * sign for i in range(1, T)) * sign
+                for s, x in summaries.items()
+            }
+        )
+        end = mean_interval({s: x["matrix"][T][j] for s, x in summaries.items()})
+        f = mean_interval({s: x["forgetting_per_task"].get(key) for s, x in summaries.items()})
+        lines.append(
+            f"| {names[j]} | {_est(best)} | {_est(end)} | {_est(f, True)} | {_seeds(f, True)} | "
+            f"{'yes' if f.beyond_spread else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help="experiments or runs (prefixes); default: all")
+    ap.add_argument("--metrics", type=Path, default=Path("metrics"))
+    args = ap.parse_args(argv)
+    runs = sorted(
+        d.name
+        for d in args.metrics.iterdir()
+        if (d / "summary.json").is_file()
+        and (not args.names or any(d.name.startswith(n) for n in args.names))
+    )
+    records = {r: replicate_of(read_summary(args.metrics, r)) for r in runs}
+    sets = group_replicates(records)
+    for rs in sets:
+        summaries = {s: read_summary(args.metrics, r) for s, r in rs.runs.items()}
+        print(set_table(rs.name, summaries))
+    for a in sets:
+        for b in sets:
+            if a.name < b.name:
+                c = compare_sets(args.metrics, a, b)
+                if c is not None:
+                    print(comparison_text(c))
+
+
+if __name__ == "__main__":
+    main()
