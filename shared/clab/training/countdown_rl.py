@@ -39,6 +39,7 @@ from clab.runs.runner import seed_everything
 from clab.storage.layout import INITIAL_STAGE, Stage
 from clab.training.countdown_rl_spec import CountdownRLSpec
 from clab.training.ppo import NonFiniteLoss, PPOConfig, PPOTrainer
+from clab.training.steps import countdown_stage_steps
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -166,15 +167,14 @@ class CountdownTrainer:
         return self._rows[g]
 
     def stage_steps(self, task: int) -> int:
-        n_rows, b = len(self.rows(task)), self.spec.batch.train
-        if n_rows < b:
-            raise ClabError(
-                f"batch.train ({b}) exceeds the {n_rows} training rows of group "
-                f"{self.groups[task]}: lower batch.train or raise data.max_train_rows"
-            )
-        total = self.spec.epochs_per_group * (n_rows // b)
-        cap = self.spec.max_steps_per_stage
-        return min(total, cap) if cap else total
+        s = self.spec
+        return countdown_stage_steps(
+            len(self.rows(task)),
+            s.batch.train,
+            s.epochs_per_group,
+            s.max_steps_per_stage,
+            self.groups[task],
+        )
 
     def validate(self, stage: Stage) -> list[dict]:
         return self._validate(self.policy)

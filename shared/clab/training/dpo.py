@@ -37,7 +37,6 @@ stage 0 is built (``training/reward_models.py``).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -72,6 +71,7 @@ from clab.storage.layout import INITIAL_STAGE, Stage, stage_sequence
 from clab.training.dpo_spec import ContinualDPOSpec
 from clab.training.ewc import OnlineEWC, empirical_fisher
 from clab.training.reward_models import REWARD_DIR, ensure_reward_model, files_hash
+from clab.training.steps import dpo_stage_steps
 
 TRAINER_STATE = "trainer_state.pt"
 LORA_INIT = "lora_init.safetensors"
@@ -362,13 +362,13 @@ class DPOStageTrainer:
 
     def stage_steps(self, task: int) -> int:
         d = self.spec.dpo
-        per_epoch = max(
-            1,
-            math.ceil(len(self.pairs(task, "train")) / d.micro_batch_size)
-            // (d.batch_size // d.micro_batch_size),
+        return dpo_stage_steps(
+            len(self.pairs(task, "train")),
+            d.batch_size,
+            d.micro_batch_size,
+            d.epochs,
+            d.max_steps_per_stage,
         )
-        total = d.epochs * per_epoch
-        return min(total, d.max_steps_per_stage) if d.max_steps_per_stage else total
 
     def stage_dir(self, index: int) -> Path:
         """A stage's folder by index (0: initial)."""
