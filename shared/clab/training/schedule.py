@@ -23,6 +23,7 @@ seeds (default: the length of the spec's ``seeds`` list where it has one).
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ TRAINING_KINDS = ("countdown-rl", "replay-mixing", "continual-dpo", "k1-lm")
 # the Countdown data generators' kinds, and their groups
 DATA_KINDS = ("countdown", "countdown-random-split")
 GENERATOR_GROUPS = (0, 1, 2, 3)
+WIDTH = 100  # long lines of the printed plan wrap here
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,10 @@ class Schedule:
     def total_steps(self, n_seeds: int | None = None) -> int:
         """Steps of the whole experiment: per seed times the seeds."""
         return self.steps_per_seed * (self.n_seeds if n_seeds is None else n_seeds)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def seed_count(spec) -> int:
@@ -195,7 +201,7 @@ def _countdown(spec, spec_path: Path | None) -> Schedule:
         )
         batches = rows[g] // b.train
         how = (
-            f"{spec.epochs_per_group} epochs x {batches:,} batches of {b.train} from "
+            f"{plural(spec.epochs_per_group, 'epoch')} x {batches:,} batches of {b.train} from "
             f"{rows[g]:,} rows"
         )
         if rows[g] % b.train:
@@ -221,7 +227,7 @@ def _countdown(spec, spec_path: Path | None) -> Schedule:
         notes.append(f"{spec.warmup.steps:,} supervised warm-up steps before stage 1, not timed")
     return Schedule(
         kind=f"countdown-rl ({spec.algorithm})",
-        shape=f"{spec.rounds} rounds x {len(groups)} groups {groups}",
+        shape=f"{plural(spec.rounds, 'round')} x {plural(len(groups), 'group')} {groups}",
         runs=[RunSchedule(spec.name, tuple(stages))],
         data=source,
         step=step,
@@ -293,7 +299,9 @@ def _mixing(spec, spec_path: Path | None) -> Schedule:
         notes.append(f"both validation losses every {spec.training.eval_steps} steps are not timed")
     return Schedule(
         kind="replay-mixing",
-        shape=f"phase A once, then {len(spec.strategies)} strategies, {spec.rounds} round(s)",
+        shape=(
+            f"phase A once, then {len(spec.strategies)} strategies; {plural(spec.rounds, 'round')}"
+        ),
         runs=runs,
         data=source,
         step=f"{batch} examples of at most {spec.training.max_length:,} tokens",
@@ -333,7 +341,7 @@ def _dpo(spec, spec_path: Path | None) -> Schedule:
             n, d.batch_size, d.micro_batch_size, d.epochs, d.max_steps_per_stage
         )
         acc = d.batch_size // d.micro_batch_size
-        how = f"{d.epochs} epoch(s) x ceil({n:,} / {d.micro_batch_size}) // {acc}"
+        how = f"{plural(d.epochs, 'epoch')} x ceil({n:,} / {d.micro_batch_size}) // {acc}"
         if d.max_steps_per_stage and steps == d.max_steps_per_stage:
             how += f", capped at dpo.max_steps_per_stage {d.max_steps_per_stage:,}"
         stages.append(StageSteps(nm, name, n, steps, how))
@@ -342,7 +350,7 @@ def _dpo(spec, spec_path: Path | None) -> Schedule:
         notes.append(f"{spec.model.warmup_steps:,} supervised warm-up steps, not timed")
     return Schedule(
         kind="continual-dpo",
-        shape=f"{spec.rounds} round(s) x {len(pairs)} tasks",
+        shape=f"{plural(spec.rounds, 'round')} x {plural(len(pairs), 'task')}",
         runs=[RunSchedule(spec.name, tuple(stages))],
         data=source,
         step=f"{d.batch_size} pairs, chosen and rejected, of at most {d.max_length:,} tokens",
@@ -371,7 +379,10 @@ def _k1(spec, spec_path: Path | None) -> Schedule:
         runs.append(RunSchedule(run.name, stages))
     return Schedule(
         kind="k1-lm",
-        shape=f"{len(spec.methods)} methods x {spec.rounds} round(s) x {len(spec.corpora)} corpora",
+        shape=(
+            f"{plural(len(spec.methods), 'method')} x {plural(spec.rounds, 'round')} x "
+            f"{len(spec.corpora)} corpora"
+        ),
         runs=runs,
         data="steps_per_corpus (a fixed count: the corpora's sizes do not change it)",
         step=f"{spec.batch_size} windows of {spec.seq_len} tokens",
@@ -504,7 +515,12 @@ def render(sched: Schedule, step: StepTime | None = None, n_seeds: int | None = 
         )
     else:
         per_seed = total * step.seconds
-        lines.append(f"time      {step.seconds:,.2f} s a step: {step.source}")
+        lines += textwrap.wrap(
+            f"time      {step.seconds:,.2f} s a step: {step.source}",
+            WIDTH,
+            subsequent_indent=" " * 10,
+            break_on_hyphens=False,
+        )
         text = f"          {duration(per_seed)} per seed"
         if seeds > 1:
             text += f", {duration(per_seed * seeds)} for {seeds} seeds one after another"
