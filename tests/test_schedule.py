@@ -14,7 +14,6 @@ import torch
 import yaml
 
 from clab.cli import main
-from clab.errors import ClabError
 from clab.specs import load_spec
 from clab.storage.layout import COMPLETE_MARKER
 from clab.training import schedule as sc
@@ -213,7 +212,7 @@ def test_dpo_plan_equals_the_trainers_stage_steps(elsewhere):
                     "max_steps_per_stage": 5,
                 },
                 "rounds": 2,
-            }  # fmt: skip
+            }
         )
     )
     spec = load_spec(path)
