@@ -287,8 +287,8 @@ def test_the_estimate_from_tokens_per_s_by_hand(elsewhere):
     assert sc.wall_seconds(s, step) == pytest.approx(140_580 * 163_840 / 51_280)  # 5.2 days
     assert sc.wall_seconds(s, step, n_seeds=3) == pytest.approx(3 * 140_580 * 163_840 / 51_280)
     out = flat(sc.render(s, step))
-    assert "3.20 s a step: 163,840 tokens at 6,410 tokens/s a worker (given) x 8" in out
-    assert "= 51,280 tokens/s" in out and "5.2 days per seed" in out
+    assert "time 5.2 days per seed (140,580 steps x 3.20 s)" in out
+    assert "a step: 163,840 tokens at 6,410 tokens/s a worker (given) x 8 workers = 51,280" in out
 
 
 def test_the_estimate_from_step_seconds_and_seeds(elsewhere):
@@ -296,7 +296,7 @@ def test_the_estimate_from_step_seconds_and_seeds(elsewhere):
     step = sc.from_step_seconds(13.6)  # issue 23's emulated FSDP step
     assert sc.wall_seconds(s, step) == pytest.approx(140_580 * 13.6)  # 1,911,888 s
     out = flat(sc.render(s, step, n_seeds=3))
-    assert "22.1 days per seed, 66.4 days for 3 seeds one after another" in out
+    assert "22.1 days per seed (140,580 steps x 13.60 s); 66.4 days for 3 seeds" in out
     assert "total 140,580 steps per seed" in out and "3 seeds: 421,740 steps" in out
 
 

@@ -40,7 +40,7 @@ TRAINING_KINDS = ("countdown-rl", "replay-mixing", "continual-dpo", "k1-lm")
 # the Countdown data generators' kinds, and their groups
 DATA_KINDS = ("countdown", "countdown-random-split")
 GENERATOR_GROUPS = (0, 1, 2, 3)
-WIDTH = 100  # long lines of the printed plan wrap here
+WIDTH = 110  # long lines of the printed plan wrap here
 
 
 @dataclass(frozen=True)
@@ -515,16 +515,17 @@ def render(sched: Schedule, step: StepTime | None = None, n_seeds: int | None = 
         )
     else:
         per_seed = total * step.seconds
+        text = f"time      {duration(per_seed)} per seed ({total:,} steps x {step.seconds:,.2f} s)"
+        if seeds > 1:
+            text += f"; {duration(per_seed * seeds)} for {seeds} seeds one after another"
+        lines.append(text)
         lines += textwrap.wrap(
-            f"time      {step.seconds:,.2f} s a step: {step.source}",
+            f"a step: {step.source}",
             WIDTH,
+            initial_indent=" " * 10,
             subsequent_indent=" " * 10,
             break_on_hyphens=False,
         )
-        text = f"          {duration(per_seed)} per seed"
-        if seeds > 1:
-            text += f", {duration(per_seed * seeds)} for {seeds} seeds one after another"
-        lines.append(text)
         if step.parts:
             whole = sum(step.parts.values())
             shares = ", ".join(
