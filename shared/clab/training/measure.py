@@ -103,16 +103,20 @@ def _tokenizer(size: int):
     return tok, texts
 
 
-def _models(spec, cfg, tok, device, fsdp: bool):
+def _models(spec, cfg, tok, device):
+    """Actor and critic with fp32 weights, the reference in the inference dtype, as the
+    PPO stage trainer loads them, built where they run (seconds, not minutes at 1.5B);
+    under fsdp the trainer shards them from there and makes its rollout copy."""
+    import copy
+
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
     cfg.eos_token_id, cfg.pad_token_id = tok.eos_token_id, tok.pad_token_id
-    cfg.use_cache = False
-    critic_cfg = cfg.__class__(**{**cfg.to_dict(), "num_labels": 1})
+    critic_cfg = copy.deepcopy(cfg)
+    critic_cfg.num_labels = 1
     infer = getattr(torch, spec.model.dtype) if device.type == "cuda" else torch.float32
     torch.manual_seed(spec.seed)
-    # built where they run (seconds, not minutes at 1.5B); fsdp shards them from there
     with torch.device(device):
         actor = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
         critic = AutoModelForTokenClassification.from_config(critic_cfg, dtype=torch.float32)
@@ -123,12 +127,7 @@ def _models(spec, cfg, tok, device, fsdp: bool):
     if spec.model.gradient_checkpointing:
         actor.gradient_checkpointing_enable()
         critic.gradient_checkpointing_enable()
-    rollout_model = None
-    if fsdp:
-        from clab.distributed.fsdp import unsharded_copy
-
-        rollout_model = unsharded_copy(actor, infer, device)
-    return actor, critic, ref, rollout_model
+    return actor, critic, ref
 
 
 def _say(text: str) -> None:
@@ -182,7 +181,7 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
         torch.cuda.set_device(device.index or 0)
     _say(f"building random models of {arch} on {where}")
     t0 = time.perf_counter()
-    actor, critic, ref, rollout_model = _models(spec, cfg, tok, device, fsdp)
+    actor, critic, ref = _models(spec, cfg, tok, device)
     compute = spec.model.dtype if cuda and spec.model.dtype != "float32" else None
     ppo = ppo_config(spec, world, compute, fsdp)
 
@@ -191,7 +190,7 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
             RewardResult(0.1 * (i % 3), False, Reason.WRONG_VALUE) for i in range(len(problems))
         ]
 
-    trainer = PPOTrainer(actor, critic, ref, tok, ppo, score, rollout_model=rollout_model)
+    trainer = PPOTrainer(actor, critic, ref, tok, ppo, score)
     if fsdp:
         from clab.distributed.emulate import emulate_comms, emulate_rollout_gather
 
