@@ -139,7 +139,10 @@ def _generator_spec(data_dir: Path, spec_path: Path | None):
                 continue
             if not isinstance(data, dict) or data.get("kind") not in DATA_KINDS:
                 continue
-            gen = validate_spec(f, data)
+            try:
+                gen = validate_spec(f, data)
+            except ClabError:  # another spec's mistake is not this plan's
+                continue
             if Path(gen.output) == data_dir:
                 return f, gen
     return None
