@@ -247,6 +247,8 @@ def test_k1_plan_equals_the_trainers_stage_steps(elsewhere):
 def test_sizes_from_a_generator_spec_beside_the_spec_else_the_default(elsewhere):
     gen = {"kind": "countdown", "output": "data/mine", "train_size": 1000}
     Path("gen.yaml").write_text(yaml.safe_dump(gen))
+    broken = {"kind": "countdown", "output": "data/mine", "train_size": -5}
+    Path("another.yaml").write_text(yaml.safe_dump(broken))  # skipped: not this plan's error
     path = write_spec(Path("s.yaml"), data__dir="data/mine", data__max_train_rows=None)
     s = sc.schedule(load_spec(path), path)
     assert "gen.yaml's train_size (data/mine is not here)" in s.data
