@@ -565,6 +565,14 @@ def test_cli_bad_input_exits_2_naming_the_field(args, expected, capsys):
     assert expected in capsys.readouterr().err
 
 
-def test_cli_refuses_kinds_it_does_not_plan(capsys):
+def test_cli_refuses_kinds_that_do_not_train(capsys):
     assert main(["plan", str(REPO / "services/data-generator.yaml")]) == 2
-    assert "covers kind countdown-rl" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "kind 'countdown' is not a training spec" in err and len(err.splitlines()) == 1
+
+
+def test_memory_is_modelled_for_countdown_rl_only():
+    from clab.specs import load_spec
+
+    with pytest.raises(ClabError, match="covers kind countdown-rl"):
+        estimate(load_spec(REPO / "services/k1-trainer.yaml"))

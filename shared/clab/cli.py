@@ -49,12 +49,13 @@ def _parser() -> argparse.ArgumentParser:
             )
     pl = sub.add_parser(
         "plan",
-        help="estimate a training spec's memory per GPU, part by part, and whether it fits",
-        description="Prints, for the spec's model and resources, the estimated memory of "
-        "each part on one GPU (weights, gradients, optimizer state, activations, logits, KV "
-        "cache or vLLM engine; actor, critic and reference for PPO), the peak and whether it "
-        "fits resources.gpu_memory_gb. Nothing is loaded or launched. Exit 0 whether or not "
-        "it fits; 2 on a bad spec.",
+        help="a training spec's schedule and wall time, and its memory per GPU",
+        description="Prints the spec's schedule (steps a stage and in all, per seed, from the "
+        "data sets' sizes), the tokens a step, and the wall time from a throughput given or "
+        "measured; for kind countdown-rl also the estimated memory of each part on one GPU "
+        "(weights, gradients, optimizer state, activations, logits, KV cache or vLLM engine), "
+        "the peak and whether it fits resources.gpu_memory_gb. Nothing is loaded or launched "
+        "unless --measure is given. Exit 0 whether or not it fits; 2 on a bad spec.",
     )
     pl.add_argument(
         "spec", help="path to a training spec, e.g. services/curriculum-trainer-1.5b.yaml"
@@ -66,6 +67,35 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a spec field as `clab run` does, e.g. resources.strategy=fsdp",
+    )
+    speed = pl.add_mutually_exclusive_group()
+    speed.add_argument(
+        "--tokens-per-s",
+        type=float,
+        metavar="N",
+        help="one GPU's (one worker's) tokens/s at the spec's shapes, prompt + response, as "
+        "benchmarks/bench_gpu_ppo.py prints it; times the workers for the run (a run's "
+        "train.jsonl tokens_per_s is already summed over the workers: divide it by them)",
+    )
+    speed.add_argument(
+        "--step-seconds",
+        type=float,
+        metavar="S",
+        help="seconds one step of the whole run takes (train.jsonl's step_time, or an "
+        "emulated benchmark's step)",
+    )
+    speed.add_argument(
+        "--measure",
+        action="store_true",
+        help="time a few steps of the spec's own shapes on this machine (PPO: one worker's "
+        "share of a step; random weights when the model folder is not here)",
+    )
+    pl.add_argument(
+        "--measure-steps",
+        type=int,
+        default=2,
+        metavar="K",
+        help="--measure: steps timed after one warm-up step (default 2)",
     )
     ph = sub.add_parser(
         "plot-history",
@@ -115,6 +145,33 @@ def _seed_list(text: str) -> str:
         ) from None
 
 
+def _plan(args: argparse.Namespace) -> str:
+    """Memory (countdown-rl) and schedule, as ``clab plan`` prints them."""
+    from clab.specs import read_spec_data, validate_spec
+    from clab.training import schedule as sc
+    from clab.training.memory_plan import estimate, render
+
+    spec = validate_spec(args.spec, read_spec_data(args.spec, args.overrides))
+    sched = sc.schedule(spec, args.spec)  # refuses kinds that do not train
+    if args.measure_steps < 1:
+        raise ClabError(f"--measure-steps: at least 1 (got {args.measure_steps})")
+    step = None
+    if args.tokens_per_s is not None:
+        step = sc.from_tokens_per_s(sched, args.tokens_per_s)
+    elif args.step_seconds is not None:
+        step = sc.from_step_seconds(args.step_seconds)
+    elif args.measure:
+        from clab.training.measure import measure
+
+        step = measure(spec, steps=args.measure_steps)
+    title = f"clab plan {args.spec}" + "".join(f" --set {o}" for o in args.overrides)
+    if spec.kind == "countdown-rl":
+        memory = render(estimate(spec), title)
+    else:
+        memory = f"{title}\nmemory    not modelled for kind {spec.kind} (countdown-rl only)"
+    return memory + "\n\n" + sc.render(sched, step)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -134,14 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(show(args.runs, Path(args.metrics), Path(args.checkpoints)))
             return 0
         if args.command == "plan":
-            from clab.training.memory_plan import plan_file, render
-
-            plan = plan_file(args.spec, args.overrides)
-            print(
-                render(
-                    plan, f"clab plan {args.spec}" + "".join(f" --set {o}" for o in args.overrides)
-                )
-            )
+            print(_plan(args))
             return 0
         if args.command == "demo":
             from clab.demo import run_demo

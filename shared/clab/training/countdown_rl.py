@@ -39,6 +39,7 @@ from clab.runs.seeding import derive_seed, seed_everything
 from clab.storage.layout import INITIAL_STAGE, Stage
 from clab.training.countdown_rl_spec import CountdownRLSpec
 from clab.training.ppo import NonFiniteLoss, PPOConfig, PPOTrainer
+from clab.training.steps import countdown_stage_steps
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -166,15 +167,14 @@ class CountdownTrainer:
         return self._rows[g]
 
     def stage_steps(self, task: int) -> int:
-        n_rows, b = len(self.rows(task)), self.spec.batch.train
-        if n_rows < b:
-            raise ClabError(
-                f"batch.train ({b}) exceeds the {n_rows} training rows of group "
-                f"{self.groups[task]}: lower batch.train or raise data.max_train_rows"
-            )
-        total = self.spec.epochs_per_group * (n_rows // b)
-        cap = self.spec.max_steps_per_stage
-        return min(total, cap) if cap else total
+        s = self.spec
+        return countdown_stage_steps(
+            len(self.rows(task)),
+            s.batch.train,
+            s.epochs_per_group,
+            s.max_steps_per_stage,
+            self.groups[task],
+        )
 
     def validate(self, stage: Stage) -> list[dict]:
         return self._validate(self.policy)
@@ -218,6 +218,40 @@ class CountdownTrainer:
         copy_tiny_marker(self.ckpt_dir / INITIAL_STAGE, d)
 
 
+def ppo_config(
+    spec: CountdownRLSpec, world: int, compute_dtype: str | None, fsdp: bool
+) -> PPOConfig:
+    """The PPO trainer's settings for one of ``world`` workers (``clab plan --measure``
+    times steps built from the same settings)."""
+    p, r = spec.ppo, spec.rollout
+    return PPOConfig(
+        actor_lr=p.actor_lr,
+        critic_lr=p.critic_lr,
+        kl_coef=p.kl_coef,
+        entropy_coef=p.entropy_coef,
+        clip_ratio=p.clip_ratio,
+        value_clip=p.value_clip,
+        gamma=p.gamma,
+        lam=p.lam,
+        ppo_epochs=p.ppo_epochs,
+        mini_batch_size=spec.batch.mini // world,
+        micro_batch_size=spec.batch.micro,
+        score_micro_batch_size=spec.batch.score_micro,
+        responses_per_prompt=r.responses_per_prompt,
+        max_grad_norm=p.max_grad_norm,
+        max_prompt_length=r.max_prompt_length,
+        max_response_length=r.max_response_length,
+        temperature=r.temperature,
+        lr_scheduler=spec.lr_scheduler,
+        lr_warmup_steps=spec.lr_warmup_steps,
+        compute_dtype=compute_dtype,
+        weight_decay=p.weight_decay,
+        strategy="fsdp" if fsdp else "ddp",
+        rollout_engine=r.engine if r.engine != "vllm" else "hf",
+        rollout_batch_size=r.batch_size,
+    )
+
+
 class PPOStageTrainer(CountdownTrainer):
     """Our actor-critic PPO (``training/ppo.py``), stepped through a stage."""
 
@@ -241,33 +275,8 @@ class PPOStageTrainer(CountdownTrainer):
         self.generator = (
             load_policy(model_dir, self.infer_dtype).to(self.device) if self.fsdp else self.policy
         )
-        p, r = spec.ppo, spec.rollout
-        cfg = PPOConfig(
-            actor_lr=p.actor_lr,
-            critic_lr=p.critic_lr,
-            kl_coef=p.kl_coef,
-            entropy_coef=p.entropy_coef,
-            clip_ratio=p.clip_ratio,
-            value_clip=p.value_clip,
-            gamma=p.gamma,
-            lam=p.lam,
-            ppo_epochs=p.ppo_epochs,
-            mini_batch_size=spec.batch.mini // self.world,
-            micro_batch_size=spec.batch.micro,
-            score_micro_batch_size=spec.batch.score_micro,
-            responses_per_prompt=r.responses_per_prompt,
-            max_grad_norm=p.max_grad_norm,
-            max_prompt_length=r.max_prompt_length,
-            max_response_length=r.max_response_length,
-            temperature=r.temperature,
-            lr_scheduler=spec.lr_scheduler,
-            lr_warmup_steps=spec.lr_warmup_steps,
-            compute_dtype=self.compute_dtype,
-            weight_decay=p.weight_decay,
-            strategy="fsdp" if self.fsdp else "ddp",
-            rollout_engine=r.engine if r.engine != "vllm" else "hf",
-            rollout_batch_size=r.batch_size,
-        )
+        r = spec.rollout
+        cfg = ppo_config(spec, self.world, self.compute_dtype, self.fsdp)
         engine = None
         if r.engine == "vllm":
             engine = VLLMRollout(

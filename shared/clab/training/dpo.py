@@ -37,7 +37,6 @@ stage 0 is built (``training/reward_models.py``).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -45,12 +44,9 @@ from typing import Any
 
 import torch
 
-from clab.data.preference.builtin import style_tasks
+from clab.data.preference.loading import PAIRS_DIR, load_tasks
 from clab.data.preference.tasks import (
     PreferenceTask,
-    check_tasks,
-    read_aif_gen,
-    read_rows,
     read_split,
     write_split,
 )
@@ -72,10 +68,10 @@ from clab.storage.layout import INITIAL_STAGE, Stage, stage_sequence
 from clab.training.dpo_spec import ContinualDPOSpec
 from clab.training.ewc import OnlineEWC, empirical_fisher
 from clab.training.reward_models import REWARD_DIR, ensure_reward_model, files_hash
+from clab.training.steps import dpo_stage_steps
 
 TRAINER_STATE = "trainer_state.pt"
 LORA_INIT = "lora_init.safetensors"
-PAIRS_DIR = "preference"
 VAL_PAIRS = 64  # test pairs per task in the trainer's own validation
 
 # TRL's DPO log keys -> train.jsonl (TRL's own names for its DPO metrics)
@@ -92,30 +88,6 @@ DPO_KEYS = {
     "ewc_penalty": "ewc_penalty",
     "num_tokens": "num_tokens",
 }
-
-
-def load_tasks(spec: ContinualDPOSpec) -> list[PreferenceTask]:
-    """The spec's tasks from their source, checked (exit 2 naming task and field)."""
-    d = spec.data
-    if d.datasets is not None:
-        tasks = [
-            PreferenceTask(
-                x.name, read_rows(x.train), read_rows(x.test), {"train": x.train, "test": x.test}
-            )
-            for x in d.datasets
-        ]
-    elif d.source.startswith("builtin:"):
-        if d.source != "builtin:styles":
-            raise ClabError(f"data.source: {d.source!r} is not built in (builtin:styles is)")
-        tasks = style_tasks(d.tasks, d.builtin_train_size, d.builtin_test_size, spec.shared_seed)
-    else:
-        if d.tasks is not None:
-            raise ClabError("data.tasks: only for builtin:styles")
-        tasks = read_aif_gen(d.source)
-    for t in tasks:  # checked before the cut: a bad row anywhere is named
-        t.train = t.train[: d.max_train_rows] if d.max_train_rows else t.train
-        t.test = t.test[: d.max_test_rows] if d.max_test_rows else t.test
-    return check_tasks(tasks)
 
 
 def check_inputs(spec: ContinualDPOSpec) -> None:
@@ -362,13 +334,13 @@ class DPOStageTrainer:
 
     def stage_steps(self, task: int) -> int:
         d = self.spec.dpo
-        per_epoch = max(
-            1,
-            math.ceil(len(self.pairs(task, "train")) / d.micro_batch_size)
-            // (d.batch_size // d.micro_batch_size),
+        return dpo_stage_steps(
+            len(self.pairs(task, "train")),
+            d.batch_size,
+            d.micro_batch_size,
+            d.epochs,
+            d.max_steps_per_stage,
         )
-        total = d.epochs * per_epoch
-        return min(total, d.max_steps_per_stage) if d.max_steps_per_stage else total
 
     def stage_dir(self, index: int) -> Path:
         """A stage's folder by index (0: initial)."""

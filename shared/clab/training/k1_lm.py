@@ -35,6 +35,7 @@ from clab.training.sparse import (
     parameter_groups,
     same_count_at_random,
 )
+from clab.training.steps import k1_stage_steps
 
 STATE = "sparse_state.pt"
 
@@ -183,7 +184,7 @@ class K1Trainer:
                 self.smoothed.average = saved.get("ema")
 
     def stage_steps(self, task: int) -> int:
-        return self.spec.steps_per_corpus
+        return k1_stage_steps(self.spec.steps_per_corpus)
 
     def _order(self, n: int, stage: Stage, epoch: int) -> list[int]:
         order = list(range(n))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from clab.storage.atomic import write_json, write_parquet
 from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE, Stage
 from clab.tracking.metrics_log import read_rows
 from clab.training.mixing_spec import JOINT, PHASE_A, MixingSpec, TaskSpec
+from clab.training.steps import mixing_stage_steps
 
 OPTIMIZER = "optimizer.pt"
 LOSS_CACHE = "replay-losses.json"  # beside the same seed's phase-A checkpoint
@@ -124,10 +124,6 @@ def check_inputs(spec: MixingSpec) -> None:
 
 def make_trainer(spec: MixingSpec, rank: int, world: int) -> MixingTrainer:
     return MixingTrainer(spec)
-
-
-def _steps(n_examples: int, epochs: int, batch: int) -> int:
-    return math.ceil(n_examples * epochs / batch)
 
 
 class MixingTrainer:
@@ -342,7 +338,7 @@ class MixingTrainer:
         if n == 0:
             return 0  # joint's second stage: A and B were trained together in its first
         epochs = spec.joint.epochs if spec.branch == JOINT else self.task_specs[task].epochs
-        return _steps(n, epochs, spec.training.batch_size)
+        return mixing_stage_steps(n, epochs, spec.training.batch_size)
 
     def _stage_lr(self, task: int) -> float:
         return self.spec.joint.lr if self.spec.branch == JOINT else self.task_specs[task].lr

@@ -1,0 +1,276 @@
+"""``clab plan --measure``: a few PPO steps of the spec's own shapes, timed on this machine.
+
+The steps are clab's PPO trainer built from the spec's settings
+(:func:`clab.training.countdown_rl.ppo_config`): one worker's share of a
+step (``batch.train / num_workers`` prompts), its micro-batches, rollout
+engine, checkpointing and dtype. Under ``fsdp`` with several workers the
+share is computed as rank 0 of them, emulated on this one device
+(:mod:`clab.distributed.emulate`: shards, gathers and memory as rank 0's,
+no communication); under ``ddp`` by one unsharded replica. The workers
+compute their shares at the same time, so the run's step takes as long as
+one share; communication is not counted.
+
+The models are random weights of the spec's architecture (the model
+folder's ``config.json`` when it is here, else the published config), with
+a small tokenizer trained here: timing depends on shapes, not values, and a
+random model writes every response to its maximum length, the schedule's
+upper bound. Prompts are cut to ``max_prompt_length`` tokens for the same
+reason. Where the spec states ``resources.gpu_memory_gb``, the GPU is capped
+there, so a step that would not fit the run's GPUs fails here too.
+
+A spec that runs on GPUs needs one here (else exit 2); a CPU spec
+(``resources.use_gpu: false``) is timed on this CPU, and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from clab.errors import ClabError
+from clab.training.schedule import StepTime
+
+GiB = 2**30
+
+
+def _architecture(spec):
+    """A transformers config of the spec's model, and where it came from."""
+    from transformers import AutoConfig, Qwen2Config
+
+    from clab.models.shape import published_config
+
+    m = spec.model
+    if m.preset == "tiny":
+        h = m.tiny_hidden_size
+        cfg = Qwen2Config(
+            vocab_size=m.tiny_vocab_size,
+            hidden_size=h,
+            intermediate_size=4 * h,
+            num_hidden_layers=m.tiny_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            max_position_embeddings=4096,
+        )
+        return cfg, f"the tiny preset (hidden {h}, {m.tiny_layers} layers)"
+    folder = Path(m.name_or_path).expanduser()
+    if (folder / "config.json").is_file():
+        return AutoConfig.from_pretrained(str(folder)), f"{folder / 'config.json'}"
+    with contextlib.suppress(OSError, ValueError):
+        return (
+            AutoConfig.from_pretrained(m.name_or_path, local_files_only=True),
+            f"{m.name_or_path} (transformers' local cache)",
+        )
+    known = published_config(m.name_or_path)
+    if known is None:
+        raise ClabError(
+            f"model.name_or_path: no config for {m.name_or_path!r} here (no folder, not "
+            "cached, not a published Qwen2.5 size): --measure needs the architecture"
+        )
+    name, table = known
+    cfg = Qwen2Config(**{k: v for k, v in table.items() if k != "model_type"})
+    return cfg, f"{name}'s published config"
+
+
+def _device(spec):
+    import torch
+
+    if not spec.resources.use_gpu:
+        return torch.device("cpu"), "this machine's CPU (the spec runs on CPUs)"
+    if not torch.cuda.is_available():
+        raise ClabError(
+            "--measure: the spec runs on GPUs (resources.use_gpu: true) but no CUDA device "
+            "is visible here; run it on a GPU machine, or give --tokens-per-s N or "
+            "--step-seconds S instead"
+        )
+    return torch.device("cuda"), torch.cuda.get_device_name()
+
+
+def _tokenizer(size: int):
+    """A small byte-level tokenizer; ids the model writes beyond it decode modulo its
+    size (a random model's text is noise either way, and the reward ignores it)."""
+    from clab.data.countdown.prompts import render_prompt
+    from clab.models.tiny import train_tokenizer
+
+    texts = [render_prompt([i % 97 + 1, 7, 13], i + 20, ["+", "-"]) for i in range(200)]
+    tok = train_tokenizer(texts, size)
+    n = len(tok)
+    decode = tok.batch_decode
+    tok.batch_decode = lambda ids, **kw: decode((ids % n).tolist(), **kw)
+    return tok, texts
+
+
+def _models(spec, cfg, tok, device):
+    """Actor and critic with fp32 weights, the reference in the inference dtype, as the
+    PPO stage trainer loads them, built where they run (seconds, not minutes at 1.5B);
+    under fsdp the trainer shards them from there and makes its rollout copy."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+    cfg.eos_token_id, cfg.pad_token_id = tok.eos_token_id, tok.pad_token_id
+    critic_cfg = copy.deepcopy(cfg)
+    critic_cfg.num_labels = 1
+    infer = getattr(torch, spec.model.dtype) if device.type == "cuda" else torch.float32
+    torch.manual_seed(spec.seed)
+    with torch.device(device):
+        actor = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        critic = AutoModelForTokenClassification.from_config(critic_cfg, dtype=torch.float32)
+        ref = None
+        if spec.ppo.kl_coef > 0:
+            ref = AutoModelForCausalLM.from_config(cfg, dtype=infer)
+            ref.load_state_dict(actor.state_dict())
+    if spec.model.gradient_checkpointing:
+        actor.gradient_checkpointing_enable()
+        critic.gradient_checkpointing_enable()
+    return actor, critic, ref
+
+
+def _say(text: str) -> None:
+    """Progress on stderr: a measurement takes minutes on a GPU (the static engine
+    compiles in its first step), and stdout is the plan."""
+    print(f"clab plan --measure: {text}", file=sys.stderr, flush=True)
+
+
+def measure(spec, steps: int = 2) -> StepTime:
+    """Seconds of one step of the spec's run, from ``steps`` timed steps (after one
+    warm-up step, which compiles and allocates the optimizer state), with the step's
+    parts: generation (with the rollout copy's gather), the scoring passes, and the
+    updates with the rest."""
+    if spec.kind != "countdown-rl" or spec.algorithm != "ppo":
+        what = f"{spec.kind}" + (f" ({spec.algorithm})" if spec.kind == "countdown-rl" else "")
+        raise ClabError(
+            f"--measure times PPO steps (kind countdown-rl, algorithm ppo), not {what}: "
+            "give --tokens-per-s N or --step-seconds S"
+        )
+    if spec.rollout.engine == "vllm":
+        raise ClabError(
+            "--measure times the hf and hf-static rollout engines, not vllm: give "
+            "--tokens-per-s N, or measure with --set rollout.engine=hf-static"
+        )
+    device, where = _device(spec)
+    res = spec.resources
+    world = res.num_workers
+    fsdp = res.strategy == "fsdp" and world > 1
+    group = contextlib.nullcontext()
+    if fsdp:
+        from clab.distributed.emulate import fake_process_group
+
+        group = fake_process_group(world)
+    with group:
+        return _measure(spec, steps, device, where, world, fsdp)
+
+
+def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> StepTime:
+    import torch
+
+    from clab.data.countdown.reading import Problem
+    from clab.rewards.countdown import Reason, RewardResult
+    from clab.training.countdown_rl import ppo_config
+    from clab.training.ppo import PPOTrainer
+
+    cuda = device.type == "cuda"
+    cfg, arch = _architecture(spec)
+    tok_size = spec.model.tiny_vocab_size if spec.model.preset == "tiny" else 512
+    tok, texts = _tokenizer(min(tok_size, cfg.vocab_size))
+    if cuda:
+        torch.cuda.set_device(device.index or 0)
+    _say(f"building random models of {arch} on {where}")
+    t0 = time.perf_counter()
+    actor, critic, ref = _models(spec, cfg, tok, device)
+    compute = spec.model.dtype if cuda and spec.model.dtype != "float32" else None
+    ppo = ppo_config(spec, world, compute, fsdp)
+
+    def score(completions, problems):  # varied, so that the advantages are not zero
+        return [
+            RewardResult(0.1 * (i % 3), False, Reason.WRONG_VALUE) for i in range(len(problems))
+        ]
+
+    trainer = PPOTrainer(actor, critic, ref, tok, ppo, score)
+    if fsdp:
+        from clab.distributed.emulate import emulate_comms, emulate_rollout_gather
+
+        for m in (trainer.actor, trainer.critic, trainer.ref):
+            if m is not None:
+                emulate_comms(m, world)
+        emulate_rollout_gather(trainer)
+    built = time.perf_counter() - t0
+    # prompts of max_prompt_length tokens or more, cut from the left to exactly that
+    long = " ".join(texts)
+    share = spec.batch.train // world
+    problems = [Problem(f"{i} {long}", 0, [], [], None) for i in range(share)]
+
+    scoring: list[float] = []
+    score_old = trainer._score_old
+
+    def timed_score_old(ro):
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = score_old(ro)
+        if cuda:
+            torch.cuda.synchronize()
+        scoring.append(time.perf_counter() - t)
+        return out
+
+    trainer._score_old = timed_score_old
+    cap = spec.resources.gpu_memory_gb
+    capped = ""
+    if cuda:
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(device).total_memory
+        if cap and cap * GiB < total:
+            torch.cuda.set_per_process_memory_fraction(cap * GiB / total)
+            capped = f", capped at resources.gpu_memory_gb {cap:g} GiB"
+        torch.cuda.reset_peak_memory_stats()
+    rows = []
+    try:
+        compiles = cuda and spec.rollout.engine == "hf-static"
+        _say("warm-up step" + (" (the static engine compiles: about a minute)" if compiles else ""))
+        t0 = time.perf_counter()
+        trainer.step(problems)
+        warm = time.perf_counter() - t0
+        scoring.clear()
+        for i in range(steps):
+            rows.append(trainer.step(problems))
+            _say(f"step {i + 1} of {steps}: {rows[-1]['step_time']:.2f} s")
+    except torch.OutOfMemoryError:
+        have = torch.cuda.get_device_properties(device).total_memory / GiB
+        raise ClabError(
+            f"--measure: out of memory on {where} ({cap or have:.0f} GiB{capped and ' cap'}) "
+            "at the spec's shapes; the memory plan above says what one GPU needs"
+        ) from None
+    finally:
+        if cuda:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+    med = statistics.median
+    step = med(r["step_time"] for r in rows)
+    gen = med(r["generation_time"] for r in rows)
+    sc = med(scoring)
+    length = med(r["response_length_mean"] for r in rows)
+    rate = med(r["tokens_per_s"] for r in rows) * world  # every worker at once
+    peak = f"; peak {torch.cuda.max_memory_allocated() / GiB:.1f} GiB allocated" if cuda else ""
+    n = spec.rollout.responses_per_prompt
+    how = (
+        f"rank 0 of {world} under fsdp, emulated (no communication)"
+        if fsdp
+        else ("one replica (ddp's all-reduce not counted)" if world > 1 else "the whole step")
+    )
+    source = (
+        f"measured on {where}{capped}: {share} prompts x {n} response{'s' if n > 1 else ''} "
+        f"(responses {length:,.0f} tokens on average), {how}; median of {len(rows)} "
+        f"step{'s' if len(rows) > 1 else ''} after a warm-up of {warm:.0f} s (models built in "
+        f"{built:.0f} s){peak}; random weights of {arch}"
+    )
+    if world > 1:
+        source += f"; {world} workers compute their shares at once: a step takes one share's time"
+    source += f"; {rate:,.0f} tokens/s for the run"
+    return StepTime(
+        step,
+        source,
+        {"generation": gen, "scoring": sc, "updates and the rest": max(step - gen - sc, 0.0)},
+    )
