@@ -338,3 +338,21 @@ def test_wandb_groups_an_experiments_runs(workdir, monkeypatch):
     s = k1_spec(workdir / "k.yaml", seeds=[4], methods=["dense"], wandb=True, steps_per_corpus=1)
     assert main(["run", str(s)]) == 0
     assert [(kw["name"], kw["group"]) for kw in seen] == [("k-dense-s4", "k")]
+
+
+def test_a_seed_added_later_runs_alone_and_restart_moves_every_seed_aside(workdir, capsys):
+    s = k1_spec(workdir / "k.yaml", methods=["dense"], steps_per_corpus=1, save_steps=0)
+    assert main(["run", str(s), "--seeds", "4"]) == 0
+    first = Path("metrics/k-dense-s4/train.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["run", str(s), "--seeds", "4,5"]) == 0  # seeds may grow: a safe change
+    out = capsys.readouterr().out
+    assert "k-dense-s4: finished, skipped" in out and "run 2/2, k-dense-s5 ===" in out
+    assert Path("metrics/k-dense-s4/train.jsonl").read_text() == first
+    # another shared seed would mix two experiments: refused, nothing written
+    assert main(["run", str(s), "--seeds", "4,5", "--set", "data_seed=9"]) == 2
+    assert "other settings (data_seed" in capsys.readouterr().err
+    assert main(["run", str(s), "--seeds", "4,5", "--restart"]) == 0
+    for r in ("k-dense-s4", "k-dense-s5"):
+        assert len(list(Path("checkpoints").glob(f"{r}.old-*"))) == 1
+        assert (Path("checkpoints") / r / "r0-g1" / "COMPLETE").is_file()
