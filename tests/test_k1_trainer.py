@@ -196,3 +196,28 @@ def test_bad_input_exits_2_naming_what_is_wrong(workdir, capsys, changes, messag
     assert main(["run", str(spec(workdir / "s.yaml", **changes))]) == 2
     assert message in capsys.readouterr().err
     assert not Path("checkpoints/k-k1").exists()  # checked before anything is written
+
+
+def test_the_reversed_prose_corpus_has_the_same_words_with_their_order_turned_round():
+    """The demo's corpora must interfere for forgetting to show: the reversed prose has
+    prose's words (the same most frequent) while its frequent word pairs are
+    prose's turned round, so next-word statistics learned on one are wrong on the other."""
+    from collections import Counter
+
+    from clab.data.text.corpora import load_corpus
+
+    prose = load_corpus("stdlib:prose", 200_000).split("\n")
+    rev = load_corpus("stdlib:prose-reversed", 200_000).split("\n")
+    top_words = [w for w, _ in Counter(w for x in prose for w in x.split()).most_common(20)]
+    rev_words = [w for w, _ in Counter(w for x in rev for w in x.split()).most_common(20)]
+    assert len(set(rev_words) & set(top_words)) >= 18  # the cut at max_chars differs a little
+
+    def pairs(lines):
+        return Counter(
+            p for line in lines for p in zip(line.split(), line.split()[1:], strict=False)
+        )
+
+    top, rtop = pairs(prose).most_common(200), pairs(rev)
+    same = sum(1 for (a, b), _ in top if rtop[(a, b)] > rtop[(b, a)])
+    turned = sum(1 for (a, b), _ in top if rtop[(b, a)] > 0)
+    assert turned >= 190 and same <= 20, (turned, same)

@@ -22,7 +22,8 @@ class CorpusSpec(SpecModel):
     name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$")
     source: str = Field(
         ...,
-        description="stdlib:prose | stdlib:code | stdlib:docstrings | a .txt/.parquet/.jsonl "
+        description="stdlib:prose | stdlib:prose-reversed | stdlib:code | stdlib:docstrings | "
+        "a .txt/.parquet/.jsonl "
         "file | a hub id (name or name:config)",
     )
     field: str = Field("text", description="the text column of a data set")
