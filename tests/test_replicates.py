@@ -356,3 +356,27 @@ def test_a_seed_added_later_runs_alone_and_restart_moves_every_seed_aside(workdi
     for r in ("k-dense-s4", "k-dense-s5"):
         assert len(list(Path("checkpoints").glob(f"{r}.old-*"))) == 1
         assert (Path("checkpoints") / r / "r0-g1" / "COMPLETE").is_file()
+
+
+def test_seed_numbers_prints_each_rise_and_forgetting_as_a_mean_over_seeds(tmp_path, capsys):
+    """benchmarks/seed_numbers.py: the tables docs/demo.md quotes."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from seed_numbers import main as seed_numbers
+
+    rises = {0: 0.20, 1: 0.30, 2: 0.25}
+    for seed, rise in rises.items():
+        R = np.array([[1.0, 0.1], [1.0, 0.1], [0.4 + 0.1 * seed, 0.1 + rise]])
+        rep = {"experiment": "e", "variant": None, "seed": seed, "seeds": [0, 1, 2]}
+        s = {"score": "success_rate", "task_names": ["g0", "g1"], **summarize(R, [0, 0, 1])}
+        (tmp_path / f"e-s{seed}").mkdir()
+        (tmp_path / f"e-s{seed}" / "summary.json").write_text(json.dumps({**s, "replicate": rep}))
+    seed_numbers(["--metrics", str(tmp_path)])
+    out = capsys.readouterr().out
+    half = 4.302653 * statistics.stdev(rises.values()) / math.sqrt(3)
+    row = next(x for x in out.splitlines() if x.startswith("| 2 | g1 |"))
+    assert f"+0.25 [{0.25 - half:+.2f}, {0.25 + half:+.2f}]" in row
+    assert "+0.20, +0.30, +0.25" in row and row.endswith("| yes |")
+    forgot = next(x for x in out.splitlines() if x.startswith("| g0 |"))
+    assert "+0.50 [" in forgot and "+0.60, +0.50, +0.40" in forgot  # 1.0 - 0.4, 0.5, 0.6
