@@ -72,11 +72,11 @@ def test_mixing_service_by_hand(elsewhere):
     by_run = {r.name: steps_of(s, i) for i, r in enumerate(s.runs)}
     a = math.ceil(4000 * 2 / 64)  # phase A: 125
     b_replayed = math.ceil((4000 + 400) * 2 / 64)  # 10% of B's 4,000 replayed: 138
-    assert by_run["mix/phase-a"] == [a] == [125]
+    assert by_run["mix-phase-a"] == [a] == [125]
     for strategy in ("difficulty_hard", "difficulty_easy", "random", "loss_ascending"):
-        assert by_run[f"mix/{strategy}"] == [b_replayed] == [138]  # r0-g0 is phase A's
-    assert by_run["mix/none"] == [125]
-    assert by_run["mix/joint"] == [math.ceil(8000 * 2 / 64), 0] == [250, 0]
+        assert by_run[f"mix-{strategy}"] == [b_replayed] == [138]  # r0-g0 is phase A's
+    assert by_run["mix-none"] == [125]
+    assert by_run["mix-joint"] == [math.ceil(8000 * 2 / 64), 0] == [250, 0]
     assert s.steps_per_seed == 125 + 5 * 138 + 125 + 250 == 1_190
     assert s.tokens_per_step == 64 * 2048
     assert "task_a.train_size" in s.data
@@ -158,7 +158,7 @@ def test_mixing_plan_equals_the_trainers_stage_steps(elsewhere):
         ],
     )
     # phase A's stage 0 as the sweep writes it: the examples it will train on
-    stage0 = Path("checkpoints/mix/phase-a/initial")
+    stage0 = Path("checkpoints/mix-phase-a/initial")
     for name, n in (("a", 37), ("b", 23)):
         rows = [{"id": f"{name}{i}", "level": 1, "prompt": "q", "answer": "x"} for i in range(n)]
         (stage0 / "tasks" / name).mkdir(parents=True)
@@ -166,7 +166,7 @@ def test_mixing_plan_equals_the_trainers_stage_steps(elsewhere):
     (stage0 / COMPLETE_MARKER).write_text("{}")
     s = sc.schedule(spec)
     assert "the examples phase A recorded" in s.data
-    planned = {r.name.split("/")[1]: r.stages for r in s.runs}
+    planned = {r.name.removeprefix("mix-"): r.stages for r in s.runs}
     for branch in (PHASE_A, "random", "none", "joint"):
         trainer = MixingTrainer(spec.branch_spec(branch))
         trained = {st.stage: st.steps for st in planned[branch]}
@@ -237,7 +237,7 @@ def test_k1_plan_equals_the_trainers_stage_steps(elsewhere):
 
     spec = load_spec(SERVICES / "k1-trainer.yaml", ["steps_per_corpus=37", "rounds=2"])
     s = sc.schedule(spec)
-    trainer = K1Trainer(spec.method_run("dense"))
+    trainer = K1Trainer(spec.member("dense", spec.seed))
     assert steps_of(s, 1) == [trainer.stage_steps(t) for t in range(3)] * 2 == [37] * 6
 
 

@@ -248,7 +248,8 @@ def _mixing(spec, spec_path: Path | None) -> Schedule:
     from clab.training.mixing_spec import JOINT, PHASE_A
 
     tasks = [spec.task_a, spec.task_b]
-    stage0 = spec.branch_spec(PHASE_A).run_dirs()[0] / INITIAL_STAGE
+    first = spec.member(PHASE_A, (spec.seeds or [spec.seed])[0])  # the first seed's phase A
+    stage0 = first.run_dirs()[0] / INITIAL_STAGE
     files = [stage0 / "tasks" / t.name / "train.parquet" for t in tasks]
     if (stage0 / COMPLETE_MARKER).is_file() and all(f.is_file() for f in files):
         n_a, n_b = (_parquet_rows(f) for f in files)
@@ -271,7 +272,7 @@ def _mixing(spec, spec_path: Path | None) -> Schedule:
     phase_a = [
         stage(nm, a.name, n_a, a.epochs, f"{n_a:,}") for nm, _ in _stage_names(spec.rounds, 1)
     ]
-    runs.append(RunSchedule(f"{spec.name}/{PHASE_A}", tuple(phase_a)))
+    runs.append(RunSchedule(first.name, tuple(phase_a)))
     for strategy in spec.strategies:
         stages = []
         for nm, task in _stage_names(spec.rounds, 2):
@@ -293,7 +294,8 @@ def _mixing(spec, spec_path: Path | None) -> Schedule:
                 what = f"({n_b:,} + {replayed:,} replayed)"
                 stages.append(stage(nm, b.name, n_b + replayed, b.epochs, what))
         note = "" if strategy == JOINT else "r0-g0 is phase A's"
-        runs.append(RunSchedule(f"{spec.name}/{strategy}", tuple(stages), note))
+        name = spec.member(strategy, first.seed).name
+        runs.append(RunSchedule(name, tuple(stages), note))
     notes = [
         "difficulty strategies replay at most the count shown: examples without a level "
         "are left out"
@@ -368,7 +370,7 @@ def _dpo(spec, spec_path: Path | None) -> Schedule:
 def _k1(spec, spec_path: Path | None) -> Schedule:
     runs = []
     for method in spec.methods:
-        run = spec.method_run(method)
+        run = spec.member(method, (spec.seeds or [spec.seed])[0])
         stages = tuple(
             StageSteps(
                 nm,
