@@ -49,6 +49,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForTokenClassificat
 
 from clab.data.countdown.prompts import render_prompt
 from clab.data.countdown.reading import Problem
+from clab.distributed.emulate import emulate_comms
 from clab.models.tiny import train_tokenizer
 from clab.rewards.countdown import Reason, RewardResult
 from clab.training.ppo import PPOConfig, PPOTrainer
@@ -83,30 +84,6 @@ def init_group(args) -> tuple[int, int, torch.device]:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         return dist.get_rank(), dist.get_world_size(), torch.device("cuda")
     return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
-
-
-def emulate_comms(model: torch.nn.Module, world: int) -> None:
-    """FSDP's collectives on a fake group: rank 0's shard in every slot (all-gather),
-    rank 0's part of the sum (reduce-scatter); buffers allocated as FSDP's own."""
-    from torch.distributed.fsdp import FSDPModule
-    from torch.distributed.fsdp._fully_shard._fsdp_api import AllGather, ReduceScatter
-
-    class Alloc:
-        def allocate(self, size, *, dtype, device):
-            return torch.empty(*size, dtype=dtype, device=device)
-
-    class LocalAllGather(Alloc, AllGather):
-        def __call__(self, output_tensor, input_tensor, group, async_op=False):
-            output_tensor.view(world, -1).copy_(input_tensor.view(1, -1).expand(world, -1))
-
-    class LocalReduceScatter(Alloc, ReduceScatter):
-        def __call__(self, output_tensor, input_tensor, group, op, async_op=False):
-            output_tensor.copy_(input_tensor[: output_tensor.numel()])
-
-    for m in model.modules():
-        if isinstance(m, FSDPModule):
-            m.set_custom_all_gather(LocalAllGather())
-            m.set_custom_reduce_scatter(LocalReduceScatter())
 
 
 def nbytes(tensors) -> int:

@@ -27,24 +27,7 @@ from clab.specs import load_spec
 from clab.tracking.metrics_log import read_rows
 from conftest import REPO
 from rl_spec import write_spec
-
-K1 = {
-    "kind": "k1-lm",
-    "name": "k",
-    "methods": ["k1", "dense"],
-    "corpora": [
-        {"name": "prose", "source": "stdlib:prose", "max_chars": 40000},
-        {"name": "code", "source": "stdlib:code", "max_chars": 40000},
-    ],
-    "seq_len": 32,
-    "batch_size": 8,
-    "steps_per_corpus": 4,
-    "val_windows": 8,
-    "model": {"hidden_size": 32, "layers": 2, "heads": 2, "ffn": 64, "vocab_size": 400},
-    "select": {"top_k": 2},
-    "save_steps": 2,
-    "wandb": False,
-}
+from test_k1_trainer import BASE as K1
 
 
 def k1_spec(path: Path, **changes) -> Path:
