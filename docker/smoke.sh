@@ -238,7 +238,8 @@ if ! DOCKER_BUILDKIT=0 docker build --force-rm -f docker/Dockerfile -t "$image" 
 fi
 build_s=$((SECONDS - build_start))
 size=$(docker image inspect -f '{{.Size}}' "$image")
-say "built in ${build_s} s: $((size / 1000000)) MB"
+base_size=$(docker image inspect -f '{{.Size}}' "$python_image")
+say "built in ${build_s} s: $((size / 1000000)) MB (its base $python_image: $((base_size / 1000000)) MB)"
 # The CPU image is a fraction of the GPU one (about 11.8 GB): torch's CPU build only.
 [ "$size" -lt 4000000000 ] || fail "the CPU image is $size bytes, above 4 GB"
 
