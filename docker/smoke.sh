@@ -49,7 +49,6 @@ fi
 wheels=${CLAB_WHEELS:-/opt/wheels}
 
 cd "$(dirname "$0")/.."
-repo=$(pwd)
 start=$SECONDS
 say() { printf 'docker-smoke [%3ds] %s\n' "$((SECONDS - start))" "$*"; }
 fail() {
@@ -76,6 +75,7 @@ dockerd_pid=""  # dockerd started here, stopped at the end
 http_pid=""
 compose=()
 engine=0        # 1 once an engine answers
+passed=0
 images_before=""
 
 cleanup() {
@@ -92,7 +92,7 @@ cleanup() {
         for i in "$image" "${ours[@]}"; do docker rmi -f "$i" >/dev/null 2>&1; done
         # A failed build leaves its last layers untagged: remove the ones that are new.
         comm -13 <(echo "$images_before") <(docker images -aq --filter dangling=true | sort -u) |
-            xargs -r docker rmi -f >/dev/null 2>&1
+            xargs -r "$(docker_bin)" rmi -f >/dev/null 2>&1
     fi
     [ -n "$http_pid" ] && kill "$http_pid" 2>/dev/null
     rm -rf "$work" 2>/dev/null
@@ -100,7 +100,7 @@ cleanup() {
         kill "$dockerd_pid" 2>/dev/null
         for _ in $(seq 30); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 1; done
     fi
-    if [ "$rc" = 0 ]; then say "passed"; fi
+    if [ "$passed" = 1 ]; then say "passed"; fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -147,7 +147,9 @@ say "engine $(docker version --format '{{.Server.Version}}'), ${compose_cmd[*]}"
 arg_default() { sed -n "s/^ARG $1=//p" docker/Dockerfile; }
 python_image=$(arg_default PYTHON_IMAGE)
 uv_image=$(arg_default UV_IMAGE)
-[ -n "$python_image" ] && [ -n "$uv_image" ] || fail "docker/Dockerfile lacks ARG PYTHON_IMAGE= or ARG UV_IMAGE="
+if [ -z "$python_image" ] || [ -z "$uv_image" ]; then
+    fail "docker/Dockerfile lacks ARG PYTHON_IMAGE= or ARG UV_IMAGE="
+fi
 
 have_or_pull() {
     docker image inspect "$1" >/dev/null 2>&1 && return 0
@@ -282,10 +284,10 @@ say "clab validate, every spec"
 "${compose[@]}" run --rm -T --entrypoint sh data-generator -c \
     'for f in services/*.yaml; do clab validate "$f" >/dev/null || exit 1; done; ls services/*.yaml | wc -l' \
     >"$work/validate.log" 2>&1 || { cat "$work/validate.log" >&2; fail "clab validate"; }
-n_specs=$(ls services/*.yaml | wc -l)
+n_specs=$(find services -maxdepth 1 -name '*.yaml' | wc -l)
 [ "$(tail -n 1 "$work/validate.log")" = "$n_specs" ] || fail "clab validate: not every spec checked"
 
-ranges=(ranges.count=[3,3] ranges.number=[1,20] ranges.target=[1,200])
+ranges=('ranges.count=[3,3]' 'ranges.number=[1,20]' 'ranges.target=[1,200]')
 sets() { local a; for a in "$@"; do printf -- '--set\n%s\n' "$a"; done; }
 mapfile -t data_sets < <(sets train_size=200 test_size=16 workers=1 "${ranges[@]}")
 service data-generator run services/data-generator.yaml "${data_sets[@]}"
@@ -295,7 +297,7 @@ service tinyzero-dummy-generator run services/tinyzero-dummy-generator.yaml "${d
 check data/dummy_tinyzero/manifest.json
 
 # clab demo's tiny model (shared/clab/demo.py), two groups, two PPO steps each.
-mapfile -t train_sets < <(sets name=smoke data.groups=[0,1] model.preset=tiny model.name_or_path=null \
+mapfile -t train_sets < <(sets name=smoke 'data.groups=[0,1]' model.preset=tiny model.name_or_path=null \
     model.tiny_hidden_size=64 model.tiny_layers=2 model.tiny_split_digits=true \
     resources.num_workers=1 resources.use_gpu=false rollout.engine=hf \
     rollout.max_prompt_length=160 rollout.max_response_length=20 \
@@ -323,3 +325,4 @@ docker run --rm --entrypoint mkdir -v "$work:/w" "$image" /w/root-owned
 out=$(as -v "$work/root-owned:/app/data" -v "$work/vol/logs:/app/logs") && fail "owners differ, yet: $out"
 [[ "$out" == *"different owners"* ]] || fail "owners differ, yet: $out"
 say "clab-entrypoint: no volume -> uid 1000, root's -> 0, two owners -> refused"
+passed=1
