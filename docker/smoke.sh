@@ -26,15 +26,17 @@
 # (with --skip-without-engine: one line saying so, and exit 0).
 set -euo pipefail
 
-usage() {
-    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2
-    exit 2
+usage() { # the comment above
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
 }
 skip_ok=0
 for arg in "$@"; do
     case "$arg" in
         --skip-without-engine) skip_ok=1 ;;
-        -h | --help) usage ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
         *)
             echo "docker-smoke: unknown argument '$arg' (see --help)" >&2
             exit 2
