@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 .DEFAULT_GOAL := help
 
-.PHONY: help sync lint test demo data dummy-data bench
+.PHONY: help sync lint test demo data dummy-data bench docker-smoke
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | \
@@ -42,3 +42,6 @@ bench: sync ## the benchmarks under benchmarks/
 	$(UV) run --frozen python benchmarks/bench_rl_overhead.py
 	$(UV) run --frozen python benchmarks/bench_demo.py
 	$(UV) run --frozen python benchmarks/bench_dpo.py
+
+docker-smoke: ## build the CPU image, run the CPU services in it (docker/smoke.sh)
+	docker/smoke.sh $(SMOKE_FLAGS)

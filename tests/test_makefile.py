@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
-TARGETS = ("help", "sync", "lint", "test", "demo", "data", "dummy-data", "bench")
+TARGETS = ("help", "sync", "lint", "test", "demo", "data", "dummy-data", "bench", "docker-smoke")
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
@@ -40,3 +40,11 @@ def test_help_lists_every_target_once_and_is_the_default():
     listed = re.findall(r"^\s*make (\S+)\s+\S", make("help").stdout, flags=re.M)
     assert sorted(listed) == sorted(TARGETS)
     assert make("-n").stdout == make("-n", "help").stdout  # dry runs: the default is help
+
+
+def test_docker_smoke_runs_the_smoke_script_and_ci_runs_it_after_the_tests():
+    assert make("-n", "docker-smoke").stdout.split() == ["docker/smoke.sh"]
+    ci = [
+        line for line in (REPO / ".ci" / "run").read_text().splitlines() if line.startswith("make ")
+    ]
+    assert ci == ["make test", "make docker-smoke SMOKE_FLAGS=--skip-without-engine"]
