@@ -363,3 +363,23 @@ def test_seed_numbers_prints_each_rise_and_forgetting_as_a_mean_over_seeds(tmp_p
     assert "+0.20, +0.30, +0.25" in row and row.endswith("| yes |")
     forgot = next(x for x in out.splitlines() if x.startswith("| g0 |"))
     assert "+0.50 [" in forgot and "+0.60, +0.50, +0.40" in forgot  # 1.0 - 0.4, 0.5, 0.6
+
+
+def test_related_runs_group_their_seeds_and_their_suffix_partners():
+    """Seeded DPO runs: plain and EWC side by side (a suffix apart), each with its
+    seeds; K-1's methods by their experiment."""
+    from clab.plotting.dpo import related as dpo_related
+    from clab.plotting.runs import RunData
+    from clab.plotting.sparse import related as k1_related
+
+    def run(name, experiment, variant, seed):
+        rep = {"experiment": experiment, "variant": variant, "seed": seed, "seeds": [0, 1]}
+        return RunData(name=name, kind="x", metrics_dir=Path(name), info={"replicate": rep})
+
+    dpo = [run(f"d{e}-s{s}", f"d{e}", None, s) for e in ("", "-ewc") for s in (0, 1)]
+    assert [[r.name for r in g] for g in dpo_related(dpo).values()] == [
+        ["d-s0", "d-s1", "d-ewc-s0", "d-ewc-s1"]
+    ]
+    k1 = [run(f"k-{m}-s{s}", "k", m, s) for s in (0, 1) for m in ("dense", "k1")]
+    (group,) = k1_related(k1).values()
+    assert [r.name for r in group] == ["k-k1-s0", "k-k1-s1", "k-dense-s0", "k-dense-s1"]

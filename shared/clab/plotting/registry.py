@@ -54,8 +54,12 @@ def related_by_name(
     names without the seed differ only by one of ``suffixes``; every other run alone."""
     groups: dict[str, list[RunData]] = {}
     for r in runs:
-        n = r.set_name
-        key = r.sweep or next((n[: -len(s)] for s in suffixes if n.endswith(s)), n)
+        rep = r.replicate or {}
+        if rep.get("variant") is not None or "/" in r.name:
+            key = r.sweep  # an experiment's variants (or an older clab's nested sweep)
+        else:  # seeds share their set's name; plain and -ewc runs differ by a suffix
+            n = r.set_name
+            key = next((n[: -len(s)] for s in suffixes if n.endswith(s)), n)
         groups.setdefault(key, []).append(r)
     return groups
 
