@@ -383,3 +383,9 @@ def test_related_runs_group_their_seeds_and_their_suffix_partners():
     k1 = [run(f"k-{m}-s{s}", "k", m, s) for s in (0, 1) for m in ("dense", "k1")]
     (group,) = k1_related(k1).values()
     assert [r.name for r in group] == ["k-k1-s0", "k-k1-s1", "k-dense-s0", "k-dense-s1"]
+
+
+def test_validate_lists_the_runs_a_spec_will_make(workdir, capsys):
+    s = k1_spec(workdir / "k.yaml", methods=["dense", "k1"])
+    assert main(["validate", str(s), "--set", "seeds=[0, 1]"]) == 0
+    assert "# runs: k-dense-s0, k-k1-s0, k-dense-s1, k-k1-s1" in capsys.readouterr().out

@@ -208,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             import yaml
 
             print(f"# {args.spec}: valid")
+            members = getattr(spec, "members", None)
+            if members is not None:  # a training spec: the runs `clab run` will make
+                print("# runs: " + ", ".join(m.name for m in members()))
             print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), end="")
             return 0
         from clab.runs.spec import RunSpec
