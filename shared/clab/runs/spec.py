@@ -164,5 +164,8 @@ class RunSpec(Spec):
     def writes(self) -> list[Path]:
         wandb = [Path("logs/wandb")] if self.wandb else []
         runs = [p for m in self.members() for p in (*m.run_dirs(), m.lock_path())]
-        sweep = Path("checkpoints") / f".{self.experiment or self.name}.sweep.lock"
-        return [*runs, sweep, *wandb]
+        return [*runs, self.sweep_lock_path(), *wandb]
+
+    def sweep_lock_path(self) -> Path:
+        """Beside the runs' folders: held while the experiment's runs run."""
+        return Path("checkpoints") / f".{self.experiment or self.name}.sweep.lock"

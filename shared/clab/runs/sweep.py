@@ -31,11 +31,6 @@ from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE, RUN_INFO, comple
 ORIGIN_LOGS = ("train.jsonl", "val.jsonl", "weights.jsonl")
 
 
-def sweep_lock_path(spec: RunSpec) -> Path:
-    """Beside the runs' folders: held for the whole experiment."""
-    return Path("checkpoints") / f".{spec.experiment or spec.name}.sweep.lock"
-
-
 def is_finished(spec: RunSpec) -> bool:
     """Every stage of the run has its marker (stage 0 included)."""
     ckpt = spec.run_dirs()[0]
@@ -63,7 +58,7 @@ def run_experiment(spec: RunSpec, restart: bool = False) -> None:
     if len(members) == 1 and members[0].name == spec.name:
         run_spec(spec, restart=restart)  # one run, named as the spec: no sweep around it
         return
-    lock = sweep_lock_path(spec)
+    lock = spec.sweep_lock_path()
     with RunLock(lock.parent, "experiment", name=lock.name):
         if restart:
             for m in members:
