@@ -12,9 +12,9 @@ one share; communication is not counted.
 
 The models are random weights of the spec's architecture (the model
 folder's ``config.json`` when it is here, else the published config), with
-a small tokenizer trained here: timing depends on shapes, not values (a
-random model's responses end where it happens to write the end token: the
-printed average length says how long they were, see docs/schedule.md), the schedule's
+a small tokenizer trained here: timing depends on shapes, not values (the
+responses may end before their maximum: the printed average length says how
+long they were, see docs/schedule.md), the schedule's
 upper bound. Prompts are cut to ``max_prompt_length`` tokens for the same
 reason. Where the spec states ``resources.gpu_memory_gb``, the GPU is capped
 there, so a step that would not fit the run's GPUs fails here too.
