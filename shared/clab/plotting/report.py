@@ -15,16 +15,10 @@ import json
 from pathlib import Path
 
 from clab.errors import ClabError
-from clab.evaluation.experiments import (
-    aggregate_set,
-    aggregate_text,
-    compare_sets,
-    comparison_text,
-    group_replicates,
-    replicate_of,
-)
+from clab.evaluation.experiments import aggregate_text, comparison_text
 from clab.plotting.registry import page_kind
 from clab.plotting.runs import HEADLINE_COLUMNS, RunData, find_run_names, load_run, per_task
+from clab.plotting.seeds import seed_view
 
 
 def expand(metrics: Path, names: list[str]) -> list[str]:
@@ -66,22 +60,15 @@ def ordered_runs(names: list[str], metrics: Path, checkpoints: Path | None) -> l
 
 
 def seed_sections(runs: list[RunData], metrics: Path) -> tuple[list[dict], list[dict]]:
-    """The aggregates of replicate sets with two evaluated seeds or more, and the paired
-    comparisons of each set with the first set of its related group."""
+    """The page's numbers over seeds (:func:`clab.plotting.seeds.seed_view`), for every
+    related group of the named runs: aggregates, then paired comparisons."""
     aggs, comps = [], []
     for kind in dict.fromkeys(r.kind for r in runs):
         mine = [r for r in runs if r.kind == kind]
         for group in page_kind(kind).related(mine).values():
-            sets = group_replicates({r.name: replicate_of(r.summary, r.info) for r in group})
-            sets = [s for s in sets if len(s.runs) > 1]
-            for s in sets:
-                agg = aggregate_set(metrics, s)
-                if agg is not None:
-                    aggs.append(agg)
-            for other in sets[1:]:
-                c = compare_sets(metrics, sets[0], other)
-                if c is not None:
-                    comps.append(c)
+            view = seed_view(group, metrics)
+            aggs += view.aggregates
+            comps += view.comparisons
     return aggs, comps
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from clab.evaluation.experiments import (
     ReplicateSet,
+    aggregate_rows,
     aggregate_set,
     compare_sets,
     group_replicates,
@@ -91,8 +92,6 @@ def _v(x: float | None, signed: bool = False) -> str:
 
 def aggregate_html(agg: dict) -> str:
     """Per headline metric and per task: n, mean, between-seed interval, each seed."""
-    from clab.evaluation.experiments import aggregate_rows
-
     seeds = agg["seeds"]
     head = "".join(f"<th>seed {s}</th>" for s in seeds)
     out = [
