@@ -20,7 +20,7 @@ from clab.models.loading import load_critic, load_policy, load_tokenizer
 from clab.models.tiny import build_tiny_model
 from clab.rewards.countdown import Reason, RewardResult
 from clab.training.ppo import PPOConfig, PPOTrainer
-from clab.training.ppo_core import gather_logprobs, masked_whiten, policy_loss
+from clab.training.ppo_core import masked_whiten, policy_loss
 
 
 @pytest.fixture
@@ -107,11 +107,12 @@ def test_sampling_ignores_the_checkpoints_generation_config(tiny, dataset):
     assert sample(load_policy(tiny)) == clean
 
 
-def test_log_probs_are_those_of_the_tempered_distribution(tiny, dataset):
-    tr = _trainer(tiny, temperature=0.7)
+@pytest.mark.parametrize("fused", [True, False])
+def test_log_probs_are_those_of_the_tempered_distribution(tiny, dataset, fused):
+    tr = _trainer(tiny, temperature=0.7, fused_logprobs=fused)
     ro = tr._rollout([p.prompt for p in read_group(dataset, 0, "test", 2)])
     idx = torch.arange(2)
-    lp = gather_logprobs(tr._forward(tr.actor, ro, idx), ro.response_ids)
+    lp, _ = tr._logprobs(tr.actor, ro, idx)
     ids = torch.cat([ro.prompt_ids, ro.response_ids], dim=1)
     mask = torch.cat([ro.prompt_mask, ro.response_mask], dim=1)
     raw = tr.actor(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits

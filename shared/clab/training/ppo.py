@@ -45,10 +45,10 @@ from clab.generation.rollout import Rollout, hf_generate, position_ids
 from clab.metrics.training import success_rate
 from clab.models.precision import compute_autocast
 from clab.rewards.countdown import RewardResult
+from clab.training.fused_logprobs import fused_head
 from clab.training.ppo_core import (
     agg_token_mean,
     gae,
-    gather_logprobs,
     logprobs_and_entropy,
     masked_mean,
     masked_whiten,
@@ -87,6 +87,7 @@ class PPOConfig:
     rollout_dtype: str | None = None  # FSDP: the rollout copy's dtype (None: compute dtype)
     rollout_engine: str = "hf"  # hf | hf-static (a vLLM engine is passed in instead)
     rollout_batch_size: int | None = None  # sequences per generate call; None: all at once
+    fused_logprobs: bool = True  # log-probs and entropy without the logits tensor
 
 
 ScoreFn = Callable[[list[str], list[Problem]], list[RewardResult]]
@@ -244,25 +245,42 @@ class PPOTrainer:
                 engine=self.cfg.rollout_engine,
             )
 
-    def _forward(self, model, ro: Rollout, idx: torch.Tensor, value_head: bool = False):
-        """Response-token logits divided by the sampling temperature (the behaviour
-        policy's distribution, as veRL scores it), or the critic's values.
-
-        The policy computes logits only at the positions that predict a response
-        token (``logits_to_keep``): the prompt's positions would cost a third of
-        the vocabulary projection and its memory for nothing."""
+    def _inputs(self, ro: Rollout, idx) -> dict:
         ids = torch.cat([ro.prompt_ids[idx], ro.response_ids[idx]], dim=1)
         mask = torch.cat([ro.prompt_mask[idx], ro.response_mask[idx]], dim=1)
-        R = ro.response_ids.shape[1]
-        kw = {} if value_head else {"logits_to_keep": R + 1}
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
+
+    def _values(self, critic, ro: Rollout, idx) -> torch.Tensor:
+        """The critic's value at each position that predicts a response token."""
+        P, R = ro.prompt_ids.shape[1], ro.response_ids.shape[1]
         with self.autocast():
-            out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), **kw)
-        if value_head:
-            P = ro.prompt_ids.shape[1]
-            return out.logits[:, P - 1 : P + R - 1, 0].float()
+            out = critic(**self._inputs(ro, idx))
+        return out.logits[:, P - 1 : P + R - 1, 0].float()
+
+    def _logprobs(self, model, ro: Rollout, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p of each response token and the entropy at its position, under the
+        behaviour policy's distribution (logits over the sampling temperature, as
+        veRL scores it).
+
+        Only the positions that predict a response token reach the head
+        (``logits_to_keep``): the prompt's would cost a third of the vocabulary
+        projection for nothing. With ``fused_logprobs`` the head's output never
+        exists as a tensor (``fused_logprobs.fused_head``)."""
+        R = ro.response_ids.shape[1]
+        resp = ro.response_ids[idx]
+        T = self.cfg.temperature
+        if self.cfg.fused_logprobs:
+            # the last kept position predicts past the response: a dummy target, dropped
+            targets = torch.nn.functional.pad(resp, (0, 1))
+            inner = model.module if hasattr(model, "module") else model  # DDP
+            with self.autocast(), fused_head(inner, targets, T):
+                out = model(**self._inputs(ro, idx), logits_to_keep=R + 1)
+            return out.logits[:, :-1, 0], out.logits[:, :-1, 1]
+        with self.autocast():
+            out = model(**self._inputs(ro, idx), logits_to_keep=R + 1)
         logits = out.logits[:, :-1].float()
         # dividing by 1.0 changes no bit; skipped, it is a copy of the largest tensor
-        return logits if self.cfg.temperature == 1.0 else logits / self.cfg.temperature
+        return logprobs_and_entropy(logits if T == 1.0 else logits / T, resp)
 
     @torch.no_grad()
     def _score_old(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -276,11 +294,10 @@ class PPOTrainer:
         self.critic.eval()
         for s in range(0, B, mb):
             idx = slice(s, min(s + mb, B))
-            resp = ro.response_ids[idx]
-            old_lp.append(gather_logprobs(self._forward(self.actor, ro, idx), resp))
+            old_lp.append(self._logprobs(self.actor, ro, idx)[0])
             ref_model = self.ref if self.ref is not None else self.actor
-            ref_lp.append(gather_logprobs(self._forward(ref_model, ro, idx), resp))
-            values.append(self._forward(self.critic, ro, idx, value_head=True))
+            ref_lp.append(self._logprobs(ref_model, ro, idx)[0])
+            values.append(self._values(self.critic, ro, idx))
         self.actor.train()
         self.critic.train()
         return torch.cat(old_lp), torch.cat(ref_lp), torch.cat(values)
@@ -337,15 +354,13 @@ class PPOTrainer:
                     idx = mini[us : us + cfg.micro_batch_size]
                     m = mask[idx]
                     # the actor's graph is freed before the critic's is built
-                    logits = self._forward(self.actor_train, ro, idx)
-                    lp, ent_tok = logprobs_and_entropy(logits, ro.response_ids[idx])
-                    del logits
+                    lp, ent_tok = self._logprobs(self.actor_train, ro, idx)
                     pg, pg_clip = policy_loss(
                         lp, old_lp[idx], advantages[idx], m, cfg.clip_ratio, denom
                     )
                     ent = agg_token_mean(ent_tok, m, denom)
                     (pg - cfg.entropy_coef * ent).backward()
-                    v = self._forward(self.critic_train, ro, idx, value_head=True)
+                    v = self._values(self.critic_train, ro, idx)
                     vf, vf_clip = value_loss(
                         v, old_values[idx], returns[idx], m, cfg.value_clip, denom
                     )
