@@ -1,11 +1,13 @@
-"""The CPU demo's replay-mixing and continual-DPO experiments over training seeds.
+"""The CPU demo's replay-mixing, continual-DPO and sparse-update experiments over
+training seeds.
 
 `clab demo` runs one seed of each (it must stay within 10 minutes); this runs the
 same specs with the demo's overrides over several seeds (the mixing sweep: phase A
-per seed, every strategy; DPO plain and with online EWC), evaluates every run and
-prints `seed_numbers.py`'s tables: the numbers docs/demo.md quotes.
+per seed, every strategy; DPO plain and with online EWC; K-1 against dense and
+random_k), evaluates every run and prints `seed_numbers.py`'s tables: the numbers
+docs/demo.md quotes.
 
-    uv run python benchmarks/demo_seeds.py WORK_DIR [--seeds 0,1,2]
+    uv run python benchmarks/demo_seeds.py WORK_DIR [--seeds 0,1,2] [--kinds mixing,dpo,k1]
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from clab.demo import _DPO, _DPO_EWC, _MIXING
+from clab.demo import _DPO, _DPO_EWC, _MIXING, SERVICE_OVERRIDES
 from clab.runs.sweep import run
 from clab.specs import load_spec
 
@@ -29,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work", type=Path)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--kinds", default="mixing,dpo,k1", help="which experiments, comma-separated")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if not (args.work / "services").exists():
@@ -41,11 +44,21 @@ def main() -> None:
         f"model.name_or_path=checkpoints/demo-dpo-s{first}/initial"
         for o in _DPO_EWC
     ]  # fmt: skip
-    plan = [
-        ("services/mixing-trainer.yaml", [*_MIXING, seeds]),
-        ("services/dpo-trainer.yaml", [*_DPO, seeds]),
-        ("services/dpo-trainer.yaml", [*ewc, seeds]),
-    ]
+    kinds = args.kinds.split(",")
+    plan = {
+        "mixing": [("services/mixing-trainer.yaml", [*_MIXING, seeds])],
+        "dpo": [
+            ("services/dpo-trainer.yaml", [*_DPO, seeds]),
+            ("services/dpo-trainer.yaml", [*ewc, seeds]),
+        ],
+        "k1": [
+            (
+                "services/k1-trainer.yaml",
+                [*SERVICE_OVERRIDES["k1-trainer"], "wandb=false", seeds],
+            )
+        ],
+    }
+    plan = [step for kind in kinds for step in plan[kind]]
     start = time.perf_counter()
     names = []
     for path, overrides in plan:
@@ -58,7 +71,8 @@ def main() -> None:
     )
     run(ev)
     print(f"=== done in {time.perf_counter() - start:.0f} s\n", flush=True)
-    print_numbers(["--metrics", "metrics", "demo-mix", "demo-dpo"])
+    prefixes = {"mixing": "demo-mix", "dpo": "demo-dpo", "k1": "demo-k1"}
+    print_numbers(["--metrics", "metrics", *(prefixes[k] for k in kinds)])
 
 
 if __name__ == "__main__":

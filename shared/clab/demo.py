@@ -138,10 +138,10 @@ SERVICE_OVERRIDES: dict[str, list[str]] = {
     ],
     "k1-trainer": [
         "name=demo-k1",
-        # prose, the same prose with its words reversed (same words, turned-round
-        # statistics), then code: corpora that interfere (docs/demo.md)
+        # prose, the same prose in ROT13 (the same text under other tokens), then
+        # code: corpora that interfere, so dense training forgets (docs/demo.md)
         "corpora=[{name: prose, source: 'stdlib:prose', max_chars: 120000},"
-        " {name: reversed, source: 'stdlib:prose-reversed', max_chars: 120000},"
+        " {name: rot13, source: 'stdlib:prose-rot13', max_chars: 120000},"
         " {name: code, source: 'stdlib:code', max_chars: 120000}]",
         "model={preset: small, hidden_size: 64, layers: 2, heads: 2, ffn: 128, vocab_size: 800}",
         "steps_per_corpus=40",

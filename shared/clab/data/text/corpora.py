@@ -9,13 +9,20 @@ window of one split overlaps another; documented in the README.
 from __future__ import annotations
 
 import ast
+import codecs
 import sys
 from pathlib import Path
 
 from clab.errors import ClabError
 
 SPLITS = (("train", 0.0, 0.8), ("validation", 0.8, 0.9), ("test", 0.9, 1.0))
-STDLIB = ("stdlib:prose", "stdlib:prose-reversed", "stdlib:code", "stdlib:docstrings")
+STDLIB = (
+    "stdlib:prose",
+    "stdlib:prose-reversed",
+    "stdlib:prose-rot13",
+    "stdlib:code",
+    "stdlib:docstrings",
+)
 
 
 def _stdlib_root() -> Path:
@@ -37,12 +44,14 @@ def reversed_words(text: str) -> str:
 def stdlib_text(kind: str, max_chars: int) -> str:
     """English prose (the documentation topics), the same prose with its words
     reversed, Python source, or docstrings."""
-    if kind in ("stdlib:prose", "stdlib:prose-reversed"):
+    if kind in ("stdlib:prose", "stdlib:prose-reversed", "stdlib:prose-rot13"):
         from pydoc_data.topics import topics
 
         text = "\n\n".join(topics[k] for k in sorted(topics))
         if kind == "stdlib:prose-reversed":
             text = reversed_words(text)
+        elif kind == "stdlib:prose-rot13":
+            text = codecs.encode(text, "rot13")
     elif kind == "stdlib:code":
         text = "\n\n".join(p.read_text(errors="replace") for p in _stdlib_files(80))
     else:
