@@ -187,6 +187,7 @@ def build(args, device: torch.device, world: int):
         strategy=args.strategy,
         rollout_engine=args.engine,
         score_micro_batch_size=args.score_micro or None,
+        fused_logprobs=args.logprobs == "fused",
     )
 
     def score(completions, problems):  # varied, so that advantages are not zero
@@ -224,6 +225,12 @@ def main() -> int:
     )
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny model: checks the script")
     ap.add_argument("--label", default="")
+    ap.add_argument(
+        "--logprobs",
+        choices=["fused", "plain"],
+        default="fused",
+        help="fused: from the hidden states, no logits tensor (fused_logprobs.py); plain: logits",
+    )
     args = ap.parse_args()
     if args.emulate_world and args.strategy != "fsdp":
         ap.error("--emulate-world needs --strategy fsdp")

@@ -88,6 +88,12 @@ def main() -> None:
     ap.add_argument("--rollout-batch", type=int, default=None)
     ap.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--losses", action="store_true", help="first-step losses, fixed rollout")
+    ap.add_argument(
+        "--logprobs",
+        choices=["fused", "plain"],
+        default="fused",
+        help="fused: from the hidden states, no logits tensor (fused_logprobs.py); plain: logits",
+    )
     ap.add_argument("--profile", action="store_true", help="GPU time of a training-only step")
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -119,6 +125,8 @@ def main() -> None:
         new_keys["rollout_batch_size"] = args.rollout_batch
     if args.score_micro:
         new_keys["score_micro_batch_size"] = args.score_micro
+    if args.logprobs == "plain":
+        new_keys["fused_logprobs"] = False
     ppo = PPOConfig(
         mini_batch_size=args.prompts // 2,
         micro_batch_size=args.micro,
@@ -140,7 +148,7 @@ def main() -> None:
         f"path: engine {args.engine}, rollout batch {args.rollout_batch or args.prompts}, "
         f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
         f"micro-batch {args.micro} (scoring {args.score_micro or args.micro}), "
-        f"mini-batch {args.prompts // 2}, weights {args.weights}"
+        f"mini-batch {args.prompts // 2}, weights {args.weights}, log-probs {args.logprobs}"
     )
 
     # the score_old passes, timed (they are the step's three forward passes)

@@ -1,6 +1,7 @@
 """The sparse-update trainer on the runner: targets shifted once, methods from one
 initial model, resume after a crash, the evaluator's perplexity, bad input."""
 
+import codecs
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from clab.specs import load_spec
 from clab.tracking.metrics_log import read_rows
 from clab.training.k1_lm import planned_groups
 from clab.training.sparse import parameter_groups
+from conftest import REPO
 
 BASE = {
     "kind": "k1-lm",
@@ -198,26 +200,38 @@ def test_bad_input_exits_2_naming_what_is_wrong(workdir, capsys, changes, messag
     assert not Path("checkpoints/k-k1").exists()  # checked before anything is written
 
 
-def test_the_reversed_prose_corpus_has_the_same_words_with_their_order_turned_round():
-    """The demo's corpora must interfere for forgetting to show: the reversed prose has
-    prose's words (the same most frequent) while its frequent word pairs are
-    prose's turned round, so next-word statistics learned on one are wrong on the other."""
+def test_the_demo_corpora_share_few_tokens_so_learning_one_unlearns_another():
+    """The demo's corpora must interfere for forgetting to show (docs/demo.md). Under
+    the tokenizer the demo trains on all three, prose and its ROT13 share less token
+    mass (the sum over tokens of the smaller unigram frequency) than prose shares
+    with code or with itself, so a model that learns ROT13 lowers prose's tokens."""
     from collections import Counter
 
-    from clab.data.text.corpora import load_corpus
+    from clab.data.text.corpora import load_corpus, split_text
+    from clab.demo import SERVICE_OVERRIDES
+    from clab.models.tiny import train_tokenizer
+    from clab.specs import load_spec
 
-    prose = load_corpus("stdlib:prose", 200_000).split("\n")
-    rev = load_corpus("stdlib:prose-reversed", 200_000).split("\n")
-    top_words = [w for w, _ in Counter(w for x in prose for w in x.split()).most_common(20)]
-    rev_words = [w for w, _ in Counter(w for x in rev for w in x.split()).most_common(20)]
-    assert len(set(rev_words) & set(top_words)) >= 18  # the cut at max_chars differs a little
+    spec = load_spec(REPO / "services/k1-trainer.yaml", SERVICE_OVERRIDES["k1-trainer"])
+    assert [c.source for c in spec.corpora] == ["stdlib:prose", "stdlib:prose-rot13", "stdlib:code"]
+    texts = {c.name: split_text(load_corpus(c.source, c.max_chars)) for c in spec.corpora}
+    tok = train_tokenizer([t["train"] for t in texts.values()], spec.model.vocab_size)
 
-    def pairs(lines):
-        return Counter(
-            p for line in lines for p in zip(line.split(), line.split()[1:], strict=False)
-        )
+    def dist(text: str) -> Counter:
+        ids = Counter(tok(text)["input_ids"])
+        n = sum(ids.values())
+        return Counter({k: v / n for k, v in ids.items()})
 
-    top, rtop = pairs(prose).most_common(200), pairs(rev)
-    same = sum(1 for (a, b), _ in top if rtop[(a, b)] > rtop[(b, a)])
-    turned = sum(1 for (a, b), _ in top if rtop[(b, a)] > 0)
-    assert turned >= 190 and same <= 20, (turned, same)
+    def overlap(a: Counter, b: Counter) -> float:  # 1: same unigram distribution
+        return sum(min(a[k], b[k]) for k in a)
+
+    prose, rot13 = dist(texts["prose"]["train"]), dist(texts["rot13"]["train"])
+    shared = overlap(prose, rot13)  # 0.43: spaces, punctuation, short letter runs
+    # code, after which the old demo's prose was not forgotten, shares 0.63 with prose;
+    # prose's own validation split 0.78
+    assert shared < 0.5
+    assert overlap(prose, dist(texts["code"]["train"])) > shared + 0.15
+    assert overlap(prose, dist(texts["prose"]["validation"])) > shared + 0.25
+    assert codecs.decode(load_corpus("stdlib:prose-rot13", 5000), "rot13") == load_corpus(
+        "stdlib:prose", 5000
+    )
