@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import torch
 
-CHUNK_BYTES = 1 << 30  # one chunk's fp32 logits: 1 GiB (about 1,766 tokens of Qwen's vocabulary)
+CHUNK_BYTES = 1 << 28  # one chunk's fp32 logits: 256 MiB (441 tokens of Qwen's vocabulary)
 
 
 def _chunks(n: int, vocab: int) -> Iterator[slice]:
@@ -50,8 +50,8 @@ class _LinearLogprobEntropy(torch.autograd.Function):
                 z = z / temperature
             lse[c] = torch.logsumexp(z, dim=-1)
             lp[c] = z.gather(-1, tokens[c].unsqueeze(-1)).squeeze(-1) - lse[c]
-            # H = lse - sum p z, with p = exp(z - lse)
-            ent[c] = lse[c] - (torch.exp(z - lse[c, None]) * z).sum(-1)
+            # H = lse - sum p z, with p = softmax(z): one more vocabulary-sized buffer
+            ent[c] = lse[c] - z.softmax(-1).mul_(z).sum(-1)
         ctx.save_for_backward(hidden, weight, tokens, lse, ent)
         ctx.temperature, ctx.dtype = temperature, dtype
         return lp, ent
@@ -62,29 +62,33 @@ class _LinearLogprobEntropy(torch.autograd.Function):
         T, dtype = ctx.temperature, ctx.dtype
         h, w = hidden.to(dtype), weight.to(dtype)
         g_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        g_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        g_w = None
         for c in _chunks(hidden.shape[0], weight.shape[0]):
-            z = (h[c] @ w.T).float()
+            # two vocabulary-sized buffers a chunk, updated in place: the backward's
+            # temporaries are what sets the peak at the start of the model's backward
+            g_z = (h[c] @ w.T).float()
             if T != 1.0:
-                z = z / T
-            logp = z - lse[c, None]
-            p = torch.exp(logp)
+                g_z /= T
+            p = g_z.sub_(lse[c, None]).exp()  # g_z now holds log p
             # d lp / dz = onehot - p;  d H / dz = -p (log p + H)
-            g_z = torch.zeros_like(z)
             if g_ent is not None:
-                g_z = -p * (logp + ent[c, None]) * g_ent[c, None]
+                g_z.add_(ent[c, None]).mul_(p).mul_(-g_ent[c, None])
+            else:
+                g_z.zero_()
             if g_lp is not None:
-                g_z -= p * g_lp[c, None]
+                g_z.sub_(p.mul_(g_lp[c, None]))
                 g_z.scatter_add_(-1, tokens[c].unsqueeze(-1), g_lp[c].unsqueeze(-1))
+            del p
             if T != 1.0:
-                g_z = g_z / T
+                g_z /= T
             g_z = g_z.to(dtype)
             if g_h is not None:
                 g_h[c] = (g_z @ w).to(hidden.dtype)
-            if g_w is not None:
-                g_w += (g_z.T @ h[c]).float()
-        if g_w is not None:
-            g_w = g_w.to(weight.dtype)
+            if ctx.needs_input_grad[1]:
+                part = g_z.T @ h[c]
+                # in the weight's own dtype: no fp32 copy of a [V, H] gradient beside a
+                # bf16 (FSDP-gathered) weight; fp32 master weights accumulate in fp32
+                g_w = part.to(weight.dtype) if g_w is None else g_w.add_(part)
         return g_h, g_w, None, None, None
 
 
