@@ -228,7 +228,7 @@ def main() -> int:
     ap.add_argument(
         "--logprobs",
         choices=["fused", "plain"],
-        default="fused",
+        default="plain",
         help="fused: from the hidden states, no logits tensor (fused_logprobs.py); plain: logits",
     )
     args = ap.parse_args()

@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument(
         "--logprobs",
         choices=["fused", "plain"],
-        default="fused",
+        default="plain",
         help="fused: from the hidden states, no logits tensor (fused_logprobs.py); plain: logits",
     )
     ap.add_argument("--profile", action="store_true", help="GPU time of a training-only step")
@@ -125,8 +125,8 @@ def main() -> None:
         new_keys["rollout_batch_size"] = args.rollout_batch
     if args.score_micro:
         new_keys["score_micro_batch_size"] = args.score_micro
-    if args.logprobs == "plain":
-        new_keys["fused_logprobs"] = False
+    if args.logprobs == "fused":
+        new_keys["fused_logprobs"] = True
     ppo = PPOConfig(
         mini_batch_size=args.prompts // 2,
         micro_batch_size=args.micro,

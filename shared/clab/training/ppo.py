@@ -87,7 +87,9 @@ class PPOConfig:
     rollout_dtype: str | None = None  # FSDP: the rollout copy's dtype (None: compute dtype)
     rollout_engine: str = "hf"  # hf | hf-static (a vLLM engine is passed in instead)
     rollout_batch_size: int | None = None  # sequences per generate call; None: all at once
-    fused_logprobs: bool = True  # log-probs and entropy without the logits tensor
+    # log-probs and entropy without the logits tensor (fused_logprobs.py); off until
+    # its memory at the services' shapes is measured (docs/benchmarks.md)
+    fused_logprobs: bool = False
 
 
 ScoreFn = Callable[[list[str], list[Problem]], list[RewardResult]]
