@@ -272,3 +272,13 @@ def test_each_row_carries_the_weight_change_of_its_own_step_though_written_a_ste
     assert [r["global_step"] for r in rows] == [11, 12]
     assert [r["weight_change_run"] for r in rows] == pytest.approx([0.5, 1.0])
     assert [r["param_norm"] for r in rows] == pytest.approx([3.0, 4.0])
+
+
+def test_a_step_reports_each_named_phase_and_they_add_up_to_the_step(tiny, dataset):
+    """veRL's phases as metrics: where a step's time went, named as a reader expects."""
+    tr = _trainer(tiny)
+    row = tr.step(read_group(dataset, 0, "train", 4))
+    phases = [f"time/{p}" for p in ("gen", "reward", "old_log_prob", "adv", "update")]
+    assert all(row[p] > 0 for p in phases)
+    assert row["generation_time"] == row["time/gen"]
+    assert sum(row[p] for p in phases) <= row["step_time"] <= 1.5 * sum(row[p] for p in phases)

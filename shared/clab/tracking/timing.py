@@ -9,18 +9,25 @@ so a phase entered twice in one step counts its total.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 PREFIX = "time/"
 
 
 @contextmanager
-def phase(name: str, into: dict[str, float]) -> Iterator[None]:
-    """Time the block and add its seconds to ``into["time/<name>"]``, even if it raises."""
+def phase(
+    name: str, into: dict[str, float], before_exit: Callable[[], object] | None = None
+) -> Iterator[None]:
+    """Time the block and add its seconds to ``into["time/<name>"]``, even if it raises.
+
+    ``before_exit`` runs before the clock stops: ``torch.cuda.synchronize``, so that
+    a phase's asynchronous GPU work is counted in it and not in the next phase."""
     start = time.perf_counter()
     try:
         yield
     finally:
+        if before_exit is not None:
+            before_exit()
         key = PREFIX + name
         into[key] = into.get(key, 0.0) + time.perf_counter() - start

@@ -45,6 +45,7 @@ from clab.generation.rollout import Rollout, hf_generate, position_ids
 from clab.metrics.training import success_rate
 from clab.models.precision import compute_autocast
 from clab.rewards.countdown import RewardResult
+from clab.tracking.timing import phase
 from clab.training.fused_logprobs import fused_head
 from clab.training.ppo_core import (
     agg_token_mean,
@@ -304,95 +305,39 @@ class PPOTrainer:
         self.critic.train()
         return torch.cat(old_lp), torch.cat(ref_lp), torch.cat(values)
 
+    def _phase(self, name: str, timings: dict[str, float]):
+        """A named phase of the step, timed into ``time/<name>``; on a GPU the queue is
+        drained at its end, so each phase's time is its own kernels' and not the next
+        phase's wait."""
+        sync = torch.cuda.synchronize if self.device_type == "cuda" else None
+        return phase(name, timings, before_exit=sync)
+
     def step(self, problems: list[Problem]) -> dict[str, float]:
-        """One rollout batch and its PPO updates; returns the step's metrics."""
+        """One rollout batch and its PPO updates, as veRL's phases: generate, reward,
+        score with the old policy / reference / critic, advantages, update. Returns
+        the step's metrics, each phase's seconds among them (``time/<phase>``)."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        n = cfg.responses_per_prompt
-        batch = [p for p in problems for _ in range(n)]
-        self.sync_rollout()
-        ro = self._rollout([p.prompt for p in batch])
-        t_gen = time.perf_counter() - t0
-        results = self.score_fn(ro.texts, batch)
-        device = ro.response_ids.device
-        scores = torch.tensor([r.score for r in results], dtype=torch.float32, device=device)
-        mask = ro.response_mask.float()
-
-        old_lp, ref_lp, old_values = self._score_old(ro)
-        kl = (old_lp - ref_lp) * mask
-        rewards = token_rewards(scores, kl, mask, cfg.kl_coef)
-        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        advantages = masked_whiten(advantages, mask)  # over the whole batch, all workers
-
-        B = len(batch)
-        acc = {
-            k: []
-            for k in (
-                "pg_loss",
-                "vf_loss",
-                "entropy",
-                "pg_clipfrac",
-                "vf_clipfrac",
-                "grad_norm",
-                "critic_grad_norm",
-                "approx_kl",
+        timings: dict[str, float] = {}
+        batch = [p for p in problems for _ in range(cfg.responses_per_prompt)]
+        with self._phase("gen", timings):
+            self.sync_rollout()
+            ro = self._rollout([p.prompt for p in batch])
+        with self._phase("reward", timings):
+            results = self.score_fn(ro.texts, batch)
+            scores = torch.tensor(
+                [r.score for r in results], dtype=torch.float32, device=ro.response_ids.device
             )
-        }
-        for _ in range(cfg.ppo_epochs):
-            perm = torch.randperm(B, device=device)
-            for ms in range(0, B, cfg.mini_batch_size):
-                mini = perm[ms : ms + cfg.mini_batch_size]
-                self.actor_opt.zero_grad(set_to_none=True)
-                self.critic_opt.zero_grad(set_to_none=True)
-                # veRL's token-mean: each micro-batch's token sum over the mini-batch's
-                # token count on all workers; DDP averages gradients over workers, so
-                # the count per worker is the global one divided by the world size
-                denom = self._global_tokens(mask[mini]) / self.world
-                # kept on the device: a host read per micro-batch would stall the
-                # queue of kernels, one read per optimizer step is enough
-                sums = torch.zeros(3, device=device)  # pg_loss, vf_loss, entropy
-                micro = []  # pg_clipfrac, vf_clipfrac, approx_kl per micro-batch
-                for us in range(0, len(mini), cfg.micro_batch_size):
-                    idx = mini[us : us + cfg.micro_batch_size]
-                    m = mask[idx]
-                    # the actor's graph is freed before the critic's is built
-                    lp, ent_tok = self._logprobs(self.actor_train, ro, idx)
-                    pg, pg_clip = policy_loss(
-                        lp, old_lp[idx], advantages[idx], m, cfg.clip_ratio, denom
-                    )
-                    ent = agg_token_mean(ent_tok, m, denom)
-                    (pg - cfg.entropy_coef * ent).backward()
-                    v = self._values(self.critic_train, ro, idx)
-                    vf, vf_clip = value_loss(
-                        v, old_values[idx], returns[idx], m, cfg.value_clip, denom
-                    )
-                    vf.backward()
-                    # the micro-batches' terms add up to the mini-batch's token-means
-                    sums += torch.stack([pg.detach(), vf.detach(), ent.detach()])
-                    micro.append(
-                        torch.stack([pg_clip, vf_clip, masked_mean(old_lp[idx] - lp.detach(), m)])
-                    )
-                gn = scalar(clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm))
-                cgn = scalar(clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm))
-                # one host read: losses and norms checked before any weight moves
-                pg_sum, vf_sum, ent_sum, gn_, cgn_ = torch.cat(
-                    [sums, gn.reshape(1), cgn.reshape(1)]
-                ).tolist()
-                if not all(map(math.isfinite, (pg_sum, vf_sum, ent_sum))):
-                    raise NonFiniteLoss(f"policy loss {pg_sum}, value loss {vf_sum}")
-                if not (math.isfinite(gn_) and math.isfinite(cgn_)):
-                    raise NonFiniteLoss(f"gradient norm {gn_} / critic {cgn_}")
-                for row in torch.stack(micro).tolist():
-                    for k, x in zip(("pg_clipfrac", "vf_clipfrac", "approx_kl"), row, strict=True):
-                        acc[k].append(x)
-                acc["pg_loss"].append(pg_sum)
-                acc["vf_loss"].append(vf_sum)
-                acc["entropy"].append(ent_sum)
-                acc["grad_norm"].append(gn_)
-                acc["critic_grad_norm"].append(cgn_)
-                self.actor_opt.step()
-                self.critic_opt.step()
-                self._rollout_stale = True
+        mask = ro.response_mask.float()
+        with self._phase("old_log_prob", timings):
+            old_lp, ref_lp, old_values = self._score_old(ro)
+        with self._phase("adv", timings):
+            kl = (old_lp - ref_lp) * mask
+            rewards = token_rewards(scores, kl, mask, cfg.kl_coef)
+            advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+            advantages = masked_whiten(advantages, mask)  # over the whole batch, all workers
+        with self._phase("update", timings):
+            acc = self._update(ro, mask, old_lp, advantages, old_values, returns)
         lrs = (self.actor_sched.get_last_lr()[0], self.critic_sched.get_last_lr()[0])
         self.actor_sched.step()
         self.critic_sched.step()
@@ -413,11 +358,78 @@ class PPOTrainer:
             lr_critic=lrs[1],
             tokens_per_s=tokens / elapsed,
             step_time=elapsed,
-            generation_time=t_gen,
+            generation_time=timings["time/gen"],
+            **timings,
         )
         out["policy_loss"] = out.pop("pg_loss")
         out["value_loss"] = out.pop("vf_loss")
         return reduce_metrics(out, METRIC_REDUCTIONS)
+
+    def _update(self, ro, mask, old_lp, advantages, old_values, returns) -> dict[str, list]:
+        """``ppo_epochs`` passes over the batch in mini-batches, one optimizer step each
+        for the actor and the critic; each mini-batch's metrics."""
+        cfg = self.cfg
+        B = mask.shape[0]
+        acc = {k: [] for k in UPDATE_METRICS}
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(B, device=mask.device)
+            for ms in range(0, B, cfg.mini_batch_size):
+                mini = perm[ms : ms + cfg.mini_batch_size]
+                row, micro = self._mini_batch(
+                    ro, mask, mini, old_lp, advantages, old_values, returns
+                )
+                for k, v in row.items():
+                    acc[k].append(v)
+                for r in micro:
+                    for k, x in zip(("pg_clipfrac", "vf_clipfrac", "approx_kl"), r, strict=True):
+                        acc[k].append(x)
+        return acc
+
+    def _mini_batch(self, ro, mask, mini, old_lp, advantages, old_values, returns):
+        """One optimizer step of the actor and the critic over ``mini``, accumulated
+        over its micro-batches; the losses and norms, checked finite before any
+        weight moves, and each micro-batch's clip fractions and approximate KL."""
+        cfg = self.cfg
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
+        # veRL's token-mean: each micro-batch's token sum over the mini-batch's
+        # token count on all workers; DDP averages gradients over workers, so
+        # the count per worker is the global one divided by the world size
+        denom = self._global_tokens(mask[mini]) / self.world
+        # kept on the device: a host read per micro-batch would stall the
+        # queue of kernels, one read per optimizer step is enough
+        sums = torch.zeros(3, device=mask.device)  # pg_loss, vf_loss, entropy
+        micro = []  # pg_clipfrac, vf_clipfrac, approx_kl per micro-batch
+        for us in range(0, len(mini), cfg.micro_batch_size):
+            idx = mini[us : us + cfg.micro_batch_size]
+            m = mask[idx]
+            # the actor's graph is freed before the critic's is built
+            lp, ent_tok = self._logprobs(self.actor_train, ro, idx)
+            pg, pg_clip = policy_loss(lp, old_lp[idx], advantages[idx], m, cfg.clip_ratio, denom)
+            ent = agg_token_mean(ent_tok, m, denom)
+            (pg - cfg.entropy_coef * ent).backward()
+            v = self._values(self.critic_train, ro, idx)
+            vf, vf_clip = value_loss(v, old_values[idx], returns[idx], m, cfg.value_clip, denom)
+            vf.backward()
+            # the micro-batches' terms add up to the mini-batch's token-means
+            sums += torch.stack([pg.detach(), vf.detach(), ent.detach()])
+            micro.append(torch.stack([pg_clip, vf_clip, masked_mean(old_lp[idx] - lp.detach(), m)]))
+        gn = scalar(clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm))
+        cgn = scalar(clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm))
+        # one host read: losses and norms checked before any weight moves
+        pg_sum, vf_sum, ent_sum, gn_, cgn_ = torch.cat(
+            [sums, gn.reshape(1), cgn.reshape(1)]
+        ).tolist()
+        if not all(map(math.isfinite, (pg_sum, vf_sum, ent_sum))):
+            raise NonFiniteLoss(f"policy loss {pg_sum}, value loss {vf_sum}")
+        if not (math.isfinite(gn_) and math.isfinite(cgn_)):
+            raise NonFiniteLoss(f"gradient norm {gn_} / critic {cgn_}")
+        self.actor_opt.step()
+        self.critic_opt.step()
+        self._rollout_stale = True
+        row = dict(pg_loss=pg_sum, vf_loss=vf_sum, entropy=ent_sum)
+        row.update(grad_norm=gn_, critic_grad_norm=cgn_)
+        return row, torch.stack(micro).tolist()
 
     def _global_tokens(self, mask: torch.Tensor) -> float:
         n = mask.sum().double().reshape(1)
@@ -426,8 +438,22 @@ class PPOTrainer:
         return n.item()
 
 
-# How each metric combines across data-parallel workers (anything else: mean).
+UPDATE_METRICS = (
+    "pg_loss",
+    "vf_loss",
+    "entropy",
+    "pg_clipfrac",
+    "vf_clipfrac",
+    "grad_norm",
+    "critic_grad_norm",
+    "approx_kl",
+)
+PHASES = ("gen", "reward", "old_log_prob", "adv", "update")
+
+# How each metric combines across data-parallel workers (anything else: mean):
+# a phase takes as long as its slowest worker.
 METRIC_REDUCTIONS = {
+    **{f"time/{p}": "max" for p in PHASES},
     "response_length_max": "max",
     "tokens_per_s": "sum",
     "step_time": "max",
