@@ -396,7 +396,8 @@ def test_measure_times_a_cpu_spec_on_the_cpu_and_says_so(elsewhere):
     assert step.seconds > 0 and set(step.parts) == {
         "generation",
         "scoring",
-        "updates and the rest",
+        "updates",
+        "the rest",
     }
     assert sum(step.parts.values()) == pytest.approx(step.seconds)
     assert "this machine's CPU" in step.source and "4 prompts x 1 response" in step.source

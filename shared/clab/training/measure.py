@@ -137,11 +137,15 @@ def _say(text: str) -> None:
     print(f"clab plan --measure: {text}", file=sys.stderr, flush=True)
 
 
+# the step's parts as `clab plan` names them: the trainer's phases (PPOTrainer.step)
+PARTS = {"generation": "gen", "scoring": "old_log_prob", "updates": "update"}
+
+
 def measure(spec, steps: int = 2) -> StepTime:
     """Seconds of one step of the spec's run, from ``steps`` timed steps (after one
     warm-up step, which compiles and allocates the optimizer state), with the step's
-    parts: generation (with the rollout copy's gather), the scoring passes, and the
-    updates with the rest."""
+    parts: the trainer's named phases (generation with the rollout copy's gather, the
+    scoring passes, the updates) and the rest."""
     if spec.kind != "countdown-rl" or spec.algorithm != "ppo":
         what = f"{spec.kind}" + (f" ({spec.algorithm})" if spec.kind == "countdown-rl" else "")
         raise ClabError(
@@ -205,20 +209,6 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
     share = spec.batch.train // world
     problems = [Problem(f"{i} {long}", 0, [], [], None) for i in range(share)]
 
-    scoring: list[float] = []
-    score_old = trainer._score_old
-
-    def timed_score_old(ro):
-        if cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = score_old(ro)
-        if cuda:
-            torch.cuda.synchronize()
-        scoring.append(time.perf_counter() - t)
-        return out
-
-    trainer._score_old = timed_score_old
     cap = spec.resources.gpu_memory_gb
     capped = ""
     if cuda:
@@ -235,7 +225,6 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
         t0 = time.perf_counter()
         trainer.step(problems)
         warm = time.perf_counter() - t0
-        scoring.clear()
         for i in range(steps):
             rows.append(trainer.step(problems))
             _say(f"step {i + 1} of {steps}: {rows[-1]['step_time']:.2f} s")
@@ -250,8 +239,7 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
             torch.cuda.set_per_process_memory_fraction(1.0)
     med = statistics.median
     step = med(r["step_time"] for r in rows)
-    gen = med(r["generation_time"] for r in rows)
-    sc = med(scoring)
+    part = {name: med(r[f"time/{key}"] for r in rows) for name, key in PARTS.items()}
     length = med(r["response_length_mean"] for r in rows)
     rate = med(r["tokens_per_s"] for r in rows) * world  # every worker at once
     peak = f"; peak {torch.cuda.max_memory_allocated() / GiB:.1f} GiB allocated" if cuda else ""
@@ -273,5 +261,5 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
     return StepTime(
         step,
         source,
-        {"generation": gen, "scoring": sc, "updates and the rest": max(step - gen - sc, 0.0)},
+        {**part, "the rest": max(step - sum(part.values()), 0.0)},
     )
