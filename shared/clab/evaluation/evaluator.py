@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from clab.data.countdown.reading import check_dataset
 from clab.errors import ClabError
-from clab.evaluation.scorers import ModelHandle, ScoreSettings, get_scorer
+from clab.evaluation.scorers import SCORERS, ModelHandle, ScoreSettings
 from clab.metrics.continual import summarize
 from clab.metrics.intervals import cell_interval, continual_intervals
 from clab.models.loading import check_weights
@@ -252,7 +252,7 @@ def evaluate_run(spec: EvaluateSpec, run_dir: Path, name: str | None = None) -> 
     info = json.loads((run_dir / RUN_INFO).read_text())
     name = name or run_dir.name
     tasks = run_tasks(info)
-    scorers = [get_scorer(t["scorer"]) for t in tasks]
+    scorers = [SCORERS[t["scorer"]] for t in tasks]
     for t in tasks:
         if t["scorer"] == "countdown":
             check_dataset(Path(t["config"]["data_dir"]), [t["config"]["group"]])

@@ -38,6 +38,7 @@ from pathlib import Path
 from clab.plotting.runs import HeadlineRow, RunData
 from clab.plotting.runs import headline as default_headline
 from clab.plotting.sections import Figure, Section
+from clab.registry import Registry
 
 __all__ = ["Figure", "PageKind", "Section", "page_kind", "register_page_kind", "related_by_name"]
 
@@ -75,7 +76,7 @@ class PageKind:
     description: str = ""
 
 
-PAGE_KINDS: dict[str, PageKind] = {}
+PAGE_KINDS: Registry[PageKind] = Registry("page kind")
 
 
 def register_page_kind(
@@ -100,15 +101,14 @@ def register_page_kind(
         headline=headline or default_headline,
         description=description,
     )
-    PAGE_KINDS[kind] = pk
-    return pk
+    return PAGE_KINDS.add(kind, pk)
 
 
 def page_kind(kind: str) -> PageKind:
     """The registered kind, or the generic view for a kind nobody registered."""
     load_registrations()
-    if kind in PAGE_KINDS:
-        return PAGE_KINDS[kind]
+    if (known := PAGE_KINDS.get(kind)) is not None:
+        return known
     from clab.plotting import generic
 
     return PageKind(

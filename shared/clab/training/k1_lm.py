@@ -30,6 +30,7 @@ from clab.training.sparse import (
     SparseOptimizer,
     among,
     check_group_names,
+    dense,
     group_grad_norms,
     make_optimizer,
     parameter_groups,
@@ -164,14 +165,14 @@ class K1Trainer:
         )
         live = torch.tensor([n not in spec.groups.frozen for n in self.groups])
         sel = spec.select
-        k1 = SELECTORS[sel.rule](sel.top_k if sel.rule == "top_k" else sel.fraction)
+        k1 = SELECTORS[sel.rule](sel)
         self.smoothed = None
         if sel.smoothing and spec.method != "dense":
             k1 = self.smoothed = Smoothed(k1)
         rule = {
             "k1": k1,
             "random_k": same_count_at_random(k1),  # as many as K-1 would take, at random
-            "dense": SELECTORS["dense"](),
+            "dense": dense(),
         }[spec.method]
         self.select = among(rule, live)
         self.gen = torch.Generator().manual_seed(spec.seed)

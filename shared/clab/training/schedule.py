@@ -24,10 +24,13 @@ seeds (default: the length of the spec's ``seeds`` list where it has one).
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from clab.errors import ClabError
+from clab.registry import Registry
 from clab.training.steps import (
     countdown_stage_steps,
     dpo_stage_steps,
@@ -35,8 +38,6 @@ from clab.training.steps import (
     mixing_stage_steps,
 )
 
-# the kinds that train (their trainers' steps are counted here)
-TRAINING_KINDS = ("countdown-rl", "replay-mixing", "continual-dpo", "k1-lm")
 # the Countdown data generators' kinds, and their groups
 DATA_KINDS = ("countdown", "countdown-random-split")
 GENERATOR_GROUPS = (0, 1, 2, 3)
@@ -89,6 +90,11 @@ class Schedule:
     def total_steps(self, n_seeds: int | None = None) -> int:
         """Steps of the whole experiment: per seed times the seeds."""
         return self.steps_per_seed * (self.n_seeds if n_seeds is None else n_seeds)
+
+
+# a training kind -> its schedule (the kinds whose trainers' steps are counted here)
+Planner = Callable[[Any, Path | None], Schedule]
+PLANNERS: Registry[Planner] = Registry("training kind")
 
 
 def plural(n: int, word: str) -> str:
@@ -192,6 +198,7 @@ def _stage_names(rounds: int, n_tasks: int) -> list[tuple[str, int]]:
     return [(s.name, s.task) for s in stage_sequence(rounds, n_tasks)]
 
 
+@PLANNERS.register("countdown-rl")
 def _countdown(spec, spec_path: Path | None) -> Schedule:
     rows, source = countdown_rows(spec, spec_path)
     b, r, n = spec.batch, spec.rollout, spec.rollout.responses_per_prompt
@@ -242,6 +249,7 @@ def _countdown(spec, spec_path: Path | None) -> Schedule:
     )
 
 
+@PLANNERS.register("replay-mixing")
 def _mixing(spec, spec_path: Path | None) -> Schedule:
     from clab.data.sft.replay import replay_count
     from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE
@@ -336,6 +344,7 @@ def dpo_pairs(spec) -> tuple[list[tuple[str, int]], str]:
     return [(t.name, len(t.train)) for t in tasks], f"{where}, read as the trainer reads it"
 
 
+@PLANNERS.register("continual-dpo")
 def _dpo(spec, spec_path: Path | None) -> Schedule:
     pairs, source = dpo_pairs(spec)
     d = spec.dpo
@@ -367,6 +376,7 @@ def _dpo(spec, spec_path: Path | None) -> Schedule:
     )
 
 
+@PLANNERS.register("k1-lm")
 def _k1(spec, spec_path: Path | None) -> Schedule:
     runs = []
     for method in spec.methods:
@@ -398,24 +408,12 @@ def _k1(spec, spec_path: Path | None) -> Schedule:
     )
 
 
-PLANNERS = {
-    "countdown-rl": _countdown,
-    "replay-mixing": _mixing,
-    "continual-dpo": _dpo,
-    "k1-lm": _k1,
-}
-
-
 def schedule(spec, spec_path: str | Path | None = None) -> Schedule:
     """The spec's schedule. ``spec_path`` lets the plan find a data generator's spec
     beside it (for a data set that is not generated yet)."""
-    kind = getattr(spec, "kind", None)
-    if kind not in PLANNERS:
-        raise ClabError(
-            f"clab plan: kind {kind!r} is not a training spec (the training kinds: "
-            f"{', '.join(TRAINING_KINDS)})"
-        )
-    return PLANNERS[kind](spec, Path(spec_path) if spec_path is not None else None)
+    return PLANNERS[getattr(spec, "kind", None)](
+        spec, Path(spec_path) if spec_path is not None else None
+    )
 
 
 # -- time ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ grades). Rows come from a Parquet or JSONL file with ``prompt`` and
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ import torch
 
 from clab.errors import ClabError
 from clab.evaluation.scorers.registry import (
+    SCORERS,
     ModelHandle,
     ScoreResult,
     ScoreSettings,
-    register_scorer,
 )
+from clab.registry import Registry
 
 
 def read_pairs(path: str | Path, limit: int | None) -> list[dict[str, str]]:
@@ -99,14 +101,15 @@ def _normalized(generated: str, reference: str) -> bool:
     return normalize_answer(generated) == normalize_answer(reference)
 
 
-MATCHES = {
-    "exact": lambda generated, reference: generated.strip() == reference.strip(),
-    "normalized": _normalized,
-    "boxed": _boxed,
-}
+# how a generated answer is compared with the reference (a task's ``match``)
+Match = Callable[[str, str], bool]
+MATCHES: Registry[Match] = Registry("answer match")
+MATCHES.add("exact", lambda generated, reference: generated.strip() == reference.strip())
+MATCHES.add("normalized", _normalized)
+MATCHES.add("boxed", _boxed)
 
 
-@register_scorer("answer_loss")
+@SCORERS.register("answer_loss")
 def score_answer_loss(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
     from clab.generation.rollout import hf_generate
 

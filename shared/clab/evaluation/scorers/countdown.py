@@ -11,14 +11,14 @@ from typing import Any
 
 from clab.data.countdown.reading import read_group
 from clab.evaluation.scorers.registry import (
+    SCORERS,
     ModelHandle,
     ScoreResult,
     ScoreSettings,
-    register_scorer,
 )
 
 
-@register_scorer("countdown")
+@SCORERS.register("countdown")
 def score_countdown(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
     from clab.evaluation.countdown import VLLMEvaluator, evaluate_problems
 

@@ -14,15 +14,15 @@ import torch
 
 from clab.errors import ClabError
 from clab.evaluation.scorers.registry import (
+    SCORERS,
     ModelHandle,
     ScoreResult,
     ScoreSettings,
-    register_scorer,
 )
 from clab.metrics.language import perplexity, window_token_losses, windows
 
 
-@register_scorer("perplexity")
+@SCORERS.register("perplexity")
 def score_perplexity(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
     path = Path(task["text"])
     if not path.is_file():

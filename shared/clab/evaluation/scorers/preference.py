@@ -31,10 +31,10 @@ from typing import Any
 import torch
 
 from clab.evaluation.scorers.registry import (
+    SCORERS,
     ModelHandle,
     ScoreResult,
     ScoreSettings,
-    register_scorer,
 )
 
 _BASELINE: dict[tuple, dict[str, Any]] = {}
@@ -74,7 +74,7 @@ def _reward_model(folder: str, device: str):
     return _REWARD[folder]
 
 
-@register_scorer("preference")
+@SCORERS.register("preference")
 def score_preference(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
     from clab.data.preference.tasks import read_split
     from clab.evaluation.preference import preference_accuracy, reward_scores

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clab.errors import ClabError
 from clab.models.precision import compute_autocast
+from clab.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -107,18 +107,4 @@ class ModelHandle:
 
 
 Scorer = Callable[[ModelHandle, dict[str, Any], ScoreSettings], ScoreResult]
-SCORERS: dict[str, Scorer] = {}
-
-
-def register_scorer(name: str) -> Callable[[Scorer], Scorer]:
-    def add(fn: Scorer) -> Scorer:
-        SCORERS[name] = fn
-        return fn
-
-    return add
-
-
-def get_scorer(name: str) -> Scorer:
-    if name not in SCORERS:
-        raise ClabError(f"scorer {name!r} is not known (known: {', '.join(sorted(SCORERS))})")
-    return SCORERS[name]
+SCORERS: Registry[Scorer] = Registry("scorer")
