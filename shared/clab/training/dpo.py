@@ -63,6 +63,7 @@ from clab.models.loading import (
 )
 from clab.models.precision import compute_autocast
 from clab.runs.protocol import StageContext, TaskRef
+from clab.runs.seeding import derive_seed
 from clab.storage.atomic import write_json
 from clab.storage.layout import INITIAL_STAGE, Stage, stage_sequence
 from clab.training.dpo_spec import ContinualDPOSpec
@@ -512,7 +513,7 @@ def dpo_fisher(trainer: Any, n: int, seed: tuple[int, int]) -> dict[str, torch.T
     model = trainer.model
     params = [(n_, p) for n_, p in model.named_parameters() if p.requires_grad]
     data = trainer.train_dataset
-    g = torch.Generator().manual_seed(hash(seed) % (2**31))
+    g = torch.Generator().manual_seed(derive_seed(*seed))
     idx = torch.randperm(len(data), generator=g)[: min(n, len(data))].tolist()
     device = trainer.accelerator.device
 

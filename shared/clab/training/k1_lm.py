@@ -21,6 +21,7 @@ from clab.errors import ClabError
 from clab.metrics.language import mean_token_loss, perplexity, windows
 from clab.models.loading import check_model_source, load_policy, load_tokenizer
 from clab.runs.protocol import StageContext, TaskRef
+from clab.runs.seeding import derive_seed
 from clab.storage.atomic import write_text
 from clab.storage.layout import INITIAL_STAGE, Stage
 from clab.training.k1_lm_spec import K1Spec
@@ -189,7 +190,7 @@ class K1Trainer:
 
     def _order(self, n: int, stage: Stage, epoch: int) -> list[int]:
         order = list(range(n))
-        random.Random(hash((self.spec.seed, stage.index, epoch))).shuffle(order)
+        random.Random(derive_seed(self.spec.seed, stage.index, epoch, wide=True)).shuffle(order)
         return order
 
     def train_stage(self, ctx: StageContext) -> None:
