@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -37,7 +36,7 @@ from clab.models.loading import check_weights
 from clab.runs.lock import RunLock
 from clab.specs import Spec
 from clab.storage.atomic import write_json, write_parquet, write_text
-from clab.storage.layout import RUN_INFO, Stage, complete_stages
+from clab.storage.layout import RUN_INFO, Stage, aside_path, complete_stages
 
 EVAL_SCHEMA = pa.schema(
     [
@@ -226,7 +225,7 @@ def _check_settings(spec: EvaluateSpec, out_dir: Path, stored: dict) -> None:
             "mixing them would corrupt the matrix. Rerun with the stored settings, or with "
             "rescore: true (--set rescore=true) to move them aside and score every stage again"
         )
-    aside = out_dir / f"eval.old-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside = aside_path(out_dir / "eval")  # the results share their folder with training's
     aside.mkdir(parents=True)
     for name in ("eval.parquet", "samples.jsonl", "summary.json", SETTINGS_FILE, ITEMS_FILE):
         if (out_dir / name).exists():

@@ -143,12 +143,12 @@ class CountdownTrainer:
         model = load_policy(source, "float32")
         tok = load_tokenizer(source)
         if spec.warmup.steps:
-            from clab.training.warmup import supervised_warmup, supervised_warmup_apart
+            from clab.training.warmup import warmup_on_solutions, warmup_on_solutions_apart
 
             if self.world > 1:  # rank 0 alone, outside the workers' process group
-                model = supervised_warmup_apart(model, tok, spec, self.logs_dir, work / "warmup")
+                model = warmup_on_solutions_apart(model, tok, spec, self.logs_dir, work / "warmup")
             else:
-                supervised_warmup(model, tok, spec, self.logs_dir, work / "warmup")
+                warmup_on_solutions(model, tok, spec, self.logs_dir, work / "warmup")
         model.save_pretrained(out)
         tok.save_pretrained(out)
         copy_tiny_marker(source, out)

@@ -119,7 +119,7 @@ def lora_config(spec: ContinualDPOSpec) -> Any:
     )
 
 
-def supervised_warmup(
+def warmup_on_both_responses(
     model: torch.nn.Module,
     tokenizer: Any,
     tasks: list[PreferenceTask],
@@ -129,7 +129,9 @@ def supervised_warmup(
 ) -> None:
     """Both responses of every train pair, answer tokens only in the loss: a random tiny
     model learns to write the tasks' responses in every style, with no preference
-    between them, so sampled completions mean something from stage 0 on."""
+    between them, so sampled completions mean something from stage 0 on. A plain loop
+    without checkpoints, unlike Countdown's resumable TRL warm-up (``warmup.py``): a
+    kill rebuilds stage 0 from the start."""
     from clab.evaluation.scorers.answer_loss import answer_batch
     from clab.generation.rollout import position_ids
 
@@ -247,7 +249,7 @@ class DPOStageTrainer:
         tok = load_tokenizer(source)
         if spec.model.warmup_steps:
             with compute_autocast(self.device, self.compute_dtype):
-                supervised_warmup(model, tok, self._tasks, spec, self.device, self.say)
+                warmup_on_both_responses(model, tok, self._tasks, spec, self.device, self.say)
         model.save_pretrained(out)
         tok.save_pretrained(out)
         if (source / TINY_MARKER).is_file():

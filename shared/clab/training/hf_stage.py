@@ -1,4 +1,4 @@
-"""What every stage built on transformers' Trainer shares (GRPO now; SFT and DPO next).
+"""What every stage built on transformers' Trainer shares (GRPO, SFT mixing, DPO).
 
 One HF trainer is kept for the whole run and handed a new data set and step
 budget per stage, so its optimizer state (and, for GRPO with vLLM, its
@@ -23,7 +23,7 @@ from transformers import Trainer, TrainerCallback, set_seed
 
 from clab.runs.protocol import StageContext
 from clab.runs.seeding import derive_seed
-from clab.storage.layout import COMPLETE_MARKER
+from clab.storage.layout import mark_complete
 
 
 def stage_args(spec, ctx: StageContext, n_steps: int) -> dict[str, Any]:
@@ -93,7 +93,7 @@ class StageCallback(TrainerCallback):
             if self.ctx is not None:
                 self.ctx.flush_logs()  # the rows up to the checkpoint are on disk first
             if ckpt.is_dir():
-                (ckpt / COMPLETE_MARKER).write_text(f'{{"step": {state.global_step}}}\n')
+                mark_complete(ckpt, step=state.global_step)
 
 
 def carry_into_stage(

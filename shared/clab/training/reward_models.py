@@ -27,8 +27,8 @@ import torch
 from clab.data.preference.tasks import PreferenceTask
 from clab.evaluation.preference import preference_accuracy, reward_scores, wilson
 from clab.models.loading import TINY_MARKER, load_tokenizer
-from clab.storage.atomic import atomic_dir, write_json
-from clab.storage.layout import COMPLETE_MARKER
+from clab.storage.atomic import atomic_dir
+from clab.storage.layout import COMPLETE_MARKER, mark_complete
 
 REWARD_DIR = "reward-models"
 
@@ -213,7 +213,7 @@ def ensure_reward_model(
                 "settings": settings,
                 **facts,
             }
-        write_json(d / COMPLETE_MARKER, info)
+        mark_complete(d, **info)
     with_reuse = dict(info)
     with_reuse.setdefault("reused_from", None)
     return with_reuse

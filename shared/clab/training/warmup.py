@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 
 from clab.data.countdown.reading import read_group
 from clab.storage.atomic import write_json
-from clab.storage.layout import COMPLETE_MARKER
+from clab.storage.layout import mark_complete
 
 # checkpoints kept: HF writes a checkpoint in place, so the one before the
 # newest stays until the newest is marked whole
@@ -48,7 +48,7 @@ class _MarkComplete(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and ckpt.is_dir():
-            write_json(ckpt / COMPLETE_MARKER, {"step": state.global_step})
+            mark_complete(ckpt, step=state.global_step)
 
 
 def warmup_save_steps(steps: int) -> int:
@@ -56,7 +56,7 @@ def warmup_save_steps(steps: int) -> int:
     return max(1, steps // 5)
 
 
-def supervised_warmup(
+def warmup_on_solutions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     spec,
@@ -123,14 +123,14 @@ _GROUP_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RAN
 _GROUP_ENV_PREFIXES = ("MASTER_", "TORCHELASTIC_", "ACCELERATE_")
 
 
-def supervised_warmup_apart(
+def warmup_on_solutions_apart(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     spec,
     logs_dir: Path,
     work_dir: Path,
 ) -> PreTrainedModel:
-    """:func:`supervised_warmup` in a process of its own, for rank 0 of several workers.
+    """:func:`warmup_on_solutions` in a process of its own, for rank 0 of several workers.
 
     Rank 0 alone builds the model before RL while the others wait for it; inside
     their process group, transformers' Trainer would join the group and wait at
@@ -180,5 +180,5 @@ def _warmup_child(start: Path, done: Path, tokenizer, spec, logs_dir: Path, work
     model = load_policy(start, "float32")
     if spec.resources.use_gpu:
         model = model.to("cuda")
-    supervised_warmup(model, tokenizer, spec, logs_dir, work_dir)
+    warmup_on_solutions(model, tokenizer, spec, logs_dir, work_dir)
     model.save_pretrained(done)

@@ -30,12 +30,14 @@ from typing import Any
 
 import torch
 
+from clab.errors import ClabError
 from clab.evaluation.scorers.registry import (
     SCORERS,
     ModelHandle,
     ScoreResult,
     ScoreSettings,
 )
+from clab.storage.layout import COMPLETE_MARKER
 
 _BASELINE: dict[tuple, dict[str, Any]] = {}
 _REWARD: dict[str, tuple] = {}
@@ -65,9 +67,7 @@ def _reward_model(folder: str, device: str):
     from clab.training.reward_models import load_reward_model
 
     if folder not in _REWARD:
-        if not (Path(folder) / "COMPLETE").is_file():
-            from clab.errors import ClabError
-
+        if not (Path(folder) / COMPLETE_MARKER).is_file():
             raise ClabError(f"{folder}: the task's reward model is missing or incomplete")
         _REWARD.clear()  # one at a time: a 0.5B reward model is 2 GB
         _REWARD[folder] = (load_reward_model(folder).to(device).eval(), load_tokenizer(folder))
