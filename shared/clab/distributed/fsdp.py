@@ -34,7 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -51,10 +51,6 @@ def mesh_device() -> torch.device:
 def data_parallel_mesh() -> DeviceMesh:
     """One flat mesh over every worker of the default process group."""
     return init_device_mesh(mesh_device().type, (dist.get_world_size(),))
-
-
-def is_sharded(model: torch.nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
 
 
 def shard_model(
