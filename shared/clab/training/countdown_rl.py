@@ -37,6 +37,7 @@ from clab.rewards.countdown import CountdownReward
 from clab.runs.protocol import StageContext, TaskRef
 from clab.runs.seeding import derive_seed, seed_everything
 from clab.storage.layout import INITIAL_STAGE, Stage
+from clab.tracking.timing import phase
 from clab.training.countdown_rl_spec import CountdownRLSpec
 from clab.training.ppo import NonFiniteLoss, PPOConfig, PPOTrainer
 from clab.training.steps import countdown_stage_steps
@@ -256,10 +257,35 @@ class PPOStageTrainer(CountdownTrainer):
     """Our actor-critic PPO (``training/ppo.py``), stepped through a stage."""
 
     def load(self, model_dir: Path, initial: Path) -> None:
-        spec = self.spec
+        """Models, rollout engine, PPO trainer and saved trainer state, each a named phase
+        whose seconds the stage's first log row carries as ``time/load_<phase>``."""
         # FSDP (several workers): models are read on the CPU and moved to the GPU shard
         # by shard; one worker trains alone, as with DDP
-        self.fsdp = spec.resources.strategy == "fsdp" and self.world > 1
+        self.fsdp = self.spec.resources.strategy == "fsdp" and self.world > 1
+        self.load_times: dict[str, float] = {}
+        with phase("load_models", self.load_times):
+            ref = self._load_models(model_dir, initial)
+        with phase("load_engine", self.load_times):
+            engine = self._rollout_engine()
+        with phase("load_trainer", self.load_times):  # under FSDP it shards the models
+            self.ppo = PPOTrainer(
+                self.policy,
+                self.critic,
+                ref,
+                self.tokenizer,
+                ppo_config(self.spec, self.world, self.compute_dtype, self.fsdp),
+                self._score,
+                engine,
+                rollout_model=self.generator if self.fsdp else None,
+            )
+        with phase("load_state", self.load_times):
+            self._state = self._read_state(model_dir / TRAINER_STATE)
+        self._full: dict | None = None
+
+    def _load_models(self, model_dir: Path, initial: Path) -> torch.nn.Module | None:
+        """Policy, critic and the generator copy onto this trainer; returns the frozen
+        reference (None without a KL penalty)."""
+        spec = self.spec
         dev = torch.device("cpu") if self.fsdp else self.device
         self.tokenizer = load_tokenizer(initial)  # never trained; stage 0 has its marker
         self.policy = load_policy(model_dir, "float32").to(dev)
@@ -275,38 +301,30 @@ class PPOStageTrainer(CountdownTrainer):
         self.generator = (
             load_policy(model_dir, self.infer_dtype).to(self.device) if self.fsdp else self.policy
         )
-        r = spec.rollout
-        cfg = ppo_config(spec, self.world, self.compute_dtype, self.fsdp)
-        engine = None
-        if r.engine == "vllm":
-            engine = VLLMRollout(
-                self.generator,
-                self.tokenizer,
-                tensor_parallel_size=r.tensor_parallel_size,
-                gpu_memory_utilization=r.gpu_memory_utilization,
-                max_model_length=r.max_prompt_length + r.max_response_length,
-                max_new_tokens=r.max_response_length,
-                temperature=r.temperature,
-            )
-        self.ppo = PPOTrainer(
-            self.policy,
-            self.critic,
-            ref,
+        return ref
+
+    def _rollout_engine(self) -> VLLMRollout | None:
+        """vLLM's engine when the spec asks for it; None generates with HF."""
+        r = self.spec.rollout
+        if r.engine != "vllm":
+            return None
+        return VLLMRollout(
+            self.generator,
             self.tokenizer,
-            cfg,
-            self._score,
-            engine,
-            rollout_model=self.generator if self.fsdp else None,
+            tensor_parallel_size=r.tensor_parallel_size,
+            gpu_memory_utilization=r.gpu_memory_utilization,
+            max_model_length=r.max_prompt_length + r.max_response_length,
+            max_new_tokens=r.max_response_length,
+            temperature=r.temperature,
         )
-        state_file = model_dir / TRAINER_STATE
-        # FSDP: rank 0 reads the optimizer state and broadcasts it shard by shard; the
-        # others map the file (for the schedules) without reading the optimizer's pages
-        self._state = (
-            torch.load(state_file, weights_only=False, mmap=self.fsdp)
-            if state_file.is_file()
-            else None
-        )
-        self._full: dict | None = None
+
+    def _read_state(self, state_file: Path) -> dict | None:
+        """The saved optimizer and schedule state, for ``train_stage`` to hand to PPO. FSDP:
+        rank 0 reads it and broadcasts it shard by shard; the others map the file (for the
+        schedules) without reading the optimizer's pages."""
+        if not state_file.is_file():
+            return None
+        return torch.load(state_file, weights_only=False, mmap=self.fsdp)
 
     def _batch(self, rows: list[Problem], stage: Stage, step: int) -> list[Problem]:
         """The step's prompts: a fixed shuffle per (seed, stage, epoch), so resume is exact."""
@@ -348,8 +366,10 @@ class PPOStageTrainer(CountdownTrainer):
                     "epoch": step // per_epoch,
                     "group": self.groups[ctx.stage.task],
                     **metrics,
+                    **self.load_times,  # the first row after a load only
                 }
             )
+            self.load_times = {}
             if spec.save_steps and (step + 1) % spec.save_steps == 0 and step + 1 < ctx.n_steps:
                 self._gather()
                 ctx.save_resume(step + 1)
