@@ -37,6 +37,8 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from clab.models.loading import empty_copy
+
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
 
@@ -101,7 +103,6 @@ def unsharded_copy(
         for p in out.parameters():
             p.data = p.data.to(dtype)
         return out.to(device).eval().requires_grad_(False)
-    from clab.models.loading import empty_copy
 
     out = empty_copy(model, dtype, device)
     out.generation_config = copy.deepcopy(model.generation_config)

@@ -29,7 +29,9 @@ from tqdm import tqdm
 
 from clab.data.countdown.reading import check_dataset
 from clab.errors import ClabError
+from clab.evaluation.experiments import seed_table
 from clab.evaluation.scorers import SCORERS, ModelHandle, ScoreSettings
+from clab.generation.rollout import require_vllm
 from clab.metrics.continual import summarize
 from clab.metrics.intervals import cell_interval, continual_intervals
 from clab.models.loading import check_weights
@@ -130,8 +132,6 @@ class EvaluateSpec(Spec):
 
     def run(self) -> None:
         if self.engine == "vllm":
-            from clab.generation.rollout import require_vllm
-
             require_vllm("engine")
         if self.use_gpu:
             import torch
@@ -148,7 +148,6 @@ class EvaluateSpec(Spec):
             name = run_name(self.checkpoints, run_dir)
             with RunLock(self.metrics / name, "evaluator", name=".eval.lock"):
                 evaluate_run(self, run_dir, name)
-        from clab.evaluation.experiments import seed_table
 
         print(seed_table(self.metrics, [run_name(self.checkpoints, r) for r in runs]), end="")
 

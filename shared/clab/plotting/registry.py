@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from clab.plotting import generic
 from clab.plotting.runs import HeadlineRow, RunData
 from clab.plotting.runs import headline as default_headline
 from clab.plotting.sections import Figure, Section
@@ -90,7 +91,6 @@ def register_page_kind(
     description: str = "",
 ) -> PageKind:
     """Register what the page shows for runs of ``kind`` (see the module docstring)."""
-    from clab.plotting import generic
 
     pk = PageKind(
         kind=kind,
@@ -109,7 +109,6 @@ def page_kind(kind: str) -> PageKind:
     load_registrations()
     if (known := PAGE_KINDS.get(kind)) is not None:
         return known
-    from clab.plotting import generic
 
     return PageKind(
         kind=kind,
@@ -129,7 +128,7 @@ def load_registrations() -> None:
     if _LOADED:
         return
     _LOADED = True
-    import clab.plotting as pkg
+    import clab.plotting as pkg  # here: the package's modules import this one to register
 
     for m in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"clab.plotting.{m.name}")

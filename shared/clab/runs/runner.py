@@ -39,6 +39,8 @@ from clab.runs.seeding import seed_everything
 
 if TYPE_CHECKING:  # the spec calls the runner; the runner only reads the spec
     from clab.runs.spec import RunSpec
+from clab.distributed.launch import run_workers
+from clab.specs import spec_class
 from clab.storage.atomic import atomic_dir, write_json
 from clab.storage.layout import (
     COMPLETE_MARKER,
@@ -87,8 +89,6 @@ def run_spec(spec: RunSpec, restart: bool = False) -> None:
         check_fingerprint(spec)
         _clean_leftovers(ckpt_dir)
         if spec.resources.num_workers > 1:
-            from clab.distributed.launch import run_workers
-
             run_workers(
                 "clab.runs.runner:worker_main",
                 {"kind": spec.kind, "spec": spec.model_dump(mode="json"), "cwd": os.getcwd()},
@@ -104,7 +104,6 @@ def run_spec(spec: RunSpec, restart: bool = False) -> None:
 
 def worker_main(config: dict, rank: int, world: int) -> None:
     """One data-parallel worker (started by ``clab.distributed.launch``)."""
-    from clab.specs import spec_class
 
     os.chdir(config["cwd"])
     spec = spec_class(config["kind"]).model_validate(config["spec"])

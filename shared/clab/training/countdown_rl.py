@@ -20,7 +20,15 @@ from pathlib import Path
 import torch
 
 from clab.data.countdown.reading import Problem, check_dataset, read_group
-from clab.distributed.fsdp import full_model_state
+from clab.distributed.fsdp import (
+    full_model_state,
+    full_optimizer_state,
+    gather_into,
+    load_full_optimizer_state,
+    mesh_device,
+    shard_model,
+    unsharded_copy,
+)
 from clab.errors import ClabError
 from clab.evaluation.countdown import evaluate_problems
 from clab.generation.rollout import VLLMRollout, hf_generate, require_vllm
@@ -33,14 +41,23 @@ from clab.models.loading import (
     load_tokenizer,
 )
 from clab.models.precision import compute_autocast
+from clab.models.tiny import build_tiny_model
 from clab.rewards.countdown import CountdownReward
 from clab.runs.protocol import StageContext, TaskRef
 from clab.runs.seeding import derive_seed, seed_everything
 from clab.storage.layout import INITIAL_STAGE, Stage
 from clab.tracking.timing import phase
 from clab.training.countdown_rl_spec import CountdownRLSpec
+from clab.training.hf_stage import (
+    StageCallback,
+    carry_into_stage,
+    load_optimizer_state,
+    optimizer_state,
+    stage_args,
+)
 from clab.training.ppo import NonFiniteLoss, PPOConfig, PPOTrainer
 from clab.training.steps import countdown_stage_steps
+from clab.training.warmup import warmup_on_solutions, warmup_on_solutions_apart
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -122,8 +139,6 @@ class CountdownTrainer:
     def build_initial(self, out: Path, work: Path) -> dict:
         spec = self.spec
         if spec.model.preset == "tiny":
-            from clab.models.tiny import build_tiny_model
-
             texts = [
                 f"{p.prompt} </think>\n<answer> {p.solution} </answer>"
                 for g in self.groups
@@ -144,8 +159,6 @@ class CountdownTrainer:
         model = load_policy(source, "float32")
         tok = load_tokenizer(source)
         if spec.warmup.steps:
-            from clab.training.warmup import warmup_on_solutions, warmup_on_solutions_apart
-
             if self.world > 1:  # rank 0 alone, outside the workers' process group
                 model = warmup_on_solutions_apart(model, tok, spec, self.logs_dir, work / "warmup")
             else:
@@ -445,8 +458,6 @@ def grpo_rollout_func(trainer: CountdownTrainer):
         model = grpo.accelerator.unwrap_model(grpo.model)
         engine = "hf-static"
         if trainer.rollout_copy is not None:  # FSDP: gathered once per call, in place
-            from clab.distributed.fsdp import gather_into
-
             gather_into(model, trainer.rollout_copy)
             model, engine = trainer.rollout_copy, r.engine
         with compute_autocast(trainer.device, trainer.compute_dtype):
@@ -502,7 +513,6 @@ class GRPOStageTrainer(CountdownTrainer):
     """
 
     def load(self, model_dir: Path, initial: Path) -> None:
-        from clab.training.hf_stage import load_optimizer_state
 
         self.fsdp = self.spec.resources.strategy == "fsdp" and self.world > 1
         self.tokenizer = load_tokenizer(initial)  # HF checkpoints lack the tiny marker
@@ -511,8 +521,6 @@ class GRPOStageTrainer(CountdownTrainer):
         self.policy.config._name_or_path = str(initial)
         self.rollout_copy = None
         if self.fsdp:
-            from clab.distributed.fsdp import mesh_device, shard_model, unsharded_copy
-
             dtype = getattr(torch, self.infer_dtype)
             self.rollout_copy = unsharded_copy(self.policy, dtype, mesh_device())
             if self.spec.model.gradient_checkpointing:  # HF's own, before sharding, as PPO's
@@ -536,7 +544,6 @@ class GRPOStageTrainer(CountdownTrainer):
     def grpo_args(self, ctx: StageContext) -> dict:
         """TRL's config keys for one stage (the overhead benchmark builds a plain
         GRPOTrainer from the same keys)."""
-        from clab.training.hf_stage import stage_args
 
         spec = self.spec
         n = spec.rollout.responses_per_prompt
@@ -606,8 +613,6 @@ class GRPOStageTrainer(CountdownTrainer):
             return
         import trl.trainer.grpo_trainer as grpo_module
 
-        from clab.distributed.fsdp import shard_model
-
         compute = getattr(torch, self.compute_dtype) if self.compute_dtype else None
         original = grpo_module.prepare_fsdp
         grpo_module.prepare_fsdp = lambda model, accelerator: shard_model(model, compute).eval()
@@ -619,8 +624,6 @@ class GRPOStageTrainer(CountdownTrainer):
     def train_stage(self, ctx: StageContext) -> None:
         from transformers import PrinterCallback
         from trl import GRPOConfig, GRPOTrainer
-
-        from clab.training.hf_stage import StageCallback, carry_into_stage
 
         args = self.grpo_args(ctx)
         ds = grpo_dataset(self.rows(ctx.stage.task))
@@ -661,7 +664,6 @@ class GRPOStageTrainer(CountdownTrainer):
         )
         if self.fsdp and self._state is not None and not reset:
             # saved full and keyed by parameter name (save); every worker keeps its shard
-            from clab.distributed.fsdp import load_full_optimizer_state
 
             load_full_optimizer_state(self.policy, self.trainer.optimizer, self._state)
         self._state = None
@@ -675,7 +677,6 @@ class GRPOStageTrainer(CountdownTrainer):
         """Under FSDP: accelerate took its FSDP path (not DDP) on the shards' device."""
         if not self.fsdp:
             return
-        from clab.distributed.fsdp import mesh_device
 
         if not self.trainer.is_fsdp_enabled:  # see check_inputs
             raise ClabError(
@@ -697,7 +698,6 @@ class GRPOStageTrainer(CountdownTrainer):
         for :meth:`save`, which the runner calls on rank 0 alone."""
         if not self.fsdp:
             return
-        from clab.distributed.fsdp import full_optimizer_state, gather_into
 
         gather_into(self.policy, self.rollout_copy)
         self._full = {
@@ -709,7 +709,6 @@ class GRPOStageTrainer(CountdownTrainer):
         return self._validate(self.rollout_copy if self.fsdp else self.policy)
 
     def save(self, d: Path) -> None:
-        from clab.training.hf_stage import optimizer_state
 
         if self.fsdp:  # the same folder as without FSDP, from the state gathered on rank 0
             if self._full is None:

@@ -52,6 +52,8 @@ from clab.data.preference.tasks import (
 )
 from clab.errors import ClabError
 from clab.evaluation.preference import pair_logps, preference_accuracy
+from clab.evaluation.scorers.answer_loss import answer_batch
+from clab.generation.rollout import position_ids
 from clab.models.loading import (
     TINY_MARKER,
     check_model_folder,
@@ -62,12 +64,14 @@ from clab.models.loading import (
     load_tokenizer,
 )
 from clab.models.precision import compute_autocast
+from clab.models.tiny import build_tiny_model
 from clab.runs.protocol import StageContext, TaskRef
 from clab.runs.seeding import derive_seed
 from clab.storage.atomic import write_json
 from clab.storage.layout import INITIAL_STAGE, Stage, stage_sequence
 from clab.training.dpo_spec import ContinualDPOSpec
 from clab.training.ewc import OnlineEWC, empirical_fisher
+from clab.training.hf_stage import StageCallback, carry_into_stage, stage_args
 from clab.training.reward_models import REWARD_DIR, ensure_reward_model, files_hash
 from clab.training.steps import dpo_stage_steps
 
@@ -132,8 +136,6 @@ def warmup_on_both_responses(
     between them, so sampled completions mean something from stage 0 on. A plain loop
     without checkpoints, unlike Countdown's resumable TRL warm-up (``warmup.py``): a
     kill rebuilds stage 0 from the start."""
-    from clab.evaluation.scorers.answer_loss import answer_batch
-    from clab.generation.rollout import position_ids
 
     m = spec.model
     examples = [
@@ -226,8 +228,6 @@ class DPOStageTrainer:
             write_split(out / PAIRS_DIR / t.name / "test.jsonl", t.test)
             write_json(out / PAIRS_DIR / t.name / "task.json", {"name": t.name, **t.info})
         if spec.model.preset == "tiny":
-            from clab.models.tiny import build_tiny_model
-
             texts = [
                 r["prompt"] + r[k]
                 for t in self._tasks
@@ -357,7 +357,6 @@ class DPOStageTrainer:
 
     def dpo_args(self, ctx: StageContext) -> dict[str, Any]:
         """DPOConfig keys of one stage (the benchmark builds a plain DPOTrainer from them)."""
-        from clab.training.hf_stage import stage_args
 
         s, d = self.spec, self.spec.dpo
         return dict(
@@ -389,8 +388,6 @@ class DPOStageTrainer:
         import datasets
         from transformers import PrinterCallback
         from trl import DPOConfig
-
-        from clab.training.hf_stage import StageCallback, carry_into_stage
 
         datasets.disable_progress_bars()
         spec = self.spec

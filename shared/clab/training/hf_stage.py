@@ -16,14 +16,17 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import Trainer, TrainerCallback, set_seed
+from transformers import TrainerCallback, set_seed
 
 from clab.runs.protocol import StageContext
 from clab.runs.seeding import derive_seed
 from clab.storage.layout import mark_complete
+
+if TYPE_CHECKING:  # only named: PPO runs, which import this module, never load HF's Trainer
+    from transformers import Trainer
 
 
 def stage_args(spec, ctx: StageContext, n_steps: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from clab.data.text.corpora import load_corpus, split_text
 from clab.errors import ClabError
 from clab.metrics.language import mean_token_loss, perplexity, windows
 from clab.models.loading import check_model_source, load_policy, load_tokenizer
+from clab.models.tiny import build_tiny_model
 from clab.runs.protocol import StageContext, TaskRef
 from clab.runs.seeding import derive_seed
 from clab.storage.atomic import write_text
@@ -124,8 +125,6 @@ class K1Trainer:
             for split, part in texts[c.name].items():
                 write_text(out / "corpora" / c.name / f"{split}.txt", part)
         if spec.model.preset == "small":
-            from clab.models.tiny import build_tiny_model
-
             build_tiny_model(
                 out / "model",
                 [t["train"] for t in texts.values()],

@@ -23,6 +23,7 @@ from clab.models.shape import (
     tiny_shape,
     value_model_params,
 )
+from clab.specs import read_spec_data, validate_spec
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -335,9 +336,7 @@ def model_shape(spec) -> tuple[DecoderShape, str]:
     return resolve_shape(m.name_or_path)
 
 
-def estimate(
-    spec, gpu_memory_gb: float | None = None, layout: PPOLayout = PPO_FUSED
-) -> MemoryPlan:
+def estimate(spec, gpu_memory_gb: float | None = None, layout: PPOLayout = PPO_FUSED) -> MemoryPlan:
     """The per-GPU memory plan of a training spec (kind ``countdown-rl``: PPO or GRPO).
 
     ``gpu_memory_gb`` overrides ``resources.gpu_memory_gb`` (GiB, as nvidia-smi's MiB /
@@ -792,6 +791,5 @@ def verdict(plan: MemoryPlan) -> str:
 
 def plan_file(path: str, overrides: list[str] | tuple[str, ...] = ()) -> MemoryPlan:
     """Load a spec as ``clab run`` does (same ``--set`` overrides) and estimate it."""
-    from clab.specs import read_spec_data, validate_spec
 
     return estimate(validate_spec(path, read_spec_data(path, overrides)))

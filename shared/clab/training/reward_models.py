@@ -26,7 +26,13 @@ import torch
 
 from clab.data.preference.tasks import PreferenceTask
 from clab.evaluation.preference import preference_accuracy, reward_scores, wilson
-from clab.models.loading import TINY_MARKER, load_tokenizer
+from clab.models.loading import (
+    DTYPES,
+    TINY_MARKER,
+    _no_dropout_config,
+    _zero_dropout_modules,
+    load_tokenizer,
+)
 from clab.storage.atomic import atomic_dir
 from clab.storage.layout import COMPLETE_MARKER, mark_complete
 
@@ -82,8 +88,6 @@ def link_copy(src: Path, dst: Path) -> None:
 def load_reward_model(folder: str | Path, dtype: str = "float32") -> Any:
     """A one-output sequence classifier as RewardTrainer saved it, dropout off."""
     from transformers import AutoModelForSequenceClassification
-
-    from clab.models.loading import DTYPES, _no_dropout_config, _zero_dropout_modules
 
     config = _no_dropout_config(folder, num_labels=1)
     model = AutoModelForSequenceClassification.from_pretrained(

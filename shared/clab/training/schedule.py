@@ -29,8 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clab.data.countdown.curriculum import CountdownSpec
+from clab.data.preference.loading import PAIRS_DIR, load_tasks
+from clab.data.sft.replay import replay_count
 from clab.errors import ClabError
 from clab.registry import Registry
+from clab.specs import validate_spec
+from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE, stage_sequence
+from clab.training.mixing_spec import JOINT, PHASE_A
 from clab.training.steps import (
     countdown_stage_steps,
     dpo_stage_steps,
@@ -128,8 +134,6 @@ def _generator_spec(data_dir: Path, spec_path: Path | None):
     that folder. None when there is none."""
     import yaml
 
-    from clab.specs import validate_spec
-
     folders = [Path("services")]
     if spec_path is not None:
         folders.insert(0, spec_path.parent)
@@ -169,8 +173,6 @@ def countdown_rows(spec, spec_path: Path | None = None) -> tuple[dict[int, int],
             where, gen = found
             source = f"{where}'s train_size ({d.dir} is not here)"
         else:
-            from clab.data.countdown.curriculum import CountdownSpec
-
             gen = CountdownSpec()
             source = (
                 f"the data generator's default train_size ({d.dir} is not here, and no "
@@ -193,7 +195,6 @@ def countdown_rows(spec, spec_path: Path | None = None) -> tuple[dict[int, int],
 
 
 def _stage_names(rounds: int, n_tasks: int) -> list[tuple[str, int]]:
-    from clab.storage.layout import stage_sequence
 
     return [(s.name, s.task) for s in stage_sequence(rounds, n_tasks)]
 
@@ -251,9 +252,6 @@ def _countdown(spec, spec_path: Path | None) -> Schedule:
 
 @PLANNERS.register("replay-mixing")
 def _mixing(spec, spec_path: Path | None) -> Schedule:
-    from clab.data.sft.replay import replay_count
-    from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE
-    from clab.training.mixing_spec import JOINT, PHASE_A
 
     tasks = [spec.task_a, spec.task_b]
     first = spec.member(PHASE_A, (spec.seeds or [spec.seed])[0])  # the first seed's phase A
@@ -329,8 +327,6 @@ def _mixing(spec, spec_path: Path | None) -> Schedule:
 def dpo_pairs(spec) -> tuple[list[tuple[str, int]], str]:
     """Each task's training pairs: from the run's stage 0 when it is complete (what the
     trainer reads), else from the data source through the trainer's own loader."""
-    from clab.data.preference.loading import PAIRS_DIR, load_tasks
-    from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE
 
     tasks = load_tasks(spec)
     stage0 = spec.run_dirs()[0] / INITIAL_STAGE

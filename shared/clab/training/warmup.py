@@ -18,6 +18,9 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from clab.data.countdown.reading import read_group
+from clab.errors import ClabError
+from clab.models.loading import load_policy
+from clab.runs.runner import latest_checkpoint
 from clab.storage.atomic import write_json
 from clab.storage.layout import mark_complete
 
@@ -71,8 +74,6 @@ def warmup_on_solutions(
     """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
-
-    from clab.runs.runner import latest_checkpoint
 
     work_dir = work_dir or logs_dir / "warmup" / "checkpoints"
 
@@ -141,9 +142,6 @@ def warmup_on_solutions_apart(
     import torch
     import torch.multiprocessing as mp
 
-    from clab.errors import ClabError
-    from clab.models.loading import load_policy
-
     start, done = work_dir / "start", work_dir / "done"
     model.save_pretrained(start)
     saved = dict(os.environ)
@@ -175,7 +173,6 @@ def warmup_on_solutions_apart(
 
 
 def _warmup_child(start: Path, done: Path, tokenizer, spec, logs_dir: Path, work_dir: Path) -> None:
-    from clab.models.loading import load_policy
 
     model = load_policy(start, "float32")
     if spec.resources.use_gpu:

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from clab.errors import ClabError
 from clab.registry import Registry
+from clab.storage.atomic import write_json
 
 _LEVEL = re.compile(r"(\d+)")
 
@@ -141,7 +142,6 @@ def cached_losses(
 ) -> tuple[dict[str, float], bool]:
     """(losses, reused): the stored losses when their key matches, else ``compute()``,
     stored with the key (atomically) before it is returned."""
-    from clab.storage.atomic import write_json
 
     if path.is_file():
         stored = json.loads(path.read_text())

@@ -21,6 +21,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 
+from clab.data.sft.encoding import encode_pair
+from clab.data.sft.tasks import last_boxed, normalize_answer
 from clab.errors import ClabError
 from clab.evaluation.scorers.registry import (
     SCORERS,
@@ -28,6 +30,7 @@ from clab.evaluation.scorers.registry import (
     ScoreResult,
     ScoreSettings,
 )
+from clab.generation.rollout import hf_generate, position_ids
 from clab.registry import Registry
 
 
@@ -52,7 +55,6 @@ def answer_batch(tokenizer, rows: list[dict[str, str]], max_length: int):
     """input ids, attention mask and labels: -100 on the prompt and padding, the
     answer and its EOS labelled. Over-long prompts lose their start (the answer
     and the prompt's end are what the loss is about)."""
-    from clab.data.sft.encoding import encode_pair
 
     seqs, labels = [], []
     for r in rows:
@@ -70,7 +72,6 @@ def answer_batch(tokenizer, rows: list[dict[str, str]], max_length: int):
 @torch.no_grad()
 def answer_losses(model, tokenizer, rows, max_length: int, batch_size: int) -> list[tuple]:
     """(sum of answer-token losses, answer tokens) per row."""
-    from clab.generation.rollout import position_ids
 
     device = next(model.parameters()).device
     out = []
@@ -89,14 +90,12 @@ def answer_losses(model, tokenizer, rows, max_length: int, batch_size: int) -> l
 
 
 def _boxed(generated: str, reference: str) -> bool:
-    from clab.data.sft.tasks import last_boxed, normalize_answer
 
     got = last_boxed(generated)
     return got is not None and normalize_answer(got) == normalize_answer(reference)
 
 
 def _normalized(generated: str, reference: str) -> bool:
-    from clab.data.sft.tasks import normalize_answer
 
     return normalize_answer(generated) == normalize_answer(reference)
 
@@ -111,7 +110,6 @@ MATCHES.add("boxed", _boxed)
 
 @SCORERS.register("answer_loss")
 def score_answer_loss(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
-    from clab.generation.rollout import hf_generate
 
     rows = read_pairs(task["data"], s.test_size)
     if not rows:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from clab.data.countdown.reading import read_group
+from clab.evaluation.countdown import VLLMEvaluator, evaluate_problems
 from clab.evaluation.scorers.registry import (
     SCORERS,
     ModelHandle,
@@ -20,7 +21,6 @@ from clab.evaluation.scorers.registry import (
 
 @SCORERS.register("countdown")
 def score_countdown(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
-    from clab.evaluation.countdown import VLLMEvaluator, evaluate_problems
 
     problems = read_group(Path(task["data_dir"]), task["group"], "test", s.test_size, seed=s.seed)
     max_new = s.max_new_tokens or task["max_response_length"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clab.models.loading import load_policy, load_tokenizer
 from clab.models.precision import compute_autocast
 from clab.registry import Registry
 
@@ -84,8 +85,6 @@ class ModelHandle:
     @property
     def model(self):
         if self._model is None:
-            from clab.models.loading import load_policy
-
             # weights as saved (fp32); compute in settings.dtype through autocast,
             # exactly as training validation runs
             self._model = load_policy(self.dir, "float32").to(self.settings.device).eval()
@@ -94,8 +93,6 @@ class ModelHandle:
     @property
     def tokenizer(self):
         if self._tok is None:
-            from clab.models.loading import load_tokenizer
-
             self._tok = load_tokenizer(self.dir)
         return self._tok
 
