@@ -18,12 +18,12 @@ from clab.tracking.metrics_log import read_rows
 from rl_spec import write_spec
 
 REPO = Path(__file__).resolve().parent.parent
-TIMING = {"step_time", "tokens_per_s", "generation_time"}
+TIMING = {"step_time", "tokens_per_s", "generation_time"}  # and every time/<phase>
 
 
 def _rows(run: str, name: str = "train") -> list[dict]:
     return [
-        {k: v for k, v in r.items() if k not in TIMING}
+        {k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")}
         for r in read_rows(f"metrics/{run}/{name}.jsonl")
     ]
 

@@ -158,7 +158,6 @@ def plot_forgetting(table: list[dict], out: Path) -> Path:
 
 
 def _group_figures(label: str, runs: list, out: Path) -> list:
-
     per_seed = branch_dirs(runs)
     sections = []
     if any(PHASE_A in b for b in per_seed.values()):
@@ -209,7 +208,6 @@ def _n(runs: list) -> str:
 
 
 def _register() -> None:
-
     register_page_kind(
         "replay-mixing",
         title="Replay mixing (LoRA SFT, task A then B)",

@@ -513,7 +513,6 @@ class GRPOStageTrainer(CountdownTrainer):
     """
 
     def load(self, model_dir: Path, initial: Path) -> None:
-
         self.fsdp = self.spec.resources.strategy == "fsdp" and self.world > 1
         self.tokenizer = load_tokenizer(initial)  # HF checkpoints lack the tiny marker
         self.policy = load_policy(model_dir, "float32")
@@ -709,7 +708,6 @@ class GRPOStageTrainer(CountdownTrainer):
         return self._validate(self.rollout_copy if self.fsdp else self.policy)
 
     def save(self, d: Path) -> None:
-
         if self.fsdp:  # the same folder as without FSDP, from the state gathered on rank 0
             if self._full is None:
                 raise RuntimeError("FSDP save without a preceding gather: the state would be stale")

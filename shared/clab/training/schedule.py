@@ -195,7 +195,6 @@ def countdown_rows(spec, spec_path: Path | None = None) -> tuple[dict[int, int],
 
 
 def _stage_names(rounds: int, n_tasks: int) -> list[tuple[str, int]]:
-
     return [(s.name, s.task) for s in stage_sequence(rounds, n_tasks)]
 
 
@@ -252,7 +251,6 @@ def _countdown(spec, spec_path: Path | None) -> Schedule:
 
 @PLANNERS.register("replay-mixing")
 def _mixing(spec, spec_path: Path | None) -> Schedule:
-
     tasks = [spec.task_a, spec.task_b]
     first = spec.member(PHASE_A, (spec.seeds or [spec.seed])[0])  # the first seed's phase A
     stage0 = first.run_dirs()[0] / INITIAL_STAGE

@@ -173,7 +173,6 @@ def warmup_on_solutions_apart(
 
 
 def _warmup_child(start: Path, done: Path, tokenizer, spec, logs_dir: Path, work_dir: Path) -> None:
-
     model = load_policy(start, "float32")
     if spec.resources.use_gpu:
         model = model.to("cuda")

@@ -143,7 +143,6 @@ def read_rows(source: str) -> list[dict]:
 
 
 def write_split(path: Path, rows: list[Row]) -> None:
-
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 

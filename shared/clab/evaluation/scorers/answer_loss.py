@@ -90,13 +90,11 @@ def answer_losses(model, tokenizer, rows, max_length: int, batch_size: int) -> l
 
 
 def _boxed(generated: str, reference: str) -> bool:
-
     got = last_boxed(generated)
     return got is not None and normalize_answer(got) == normalize_answer(reference)
 
 
 def _normalized(generated: str, reference: str) -> bool:
-
     return normalize_answer(generated) == normalize_answer(reference)
 
 
@@ -110,7 +108,6 @@ MATCHES.add("boxed", _boxed)
 
 @SCORERS.register("answer_loss")
 def score_answer_loss(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
-
     rows = read_pairs(task["data"], s.test_size)
     if not rows:
         raise ClabError(f"{task['data']}: no rows to score")

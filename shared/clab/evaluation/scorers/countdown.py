@@ -21,7 +21,6 @@ from clab.evaluation.scorers.registry import (
 
 @SCORERS.register("countdown")
 def score_countdown(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
-
     problems = read_group(Path(task["data_dir"]), task["group"], "test", s.test_size, seed=s.seed)
     max_new = s.max_new_tokens or task["max_response_length"]
     if s.engine == "vllm":

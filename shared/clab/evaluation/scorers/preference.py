@@ -48,7 +48,6 @@ _REWARD: dict[str, tuple] = {}
 
 
 def _policy_side(model, tok, rows, task: dict[str, Any], s: ScoreSettings) -> dict[str, Any]:
-
     prompts = [r["prompt"] for r in rows]
     texts = sample(
         model,
@@ -66,7 +65,6 @@ def _policy_side(model, tok, rows, task: dict[str, Any], s: ScoreSettings) -> di
 
 
 def _reward_model(folder: str, device: str):
-
     if folder not in _REWARD:
         if not (Path(folder) / COMPLETE_MARKER).is_file():
             raise ClabError(f"{folder}: the task's reward model is missing or incomplete")
@@ -77,7 +75,6 @@ def _reward_model(folder: str, device: str):
 
 @SCORERS.register("preference")
 def score_preference(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
-
     rows = read_split(task["data"], s.test_size)
     prompts = [r["prompt"] for r in rows]
     with handle.autocast():
