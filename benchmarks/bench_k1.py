@@ -18,11 +18,12 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from clab.training.sparse import (
-    SELECTORS,
     SparseOptimizer,
+    dense,
     group_grad_norms,
     make_optimizer,
     parameter_groups,
+    top_k,
 )
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     plain_opt = torch.optim.AdamW(models["plain"].parameters(), lr=1e-3, weight_decay=0.01)
     groups = {m: parameter_groups(models[m]) for m in ("dense", "k1")}
     opts = {m: SparseOptimizer(groups[m], make_optimizer("adamw", 1e-3, 0.01)) for m in groups}
-    rules = {"dense": SELECTORS["dense"](), "k1": SELECTORS["top_k"](5)}
+    rules = {"dense": dense(), "k1": top_k(5)}
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=dev)
 

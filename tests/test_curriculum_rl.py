@@ -153,6 +153,11 @@ def test_ppo_crash_and_resume_equals_an_uninterrupted_run(run_dir, monkeypatch):
             "entropy",
         ):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["global_step"], key)
+    # the load's named phases and their seconds, on the first row after each load
+    phases = ["time/load_models", "time/load_engine", "time/load_trainer", "time/load_state"]
+    loaded = [r["global_step"] for r in resumed if all(r.get(k, -1) >= 0 for k in phases)]
+    assert [r["global_step"] for r in whole if phases[0] in r] == [1]
+    assert len(loaded) == 2 and loaded[0] == 1
     assert main(["run", str(spec)]) == 0  # a complete run is left alone
     assert steps("broken") == list(range(1, 13))
 

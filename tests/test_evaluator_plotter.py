@@ -128,7 +128,7 @@ def test_incremental_idempotent_and_blind_to_incomplete_stages(stack):
 
 
 def test_a_crash_mid_evaluation_keeps_whole_stages_only(stack, monkeypatch):
-    import clab.evaluation.countdown as ev
+    import clab.evaluation.scorers.countdown as ev  # where the scorer looks it up
 
     real = ev.evaluate_problems
     calls = {"n": 0}

@@ -189,11 +189,8 @@ def test_the_sweep_trains_phase_a_once_and_every_strategy_from_it(workdir):
 
     calls = []
     real = registry.SCORERS["answer_loss"]
-    registry.SCORERS["answer_loss"] = lambda *a: calls.append(a[0].dir) or real(*a)
-    try:
+    with registry.SCORERS.replaced("answer_loss", lambda *a: calls.append(a[0].dir) or real(*a)):
         evaluator.EvaluateSpec(test_size=4, use_gpu=False, batch_size=8).run()
-    finally:
-        registry.SCORERS["answer_loss"] = real
     ev = evaluator.read_eval(me / "mx-none" / "eval.parquet")
     assert {(r["stage"], r["task_name"]) for r in ev} == {
         (s, t) for s in (0, 1, 2) for t in ("arith", "qa")

@@ -450,7 +450,7 @@ def test_a_registered_kind_plugs_in_its_figures_and_the_page_updates_in_place(ow
     try:
         page = plot()
     finally:
-        PAGE_KINDS.pop("sft-mixing")
+        PAGE_KINDS.remove("sft-mixing")
     assert "Replay mixing" in page and "mixing-only figure" in page
     assert "mix--replay/mine.png" in page and Path("plots/mix--replay/mine.png").is_file()
 

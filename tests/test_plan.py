@@ -568,7 +568,7 @@ def test_cli_bad_input_exits_2_naming_the_field(args, expected, capsys):
 def test_cli_refuses_kinds_that_do_not_train(capsys):
     assert main(["plan", str(REPO / "services/data-generator.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "kind 'countdown' is not a training spec" in err and len(err.splitlines()) == 1
+    assert "training kind 'countdown' is not known" in err and len(err.splitlines()) == 1
 
 
 def test_memory_is_modelled_for_countdown_rl_only():

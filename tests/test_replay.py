@@ -53,7 +53,7 @@ def test_loss_strategies_random_and_none():
     assert len(set(r)) == 4 and set(r) <= set(IDS)
     assert r == select_replay("random", IDS, 4, seed=1) != select_replay("random", IDS, 4, seed=2)
     assert select_replay("none", IDS, 4, seed=0) == []
-    with pytest.raises(ClabError, match="unknown strategy 'hardest'"):
+    with pytest.raises(ClabError, match="replay strategy 'hardest' is not known"):
         select_replay("hardest", IDS, 4, seed=0)
     with pytest.raises(ClabError, match="no level entry"):
         select_replay("difficulty_easy", [*IDS, "b9"], 2, seed=0, levels=LEVELS)

@@ -18,12 +18,12 @@ from clab.tracking.metrics_log import read_rows
 from rl_spec import write_spec
 
 REPO = Path(__file__).resolve().parent.parent
-TIMING = {"step_time", "tokens_per_s", "generation_time"}
+TIMING = {"step_time", "tokens_per_s", "generation_time"}  # and every time/<phase>
 
 
 def _rows(run: str, name: str = "train") -> list[dict]:
     return [
-        {k: v for k, v in r.items() if k not in TIMING}
+        {k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")}
         for r in read_rows(f"metrics/{run}/{name}.jsonl")
     ]
 
@@ -180,49 +180,78 @@ def test_a_run_killed_in_its_first_stage_resumes_to_the_same_numbers(run_dir, mo
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-8), (a["global_step"], key)
 
 
-def _imports(path: Path, modules) -> set[str]:
-    """Every clab module ``path`` imports, at module level or inside functions; only
-    imports for type checkers (``if TYPE_CHECKING:``) run never and do not count."""
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
-            node.body = []
+def _imports(path: Path, modules, package: str = "clab") -> set[str]:
+    """Every module of ``package`` that ``path`` imports: at module level, inside functions,
+    and for type checkers (``if TYPE_CHECKING:``): each is a dependency of the file, and a
+    circle through any of them is two files that cannot be read apart."""
     out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("clab"):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(package):
             # `from package import module` depends on that module, not on the package
             subs = {f"{node.module}.{a.name}" for a in node.names} & set(modules)
             out.update(subs or {node.module})
         elif isinstance(node, ast.Import):
-            out.update(a.name for a in node.names if a.name.startswith("clab"))
+            out.update(a.name for a in node.names if a.name.startswith(package))
     return out
 
 
-def test_no_import_circle_in_the_package_even_through_function_level_imports():
-    root = REPO / "shared"
+def import_graph(root: Path, package: str = "clab") -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, for every file under ``root``."""
     modules = {
         ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
-        for p in root.rglob("*.py")
+        for p in (root / package).rglob("*.py")
     }
-    graph = {
-        m: {i for i in _imports(p, modules) if i in modules and i != m} for m, p in modules.items()
+    return {
+        m: {i for i in _imports(p, modules, package) if i in modules and i != m}
+        for m, p in modules.items()
     }
+
+
+def import_circle(graph: dict[str, set[str]]) -> list[str]:
+    """One circle of the graph (its modules, the first repeated at the end), or []."""
     state: dict[str, int] = {}
 
-    def visit(m: str, path: list[str]) -> None:
+    def visit(m: str, path: list[str]) -> list[str]:
         state[m] = 1
-        for n in graph[m]:
+        for n in sorted(graph[m]):
             if state.get(n) == 1:
-                raise AssertionError("import circle: " + " -> ".join([*path, m, n]))
-            if n not in state:
-                visit(n, [*path, m])
+                return [*path, m, n]
+            if n not in state and (found := visit(n, [*path, m])):
+                return found
         state[m] = 2
+        return []
 
     for m in sorted(graph):
-        if m not in state:
-            visit(m, [])
+        if m not in state and (found := visit(m, [])):
+            return found[found.index(found[-1]) :]
+    return []
+
+
+def test_no_import_circle_in_the_package_even_through_function_level_imports():
+    graph = import_graph(REPO / "shared")
+    assert import_circle(graph) == []
     assert not any(i.startswith("clab.training") for i in graph["clab.distributed.launch"])
     assert not any(i.startswith("clab.training") for i in graph["clab.runs.runner"])
+
+
+@pytest.mark.parametrize(
+    "back",
+    [
+        "def run():\n    from pkg.runner import run_spec\n",  # inside a function
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import runner\n",
+    ],
+)
+def test_the_circle_check_sees_a_circle_closed_inside_a_function_or_for_type_checkers(
+    tmp_path, back
+):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "runner.py").write_text("from pkg.spec import RunSpec\n")
+    (pkg / "spec.py").write_text(back)
+    assert import_circle(import_graph(tmp_path, "pkg")) == ["pkg.runner", "pkg.spec", "pkg.runner"]
+    (pkg / "spec.py").write_text("import json\n")
+    assert import_circle(import_graph(tmp_path, "pkg")) == []
 
 
 def test_a_field_added_since_a_run_started_is_no_change_while_it_holds_its_default():

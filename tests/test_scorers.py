@@ -11,7 +11,7 @@ import torch
 
 from clab.cli import main
 from clab.errors import ClabError
-from clab.evaluation.scorers import SCORERS, get_scorer
+from clab.evaluation.scorers import SCORERS
 from clab.evaluation.scorers.answer_loss import answer_batch
 from clab.metrics.continual import forgetting
 from clab.models.loading import load_policy, load_tokenizer
@@ -24,8 +24,8 @@ ROWS_B = [{"prompt": f"Q: capital of land {i}? A:", "answer": f" city{i}"} for i
 
 def test_scorers_are_registered_by_name():
     assert {"countdown", "answer_loss"} <= set(SCORERS)
-    with pytest.raises(ClabError, match="not known"):
-        get_scorer("nope")
+    with pytest.raises(ClabError, match=r"scorer 'nope' is not known \(known: .*answer_loss"):
+        SCORERS["nope"]
 
 
 def test_the_label_mask_covers_the_answer_and_its_eos_only(tmp_path):

@@ -7,15 +7,18 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from clab.errors import ClabError
 from clab.training.sparse import (
-    SELECTORS,
     Smoothed,
     SparseOptimizer,
     among,
     check_group_names,
+    dense,
+    fraction,
     group_grad_norms,
     make_optimizer,
     parameter_groups,
+    random_k,
     same_count_at_random,
+    top_k,
 )
 
 
@@ -65,7 +68,7 @@ def test_unselected_groups_stay_bit_identical_with_adamw_and_weight_decay():
     model = tiny_lm()
     groups = parameter_groups(model)
     opt = SparseOptimizer(groups, make_optimizer("adamw", lr=1e-2, weight_decay=0.1))
-    select = SELECTORS["top_k"](2)
+    select = top_k(2)
     gen = torch.Generator().manual_seed(0)
     times = torch.zeros(len(groups), dtype=torch.long)
     for step in range(25):
@@ -106,21 +109,21 @@ def test_selection_rules_on_hand_made_norms():
     norms = torch.tensor([0.5, 3.0, 1.0, 2.0])
     sizes = torch.tensor([40, 10, 30, 20])
     gen = torch.Generator().manual_seed(0)
-    assert SELECTORS["top_k"](2)(norms, sizes, gen).tolist() == [False, True, False, True]
+    assert top_k(2)(norms, sizes, gen).tolist() == [False, True, False, True]
     # largest first: 3.0 (10%), 2.0 (+20% = 30%), 1.0 (+30% = 60%): 50% needs three groups
-    assert SELECTORS["fraction"](0.5)(norms, sizes, gen).tolist() == [False, True, True, True]
-    assert SELECTORS["fraction"](0.1)(norms, sizes, gen).tolist() == [False, True, False, False]
-    assert SELECTORS["dense"]()(norms, sizes, gen).all()
-    picks = [SELECTORS["random_k"](2)(norms, sizes, gen) for _ in range(50)]
+    assert fraction(0.5)(norms, sizes, gen).tolist() == [False, True, True, True]
+    assert fraction(0.1)(norms, sizes, gen).tolist() == [False, True, False, False]
+    assert dense()(norms, sizes, gen).all()
+    picks = [random_k(2)(norms, sizes, gen) for _ in range(50)]
     assert all(int(p.sum()) == 2 for p in picks)
     assert len({tuple(p.tolist()) for p in picks}) > 3  # not always the same groups
     again = torch.Generator().manual_seed(0)
-    assert SELECTORS["random_k"](2)(norms, sizes, again).tolist() == picks[0].tolist()
+    assert random_k(2)(norms, sizes, again).tolist() == picks[0].tolist()
 
 
 def test_smoothing_keeps_a_group_on_until_its_average_drops_below_the_threshold():
     sizes = torch.ones(2)
-    rule = Smoothed(SELECTORS["top_k"](1), decay=0.9, threshold=0.5)
+    rule = Smoothed(top_k(1), decay=0.9, threshold=0.5)
     gen = torch.Generator()
     first = rule(torch.tensor([2.0, 1.0]), sizes, gen)
     assert first.tolist() == [True, False]
@@ -139,7 +142,7 @@ def test_random_k_takes_as_many_groups_as_the_k1_rule_whatever_the_rule():
     sizes = torch.tensor([40, 10, 30, 20])
     gen = torch.Generator().manual_seed(0)
     for share, n in ((0.1, 1), (0.3, 2), (0.5, 3), (0.95, 4)):
-        k1 = SELECTORS["fraction"](share)
+        k1 = fraction(share)
         control = same_count_at_random(k1)
         norms = torch.tensor([0.5, 3.0, 1.0, 2.0])
         assert int(k1(norms, sizes, gen).sum()) == n
@@ -155,13 +158,13 @@ def test_a_frozen_group_never_takes_the_place_of_a_trainable_one():
     sizes = torch.tensor([40, 10, 30, 20])
     live = torch.tensor([False, True, True, True])
     gen = torch.Generator().manual_seed(0)
-    assert among(SELECTORS["top_k"](2), live)(norms, sizes, gen).tolist() == [
+    assert among(top_k(2), live)(norms, sizes, gen).tolist() == [
         False,
         True,
         False,
         True,
     ]
     for _ in range(20):
-        pick = among(same_count_at_random(SELECTORS["top_k"](2)), live)(norms, sizes, gen)
+        pick = among(same_count_at_random(top_k(2)), live)(norms, sizes, gen)
         assert int(pick.sum()) == 2 and not pick[0]
-    assert among(SELECTORS["dense"](), live)(norms, sizes, gen).tolist() == live.tolist()
+    assert among(dense(), live)(norms, sizes, gen).tolist() == live.tolist()

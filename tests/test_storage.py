@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import stat
@@ -17,7 +18,13 @@ from clab.storage.atomic import (
     write_json,
     write_parquet,
 )
-from clab.storage.layout import Stage, complete_stages, mark_complete, stage_sequence
+from clab.storage.layout import (
+    Stage,
+    complete_stages,
+    mark_complete,
+    move_aside,
+    stage_sequence,
+)
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -80,6 +87,29 @@ def test_readers_see_only_stages_whose_marker_exists(tmp_path):
     found = complete_stages(run)
     assert [(s.index, d.name) for s, d in found] == [(0, "initial"), (1, "r0-g0"), (2, "r0-g1")]
     assert complete_stages(tmp_path / "absent") == []
+
+
+def test_a_checkpoints_marker_holds_what_it_was_given_and_a_stage_marker_its_place(tmp_path):
+    mark_complete(tmp_path, step=7, stage="not a Stage: just a field")
+    assert json.loads((tmp_path / "COMPLETE").read_text()) == {
+        "step": 7,
+        "stage": "not a Stage: just a field",
+    }
+    mark_complete(tmp_path, Stage(3, 1, 0), global_step=9)
+    info = json.loads((tmp_path / "COMPLETE").read_text())
+    assert info == {"index": 3, "round": 1, "task": 0, "global_step": 9}
+
+
+def test_moving_aside_keeps_everything_under_one_dated_name(tmp_path, capsys):
+    for name in ("ckpt", "logs"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text(name)
+    moved = [move_aside(tmp_path / n, "20240102-030405") for n in ("ckpt", "logs")]
+    assert [m.name for m in moved] == ["ckpt.old-20240102-030405", "logs.old-20240102-030405"]
+    assert (moved[0] / "f").read_text() == "ckpt" and not (tmp_path / "ckpt").exists()
+    assert "moved" in capsys.readouterr().out
+    again = move_aside(tmp_path / "ckpt.old-20240102-030405")  # today's date by default
+    assert again.name.startswith("ckpt.old-20240102-030405.old-20")
 
 
 def test_clean_stale_partials_removes_only_dead_writers_leftovers(tmp_path):

@@ -25,7 +25,7 @@ def _spec() -> CountdownRLSpec:
 
 def _warm(model_dir: Path, work: Path, logs: Path) -> torch.nn.Module:
     model = load_policy(model_dir)
-    warmup.supervised_warmup(model, load_tokenizer(model_dir), _spec(), logs, work)
+    warmup.warmup_on_solutions(model, load_tokenizer(model_dir), _spec(), logs, work)
     return model
 
 

@@ -1,4 +1,8 @@
-"""The ``clab`` command: the same line runs a service in Compose or by hand."""
+"""The ``clab`` command: the same line runs a service in Compose or by hand.
+
+Each command imports what it runs inside its own branch, so ``clab --help`` and
+``clab validate`` start without torch, the trainers or the plotter.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections.abc import Sequence
 
 from clab import __version__
 from clab.errors import EXIT_USER_ERROR, ClabError
-from clab.specs import KINDS, load_spec
+from clab.specs import KINDS, load_spec, read_spec_data, validate_spec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,7 +151,6 @@ def _seed_list(text: str) -> str:
 
 def _plan(args: argparse.Namespace) -> str:
     """Memory (countdown-rl) and schedule, as ``clab plan`` prints them."""
-    from clab.specs import read_spec_data, validate_spec
     from clab.training import schedule as sc
     from clab.training.memory_plan import estimate, render
 

@@ -8,8 +8,7 @@ every rank's slot with rank 0's shard and its reduce-scatters keep rank 0's
 part of the sum (FSDP's custom collective hooks); the other collectives do
 nothing. So the arithmetic and memory of each step are rank 0's, the numbers
 trained are not a real run's, and no time is spent communicating.
-(``benchmarks/bench_fsdp_ppo.py --emulate-world`` measured the issue-23
-figures the same way.)
+(``benchmarks/bench_fsdp_ppo.py --emulate-world`` measures the same way.)
 """
 
 from __future__ import annotations

@@ -34,8 +34,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
+
+from clab.models.loading import empty_copy
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _FROM_RANK0 = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
@@ -51,10 +53,6 @@ def mesh_device() -> torch.device:
 def data_parallel_mesh() -> DeviceMesh:
     """One flat mesh over every worker of the default process group."""
     return init_device_mesh(mesh_device().type, (dist.get_world_size(),))
-
-
-def is_sharded(model: torch.nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
 
 
 def shard_model(
@@ -105,7 +103,6 @@ def unsharded_copy(
         for p in out.parameters():
             p.data = p.data.to(dtype)
         return out.to(device).eval().requires_grad_(False)
-    from clab.models.loading import empty_copy
 
     out = empty_copy(model, dtype, device)
     out.generation_config = copy.deepcopy(model.generation_config)

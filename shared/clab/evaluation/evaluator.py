@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -30,14 +29,16 @@ from tqdm import tqdm
 
 from clab.data.countdown.reading import check_dataset
 from clab.errors import ClabError
-from clab.evaluation.scorers import ModelHandle, ScoreSettings, get_scorer
+from clab.evaluation.experiments import seed_table
+from clab.evaluation.scorers import SCORERS, ModelHandle, ScoreSettings
+from clab.generation.rollout import require_vllm
 from clab.metrics.continual import summarize
 from clab.metrics.intervals import cell_interval, continual_intervals
 from clab.models.loading import check_weights
 from clab.runs.lock import RunLock
 from clab.specs import Spec
 from clab.storage.atomic import write_json, write_parquet, write_text
-from clab.storage.layout import RUN_INFO, Stage, complete_stages
+from clab.storage.layout import RUN_INFO, Stage, aside_path, complete_stages
 
 EVAL_SCHEMA = pa.schema(
     [
@@ -131,8 +132,6 @@ class EvaluateSpec(Spec):
 
     def run(self) -> None:
         if self.engine == "vllm":
-            from clab.generation.rollout import require_vllm
-
             require_vllm("engine")
         if self.use_gpu:
             import torch
@@ -149,7 +148,6 @@ class EvaluateSpec(Spec):
             name = run_name(self.checkpoints, run_dir)
             with RunLock(self.metrics / name, "evaluator", name=".eval.lock"):
                 evaluate_run(self, run_dir, name)
-        from clab.evaluation.experiments import seed_table
 
         print(seed_table(self.metrics, [run_name(self.checkpoints, r) for r in runs]), end="")
 
@@ -226,7 +224,7 @@ def _check_settings(spec: EvaluateSpec, out_dir: Path, stored: dict) -> None:
             "mixing them would corrupt the matrix. Rerun with the stored settings, or with "
             "rescore: true (--set rescore=true) to move them aside and score every stage again"
         )
-    aside = out_dir / f"eval.old-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside = aside_path(out_dir / "eval")  # the results share their folder with training's
     aside.mkdir(parents=True)
     for name in ("eval.parquet", "samples.jsonl", "summary.json", SETTINGS_FILE, ITEMS_FILE):
         if (out_dir / name).exists():
@@ -252,7 +250,7 @@ def evaluate_run(spec: EvaluateSpec, run_dir: Path, name: str | None = None) -> 
     info = json.loads((run_dir / RUN_INFO).read_text())
     name = name or run_dir.name
     tasks = run_tasks(info)
-    scorers = [get_scorer(t["scorer"]) for t in tasks]
+    scorers = [SCORERS[t["scorer"]] for t in tasks]
     for t in tasks:
         if t["scorer"] == "countdown":
             check_dataset(Path(t["config"]["data_dir"]), [t["config"]["group"]])

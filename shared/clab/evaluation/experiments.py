@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clab.metrics.replicates import SCALARS, aggregate_summaries, seeds_text
+from clab.metrics.replicates import SCALARS, aggregate_summaries, paired_difference, seeds_text
 
 SEED_SUFFIX = "-s"
 
@@ -155,7 +155,6 @@ def compare_sets(metrics: Path, base: ReplicateSet, other: ReplicateSet) -> dict
     seeds = [s for s in shared if a[s] is not None and b[s] is not None]
     if len(seeds) < 2 or a[seeds[0]]["task_names"] != b[seeds[0]]["task_names"]:
         return None  # fewer than two pairs, or not scored on the same tasks
-    from clab.metrics.replicates import paired_difference
 
     out = {}
     for key in SCALARS:

@@ -18,8 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from clab.metrics.replicates import mean_interval
+from clab.plotting import generic
 from clab.plotting.figures import plt, save
 from clab.plotting.history import plot_histories
+from clab.plotting.registry import Figure, Section, register_page_kind, related_by_name
 from clab.tracking.metrics_log import read_rows
 
 PHASE_A = "phase-a"  # the sweep's first branch (clab.training.mixing_spec.PHASE_A)
@@ -156,9 +158,6 @@ def plot_forgetting(table: list[dict], out: Path) -> Path:
 
 
 def _group_figures(label: str, runs: list, out: Path) -> list:
-    from clab.plotting import generic
-    from clab.plotting.registry import Figure, Section
-
     per_seed = branch_dirs(runs)
     sections = []
     if any(PHASE_A in b for b in per_seed.values()):
@@ -195,7 +194,6 @@ def _group_figures(label: str, runs: list, out: Path) -> list:
 def related(runs: list) -> dict[str, list]:
     """A sweep's branches together: ``none`` (no replay) first, so every strategy is
     compared with it seed by seed; phase A (task A alone) last."""
-    from clab.plotting.registry import related_by_name
 
     def rank(r) -> int:
         v = (r.replicate or {}).get("variant") or r.name.rsplit("/", 1)[-1]
@@ -210,8 +208,6 @@ def _n(runs: list) -> str:
 
 
 def _register() -> None:
-    from clab.plotting.registry import register_page_kind
-
     register_page_kind(
         "replay-mixing",
         title="Replay mixing (LoRA SFT, task A then B)",

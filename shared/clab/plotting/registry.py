@@ -35,9 +35,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from clab.plotting import generic
 from clab.plotting.runs import HeadlineRow, RunData
 from clab.plotting.runs import headline as default_headline
 from clab.plotting.sections import Figure, Section
+from clab.registry import Registry
 
 __all__ = ["Figure", "PageKind", "Section", "page_kind", "register_page_kind", "related_by_name"]
 
@@ -75,7 +77,7 @@ class PageKind:
     description: str = ""
 
 
-PAGE_KINDS: dict[str, PageKind] = {}
+PAGE_KINDS: Registry[PageKind] = Registry("page kind")
 
 
 def register_page_kind(
@@ -89,7 +91,6 @@ def register_page_kind(
     description: str = "",
 ) -> PageKind:
     """Register what the page shows for runs of ``kind`` (see the module docstring)."""
-    from clab.plotting import generic
 
     pk = PageKind(
         kind=kind,
@@ -100,16 +101,14 @@ def register_page_kind(
         headline=headline or default_headline,
         description=description,
     )
-    PAGE_KINDS[kind] = pk
-    return pk
+    return PAGE_KINDS.add(kind, pk)
 
 
 def page_kind(kind: str) -> PageKind:
     """The registered kind, or the generic view for a kind nobody registered."""
     load_registrations()
-    if kind in PAGE_KINDS:
-        return PAGE_KINDS[kind]
-    from clab.plotting import generic
+    if (known := PAGE_KINDS.get(kind)) is not None:
+        return known
 
     return PageKind(
         kind=kind,
@@ -129,7 +128,7 @@ def load_registrations() -> None:
     if _LOADED:
         return
     _LOADED = True
-    import clab.plotting as pkg
+    import clab.plotting as pkg  # here: the package's modules import this one to register
 
     for m in pkgutil.iter_modules(pkg.__path__):
         importlib.import_module(f"clab.plotting.{m.name}")

@@ -39,6 +39,8 @@ from clab.runs.seeding import seed_everything
 
 if TYPE_CHECKING:  # the spec calls the runner; the runner only reads the spec
     from clab.runs.spec import RunSpec
+from clab.distributed.launch import run_workers
+from clab.specs import spec_class
 from clab.storage.atomic import atomic_dir, write_json
 from clab.storage.layout import (
     COMPLETE_MARKER,
@@ -46,6 +48,8 @@ from clab.storage.layout import (
     RUN_INFO,
     Stage,
     complete_stages,
+    mark_complete,
+    move_aside,
     stage_sequence,
 )
 from clab.tracking.metrics_log import MetricsLog
@@ -81,12 +85,10 @@ def run_spec(spec: RunSpec, restart: bool = False) -> None:
     lock = spec.lock_path()
     with RunLock(lock.parent, "trainer", name=lock.name):
         if restart:
-            move_aside(spec)
+            move_run_aside(spec)
         check_fingerprint(spec)
         _clean_leftovers(ckpt_dir)
         if spec.resources.num_workers > 1:
-            from clab.distributed.launch import run_workers
-
             run_workers(
                 "clab.runs.runner:worker_main",
                 {"kind": spec.kind, "spec": spec.model_dump(mode="json"), "cwd": os.getcwd()},
@@ -102,7 +104,6 @@ def run_spec(spec: RunSpec, restart: bool = False) -> None:
 
 def worker_main(config: dict, rank: int, world: int) -> None:
     """One data-parallel worker (started by ``clab.distributed.launch``)."""
-    from clab.specs import spec_class
 
     os.chdir(config["cwd"])
     spec = spec_class(config["kind"]).model_validate(config["spec"])
@@ -135,14 +136,12 @@ def check_fingerprint(spec: RunSpec) -> None:
         )
 
 
-def move_aside(spec: RunSpec) -> None:
-    """--restart: every folder of the run gets a dated name beside it; nothing is deleted."""
+def move_run_aside(spec: RunSpec) -> None:
+    """--restart: every folder of the run gets one dated name beside it; nothing is deleted."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for d in spec.run_dirs():
         if d.exists():
-            target = d.with_name(f"{d.name}.old-{stamp}")
-            os.replace(d, target)
-            print(f"clab: moved {d} aside to {target}", flush=True)
+            move_aside(d, stamp)
 
 
 def _clean_leftovers(ckpt_dir: Path) -> None:
@@ -203,10 +202,7 @@ class StageRunner:
             work = self.ckpt_dir / INITIAL_WORK
             with atomic_dir(initial) as d:
                 facts = self.trainer.build_initial(d, work)
-                write_json(
-                    d / COMPLETE_MARKER,
-                    {"index": 0, "round": 0, "task": 0, "global_step": 0, **facts},
-                )
+                mark_complete(d, Stage(0, 0, 0), global_step=0, **facts)
             shutil.rmtree(work, ignore_errors=True)
         if self.main:
             # written once stage 0 exists: a start that failed leaves no run behind
@@ -315,7 +311,7 @@ class StageRunner:
                 ckpt = work / f"checkpoint-{step_in_stage}"
                 with atomic_dir(ckpt) as d:
                     self.trainer.save(d)
-                    write_json(d / COMPLETE_MARKER, {"step": step_in_stage})
+                    mark_complete(d, step=step_in_stage)
                 prune_checkpoints(work, spec.save_total_limit)
             self.barrier()
 
@@ -388,17 +384,13 @@ class StageRunner:
     def _save_stage(self, stage: Stage, global_step: int, val_rows: list[dict]) -> None:
         with atomic_dir(self.ckpt_dir / stage.name) as d:
             self.trainer.save(d)
-            write_json(
-                d / COMPLETE_MARKER,
-                {
-                    "index": stage.index,
-                    "round": stage.round,
-                    "task": stage.task,
-                    "task_name": self.tasks[stage.task].name,
-                    "global_step": global_step,
-                    "validation": val_rows,
-                    "workers": self.world,
-                },
+            mark_complete(
+                d,
+                stage,
+                task_name=self.tasks[stage.task].name,
+                global_step=global_step,
+                validation=val_rows,
+                workers=self.world,
             )
         shutil.rmtree(self.ckpt_dir / RESUME_DIR / stage.name, ignore_errors=True)
         with contextlib.suppress(OSError):  # leave no empty _resume/ behind a finished stage

@@ -13,9 +13,12 @@ import numpy as np
 import torch
 
 
-def derive_seed(*parts: int) -> int:
-    """A seed in [0, 2**31) for (run seed, place in the run...)."""
-    return hash(tuple(int(p) for p in parts)) % (2**31)
+def derive_seed(*parts: int, wide: bool = False) -> int:
+    """A seed in [0, 2**31) for (run seed, place in the run...), which NumPy and torch
+    take. ``wide``: the whole signed hash, which ``random.Random`` takes as it is (the
+    K-1 trainer's shuffles were drawn from it, and keep it so their numbers stay)."""
+    h = hash(tuple(int(p) for p in parts))
+    return h if wide else h % (2**31)
 
 
 def seed_everything(*parts: int) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from clab.errors import ClabError
 from clab.runs.lock import RunLock
-from clab.runs.runner import check_fingerprint, move_aside, run_spec
+from clab.runs.runner import check_fingerprint, move_run_aside, run_spec
 from clab.runs.spec import RunSpec
 from clab.specs import Spec
 from clab.storage.atomic import atomic_dir
@@ -63,7 +63,7 @@ def run_experiment(spec: RunSpec, restart: bool = False) -> None:
         if restart:
             for m in members:
                 with RunLock(m.lock_path().parent, "trainer", name=m.lock_path().name):
-                    move_aside(m)
+                    move_run_aside(m)
         for i, m in enumerate(members, 1):
             head = f"=== {spec.name}: run {i}/{len(members)}, {m.name}"
             if is_finished(m):

@@ -16,7 +16,9 @@ evaluator and one plotter serve them all.
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,9 +57,27 @@ def stage_sequence(rounds: int, num_tasks: int) -> list[Stage]:
     ]
 
 
-def mark_complete(stage_dir: str | Path, stage: Stage, **info: object) -> None:
-    """Write the marker that makes a stage visible to readers; call it last."""
-    write_json(Path(stage_dir) / COMPLETE_MARKER, {**asdict(stage), **info})
+def mark_complete(folder: str | Path, stage: Stage | None = None, /, **info: object) -> None:
+    """Write the marker that makes a folder (a stage, a resume checkpoint, a reward
+    model) whole to its readers; call it last. The write is atomic, so a reader sees
+    the whole marker or none; a stage's marker starts with its index, round and task."""
+    write_json(Path(folder) / COMPLETE_MARKER, {**(asdict(stage) if stage else {}), **info})
+
+
+def aside_path(path: str | Path, stamp: str | None = None) -> Path:
+    """Where ``path`` goes when it is moved aside: ``<name>.old-<date-time>`` beside it.
+    Old results are kept, never deleted, and never mixed with new ones; ``stamp``
+    gives several folders one date."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.old-{stamp or time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def move_aside(path: str | Path, stamp: str | None = None) -> Path:
+    """Rename ``path`` to its ``aside_path`` (one atomic rename) and say so."""
+    target = aside_path(path, stamp)
+    os.replace(path, target)
+    print(f"clab: moved {path} aside to {target}", flush=True)
+    return target
 
 
 def complete_stages(run_dir: str | Path) -> list[tuple[Stage, Path]]:

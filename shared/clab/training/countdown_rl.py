@@ -20,7 +20,15 @@ from pathlib import Path
 import torch
 
 from clab.data.countdown.reading import Problem, check_dataset, read_group
-from clab.distributed.fsdp import full_model_state
+from clab.distributed.fsdp import (
+    full_model_state,
+    full_optimizer_state,
+    gather_into,
+    load_full_optimizer_state,
+    mesh_device,
+    shard_model,
+    unsharded_copy,
+)
 from clab.errors import ClabError
 from clab.evaluation.countdown import evaluate_problems
 from clab.generation.rollout import VLLMRollout, hf_generate, require_vllm
@@ -33,13 +41,23 @@ from clab.models.loading import (
     load_tokenizer,
 )
 from clab.models.precision import compute_autocast
+from clab.models.tiny import build_tiny_model
 from clab.rewards.countdown import CountdownReward
 from clab.runs.protocol import StageContext, TaskRef
 from clab.runs.seeding import derive_seed, seed_everything
 from clab.storage.layout import INITIAL_STAGE, Stage
+from clab.tracking.timing import phase
 from clab.training.countdown_rl_spec import CountdownRLSpec
+from clab.training.hf_stage import (
+    StageCallback,
+    carry_into_stage,
+    load_optimizer_state,
+    optimizer_state,
+    stage_args,
+)
 from clab.training.ppo import NonFiniteLoss, PPOConfig, PPOTrainer
 from clab.training.steps import countdown_stage_steps
+from clab.training.warmup import warmup_on_solutions, warmup_on_solutions_apart
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -121,8 +139,6 @@ class CountdownTrainer:
     def build_initial(self, out: Path, work: Path) -> dict:
         spec = self.spec
         if spec.model.preset == "tiny":
-            from clab.models.tiny import build_tiny_model
-
             texts = [
                 f"{p.prompt} </think>\n<answer> {p.solution} </answer>"
                 for g in self.groups
@@ -143,12 +159,10 @@ class CountdownTrainer:
         model = load_policy(source, "float32")
         tok = load_tokenizer(source)
         if spec.warmup.steps:
-            from clab.training.warmup import supervised_warmup, supervised_warmup_apart
-
             if self.world > 1:  # rank 0 alone, outside the workers' process group
-                model = supervised_warmup_apart(model, tok, spec, self.logs_dir, work / "warmup")
+                model = warmup_on_solutions_apart(model, tok, spec, self.logs_dir, work / "warmup")
             else:
-                supervised_warmup(model, tok, spec, self.logs_dir, work / "warmup")
+                warmup_on_solutions(model, tok, spec, self.logs_dir, work / "warmup")
         model.save_pretrained(out)
         tok.save_pretrained(out)
         copy_tiny_marker(source, out)
@@ -256,10 +270,35 @@ class PPOStageTrainer(CountdownTrainer):
     """Our actor-critic PPO (``training/ppo.py``), stepped through a stage."""
 
     def load(self, model_dir: Path, initial: Path) -> None:
-        spec = self.spec
+        """Models, rollout engine, PPO trainer and saved trainer state, each a named phase
+        whose seconds the stage's first log row carries as ``time/load_<phase>``."""
         # FSDP (several workers): models are read on the CPU and moved to the GPU shard
         # by shard; one worker trains alone, as with DDP
-        self.fsdp = spec.resources.strategy == "fsdp" and self.world > 1
+        self.fsdp = self.spec.resources.strategy == "fsdp" and self.world > 1
+        self.load_times: dict[str, float] = {}
+        with phase("load_models", self.load_times):
+            ref = self._load_models(model_dir, initial)
+        with phase("load_engine", self.load_times):
+            engine = self._rollout_engine()
+        with phase("load_trainer", self.load_times):  # under FSDP it shards the models
+            self.ppo = PPOTrainer(
+                self.policy,
+                self.critic,
+                ref,
+                self.tokenizer,
+                ppo_config(self.spec, self.world, self.compute_dtype, self.fsdp),
+                self._score,
+                engine,
+                rollout_model=self.generator if self.fsdp else None,
+            )
+        with phase("load_state", self.load_times):
+            self._state = self._read_state(model_dir / TRAINER_STATE)
+        self._full: dict | None = None
+
+    def _load_models(self, model_dir: Path, initial: Path) -> torch.nn.Module | None:
+        """Policy, critic and the generator copy onto this trainer; returns the frozen
+        reference (None without a KL penalty)."""
+        spec = self.spec
         dev = torch.device("cpu") if self.fsdp else self.device
         self.tokenizer = load_tokenizer(initial)  # never trained; stage 0 has its marker
         self.policy = load_policy(model_dir, "float32").to(dev)
@@ -275,38 +314,30 @@ class PPOStageTrainer(CountdownTrainer):
         self.generator = (
             load_policy(model_dir, self.infer_dtype).to(self.device) if self.fsdp else self.policy
         )
-        r = spec.rollout
-        cfg = ppo_config(spec, self.world, self.compute_dtype, self.fsdp)
-        engine = None
-        if r.engine == "vllm":
-            engine = VLLMRollout(
-                self.generator,
-                self.tokenizer,
-                tensor_parallel_size=r.tensor_parallel_size,
-                gpu_memory_utilization=r.gpu_memory_utilization,
-                max_model_length=r.max_prompt_length + r.max_response_length,
-                max_new_tokens=r.max_response_length,
-                temperature=r.temperature,
-            )
-        self.ppo = PPOTrainer(
-            self.policy,
-            self.critic,
-            ref,
+        return ref
+
+    def _rollout_engine(self) -> VLLMRollout | None:
+        """vLLM's engine when the spec asks for it; None generates with HF."""
+        r = self.spec.rollout
+        if r.engine != "vllm":
+            return None
+        return VLLMRollout(
+            self.generator,
             self.tokenizer,
-            cfg,
-            self._score,
-            engine,
-            rollout_model=self.generator if self.fsdp else None,
+            tensor_parallel_size=r.tensor_parallel_size,
+            gpu_memory_utilization=r.gpu_memory_utilization,
+            max_model_length=r.max_prompt_length + r.max_response_length,
+            max_new_tokens=r.max_response_length,
+            temperature=r.temperature,
         )
-        state_file = model_dir / TRAINER_STATE
-        # FSDP: rank 0 reads the optimizer state and broadcasts it shard by shard; the
-        # others map the file (for the schedules) without reading the optimizer's pages
-        self._state = (
-            torch.load(state_file, weights_only=False, mmap=self.fsdp)
-            if state_file.is_file()
-            else None
-        )
-        self._full: dict | None = None
+
+    def _read_state(self, state_file: Path) -> dict | None:
+        """The saved optimizer and schedule state, for ``train_stage`` to hand to PPO. FSDP:
+        rank 0 reads it and broadcasts it shard by shard; the others map the file (for the
+        schedules) without reading the optimizer's pages."""
+        if not state_file.is_file():
+            return None
+        return torch.load(state_file, weights_only=False, mmap=self.fsdp)
 
     def _batch(self, rows: list[Problem], stage: Stage, step: int) -> list[Problem]:
         """The step's prompts: a fixed shuffle per (seed, stage, epoch), so resume is exact."""
@@ -348,8 +379,10 @@ class PPOStageTrainer(CountdownTrainer):
                     "epoch": step // per_epoch,
                     "group": self.groups[ctx.stage.task],
                     **metrics,
+                    **self.load_times,  # the first row after a load only
                 }
             )
+            self.load_times = {}
             if spec.save_steps and (step + 1) % spec.save_steps == 0 and step + 1 < ctx.n_steps:
                 self._gather()
                 ctx.save_resume(step + 1)
@@ -425,8 +458,6 @@ def grpo_rollout_func(trainer: CountdownTrainer):
         model = grpo.accelerator.unwrap_model(grpo.model)
         engine = "hf-static"
         if trainer.rollout_copy is not None:  # FSDP: gathered once per call, in place
-            from clab.distributed.fsdp import gather_into
-
             gather_into(model, trainer.rollout_copy)
             model, engine = trainer.rollout_copy, r.engine
         with compute_autocast(trainer.device, trainer.compute_dtype):
@@ -482,8 +513,6 @@ class GRPOStageTrainer(CountdownTrainer):
     """
 
     def load(self, model_dir: Path, initial: Path) -> None:
-        from clab.training.hf_stage import load_optimizer_state
-
         self.fsdp = self.spec.resources.strategy == "fsdp" and self.world > 1
         self.tokenizer = load_tokenizer(initial)  # HF checkpoints lack the tiny marker
         self.policy = load_policy(model_dir, "float32")
@@ -491,8 +520,6 @@ class GRPOStageTrainer(CountdownTrainer):
         self.policy.config._name_or_path = str(initial)
         self.rollout_copy = None
         if self.fsdp:
-            from clab.distributed.fsdp import mesh_device, shard_model, unsharded_copy
-
             dtype = getattr(torch, self.infer_dtype)
             self.rollout_copy = unsharded_copy(self.policy, dtype, mesh_device())
             if self.spec.model.gradient_checkpointing:  # HF's own, before sharding, as PPO's
@@ -516,7 +543,6 @@ class GRPOStageTrainer(CountdownTrainer):
     def grpo_args(self, ctx: StageContext) -> dict:
         """TRL's config keys for one stage (the overhead benchmark builds a plain
         GRPOTrainer from the same keys)."""
-        from clab.training.hf_stage import stage_args
 
         spec = self.spec
         n = spec.rollout.responses_per_prompt
@@ -586,8 +612,6 @@ class GRPOStageTrainer(CountdownTrainer):
             return
         import trl.trainer.grpo_trainer as grpo_module
 
-        from clab.distributed.fsdp import shard_model
-
         compute = getattr(torch, self.compute_dtype) if self.compute_dtype else None
         original = grpo_module.prepare_fsdp
         grpo_module.prepare_fsdp = lambda model, accelerator: shard_model(model, compute).eval()
@@ -599,8 +623,6 @@ class GRPOStageTrainer(CountdownTrainer):
     def train_stage(self, ctx: StageContext) -> None:
         from transformers import PrinterCallback
         from trl import GRPOConfig, GRPOTrainer
-
-        from clab.training.hf_stage import StageCallback, carry_into_stage
 
         args = self.grpo_args(ctx)
         ds = grpo_dataset(self.rows(ctx.stage.task))
@@ -641,7 +663,6 @@ class GRPOStageTrainer(CountdownTrainer):
         )
         if self.fsdp and self._state is not None and not reset:
             # saved full and keyed by parameter name (save); every worker keeps its shard
-            from clab.distributed.fsdp import load_full_optimizer_state
 
             load_full_optimizer_state(self.policy, self.trainer.optimizer, self._state)
         self._state = None
@@ -655,7 +676,6 @@ class GRPOStageTrainer(CountdownTrainer):
         """Under FSDP: accelerate took its FSDP path (not DDP) on the shards' device."""
         if not self.fsdp:
             return
-        from clab.distributed.fsdp import mesh_device
 
         if not self.trainer.is_fsdp_enabled:  # see check_inputs
             raise ClabError(
@@ -677,7 +697,6 @@ class GRPOStageTrainer(CountdownTrainer):
         for :meth:`save`, which the runner calls on rank 0 alone."""
         if not self.fsdp:
             return
-        from clab.distributed.fsdp import full_optimizer_state, gather_into
 
         gather_into(self.policy, self.rollout_copy)
         self._full = {
@@ -689,8 +708,6 @@ class GRPOStageTrainer(CountdownTrainer):
         return self._validate(self.rollout_copy if self.fsdp else self.policy)
 
     def save(self, d: Path) -> None:
-        from clab.training.hf_stage import optimizer_state
-
         if self.fsdp:  # the same folder as without FSDP, from the state gathered on rank 0
             if self._full is None:
                 raise RuntimeError("FSDP save without a preceding gather: the state would be stale")

@@ -52,6 +52,8 @@ from clab.data.preference.tasks import (
 )
 from clab.errors import ClabError
 from clab.evaluation.preference import pair_logps, preference_accuracy
+from clab.evaluation.scorers.answer_loss import answer_batch
+from clab.generation.rollout import position_ids
 from clab.models.loading import (
     TINY_MARKER,
     check_model_folder,
@@ -62,11 +64,14 @@ from clab.models.loading import (
     load_tokenizer,
 )
 from clab.models.precision import compute_autocast
+from clab.models.tiny import build_tiny_model
 from clab.runs.protocol import StageContext, TaskRef
+from clab.runs.seeding import derive_seed
 from clab.storage.atomic import write_json
 from clab.storage.layout import INITIAL_STAGE, Stage, stage_sequence
 from clab.training.dpo_spec import ContinualDPOSpec
 from clab.training.ewc import OnlineEWC, empirical_fisher
+from clab.training.hf_stage import StageCallback, carry_into_stage, stage_args
 from clab.training.reward_models import REWARD_DIR, ensure_reward_model, files_hash
 from clab.training.steps import dpo_stage_steps
 
@@ -118,7 +123,7 @@ def lora_config(spec: ContinualDPOSpec) -> Any:
     )
 
 
-def supervised_warmup(
+def warmup_on_both_responses(
     model: torch.nn.Module,
     tokenizer: Any,
     tasks: list[PreferenceTask],
@@ -128,9 +133,9 @@ def supervised_warmup(
 ) -> None:
     """Both responses of every train pair, answer tokens only in the loss: a random tiny
     model learns to write the tasks' responses in every style, with no preference
-    between them, so sampled completions mean something from stage 0 on."""
-    from clab.evaluation.scorers.answer_loss import answer_batch
-    from clab.generation.rollout import position_ids
+    between them, so sampled completions mean something from stage 0 on. A plain loop
+    without checkpoints, unlike Countdown's resumable TRL warm-up (``warmup.py``): a
+    kill rebuilds stage 0 from the start."""
 
     m = spec.model
     examples = [
@@ -223,8 +228,6 @@ class DPOStageTrainer:
             write_split(out / PAIRS_DIR / t.name / "test.jsonl", t.test)
             write_json(out / PAIRS_DIR / t.name / "task.json", {"name": t.name, **t.info})
         if spec.model.preset == "tiny":
-            from clab.models.tiny import build_tiny_model
-
             texts = [
                 r["prompt"] + r[k]
                 for t in self._tasks
@@ -246,7 +249,7 @@ class DPOStageTrainer:
         tok = load_tokenizer(source)
         if spec.model.warmup_steps:
             with compute_autocast(self.device, self.compute_dtype):
-                supervised_warmup(model, tok, self._tasks, spec, self.device, self.say)
+                warmup_on_both_responses(model, tok, self._tasks, spec, self.device, self.say)
         model.save_pretrained(out)
         tok.save_pretrained(out)
         if (source / TINY_MARKER).is_file():
@@ -354,7 +357,6 @@ class DPOStageTrainer:
 
     def dpo_args(self, ctx: StageContext) -> dict[str, Any]:
         """DPOConfig keys of one stage (the benchmark builds a plain DPOTrainer from them)."""
-        from clab.training.hf_stage import stage_args
 
         s, d = self.spec, self.spec.dpo
         return dict(
@@ -386,8 +388,6 @@ class DPOStageTrainer:
         import datasets
         from transformers import PrinterCallback
         from trl import DPOConfig
-
-        from clab.training.hf_stage import StageCallback, carry_into_stage
 
         datasets.disable_progress_bars()
         spec = self.spec
@@ -512,7 +512,7 @@ def dpo_fisher(trainer: Any, n: int, seed: tuple[int, int]) -> dict[str, torch.T
     model = trainer.model
     params = [(n_, p) for n_, p in model.named_parameters() if p.requires_grad]
     data = trainer.train_dataset
-    g = torch.Generator().manual_seed(hash(seed) % (2**31))
+    g = torch.Generator().manual_seed(derive_seed(*seed))
     idx = torch.randperm(len(data), generator=g)[: min(n, len(data))].tolist()
     device = trainer.accelerator.device
 

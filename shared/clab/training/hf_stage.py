@@ -1,4 +1,4 @@
-"""What every stage built on transformers' Trainer shares (GRPO now; SFT and DPO next).
+"""What every stage built on transformers' Trainer shares (GRPO, SFT mixing, DPO).
 
 One HF trainer is kept for the whole run and handed a new data set and step
 budget per stage, so its optimizer state (and, for GRPO with vLLM, its
@@ -16,14 +16,17 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import Trainer, TrainerCallback, set_seed
+from transformers import TrainerCallback, set_seed
 
 from clab.runs.protocol import StageContext
 from clab.runs.seeding import derive_seed
-from clab.storage.layout import COMPLETE_MARKER
+from clab.storage.layout import mark_complete
+
+if TYPE_CHECKING:  # only named: PPO runs, which import this module, never load HF's Trainer
+    from transformers import Trainer
 
 
 def stage_args(spec, ctx: StageContext, n_steps: int) -> dict[str, Any]:
@@ -93,7 +96,7 @@ class StageCallback(TrainerCallback):
             if self.ctx is not None:
                 self.ctx.flush_logs()  # the rows up to the checkpoint are on disk first
             if ckpt.is_dir():
-                (ckpt / COMPLETE_MARKER).write_text(f'{{"step": {state.global_step}}}\n')
+                mark_complete(ckpt, step=state.global_step)
 
 
 def carry_into_stage(

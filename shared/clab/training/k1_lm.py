@@ -20,7 +20,9 @@ from clab.data.text.corpora import load_corpus, split_text
 from clab.errors import ClabError
 from clab.metrics.language import mean_token_loss, perplexity, windows
 from clab.models.loading import check_model_source, load_policy, load_tokenizer
+from clab.models.tiny import build_tiny_model
 from clab.runs.protocol import StageContext, TaskRef
+from clab.runs.seeding import derive_seed
 from clab.storage.atomic import write_text
 from clab.storage.layout import INITIAL_STAGE, Stage
 from clab.training.k1_lm_spec import K1Spec
@@ -30,6 +32,7 @@ from clab.training.sparse import (
     SparseOptimizer,
     among,
     check_group_names,
+    dense,
     group_grad_norms,
     make_optimizer,
     parameter_groups,
@@ -122,8 +125,6 @@ class K1Trainer:
             for split, part in texts[c.name].items():
                 write_text(out / "corpora" / c.name / f"{split}.txt", part)
         if spec.model.preset == "small":
-            from clab.models.tiny import build_tiny_model
-
             build_tiny_model(
                 out / "model",
                 [t["train"] for t in texts.values()],
@@ -164,14 +165,14 @@ class K1Trainer:
         )
         live = torch.tensor([n not in spec.groups.frozen for n in self.groups])
         sel = spec.select
-        k1 = SELECTORS[sel.rule](sel.top_k if sel.rule == "top_k" else sel.fraction)
+        k1 = SELECTORS[sel.rule](sel)
         self.smoothed = None
         if sel.smoothing and spec.method != "dense":
             k1 = self.smoothed = Smoothed(k1)
         rule = {
             "k1": k1,
             "random_k": same_count_at_random(k1),  # as many as K-1 would take, at random
-            "dense": SELECTORS["dense"](),
+            "dense": dense(),
         }[spec.method]
         self.select = among(rule, live)
         self.gen = torch.Generator().manual_seed(spec.seed)
@@ -188,7 +189,7 @@ class K1Trainer:
 
     def _order(self, n: int, stage: Stage, epoch: int) -> list[int]:
         order = list(range(n))
-        random.Random(hash((self.spec.seed, stage.index, epoch))).shuffle(order)
+        random.Random(derive_seed(self.spec.seed, stage.index, epoch, wide=True)).shuffle(order)
         return order
 
     def train_stage(self, ctx: StageContext) -> None:

@@ -31,7 +31,15 @@ import sys
 import time
 from pathlib import Path
 
+from clab.data.countdown.prompts import render_prompt
+from clab.data.countdown.reading import Problem
+from clab.distributed.emulate import emulate_comms, emulate_rollout_gather, fake_process_group
 from clab.errors import ClabError
+from clab.models.shape import published_config
+from clab.models.tiny import train_tokenizer
+from clab.rewards.countdown import Reason, RewardResult
+from clab.training.countdown_rl import ppo_config
+from clab.training.ppo import PPOTrainer
 from clab.training.schedule import StepTime
 
 GiB = 2**30
@@ -40,8 +48,6 @@ GiB = 2**30
 def _architecture(spec):
     """A transformers config of the spec's model, and where it came from."""
     from transformers import AutoConfig, Qwen2Config
-
-    from clab.models.shape import published_config
 
     m = spec.model
     if m.preset == "tiny":
@@ -93,8 +99,6 @@ def _device(spec):
 def _tokenizer(size: int):
     """A small byte-level tokenizer; ids the model writes beyond it decode modulo its
     size (a random model's text is noise either way, and the reward ignores it)."""
-    from clab.data.countdown.prompts import render_prompt
-    from clab.models.tiny import train_tokenizer
 
     texts = [render_prompt([i % 97 + 1, 7, 13], i + 20, ["+", "-"]) for i in range(200)]
     tok = train_tokenizer(texts, size)
@@ -163,8 +167,6 @@ def measure(spec, steps: int = 2) -> StepTime:
     fsdp = res.strategy == "fsdp" and world > 1
     group = contextlib.nullcontext()
     if fsdp:
-        from clab.distributed.emulate import fake_process_group
-
         group = fake_process_group(world)
     with group:
         return _measure(spec, steps, device, where, world, fsdp)
@@ -172,11 +174,6 @@ def measure(spec, steps: int = 2) -> StepTime:
 
 def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> StepTime:
     import torch
-
-    from clab.data.countdown.reading import Problem
-    from clab.rewards.countdown import Reason, RewardResult
-    from clab.training.countdown_rl import ppo_config
-    from clab.training.ppo import PPOTrainer
 
     cuda = device.type == "cuda"
     cfg, arch = _architecture(spec)
@@ -197,8 +194,6 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
 
     trainer = PPOTrainer(actor, critic, ref, tok, ppo, score)
     if fsdp:
-        from clab.distributed.emulate import emulate_comms, emulate_rollout_gather
-
         for m in (trainer.actor, trainer.critic, trainer.ref):
             if m is not None:
                 emulate_comms(m, world)

@@ -1,70 +1,12 @@
 """How much memory one GPU needs for a training spec, before anything is launched.
 
-``clab plan SPEC`` and :func:`estimate` read the spec's model shape
-(``clab.models.shape``) and resources, and add up what each GPU holds, part by
-part. Every formula is a small function below, tested against hand-computed
-figures and against measurements (``tests/test_plan.py``; ``docs/memory.md``
-has the formulas and the measurements side by side).
-
-Bytes per parameter of a trained model (``P`` parameters, ``N`` GPUs):
-
-- fp32 master weights 4, fp32 gradients 4, AdamW's two fp32 moments 8: 16;
-- ``ddp`` replicates all of it and adds DDP's fp32 gradient buckets (4: DDP
-  copies gradients into buckets unless they are views of them);
-- ``fsdp`` (``fully_shard``) divides the 16 by ``N`` and gathers, one unit at
-  a time, a bf16 compute copy: the root unit (embeddings, final norm, head),
-  the current decoder layer and the one prefetched, plus the root's unsharded
-  gradient during backward;
-- under ``ddp`` the bf16 compute copy is autocast's cache of cast weights:
-  every matmul weight (2 bytes each) for as long as one autocast region runs
-  (a whole generate, a whole forward), and for the backward too when the
-  casts are saved (without activation checkpointing).
-
-A reference model is held in the compute dtype (PPO) or fp32 (TRL's GRPO
-loads it so), divided by ``N`` under fsdp. A colocated vLLM engine takes
-``gpu_memory_utilization`` x the GPU's memory for its weights and KV cache.
-
-Activations, per micro-batch of ``b`` sequences of ``s = max_prompt_length +
-max_response_length`` tokens (the worst case: every response at its maximum),
-hidden ``h``, ``q`` = heads x head_dim, MLP width ``I``, residual stream in
-``r`` bytes (4 under autocast over fp32 weights, 2 under fsdp's bf16 params),
-compute dtype ``c`` bytes; per token and layer (:func:`layer_activation_bytes`):
-
-- two RMS norms, each keeping its fp32 input and its output: ``2 (4 + r) h``;
-- the projections' bf16 inputs: ``5 c h`` when autocast casts for each of
-  q, k, v, gate and up, ``2 c h`` when the norm output is already in ``c``;
-- SDPA's saved q, k and v (k and v repeated to every head: a padding mask
-  rules out GQA inside SDPA) and its output: ``4 c q``, plus an fp32
-  logsumexp per head;
-- the gated MLP's gate, up, SiLU and product: ``4 c I``;
-- and per layer the padding mask as an additive bias: ``b s^2 c``.
-
-With activation checkpointing only each layer's input (``r h`` per token)
-is kept, and one layer is recomputed at a time. PPO's actor loss holds fp32
-vocabulary-sized tensors of ``b R V`` (``R`` response tokens): 4 alive and 3
-more in its backward (28 bytes x ``b R V``) in the trainer before issue 14,
-2 alive and 3 more (20 bytes) in issue 14's, which takes log-probs and
-entropy from one log-softmax (:class:`PPOLayout`; measured with torch's
-MemTracker, tests/test_plan.py). TRL's GRPO scores through a fused, chunked
-head and never holds the logits.
-
-A rollout with HF generate holds the KV cache, ``2 x layers x kv_heads x
-head_dim x c`` bytes per token of ``rollout batch x s``, and a bf16 copy of
-the policy: autocast's cache during the rollout (``hf`` under ddp), or a copy
-kept for the whole run (``hf-static``; under fsdp the rollout copy that is
-gathered into in place once per step, whatever the engine, from which
-``hf-static`` generates without a copy of its own).
-
-Parts are alive in some phases (moments) of a step: rollout; scoring (the
-no-grad forwards); the start of the actor's backward, where its loss's
-tensors peak (the trainer before issue 14 runs the critic's forward before
-the actor's backward, so the critic's saved tensors are there too); with
-checkpointing, the recompute
-of the actor's top layer; the critic's backward; the optimizer step.
-Gradients follow :func:`gradient_phases`. The peak is the largest phase.
-
-The peak is what ``torch.cuda.max_memory_allocated`` would report; the
-verdict adds :data:`CUDA_CONTEXT_BYTES` for what the allocator does not see.
+A run that does not fit fails minutes in, after the model has loaded and the
+first rollout ran; ``clab plan SPEC`` and :func:`estimate` say so up front by
+adding up what each GPU holds, part by part, in each phase of a step (rollout,
+scoring, the backwards, the optimizer step); the peak is the largest phase, as
+``torch.cuda.max_memory_allocated`` would report it. Each formula is a small
+function below; docs/memory.md has them with the measurements they are checked
+against (tests/test_plan.py).
 """
 
 from __future__ import annotations
@@ -81,6 +23,7 @@ from clab.models.shape import (
     tiny_shape,
     value_model_params,
 )
+from clab.specs import read_spec_data, validate_spec
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -118,13 +61,14 @@ class PPOLayout:
     fused_adamw: bool
 
 
-# The trainer before issue 14: logits for the whole sequence, separate log-softmaxes for
-# the log-probs and the entropy, both forwards before both backwards, foreach AdamW.
-PPO_SEPARATE = PPOLayout("separate", 4, 3, False, True, False)
-# Issue 14's: logits at response positions only, log-probs and entropy from one
+# clab's PPO trainer: logits at response positions only, log-probs and entropy from one
 # log-softmax (2 copies alive: it and its exp), the actor's graph freed before the
 # critic's forward, fused AdamW.
 PPO_FUSED = PPOLayout("fused", 2, 3, True, False, True)
+# The layout the H100 and H200 peaks in docs/memory.md were measured with: logits for
+# the whole sequence, separate log-softmaxes for log-probs and entropy, both forwards
+# before both backwards, foreach AdamW. Kept so the plan is still checked against them.
+PPO_SEPARATE = PPOLayout("separate", 4, 3, False, True, False)
 
 
 LAYOUT_NOTES = {
@@ -132,14 +76,6 @@ LAYOUT_NOTES = {
     "fused": "response logits only, one log-softmax, the actor's backward before the "
     "critic's forward",
 }
-
-
-def ppo_layout() -> PPOLayout:
-    """The layout of the PPO trainer installed with this clab (issue 14's is recognised by
-    its one-pass ``ppo_core.logprobs_and_entropy``)."""
-    from clab.training import ppo_core
-
-    return PPO_FUSED if hasattr(ppo_core, "logprobs_and_entropy") else PPO_SEPARATE
 
 
 # -- formulas ------------------------------------------------------------------------------
@@ -244,11 +180,9 @@ def model_activation_bytes(
     return layers + rotary + final_norm + head_input
 
 
-def ppo_logits_bytes(
-    micro: int, response: int, vocab: int, layout: PPOLayout = PPO_SEPARATE
-) -> int:
+def ppo_logits_bytes(micro: int, response: int, vocab: int, layout: PPOLayout) -> int:
     """PPO's actor loss at its backward's peak: fp32 copies of micro x response x vocab
-    (7 for the earlier trainer, 5 for issue 14's)."""
+    (5 in the fused layout, 7 in the separate one)."""
     return (layout.logits_live + layout.logits_backward) * 4 * micro * response * vocab
 
 
@@ -258,14 +192,14 @@ def scoring_logits_bytes(
     response: int,
     vocab: int,
     compute_bytes: int,
-    layout: PPOLayout = PPO_SEPARATE,
+    layout: PPOLayout,
     temperature: float = 1.0,
 ) -> int:
-    """A no-grad scoring forward's logits at their peak. Earlier trainer: the whole
-    sequence's logits in the compute dtype, beside the response's fp32 copy and its
-    temperature-scaled copy. Issue 14's: logits at the response positions (R + 1), their
-    fp32 copy (and its scaled copy when the temperature is not 1), or later the copy and
-    its log-softmax, whichever is larger."""
+    """A no-grad scoring forward's logits at their peak. Fused layout: logits at the
+    response positions (R + 1), their fp32 copy (and its scaled copy when the temperature
+    is not 1), or later the copy and its log-softmax, whichever is larger. Separate: the
+    whole sequence's logits in the compute dtype, beside the response's fp32 copy and its
+    temperature-scaled copy."""
     if not layout.response_logits_only:
         return micro * vocab * (compute_bytes * (prompt + response) + 8 * response)
     copies = 2 if temperature != 1.0 else 1
@@ -328,10 +262,6 @@ class MemoryPlan:
         return sum(p.bytes for p in self.parts if ALWAYS in p.phases or phase in p.phases)
 
     @property
-    def always_bytes(self) -> int:
-        return sum(p.bytes for p in self.parts if ALWAYS in p.phases)
-
-    @property
     def peak_phase(self) -> str:
         return max(self.phases, key=self.phase_bytes)
 
@@ -386,7 +316,7 @@ def gradient_phases(model: str, algorithm: str, accumulation: int) -> tuple[str,
 
 def _rollout_batch(spec, per_worker: int) -> int:
     """Sequences one GPU generates at once: the rollout's own batch size when the spec has
-    one (issue 14's ``rollout.batch_size``; ``hf-static`` pads every call to it), else all
+    one (``rollout.batch_size``; ``hf-static`` pads every call to it), else all
     of its share of the step."""
     size = getattr(spec.rollout, "batch_size", None)
     if not size:
@@ -406,21 +336,18 @@ def model_shape(spec) -> tuple[DecoderShape, str]:
     return resolve_shape(m.name_or_path)
 
 
-def estimate(
-    spec, gpu_memory_gb: float | None = None, layout: PPOLayout | None = None
-) -> MemoryPlan:
+def estimate(spec, gpu_memory_gb: float | None = None, layout: PPOLayout = PPO_FUSED) -> MemoryPlan:
     """The per-GPU memory plan of a training spec (kind ``countdown-rl``: PPO or GRPO).
 
     ``gpu_memory_gb`` overrides ``resources.gpu_memory_gb`` (GiB, as nvidia-smi's MiB /
-    1024: a "24 GB" card has 24); ``layout`` the PPO trainer's (default: the one
-    installed, :func:`ppo_layout`)."""
+    1024: a "24 GB" card has 24); ``layout`` the PPO trainer's (default: clab's; GRPO
+    ignores it)."""
     if getattr(spec, "kind", None) != "countdown-rl":
         raise ClabError(
             f"clab plan covers kind countdown-rl (PPO and GRPO) only; "
             f"{getattr(spec, 'kind', type(spec).__name__)!r} is not planned yet"
         )
     shape, source = model_shape(spec)
-    layout = layout or (ppo_layout() if spec.algorithm == "ppo" else PPO_SEPARATE)
     return _estimate_countdown_rl(spec, shape, source, gpu_memory_gb, layout)
 
 
@@ -693,8 +620,8 @@ def _add_scoring(plan: MemoryPlan, r: _Run) -> None:
 def _add_backward(plan: MemoryPlan, r: _Run) -> None:
     """A micro-batch's backward, at its moments: the start of the actor's (policy's)
     backward, where its loss's vocabulary-sized tensors peak; with checkpointing the
-    recompute of its top layer; PPO's critic backward. PPO runs the critic's forward
-    before the actor's backward, so the critic's saved tensors are alive in all three."""
+    recompute of its top layer; PPO's critic backward. Where the layout runs the critic's
+    forward before the actor's backward, the critic's saved tensors are alive in all three."""
     s, c = r.s, r.compute
     start = "actor backward" if r.ppo else "backward"
     recompute = ("actor recompute" if r.ppo else "recompute") if r.ckpt else None
@@ -864,6 +791,5 @@ def verdict(plan: MemoryPlan) -> str:
 
 def plan_file(path: str, overrides: list[str] | tuple[str, ...] = ()) -> MemoryPlan:
     """Load a spec as ``clab run`` does (same ``--set`` overrides) and estimate it."""
-    from clab.specs import read_spec_data, validate_spec
 
     return estimate(validate_spec(path, read_spec_data(path, overrides)))

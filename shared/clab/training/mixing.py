@@ -32,10 +32,12 @@ from clab.errors import ClabError
 from clab.evaluation.scorers.answer_loss import answer_losses
 from clab.models.loading import check_model_source, load_adapter_model, load_policy, load_tokenizer
 from clab.models.precision import compute_autocast
+from clab.models.tiny import build_tiny_model
 from clab.runs.protocol import StageContext, TaskRef
 from clab.storage.atomic import write_json, write_parquet
 from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE, Stage
 from clab.tracking.metrics_log import read_rows
+from clab.training.hf_stage import StageCallback, stage_args
 from clab.training.mixing_spec import JOINT, PHASE_A, MixingSpec, TaskSpec
 from clab.training.steps import mixing_stage_steps
 
@@ -166,8 +168,6 @@ class MixingTrainer:
         spec = self.spec
         data = load_tasks(spec)
         if spec.model.preset == "tiny":
-            from clab.models.tiny import build_tiny_model
-
             texts = [e.prompt + " " + e.answer for tr, va in data.values() for e in tr + va]
             m = spec.model
             build_tiny_model(
@@ -371,8 +371,6 @@ class MixingTrainer:
             return
         from transformers import PrinterCallback
         from trl import SFTConfig, SFTTrainer
-
-        from clab.training.hf_stage import StageCallback, stage_args
 
         spec, tr = self.spec, self.spec.training
         rows = self.stage_data(ctx.stage.task)

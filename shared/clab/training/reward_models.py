@@ -26,9 +26,15 @@ import torch
 
 from clab.data.preference.tasks import PreferenceTask
 from clab.evaluation.preference import preference_accuracy, reward_scores, wilson
-from clab.models.loading import TINY_MARKER, load_tokenizer
-from clab.storage.atomic import atomic_dir, write_json
-from clab.storage.layout import COMPLETE_MARKER
+from clab.models.loading import (
+    DTYPES,
+    TINY_MARKER,
+    _no_dropout_config,
+    _zero_dropout_modules,
+    load_tokenizer,
+)
+from clab.storage.atomic import atomic_dir
+from clab.storage.layout import COMPLETE_MARKER, mark_complete
 
 REWARD_DIR = "reward-models"
 
@@ -82,8 +88,6 @@ def link_copy(src: Path, dst: Path) -> None:
 def load_reward_model(folder: str | Path, dtype: str = "float32") -> Any:
     """A one-output sequence classifier as RewardTrainer saved it, dropout off."""
     from transformers import AutoModelForSequenceClassification
-
-    from clab.models.loading import DTYPES, _no_dropout_config, _zero_dropout_modules
 
     config = _no_dropout_config(folder, num_labels=1)
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -213,7 +217,7 @@ def ensure_reward_model(
                 "settings": settings,
                 **facts,
             }
-        write_json(d / COMPLETE_MARKER, info)
+        mark_complete(d, **info)
     with_reuse = dict(info)
     with_reuse.setdefault("reused_from", None)
     return with_reuse

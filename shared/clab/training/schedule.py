@@ -24,10 +24,19 @@ seeds (default: the length of the spec's ``seeds`` list where it has one).
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from clab.data.countdown.curriculum import CountdownSpec
+from clab.data.preference.loading import PAIRS_DIR, load_tasks
+from clab.data.sft.replay import replay_count
 from clab.errors import ClabError
+from clab.registry import Registry
+from clab.specs import validate_spec
+from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE, stage_sequence
+from clab.training.mixing_spec import JOINT, PHASE_A
 from clab.training.steps import (
     countdown_stage_steps,
     dpo_stage_steps,
@@ -35,8 +44,6 @@ from clab.training.steps import (
     mixing_stage_steps,
 )
 
-# the kinds that train (their trainers' steps are counted here)
-TRAINING_KINDS = ("countdown-rl", "replay-mixing", "continual-dpo", "k1-lm")
 # the Countdown data generators' kinds, and their groups
 DATA_KINDS = ("countdown", "countdown-random-split")
 GENERATOR_GROUPS = (0, 1, 2, 3)
@@ -91,6 +98,11 @@ class Schedule:
         return self.steps_per_seed * (self.n_seeds if n_seeds is None else n_seeds)
 
 
+# a training kind -> its schedule (the kinds whose trainers' steps are counted here)
+Planner = Callable[[Any, Path | None], Schedule]
+PLANNERS: Registry[Planner] = Registry("training kind")
+
+
 def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
@@ -121,8 +133,6 @@ def _generator_spec(data_dir: Path, spec_path: Path | None):
     spec, or under ./services, whose kind is a Countdown data set's and whose output is
     that folder. None when there is none."""
     import yaml
-
-    from clab.specs import validate_spec
 
     folders = [Path("services")]
     if spec_path is not None:
@@ -163,8 +173,6 @@ def countdown_rows(spec, spec_path: Path | None = None) -> tuple[dict[int, int],
             where, gen = found
             source = f"{where}'s train_size ({d.dir} is not here)"
         else:
-            from clab.data.countdown.curriculum import CountdownSpec
-
             gen = CountdownSpec()
             source = (
                 f"the data generator's default train_size ({d.dir} is not here, and no "
@@ -187,11 +195,10 @@ def countdown_rows(spec, spec_path: Path | None = None) -> tuple[dict[int, int],
 
 
 def _stage_names(rounds: int, n_tasks: int) -> list[tuple[str, int]]:
-    from clab.storage.layout import stage_sequence
-
     return [(s.name, s.task) for s in stage_sequence(rounds, n_tasks)]
 
 
+@PLANNERS.register("countdown-rl")
 def _countdown(spec, spec_path: Path | None) -> Schedule:
     rows, source = countdown_rows(spec, spec_path)
     b, r, n = spec.batch, spec.rollout, spec.rollout.responses_per_prompt
@@ -242,11 +249,8 @@ def _countdown(spec, spec_path: Path | None) -> Schedule:
     )
 
 
+@PLANNERS.register("replay-mixing")
 def _mixing(spec, spec_path: Path | None) -> Schedule:
-    from clab.data.sft.replay import replay_count
-    from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE
-    from clab.training.mixing_spec import JOINT, PHASE_A
-
     tasks = [spec.task_a, spec.task_b]
     first = spec.member(PHASE_A, (spec.seeds or [spec.seed])[0])  # the first seed's phase A
     stage0 = first.run_dirs()[0] / INITIAL_STAGE
@@ -321,8 +325,6 @@ def _mixing(spec, spec_path: Path | None) -> Schedule:
 def dpo_pairs(spec) -> tuple[list[tuple[str, int]], str]:
     """Each task's training pairs: from the run's stage 0 when it is complete (what the
     trainer reads), else from the data source through the trainer's own loader."""
-    from clab.data.preference.loading import PAIRS_DIR, load_tasks
-    from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE
 
     tasks = load_tasks(spec)
     stage0 = spec.run_dirs()[0] / INITIAL_STAGE
@@ -336,6 +338,7 @@ def dpo_pairs(spec) -> tuple[list[tuple[str, int]], str]:
     return [(t.name, len(t.train)) for t in tasks], f"{where}, read as the trainer reads it"
 
 
+@PLANNERS.register("continual-dpo")
 def _dpo(spec, spec_path: Path | None) -> Schedule:
     pairs, source = dpo_pairs(spec)
     d = spec.dpo
@@ -367,6 +370,7 @@ def _dpo(spec, spec_path: Path | None) -> Schedule:
     )
 
 
+@PLANNERS.register("k1-lm")
 def _k1(spec, spec_path: Path | None) -> Schedule:
     runs = []
     for method in spec.methods:
@@ -398,24 +402,12 @@ def _k1(spec, spec_path: Path | None) -> Schedule:
     )
 
 
-PLANNERS = {
-    "countdown-rl": _countdown,
-    "replay-mixing": _mixing,
-    "continual-dpo": _dpo,
-    "k1-lm": _k1,
-}
-
-
 def schedule(spec, spec_path: str | Path | None = None) -> Schedule:
     """The spec's schedule. ``spec_path`` lets the plan find a data generator's spec
     beside it (for a data set that is not generated yet)."""
-    kind = getattr(spec, "kind", None)
-    if kind not in PLANNERS:
-        raise ClabError(
-            f"clab plan: kind {kind!r} is not a training spec (the training kinds: "
-            f"{', '.join(TRAINING_KINDS)})"
-        )
-    return PLANNERS[kind](spec, Path(spec_path) if spec_path is not None else None)
+    return PLANNERS[getattr(spec, "kind", None)](
+        spec, Path(spec_path) if spec_path is not None else None
+    )
 
 
 # -- time ---------------------------------------------------------------------------------------

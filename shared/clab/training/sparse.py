@@ -7,9 +7,8 @@ out). Here every group has its own optimizer, and a step calls only the
 selected groups' optimizers: an unselected group keeps its weights bit for
 bit, its moments, and its step counter (so Adam's bias correction stays that
 of the updates it really had). The selection is a plain function of the
-groups' gradient norms, registered by name like the rest of clab's
-algorithms, so K-1, dense training and the ``random_k`` control differ only
-in the rule.
+groups' gradient norms (K-1's rules registered by name in ``SELECTORS``), so
+K-1, dense training and the ``random_k`` control differ only in the rule.
 
 Groups (``granularity: block``, the public experiment's ten for a 4-layer
 model): ``embed`` (token and position embeddings), ``layer<i>.attn``
@@ -23,11 +22,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
 from clab.errors import ClabError
+from clab.registry import Registry
 
 Granularity = Literal["block", "module", "tensor"]
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks)\.(\d+)\.(.+)$")
@@ -90,18 +90,19 @@ def group_grad_norms(groups: dict[str, list[tuple[str, torch.nn.Parameter]]]) ->
 # -- selection rules: norms (and group sizes) in, a boolean mask of groups out ---------------
 
 SelectFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
-SELECTORS: dict[str, Callable[..., SelectFn]] = {}
 
 
-def register_selector(name: str):
-    def add(fn):
-        SELECTORS[name] = fn
-        return fn
+class RuleSettings(Protocol):
+    """What a K-1 rule may read from the spec's ``select`` section."""
 
-    return add
+    top_k: int
+    fraction: float
 
 
-@register_selector("top_k")
+Selector = Callable[[RuleSettings], SelectFn]
+SELECTORS: Registry[Selector] = Registry("K-1 rule")
+
+
 def top_k(k: int) -> SelectFn:
     """The ``k`` groups with the largest gradient norms (ties: the earlier group)."""
 
@@ -114,7 +115,6 @@ def top_k(k: int) -> SelectFn:
     return select
 
 
-@register_selector("fraction")
 def fraction(share: float) -> SelectFn:
     """The fewest largest-norm groups whose parameters cover ``share`` of the model."""
 
@@ -129,7 +129,6 @@ def fraction(share: float) -> SelectFn:
     return select
 
 
-@register_selector("random_k")
 def random_k(k: int) -> SelectFn:
     """``k`` groups at random (the control: as many groups as K-1, chosen blindly)."""
 
@@ -169,12 +168,17 @@ def among(rule: SelectFn, live: torch.Tensor) -> SelectFn:
     return select
 
 
-@register_selector("dense")
 def dense() -> SelectFn:
+    """Every group: dense training through the same optimizer code as K-1."""
+
     def select(norms, sizes, gen):
         return torch.ones_like(norms, dtype=torch.bool)
 
     return select
+
+
+SELECTORS.add("top_k", lambda s: top_k(s.top_k))
+SELECTORS.add("fraction", lambda s: fraction(s.fraction))
 
 
 class Smoothed:

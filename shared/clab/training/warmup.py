@@ -18,8 +18,11 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from clab.data.countdown.reading import read_group
+from clab.errors import ClabError
+from clab.models.loading import load_policy
+from clab.runs.runner import latest_checkpoint
 from clab.storage.atomic import write_json
-from clab.storage.layout import COMPLETE_MARKER
+from clab.storage.layout import mark_complete
 
 # checkpoints kept: HF writes a checkpoint in place, so the one before the
 # newest stays until the newest is marked whole
@@ -48,7 +51,7 @@ class _MarkComplete(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and ckpt.is_dir():
-            write_json(ckpt / COMPLETE_MARKER, {"step": state.global_step})
+            mark_complete(ckpt, step=state.global_step)
 
 
 def warmup_save_steps(steps: int) -> int:
@@ -56,7 +59,7 @@ def warmup_save_steps(steps: int) -> int:
     return max(1, steps // 5)
 
 
-def supervised_warmup(
+def warmup_on_solutions(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     spec,
@@ -71,8 +74,6 @@ def supervised_warmup(
     """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
-
-    from clab.runs.runner import latest_checkpoint
 
     work_dir = work_dir or logs_dir / "warmup" / "checkpoints"
 
@@ -123,14 +124,14 @@ _GROUP_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RAN
 _GROUP_ENV_PREFIXES = ("MASTER_", "TORCHELASTIC_", "ACCELERATE_")
 
 
-def supervised_warmup_apart(
+def warmup_on_solutions_apart(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     spec,
     logs_dir: Path,
     work_dir: Path,
 ) -> PreTrainedModel:
-    """:func:`supervised_warmup` in a process of its own, for rank 0 of several workers.
+    """:func:`warmup_on_solutions` in a process of its own, for rank 0 of several workers.
 
     Rank 0 alone builds the model before RL while the others wait for it; inside
     their process group, transformers' Trainer would join the group and wait at
@@ -140,9 +141,6 @@ def supervised_warmup_apart(
     warm-up does. Returns the warmed-up model."""
     import torch
     import torch.multiprocessing as mp
-
-    from clab.errors import ClabError
-    from clab.models.loading import load_policy
 
     start, done = work_dir / "start", work_dir / "done"
     model.save_pretrained(start)
@@ -175,10 +173,8 @@ def supervised_warmup_apart(
 
 
 def _warmup_child(start: Path, done: Path, tokenizer, spec, logs_dir: Path, work_dir: Path) -> None:
-    from clab.models.loading import load_policy
-
     model = load_policy(start, "float32")
     if spec.resources.use_gpu:
         model = model.to("cuda")
-    supervised_warmup(model, tokenizer, spec, logs_dir, work_dir)
+    warmup_on_solutions(model, tokenizer, spec, logs_dir, work_dir)
     model.save_pretrained(done)

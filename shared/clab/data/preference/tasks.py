@@ -23,6 +23,7 @@ from typing import Any
 
 from clab.data.row_files import read_row_file
 from clab.errors import ClabError
+from clab.storage.atomic import write_text
 
 FIELDS = ("prompt", "chosen", "rejected")
 Row = dict[str, str]
@@ -142,8 +143,6 @@ def read_rows(source: str) -> list[dict]:
 
 
 def write_split(path: Path, rows: list[Row]) -> None:
-    from clab.storage.atomic import write_text
-
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 

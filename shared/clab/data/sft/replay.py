@@ -1,4 +1,4 @@
-"""Which examples of task A are replayed while training on task B (issue 10).
+"""Which examples of task A are replayed while training on task B.
 
 A strategy is a plain function registered by name (as clab's other
 algorithms are): it takes task A's examples, how many to keep, the examples'
@@ -17,20 +17,28 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from clab.errors import ClabError
+from clab.registry import Registry
+from clab.storage.atomic import write_json
 
-Strategy = Callable[..., list[str]]
-STRATEGIES: dict[str, Strategy] = {}
 _LEVEL = re.compile(r"(\d+)")
 
 
-def register_strategy(name: str):
-    def add(fn: Strategy) -> Strategy:
-        STRATEGIES[name] = fn
-        return fn
+class Strategy(Protocol):
+    def __call__(
+        self,
+        ids: list[str],
+        k: int,
+        rng: random.Random,
+        *,
+        levels: dict[str, int | None],
+        losses: dict[str, float],
+    ) -> list[str]: ...
 
-    return add
+
+STRATEGIES: Registry[Strategy] = Registry("replay strategy")
 
 
 def parse_level(raw: object) -> int | None:
@@ -67,34 +75,34 @@ def _with_levels(ids, levels) -> list[str]:
     return [i for i in ids if levels[i] is not None]
 
 
-@register_strategy("difficulty_hard")
+@STRATEGIES.register("difficulty_hard")
 def difficulty_hard(ids, k, rng, *, levels, **_) -> list[str]:
     """The highest levels first; examples without a parseable level are left out."""
     return _by_key(_with_levels(ids, levels), lambda i: levels[i], k, rng, reverse=True)
 
 
-@register_strategy("difficulty_easy")
+@STRATEGIES.register("difficulty_easy")
 def difficulty_easy(ids, k, rng, *, levels, **_) -> list[str]:
     return _by_key(_with_levels(ids, levels), lambda i: levels[i], k, rng, reverse=False)
 
 
-@register_strategy("random")
+@STRATEGIES.register("random")
 def random_subset(ids, k, rng, **_) -> list[str]:
     return _shuffled(ids, rng)[:k]
 
 
-@register_strategy("loss_descending")
+@STRATEGIES.register("loss_descending")
 def loss_descending(ids, k, rng, *, losses, **_) -> list[str]:
     """The examples the phase-A model finds hardest (highest per-example loss)."""
     return _by_key(list(ids), lambda i: losses[i], k, rng, reverse=True)
 
 
-@register_strategy("loss_ascending")
+@STRATEGIES.register("loss_ascending")
 def loss_ascending(ids, k, rng, *, losses, **_) -> list[str]:
     return _by_key(list(ids), lambda i: losses[i], k, rng, reverse=False)
 
 
-@register_strategy("none")
+@STRATEGIES.register("none")
 def no_replay(ids, k, rng, **_) -> list[str]:
     """The baseline that shows how much is forgotten at all."""
     return []
@@ -109,9 +117,6 @@ def select_replay(
     levels: dict[str, int | None] | None = None,
     losses: dict[str, float] | None = None,
 ) -> list[str]:
-    if strategy not in STRATEGIES:
-        known = ", ".join(sorted(STRATEGIES))
-        raise ClabError(f"mix.strategies: unknown strategy {strategy!r} (known: {known})")
     rng = random.Random(f"{seed}:{strategy}")  # a str seed is hashed stably, unlike hash()
     return STRATEGIES[strategy](list(ids), k, rng, levels=levels or {}, losses=losses or {})
 
@@ -137,7 +142,6 @@ def cached_losses(
 ) -> tuple[dict[str, float], bool]:
     """(losses, reused): the stored losses when their key matches, else ``compute()``,
     stored with the key (atomically) before it is returned."""
-    from clab.storage.atomic import write_json
 
     if path.is_file():
         stored = json.loads(path.read_text())

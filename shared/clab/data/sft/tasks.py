@@ -26,6 +26,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from clab.data.countdown.problems import sample_problems
 from clab.data.row_files import read_row_file
 from clab.data.sft.replay import parse_level
 from clab.errors import ClabError
@@ -177,8 +178,6 @@ def arithmetic(n: int, seed: int) -> list[Example]:
     """Expressions from the Countdown generator and their values; level = the hardest
     operator's rank (+ 1, - 2, * 3, / 4), plus 1 for four numbers, capped at 5."""
     import numpy as np
-
-    from clab.data.countdown.problems import sample_problems
 
     rng = np.random.default_rng(seed)
     out: dict[str, Example] = {}

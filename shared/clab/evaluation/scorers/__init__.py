@@ -6,8 +6,6 @@ from clab.evaluation.scorers.registry import (
     ModelHandle,
     ScoreResult,
     ScoreSettings,
-    get_scorer,
-    register_scorer,
 )
 
 __all__ = [
@@ -17,8 +15,6 @@ __all__ = [
     "ScoreSettings",
     "answer_loss",
     "countdown",
-    "get_scorer",
     "perplexity",
     "preference",
-    "register_scorer",
 ]

@@ -14,19 +14,24 @@ grades). Rows come from a Parquet or JSONL file with ``prompt`` and
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import torch
 
+from clab.data.sft.encoding import encode_pair
+from clab.data.sft.tasks import last_boxed, normalize_answer
 from clab.errors import ClabError
 from clab.evaluation.scorers.registry import (
+    SCORERS,
     ModelHandle,
     ScoreResult,
     ScoreSettings,
-    register_scorer,
 )
+from clab.generation.rollout import hf_generate, position_ids
+from clab.registry import Registry
 
 
 def read_pairs(path: str | Path, limit: int | None) -> list[dict[str, str]]:
@@ -50,7 +55,6 @@ def answer_batch(tokenizer, rows: list[dict[str, str]], max_length: int):
     """input ids, attention mask and labels: -100 on the prompt and padding, the
     answer and its EOS labelled. Over-long prompts lose their start (the answer
     and the prompt's end are what the loss is about)."""
-    from clab.data.sft.encoding import encode_pair
 
     seqs, labels = [], []
     for r in rows:
@@ -68,7 +72,6 @@ def answer_batch(tokenizer, rows: list[dict[str, str]], max_length: int):
 @torch.no_grad()
 def answer_losses(model, tokenizer, rows, max_length: int, batch_size: int) -> list[tuple]:
     """(sum of answer-token losses, answer tokens) per row."""
-    from clab.generation.rollout import position_ids
 
     device = next(model.parameters()).device
     out = []
@@ -87,29 +90,24 @@ def answer_losses(model, tokenizer, rows, max_length: int, batch_size: int) -> l
 
 
 def _boxed(generated: str, reference: str) -> bool:
-    from clab.data.sft.tasks import last_boxed, normalize_answer
-
     got = last_boxed(generated)
     return got is not None and normalize_answer(got) == normalize_answer(reference)
 
 
 def _normalized(generated: str, reference: str) -> bool:
-    from clab.data.sft.tasks import normalize_answer
-
     return normalize_answer(generated) == normalize_answer(reference)
 
 
-MATCHES = {
-    "exact": lambda generated, reference: generated.strip() == reference.strip(),
-    "normalized": _normalized,
-    "boxed": _boxed,
-}
+# how a generated answer is compared with the reference (a task's ``match``)
+Match = Callable[[str, str], bool]
+MATCHES: Registry[Match] = Registry("answer match")
+MATCHES.add("exact", lambda generated, reference: generated.strip() == reference.strip())
+MATCHES.add("normalized", _normalized)
+MATCHES.add("boxed", _boxed)
 
 
-@register_scorer("answer_loss")
+@SCORERS.register("answer_loss")
 def score_answer_loss(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
-    from clab.generation.rollout import hf_generate
-
     rows = read_pairs(task["data"], s.test_size)
     if not rows:
         raise ClabError(f"{task['data']}: no rows to score")

@@ -10,18 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from clab.data.countdown.reading import read_group
+from clab.evaluation.countdown import VLLMEvaluator, evaluate_problems
 from clab.evaluation.scorers.registry import (
+    SCORERS,
     ModelHandle,
     ScoreResult,
     ScoreSettings,
-    register_scorer,
 )
 
 
-@register_scorer("countdown")
+@SCORERS.register("countdown")
 def score_countdown(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
-    from clab.evaluation.countdown import VLLMEvaluator, evaluate_problems
-
     problems = read_group(Path(task["data_dir"]), task["group"], "test", s.test_size, seed=s.seed)
     max_new = s.max_new_tokens or task["max_response_length"]
     if s.engine == "vllm":

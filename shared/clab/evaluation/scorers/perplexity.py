@@ -14,15 +14,16 @@ import torch
 
 from clab.errors import ClabError
 from clab.evaluation.scorers.registry import (
+    SCORERS,
     ModelHandle,
     ScoreResult,
     ScoreSettings,
-    register_scorer,
 )
+from clab.generation.rollout import hf_generate
 from clab.metrics.language import perplexity, window_token_losses, windows
 
 
-@register_scorer("perplexity")
+@SCORERS.register("perplexity")
 def score_perplexity(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
     path = Path(task["text"])
     if not path.is_file():
@@ -52,7 +53,6 @@ def _samples(handle: ModelHandle, data, s: ScoreSettings) -> list[dict[str, Any]
     """Continuations of fixed prompts (the first 16 tokens of the first test windows),
     sampled with a fixed seed: the same prompts for every checkpoint and method, to
     read side by side; a reading aid, never the measure of forgetting."""
-    from clab.generation.rollout import hf_generate
 
     if not s.samples:
         return []

@@ -30,20 +30,24 @@ from typing import Any
 
 import torch
 
+from clab.data.preference.tasks import read_split
+from clab.errors import ClabError
+from clab.evaluation.preference import pair_logps, preference_accuracy, reward_scores, sample
 from clab.evaluation.scorers.registry import (
+    SCORERS,
     ModelHandle,
     ScoreResult,
     ScoreSettings,
-    register_scorer,
 )
+from clab.models.loading import load_tokenizer
+from clab.storage.layout import COMPLETE_MARKER
+from clab.training.reward_models import load_reward_model
 
 _BASELINE: dict[tuple, dict[str, Any]] = {}
 _REWARD: dict[str, tuple] = {}
 
 
 def _policy_side(model, tok, rows, task: dict[str, Any], s: ScoreSettings) -> dict[str, Any]:
-    from clab.evaluation.preference import pair_logps, sample
-
     prompts = [r["prompt"] for r in rows]
     texts = sample(
         model,
@@ -61,24 +65,16 @@ def _policy_side(model, tok, rows, task: dict[str, Any], s: ScoreSettings) -> di
 
 
 def _reward_model(folder: str, device: str):
-    from clab.models.loading import load_tokenizer
-    from clab.training.reward_models import load_reward_model
-
     if folder not in _REWARD:
-        if not (Path(folder) / "COMPLETE").is_file():
-            from clab.errors import ClabError
-
+        if not (Path(folder) / COMPLETE_MARKER).is_file():
             raise ClabError(f"{folder}: the task's reward model is missing or incomplete")
         _REWARD.clear()  # one at a time: a 0.5B reward model is 2 GB
         _REWARD[folder] = (load_reward_model(folder).to(device).eval(), load_tokenizer(folder))
     return _REWARD[folder]
 
 
-@register_scorer("preference")
+@SCORERS.register("preference")
 def score_preference(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings) -> ScoreResult:
-    from clab.data.preference.tasks import read_split
-    from clab.evaluation.preference import preference_accuracy, reward_scores
-
     rows = read_split(task["data"], s.test_size)
     prompts = [r["prompt"] for r in rows]
     with handle.autocast():

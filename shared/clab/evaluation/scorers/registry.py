@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clab.errors import ClabError
+from clab.models.loading import load_policy, load_tokenizer
 from clab.models.precision import compute_autocast
+from clab.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,6 @@ class ModelHandle:
     @property
     def model(self):
         if self._model is None:
-            from clab.models.loading import load_policy
-
             # weights as saved (fp32); compute in settings.dtype through autocast,
             # exactly as training validation runs
             self._model = load_policy(self.dir, "float32").to(self.settings.device).eval()
@@ -94,8 +93,6 @@ class ModelHandle:
     @property
     def tokenizer(self):
         if self._tok is None:
-            from clab.models.loading import load_tokenizer
-
             self._tok = load_tokenizer(self.dir)
         return self._tok
 
@@ -107,18 +104,4 @@ class ModelHandle:
 
 
 Scorer = Callable[[ModelHandle, dict[str, Any], ScoreSettings], ScoreResult]
-SCORERS: dict[str, Scorer] = {}
-
-
-def register_scorer(name: str) -> Callable[[Scorer], Scorer]:
-    def add(fn: Scorer) -> Scorer:
-        SCORERS[name] = fn
-        return fn
-
-    return add
-
-
-def get_scorer(name: str) -> Scorer:
-    if name not in SCORERS:
-        raise ClabError(f"scorer {name!r} is not known (known: {', '.join(sorted(SCORERS))})")
-    return SCORERS[name]
+SCORERS: Registry[Scorer] = Registry("scorer")
