@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from clab.models.spec import PrecisionModelSpec
 from clab.runs.spec import RunSpec
 from clab.specs import SpecModel
 
@@ -22,27 +23,12 @@ class DataSpec(SpecModel):
     max_train_rows: int | None = Field(None, ge=1, description="cap per group (demo, tests)")
 
 
-class ModelSpec(SpecModel):
-    name_or_path: str | None = Field(None, description="a local folder or a hub id")
-    preset: Literal["tiny"] | None = Field(
-        None, description="tiny: a small random Qwen2 with a tokenizer trained on the task text"
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    gradient_checkpointing: bool = False
-    tiny_hidden_size: int = Field(64, ge=16)
-    tiny_layers: int = Field(2, ge=1)
-    tiny_vocab_size: int = Field(512, ge=300)
-    tiny_split_digits: bool = Field(
+class CountdownModelSpec(PrecisionModelSpec):
+    split_digits: bool = Field(
         False,
-        description="tiny tokenizer: every digit a token, as Qwen's tokenizer splits "
-        "numbers (a tiny model can then copy a problem's numbers into its answer)",
+        description="preset tiny: every digit a token, as Qwen's tokenizer splits numbers (a "
+        "tiny model can then copy a problem's numbers into its answer)",
     )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ModelSpec:
-        if (self.name_or_path is None) == (self.preset is None):
-            raise ValueError("give exactly one of model.name_or_path and model.preset")
-        return self
 
 
 class RolloutSpec(SpecModel):
@@ -142,7 +128,7 @@ class CountdownRLSpec(RunSpec):
     max_steps_per_stage: int | None = Field(None, ge=1, description="cap, for tests and the demo")
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     lr_warmup_steps: int = Field(0, ge=0, description="per stage: the schedule restarts")
-    model: ModelSpec
+    model: CountdownModelSpec
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     batch: BatchSpec = Field(default_factory=BatchSpec)
     ppo: PPOSpec = Field(default_factory=PPOSpec)

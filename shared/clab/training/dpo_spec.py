@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from clab.models.spec import LoraSpec, PrecisionModelSpec
 from clab.runs.spec import RunSpec
 from clab.specs import SpecModel
 
@@ -58,38 +59,29 @@ class PreferenceDataSpec(SpecModel):
         return []
 
 
-class DPOModelSpec(SpecModel):
-    name_or_path: str | None = Field("Qwen/Qwen2-0.5B-Instruct", description="folder or hub id")
+class DPOModelSpec(PrecisionModelSpec):
+    name_or_path: str | None = Field(
+        "Qwen/Qwen2-0.5B-Instruct",
+        description="the model to start from: a local folder or a hub id; null with preset",
+    )
     preset: Literal["tiny"] | None = Field(
-        None, description="tiny: a small random Qwen2, tokenizer trained on the tasks' text"
+        None,
+        description="tiny: a small random Qwen2 with a tokenizer trained on the tasks' text; "
+        "replaces the default name_or_path",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "bfloat16", description="compute dtype on GPU (autocast over fp32 weights); CPU: float32"
-    )
-    gradient_checkpointing: bool = False
-    tiny_hidden_size: int = Field(64, ge=16)
-    tiny_layers: int = Field(2, ge=1)
-    tiny_vocab_size: int = Field(512, ge=300)
-    warmup_steps: int = Field(
+
+
+class DPOLoraSpec(LoraSpec):
+    enabled: bool = Field(True, description="false: full fine-tuning, no adapter")
+    r: int = Field(32, ge=1, description="adapter rank: trainable parameters grow with it")
+
+
+class WarmupSpec(SpecModel):
+    steps: int = Field(
         0, ge=0, description="supervised steps on both responses of every train pair, first"
     )
-    warmup_lr: float = Field(3e-3, gt=0)
-    warmup_batch_size: int = Field(32, ge=1)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DPOModelSpec:
-        if (self.name_or_path is None) == (self.preset is None):
-            raise ValueError("give exactly one of model.name_or_path and model.preset")
-        return self
-
-
-class LoraSpec(SpecModel):
-    enabled: bool = Field(True, description="false: full fine-tuning")
-    r: int = Field(32, ge=1)
-    alpha: int = Field(16, ge=1)
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="every linear layer but the head, or a list of module names"
-    )
+    lr: float = Field(3e-3, gt=0, description="the warm-up's learning rate (AdamW, no decay)")
+    batch_size: int = Field(32, ge=1, description="responses per warm-up step")
 
 
 class DPOSpec(SpecModel):
@@ -151,7 +143,8 @@ class ContinualDPOSpec(RunSpec):
     SHARE_INITIAL: ClassVar[bool] = False
     data: PreferenceDataSpec = Field(default_factory=PreferenceDataSpec)
     model: DPOModelSpec = Field(default_factory=DPOModelSpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
+    warmup: WarmupSpec = Field(default_factory=WarmupSpec)
+    lora: DPOLoraSpec = Field(default_factory=DPOLoraSpec)
     dpo: DPOSpec = Field(default_factory=DPOSpec)
     ewc: EWCSpec = Field(default_factory=EWCSpec)
     reward: RewardSpec = Field(default_factory=RewardSpec)

@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from clab.models.spec import ModelSpec
 from clab.runs.spec import RunSpec
 from clab.specs import SpecModel
 
@@ -30,22 +31,23 @@ class CorpusSpec(SpecModel):
     max_chars: int = Field(2_000_000, ge=1000)
 
 
-class SmallModelSpec(SpecModel):
-    name_or_path: str | None = Field(None, description="a local folder or a hub id")
-    preset: Literal["small"] | None = Field(
-        "small", description="small: 4 layers, width 128, tokenizer trained on the corpora"
-    )
-    hidden_size: int = Field(128, ge=16)
-    layers: int = Field(4, ge=1)
-    heads: int = Field(4, ge=1)
-    ffn: int = Field(256, ge=16)
-    vocab_size: int = Field(2000, ge=300)
+class K1ModelSpec(ModelSpec):
+    """The tiny preset here is the public experiment's: untied head, a feed-forward width
+    of its own."""
 
-    @model_validator(mode="after")
-    def _one_source(self) -> SmallModelSpec:
-        if (self.name_or_path is None) == (self.preset is None):
-            raise ValueError("give exactly one of model.name_or_path and model.preset")
-        return self
+    preset: Literal["tiny"] | None = Field(
+        "tiny",
+        description="tiny: a small random Qwen2 with an untied head and a tokenizer trained on "
+        "the corpora; null with name_or_path",
+    )
+    hidden_size: int = Field(128, ge=16, description="preset tiny: the model's width")
+    layers: int = Field(4, ge=1, description="preset tiny: transformer blocks")
+    vocab_size: int = Field(
+        2000, ge=300, description="preset tiny: the tokenizer's vocabulary, at most (BPE merges)"
+    )
+    ffn_size: int = Field(
+        256, ge=16, description="preset tiny: the feed-forward layer's inner width"
+    )
 
 
 class SelectSpec(SpecModel):
@@ -90,7 +92,7 @@ class K1Spec(RunSpec):
     batch_size: int = Field(16, ge=1)
     steps_per_corpus: int = Field(500, ge=1)
     val_windows: int = Field(64, ge=1, description="validation windows per corpus at each stage")
-    model: SmallModelSpec = Field(default_factory=SmallModelSpec)
+    model: K1ModelSpec = Field(default_factory=K1ModelSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     select: SelectSpec = Field(default_factory=SelectSpec)
     groups: GroupsSpec = Field(default_factory=GroupsSpec)

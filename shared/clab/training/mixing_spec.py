@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from clab.models.spec import LoraSpec, PrecisionModelSpec
 from clab.runs.spec import RunSpec
 from clab.specs import SpecModel
 from clab.storage.layout import INITIAL_STAGE
@@ -68,42 +69,41 @@ class MixSpec(SpecModel):
     seed: int = Field(42, description="seeds the random strategy and every tie-break")
 
 
-class LoraSpec(SpecModel):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"])
+class MixingLoraSpec(LoraSpec):
+    r: int = Field(8, ge=1, description="adapter rank: trainable parameters grow with it")
+    dropout: float = Field(
+        0.05, ge=0, lt=1, description="dropout on the adapter's input while training"
+    )
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="module names that get an adapter (TinyLlama's attention projections), "
+        "or all-linear: every linear layer but the head",
+    )
 
 
-class MixModelSpec(SpecModel):
+class MixingModelSpec(PrecisionModelSpec):
     name_or_path: str | None = Field(
-        "TinyLlama/TinyLlama-1.1B-Chat-v1.0", description="a hub id or a local folder"
+        "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+        description="the model to start from: a local folder or a hub id; null with preset",
     )
     preset: Literal["tiny"] | None = Field(
-        None, description="tiny: a random Llama with a tokenizer trained on the tasks (demo)"
+        None,
+        description="tiny: a small random Llama with a tokenizer trained on the tasks (demo); "
+        "replaces the default name_or_path",
     )
-    hidden_size: int = Field(128, ge=16, description="preset tiny only")
-    layers: int = Field(2, ge=1, description="preset tiny only")
-    heads: int = Field(4, ge=1, description="preset tiny only")
-    vocab_size: int = Field(1000, ge=300, description="preset tiny only")
+    hidden_size: int = Field(128, ge=16, description="preset tiny: the model's width")
+    vocab_size: int = Field(
+        1000, ge=300, description="preset tiny: the tokenizer's vocabulary, at most (BPE merges)"
+    )
     init_std: float = Field(
         0.1,
         gt=0,
-        description="preset tiny only: a random head at the usual 0.02 caps logits near "
-        "+-2.5, so what LoRA learns barely shows as a lower loss",
+        description="preset tiny: std of the random weights; at the usual 0.02 the head caps "
+        "logits near +-2.5, so what LoRA learns barely shows as a lower loss",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "bfloat16", description="compute dtype on a GPU (autocast; weights stay fp32)"
+    gradient_checkpointing: bool = Field(
+        True, description="recompute activations in the backward pass: less memory, slower steps"
     )
-    gradient_checkpointing: bool = True
-
-    @model_validator(mode="after")
-    def _one_source(self) -> MixModelSpec:
-        if self.preset is not None:
-            self.name_or_path = None
-        if self.name_or_path is None and self.preset is None:
-            raise ValueError("give model.name_or_path or model.preset")
-        return self
 
 
 class TrainSpec(SpecModel):
@@ -167,8 +167,8 @@ class MixingSpec(RunSpec):
         )
     )
     mix: MixSpec = Field(default_factory=MixSpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    model: MixModelSpec = Field(default_factory=MixModelSpec)
+    lora: MixingLoraSpec = Field(default_factory=MixingLoraSpec)
+    model: MixingModelSpec = Field(default_factory=MixingModelSpec)
     training: TrainSpec = Field(default_factory=TrainSpec)
     joint: JointSpec = Field(default_factory=JointSpec)
 
