@@ -24,6 +24,9 @@ class SpecModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+KIND_HELP = "what the spec is: picks its keys and what `clab run` does with it"
+
+
 class Spec(SpecModel):
     """A whole spec file. Subclasses set ``kind`` and implement ``run``."""
 

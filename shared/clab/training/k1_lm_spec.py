@@ -16,11 +16,13 @@ from pydantic import Field, model_validator
 
 from clab.models.spec import ModelSpec
 from clab.runs.spec import RunSpec
-from clab.specs import SpecModel
+from clab.specs import KIND_HELP, SpecModel
 
 
 class CorpusSpec(SpecModel):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z0-9._-]+$", description="the corpus' name in metrics and plots"
+    )
     source: str = Field(
         ...,
         description="stdlib:prose | stdlib:prose-reversed | stdlib:code | stdlib:docstrings | "
@@ -28,7 +30,9 @@ class CorpusSpec(SpecModel):
         "file | a hub id (name or name:config)",
     )
     field: str = Field("text", description="the text column of a data set")
-    max_chars: int = Field(2_000_000, ge=1000)
+    max_chars: int = Field(
+        2_000_000, ge=1000, description="characters read from the source, at most"
+    )
 
 
 class K1ModelSpec(ModelSpec):
@@ -51,7 +55,11 @@ class K1ModelSpec(ModelSpec):
 
 
 class SelectSpec(SpecModel):
-    rule: Literal["top_k", "fraction"] = "top_k"
+    rule: Literal["top_k", "fraction"] = Field(
+        "top_k",
+        description="top_k: the k groups of largest gradient norm; fraction: the fewest largest "
+        "groups that cover a share of the parameters",
+    )
     top_k: int = Field(5, ge=1, description="rule top_k: groups updated per step")
     fraction: float = Field(0.5, gt=0, le=1, description="rule fraction: share of parameters")
     smoothing: bool = Field(False, description="EMA 0.9 of the selection, on above 0.5")
@@ -60,24 +68,33 @@ class SelectSpec(SpecModel):
 
 
 class GroupsSpec(SpecModel):
-    granularity: Literal["block", "module", "tensor"] = "block"
+    granularity: Literal["block", "module", "tensor"] = Field(
+        "block",
+        description="block: embed, each layer's attn and ffn, head; module: each parameter's "
+        "parent module; tensor: each parameter tensor",
+    )
     frozen: list[str] = Field([], description="groups never updated, by any method")
 
 
 class OptimSpec(SpecModel):
-    name: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
+    name: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    weight_decay: float = Field(
+        0.01, ge=0, description="decoupled weight decay (adamw) or L2 (sgd)"
+    )
     momentum: float = Field(0.0, ge=0, description="sgd only")
 
 
 class K1Spec(RunSpec):
     """Sparse (K-1) against dense training and random_k, on corpora in sequence."""
 
-    kind: Literal["k1-lm"] = "k1-lm"
+    kind: Literal["k1-lm"] = Field("k1-lm", description=KIND_HELP)
     TRAINER: ClassVar[str] = "clab.training.k1_lm"
     VARIANT: ClassVar[str | None] = "method"
-    methods: list[Literal["k1", "dense", "random_k"]] = Field(["k1", "dense", "random_k"])
+    methods: list[Literal["k1", "dense", "random_k"]] = Field(
+        ["k1", "dense", "random_k"],
+        description="the methods compared, one run each: k1 (sparse updates), dense, random_k",
+    )
     method: Literal["k1", "dense", "random_k"] = Field(
         "k1", description="set per run by the sweep; the spec file lists methods"
     )
@@ -86,16 +103,27 @@ class K1Spec(RunSpec):
             CorpusSpec(name="prose", source="stdlib:prose"),
             CorpusSpec(name="code", source="stdlib:code"),
             CorpusSpec(name="docstrings", source="stdlib:docstrings"),
-        ]
+        ],
+        description="the text corpora, in training order (at least two)",
     )
-    seq_len: int = Field(64, ge=4)
-    batch_size: int = Field(16, ge=1)
-    steps_per_corpus: int = Field(500, ge=1)
+    seq_len: int = Field(64, ge=4, description="tokens per training window")
+    batch_size: int = Field(16, ge=1, description="windows per optimizer step")
+    steps_per_corpus: int = Field(
+        500, ge=1, description="optimizer steps on each corpus (one stage)"
+    )
     val_windows: int = Field(64, ge=1, description="validation windows per corpus at each stage")
-    model: K1ModelSpec = Field(default_factory=K1ModelSpec)
-    optim: OptimSpec = Field(default_factory=OptimSpec)
-    select: SelectSpec = Field(default_factory=SelectSpec)
-    groups: GroupsSpec = Field(default_factory=GroupsSpec)
+    model: K1ModelSpec = Field(
+        default_factory=K1ModelSpec, description="the language model to start from"
+    )
+    optim: OptimSpec = Field(
+        default_factory=OptimSpec, description="the optimizer, the same for every method"
+    )
+    select: SelectSpec = Field(
+        default_factory=SelectSpec, description="which parameter groups k1 updates each step"
+    )
+    groups: GroupsSpec = Field(
+        default_factory=GroupsSpec, description="how parameters are grouped for the selection"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> K1Spec:
