@@ -107,3 +107,18 @@ def test_ppo_config_carries_the_spec():
     assert cfg["strategy"] == "fsdp" and cfg["max_response_length"] == 8
     defaults = CountdownRLSpec.model_validate({**TINY, "ppo": {}, "batch": {}, "rollout": {}})
     assert PPOConfig() == PPOConfig.from_spec(defaults, 1, None, False)  # said once: the spec
+
+
+def test_a_run_started_under_the_old_names_resumes():
+    """The renames build the same models: a stored fingerprint in the old names is no change."""
+    from clab.runs.fingerprint import changed_fields, field_default
+    from clab.runs.runner import spec_fingerprint
+    from clab.training.k1_lm_spec import K1Spec
+
+    spec = K1Spec(name="k", model={"ffn_size": 64})
+    new = spec_fingerprint(spec)
+    old = {("model.ffn" if k == "model.ffn_size" else k): v for k, v in new.items()}
+    old["model.preset"] = "small"
+    default = lambda key: field_default(K1Spec, key)  # noqa: E731
+    assert changed_fields(old, new, default) == []
+    assert changed_fields({**old, "model.ffn": 32}, new, default) == ["model.ffn_size: 32 -> 64"]
