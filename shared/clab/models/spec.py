@@ -43,13 +43,13 @@ class ModelSpec(SpecModel):
         given = self.model_fields_set
         if self.preset is not None and self.name_or_path is not None:
             if {"preset", "name_or_path"} <= given:
-                raise ValueError("give one of model.name_or_path and model.preset, the other null")
+                raise ValueError("give exactly one of model.name_or_path and model.preset")
             if "preset" in given:
                 self.name_or_path = None
             else:
                 self.preset = None
         if self.preset is None and self.name_or_path is None:
-            raise ValueError("give model.name_or_path or model.preset")
+            raise ValueError("give exactly one of model.name_or_path and model.preset")
         return self
 
 
