@@ -38,7 +38,7 @@ def spec(args, name: str, strategy: str, world: int, start: str | None) -> dict:
     ``start``: the first run's initial model, so both strategies start from the same
     weights."""
     grpo = args.algorithm == "grpo"
-    model = {"preset": "tiny", "tiny_hidden_size": args.hidden, "tiny_layers": args.layers}
+    model = {"preset": "tiny", "hidden_size": args.hidden, "layers": args.layers}
     if start:
         model = {"preset": None, "name_or_path": start}
     return {

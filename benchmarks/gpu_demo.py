@@ -34,8 +34,8 @@ RANGES = ["ranges.count=[3,3]", "ranges.number=[1,20]", "ranges.target=[1,200]"]
 TRAIN = [
     "model.preset=tiny",
     "model.name_or_path=null",
-    "model.tiny_hidden_size=256",
-    "model.tiny_layers=4",
+    "model.hidden_size=256",
+    "model.layers=4",
     "model.dtype=float32",
     "resources.num_workers=1",
     "resources.use_gpu=true",
@@ -92,7 +92,7 @@ def main() -> None:
         (args.work / "services").symlink_to(REPO / "services")
     os.chdir(args.work)
     cpu = ["resources.use_gpu=false", "rollout.engine=hf", "warmup.steps=4",
-           "max_steps_per_stage=2", "model.tiny_hidden_size=32", "model.tiny_layers=1",
+           "max_steps_per_stage=2", "model.hidden_size=32", "model.layers=1",
            "batch.train=4", "batch.mini=4", "batch.micro=4"] if args.cpu else []  # fmt: skip
     train = [*TRAIN, *ALGORITHMS[args.algorithm], f"batch.val={args.test_size}", *cpu, *args.set]
     sizes = ["train_size=1200", f"test_size={args.test_size}"]

@@ -10,7 +10,7 @@ WORK=$(mktemp -d) && cd "$WORK" && ln -s "$REPO/services" services
 clab() { python3 -c "import sys; from clab.cli import main; sys.exit(main(sys.argv[1:]))" "$@"; }
 clab run services/dpo-trainer.yaml --set name=gpu --set model.preset=tiny \
   --set model.name_or_path=null --set "data.tasks=[upper,lower]" \
-  --set data.builtin_train_size=256 --set model.warmup_steps=100 --set dpo.lr=2e-3 \
+  --set data.builtin_train_size=256 --set warmup.steps=100 --set dpo.lr=2e-3 \
   --set dpo.batch_size=16 --set dpo.micro_batch_size=16 --set dpo.max_length=64 \
   --set reward.max_length=64 --set score.max_new_tokens=12 --set save_steps=8 \
   --set wandb=false --set ewc.lambda=1000 --set reset_optimizer=true 2>&1 | grep -E "validation|reward model|complete|Error"

@@ -12,7 +12,7 @@ TINY = {
     "rounds": 1,
     "epochs_per_group": 1,
     "max_steps_per_stage": 3,
-    "model": {"preset": "tiny", "tiny_hidden_size": 32, "tiny_vocab_size": 320},
+    "model": {"preset": "tiny", "hidden_size": 32, "vocab_size": 320},
     "rollout": {"max_prompt_length": 160, "max_response_length": 8},
     "batch": {"train": 4, "val": 4, "mini": 4, "micro": 4},
     "ppo": {"actor_lr": 1e-3, "critic_lr": 1e-3},

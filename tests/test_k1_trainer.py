@@ -27,7 +27,7 @@ BASE = {
     "batch_size": 8,
     "steps_per_corpus": 4,
     "val_windows": 8,
-    "model": {"hidden_size": 32, "layers": 2, "heads": 2, "ffn": 64, "vocab_size": 400},
+    "model": {"hidden_size": 32, "layers": 2, "heads": 2, "ffn_size": 64, "vocab_size": 400},
     "select": {"top_k": 2},
     "save_steps": 2,
     "wandb": False,

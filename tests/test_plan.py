@@ -359,9 +359,9 @@ def test_ppo_step_peak_measured(checkpointing):
             **TINY,
             "model": dict(
                 preset="tiny",
-                tiny_hidden_size=hidden,
-                tiny_layers=layers,
-                tiny_vocab_size=vocab,
+                hidden_size=hidden,
+                layers=layers,
+                vocab_size=vocab,
                 gradient_checkpointing=checkpointing,
             ),
             "rollout": dict(max_prompt_length=prompt, max_response_length=response),

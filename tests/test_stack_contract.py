@@ -17,8 +17,8 @@ COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 FASTER = [
     "warmup.steps=0",
     "max_steps_per_stage=1",
-    "model.tiny_hidden_size=32",
-    "model.tiny_layers=1",
+    "model.hidden_size=32",
+    "model.layers=1",
     "save_steps=0",
     "batch.val=4",
 ]
@@ -34,9 +34,9 @@ EXTRA = {
         "model.vocab_size=300",
     ],
     "dpo-trainer": [
-        "model.warmup_steps=0",
-        "model.tiny_hidden_size=32",
-        "model.tiny_layers=1",
+        "warmup.steps=0",
+        "model.hidden_size=32",
+        "model.layers=1",
         "data.tasks=[upper,lower]",
         "data.builtin_train_size=32",
         "data.builtin_test_size=8",

@@ -131,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--checkpoints", default="checkpoints", help="where run.json says each run's kind"
     )
+    sd = sub.add_parser(
+        "specs",
+        help="the reference of every spec kind's keys, as markdown (docs/specs.md)",
+        description="Every key of every kind: type, default, bounds and description, "
+        "written from the spec models `clab validate` checks against.",
+    )
+    sd.add_argument("-o", "--output", help="write the page here (e.g. docs/specs.md), not stdout")
     sub.add_parser(
         "demo",
         help="the whole stack at tiny scale on this machine (CPU)",
@@ -195,6 +202,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "plan":
             print(_plan(args))
+            return 0
+        if args.command == "specs":
+            from clab.spec_docs import render
+
+            if args.output:
+                from pathlib import Path
+
+                Path(args.output).write_text(render())
+            else:
+                print(render(), end="")
             return 0
         if args.command == "demo":
             from clab.demo import run_demo

@@ -28,9 +28,9 @@ _RANGES = ["ranges.count=[3,3]", "ranges.number=[1,20]", "ranges.target=[1,200]"
 _TRAIN = [
     "model.preset=tiny",
     "model.name_or_path=null",
-    "model.tiny_hidden_size=64",
-    "model.tiny_layers=2",
-    "model.tiny_split_digits=true",
+    "model.hidden_size=64",
+    "model.layers=2",
+    "model.split_digits=true",
     "resources.num_workers=1",
     "resources.use_gpu=false",
     "rollout.engine=hf",
@@ -89,7 +89,7 @@ _DPO = [
     "name=demo-dpo",
     "model.preset=tiny",
     "model.name_or_path=null",
-    "model.warmup_steps=300",
+    "warmup.steps=300",
     "resources.use_gpu=false",
     "data.source=builtin:styles",
     "data.builtin_train_size=512",
@@ -110,7 +110,7 @@ _DPO_EWC = [
     "name=demo-dpo-ewc",
     "model.preset=null",
     "model.name_or_path=checkpoints/demo-dpo/initial",
-    "model.warmup_steps=0",
+    "warmup.steps=0",
     "ewc.lambda=10000",
 ]
 
@@ -143,7 +143,8 @@ SERVICE_OVERRIDES: dict[str, list[str]] = {
         "corpora=[{name: prose, source: 'stdlib:prose', max_chars: 120000},"
         " {name: rot13, source: 'stdlib:prose-rot13', max_chars: 120000},"
         " {name: code, source: 'stdlib:code', max_chars: 120000}]",
-        "model={preset: small, hidden_size: 64, layers: 2, heads: 2, ffn: 128, vocab_size: 800}",
+        "model={preset: tiny, hidden_size: 64, layers: 2, heads: 2, ffn_size: 128,"
+        " vocab_size: 800}",
         "steps_per_corpus=40",
         "batch_size=16",
         "seq_len=32",

@@ -8,12 +8,14 @@ A spec is a YAML mapping with a ``kind:``; the kind picks a pydantic model
 from __future__ import annotations
 
 import importlib
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
 
 from clab.errors import ClabError
 
@@ -22,6 +24,9 @@ class SpecModel(BaseModel):
     """Base for every spec section: strict about keys, so a typo is an error."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+KIND_HELP = "what the spec is: picks its keys and what `clab run` does with it"
 
 
 class Spec(SpecModel):
@@ -86,16 +91,65 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
+# Keys renamed when the kinds' model sections became one (clab.models.spec): an old
+# spec gets the new name in its error, not only "unknown key".
+RENAMED: dict[str, str] = {
+    "model.tiny_hidden_size": "model.hidden_size",
+    "model.tiny_layers": "model.layers",
+    "model.tiny_vocab_size": "model.vocab_size",
+    "model.tiny_split_digits": "model.split_digits",
+    "model.ffn": "model.ffn_size",
+    "model.warmup_steps": "warmup.steps",
+    "model.warmup_lr": "warmup.lr",
+    "model.warmup_batch_size": "warmup.batch_size",
+}
+
+
+def section_models(annotation: Any) -> list[type[BaseModel]]:
+    """The spec sections an annotation holds (``X``, ``X | None``, ``list[X]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in section_models(arg)]
+
+
+def field_at(model: type[BaseModel], loc: Sequence[str | int]) -> FieldInfo | None:
+    """The field a validation error's location names (list indices skipped), or None.
+
+    The one lookup both `clab validate`'s errors and docs/specs.md read descriptions
+    through, so the two say the same thing."""
+    info = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        info = model.model_fields[part]
+        inner = section_models(info.annotation)
+        model = inner[0] if inner else None
+    return info
+
+
+def _format_errors(source: str, err: ValidationError, model: type[BaseModel]) -> str:
     lines = []
     for e in err.errors():
+        loc = [p for p in e["loc"] if not isinstance(p, int)]
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling; `clab validate` lists nothing extra)"
+            dotted = ".".join(str(p) for p in loc)
+            if dotted in RENAMED:
+                msg = f"unknown key: renamed, write '{RENAMED[dotted]}'"
+            else:
+                up = field_at(model, loc[:-1]) if loc[:-1] else None
+                parent = section_models(up.annotation) if up else [model]
+                known = ", ".join(parent[0].model_fields) if parent else ""
+                msg = f"unknown key (check its spelling; known here: {known})"
         else:
             msg = e["msg"]
             if "input" in e and e["type"] != "missing" and not isinstance(e["input"], dict):
                 msg += f" (got {e['input']!r})"
+            info = field_at(model, loc) if loc else None
+            if info is not None and info.description:
+                msg += f". {loc[-1]}: {info.description}"
         lines.append(f"{source}: field '{field}': {msg}")
     return "\n".join(lines)
 
@@ -121,9 +175,10 @@ def validate_spec(source: str | Path, data: dict[str, Any]) -> Spec:
         known = ", ".join(sorted(KINDS))
         raise ClabError(f"{source}: field 'kind': {kind!r} is not a known kind (known: {known})")
     try:
-        return spec_class(kind).model_validate(data)
+        cls = spec_class(kind)
+        return cls.model_validate(data)
     except ValidationError as e:
-        raise ClabError(_format_errors(str(source), e)) from None
+        raise ClabError(_format_errors(str(source), e, cls)) from None
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Spec:

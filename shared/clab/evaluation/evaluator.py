@@ -36,7 +36,7 @@ from clab.metrics.continual import summarize
 from clab.metrics.intervals import cell_interval, continual_intervals
 from clab.models.loading import check_weights
 from clab.runs.lock import RunLock
-from clab.specs import Spec
+from clab.specs import KIND_HELP, Spec
 from clab.storage.atomic import write_json, write_parquet, write_text
 from clab.storage.layout import RUN_INFO, Stage, aside_path, complete_stages
 
@@ -81,13 +81,15 @@ ITEMS_FILE = "items.parquet"
 class EvaluateSpec(Spec):
     """Spec of the evaluator."""
 
-    kind: Literal["evaluate"] = "evaluate"
+    kind: Literal["evaluate"] = Field("evaluate", description=KIND_HELP)
     checkpoints: Path = Field(Path("checkpoints"), description="where the runs are")
     metrics: Path = Field(Path("metrics"), description="where eval results go")
     runs: list[str] | None = Field(None, description="runs to evaluate; null: every run found")
     test_size: int | None = Field(None, ge=1, description="test rows per task; null: all")
     max_new_tokens: int | None = Field(None, ge=1, description="null: each task's own")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(
+        64, ge=1, description="prompts per generate call: larger is faster while memory holds"
+    )
     samples_per_group: int = Field(3, ge=0, description="generations kept per task and stage")
     use_gpu: bool = Field(True, description="as Compose reserves a GPU; false on a CPU machine")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

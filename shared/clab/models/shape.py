@@ -246,16 +246,18 @@ def resolve_shape(name_or_path: str, field: str = "model.name_or_path") -> tuple
     )
 
 
-def tiny_shape(hidden_size: int, num_layers: int, vocab_size: int) -> DecoderShape:
-    """The ``tiny`` preset (``clab.models.tiny``): 4 heads, 2 key-value heads, MLP 4 x hidden,
-    tied embeddings; ``vocab_size`` is the tokenizer's upper bound."""
+def tiny_shape(
+    hidden_size: int, num_layers: int, vocab_size: int, num_heads: int = 4
+) -> DecoderShape:
+    """The ``tiny`` preset (``clab.models.tiny``): half as many key-value heads, MLP 4 x
+    hidden, tied embeddings; ``vocab_size`` is the tokenizer's upper bound."""
     return DecoderShape(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         num_layers=num_layers,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=hidden_size // 4,
+        num_heads=num_heads,
+        num_kv_heads=max(1, num_heads // 2),
+        head_dim=hidden_size // num_heads,
         intermediate_size=4 * hidden_size,
         tied_embeddings=True,
         qkv_bias=True,

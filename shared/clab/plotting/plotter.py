@@ -24,14 +24,14 @@ from clab.plotting.registry import PAGE_KINDS, page_kind
 from clab.plotting.runs import RunData, find_run_names, is_run_dir, load_run
 from clab.plotting.seeds import headline_rows as seeds_headline
 from clab.plotting.seeds import seed_figures, seed_view
-from clab.specs import Spec
+from clab.specs import KIND_HELP, Spec
 from clab.storage.atomic import write_text
 
 
 class PlotSpec(Spec):
     """Spec of the plotter."""
 
-    kind: Literal["plot"] = "plot"
+    kind: Literal["plot"] = Field("plot", description=KIND_HELP)
     metrics: Path = Field(Path("metrics"), description="where the runs' metrics are")
     checkpoints: Path = Field(
         Path("checkpoints"), description="where run.json says each run's kind (read only)"

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
+from clab.specs import RENAMED
+
 NO_DEFAULT = object()
 
 
@@ -50,6 +52,15 @@ def field_default(model: type[BaseModel], key: str) -> Any:
     return TypeAdapter(Any).dump_python(field.get_default(call_default_factory=True), mode="json")
 
 
+def in_todays_names(old: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint stored before keys were renamed (:data:`clab.specs.RENAMED`) in
+    today's names: the renames build the same models, so such a run still resumes."""
+    out = {RENAMED.get(k, k): v for k, v in old.items()}
+    if out.get("model.preset") == "small":  # K-1's preset, the same model, now named tiny
+        out["model.preset"] = "tiny"
+    return out
+
+
 def changed_fields(
     old: dict[str, Any],
     new: dict[str, Any],
@@ -57,7 +68,7 @@ def changed_fields(
 ) -> list[str]:
     """Fields whose value differs, as 'field: old -> new'; a grown ``rounds`` is allowed,
     and so is a field new since the run started that holds its ``default``."""
-    out = []
+    old, out = in_todays_names(old), []
     for key in sorted(old.keys() | new.keys()):
         a, b = old.get(key, "(absent)"), new.get(key, "(absent)")
         if a == b:

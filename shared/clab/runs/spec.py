@@ -19,9 +19,12 @@ from clab.storage.layout import INITIAL_STAGE
 
 class ResourcesSpec(SpecModel):
     num_workers: int = Field(1, ge=1, description=">1: Ray Train, one process per worker")
-    use_gpu: bool = False
+    use_gpu: bool = Field(False, description="train on CUDA (a GPU per worker); false: CPU")
     ray_address: str | None = Field(None, description="an existing Ray cluster; None: local")
-    strategy: Literal["ddp", "fsdp"] = "ddp"
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="several workers: ddp replicates the models, fsdp shards them (larger models)",
+    )
     gpu_memory_gb: float | None = Field(
         None,
         gt=0,
@@ -61,7 +64,9 @@ class RunSpec(Spec):
     weight_change_every: int = Field(
         50, ge=0, description="per-tensor weight change to weights.jsonl every N steps; 0: never"
     )
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="workers, GPU, parallel strategy"
+    )
     wandb: bool = Field(True, description="log to W&B (offline, under logs/wandb)")
 
     # The field a sweep varies besides the seed (K-1: "method", mixing: "branch").

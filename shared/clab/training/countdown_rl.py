@@ -148,11 +148,12 @@ class CountdownTrainer:
             build_tiny_model(
                 source,
                 texts,
-                vocab_size=spec.model.tiny_vocab_size,
-                hidden_size=spec.model.tiny_hidden_size,
-                num_layers=spec.model.tiny_layers,
+                vocab_size=spec.model.vocab_size,
+                hidden_size=spec.model.hidden_size,
+                num_layers=spec.model.layers,
+                num_heads=spec.model.heads,
                 seed=spec.shared_seed,
-                split_digits=spec.model.tiny_split_digits,
+                split_digits=spec.model.split_digits,
             )
         else:
             source = Path(spec.model.name_or_path)
@@ -232,40 +233,6 @@ class CountdownTrainer:
         copy_tiny_marker(self.ckpt_dir / INITIAL_STAGE, d)
 
 
-def ppo_config(
-    spec: CountdownRLSpec, world: int, compute_dtype: str | None, fsdp: bool
-) -> PPOConfig:
-    """The PPO trainer's settings for one of ``world`` workers (``clab plan --measure``
-    times steps built from the same settings)."""
-    p, r = spec.ppo, spec.rollout
-    return PPOConfig(
-        actor_lr=p.actor_lr,
-        critic_lr=p.critic_lr,
-        kl_coef=p.kl_coef,
-        entropy_coef=p.entropy_coef,
-        clip_ratio=p.clip_ratio,
-        value_clip=p.value_clip,
-        gamma=p.gamma,
-        lam=p.lam,
-        ppo_epochs=p.ppo_epochs,
-        mini_batch_size=spec.batch.mini // world,
-        micro_batch_size=spec.batch.micro,
-        score_micro_batch_size=spec.batch.score_micro,
-        responses_per_prompt=r.responses_per_prompt,
-        max_grad_norm=p.max_grad_norm,
-        max_prompt_length=r.max_prompt_length,
-        max_response_length=r.max_response_length,
-        temperature=r.temperature,
-        lr_scheduler=spec.lr_scheduler,
-        lr_warmup_steps=spec.lr_warmup_steps,
-        compute_dtype=compute_dtype,
-        weight_decay=p.weight_decay,
-        strategy="fsdp" if fsdp else "ddp",
-        rollout_engine=r.engine if r.engine != "vllm" else "hf",
-        rollout_batch_size=r.batch_size,
-    )
-
-
 class PPOStageTrainer(CountdownTrainer):
     """Our actor-critic PPO (``training/ppo.py``), stepped through a stage."""
 
@@ -286,7 +253,7 @@ class PPOStageTrainer(CountdownTrainer):
                 self.critic,
                 ref,
                 self.tokenizer,
-                ppo_config(self.spec, self.world, self.compute_dtype, self.fsdp),
+                PPOConfig.from_spec(self.spec, self.world, self.compute_dtype, self.fsdp),
                 self._score,
                 engine,
                 rollout_model=self.generator if self.fsdp else None,

@@ -11,8 +11,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from clab.models.spec import PrecisionModelSpec
 from clab.runs.spec import RunSpec
-from clab.specs import SpecModel
+from clab.specs import KIND_HELP, SpecModel
 
 
 class DataSpec(SpecModel):
@@ -22,27 +23,12 @@ class DataSpec(SpecModel):
     max_train_rows: int | None = Field(None, ge=1, description="cap per group (demo, tests)")
 
 
-class ModelSpec(SpecModel):
-    name_or_path: str | None = Field(None, description="a local folder or a hub id")
-    preset: Literal["tiny"] | None = Field(
-        None, description="tiny: a small random Qwen2 with a tokenizer trained on the task text"
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    gradient_checkpointing: bool = False
-    tiny_hidden_size: int = Field(64, ge=16)
-    tiny_layers: int = Field(2, ge=1)
-    tiny_vocab_size: int = Field(512, ge=300)
-    tiny_split_digits: bool = Field(
+class CountdownModelSpec(PrecisionModelSpec):
+    split_digits: bool = Field(
         False,
-        description="tiny tokenizer: every digit a token, as Qwen's tokenizer splits "
-        "numbers (a tiny model can then copy a problem's numbers into its answer)",
+        description="preset tiny: every digit a token, as Qwen's tokenizer splits numbers (a "
+        "tiny model can then copy a problem's numbers into its answer)",
     )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ModelSpec:
-        if (self.name_or_path is None) == (self.preset is None):
-            raise ValueError("give exactly one of model.name_or_path and model.preset")
-        return self
 
 
 class RolloutSpec(SpecModel):
@@ -61,10 +47,21 @@ class RolloutSpec(SpecModel):
         "kv_heads x head_dim x 2 bytes)",
     )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size")
-    gpu_memory_utilization: float = Field(0.4, gt=0, le=1)
-    max_prompt_length: int = Field(256, ge=8)
-    max_response_length: int = Field(1024, ge=1)
-    temperature: float = Field(1.0, gt=0)
+    gpu_memory_utilization: float = Field(
+        0.4,
+        gt=0,
+        le=1,
+        description="vllm: the share of GPU memory the engine may take (weights and KV cache)",
+    )
+    max_prompt_length: int = Field(
+        256, ge=8, description="prompt tokens kept (longer prompts lose their start)"
+    )
+    max_response_length: int = Field(
+        1024, ge=1, description="generated tokens at most per response"
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="sampling temperature of the rollouts (validation is greedy)"
+    )
     responses_per_prompt: int = Field(1, ge=1, description="PPO: any; GRPO: at least 2")
 
 
@@ -86,28 +83,55 @@ class BatchSpec(SpecModel):
 
 
 class PPOSpec(SpecModel):
-    actor_lr: float = Field(1e-6, gt=0)
-    critic_lr: float = Field(1e-5, gt=0)
+    actor_lr: float = Field(1e-6, gt=0, description="the policy's AdamW learning rate")
+    critic_lr: float = Field(1e-5, gt=0, description="the critic's AdamW learning rate")
     kl_coef: float = Field(
         0.001, ge=0, description="KL penalty against the reference, in the reward"
     )
-    entropy_coef: float = Field(0.001, ge=0)
-    clip_ratio: float = Field(0.2, gt=0)
-    value_clip: float = Field(0.5, gt=0)
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(1.0, ge=0, le=1)
-    ppo_epochs: int = Field(1, ge=1)
-    max_grad_norm: float = Field(1.0, gt=0)
+    entropy_coef: float = Field(
+        0.001,
+        ge=0,
+        description="entropy bonus in the actor's loss: higher keeps sampling more varied",
+    )
+    clip_ratio: float = Field(
+        0.2, gt=0, description="PPO's ratio clip: how far one step may move a token's probability"
+    )
+    value_clip: float = Field(
+        0.5, gt=0, description="clip of the critic's value update around the old values"
+    )
+    gamma: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="discount over response tokens (1: the end reward counts fully everywhere)",
+    )
+    lam: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="GAE's lambda: 1 is Monte Carlo returns, lower leans on the critic",
+    )
+    ppo_epochs: int = Field(
+        1, ge=1, description="passes over each rollout batch (one optimizer step per mini-batch)"
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient-norm clip of actor and critic")
     weight_decay: float = Field(
         0.01, ge=0, description="AdamW decay of actor and critic (veRL's); never on norms, biases"
+    )
+    fused_logprobs: bool = Field(
+        False,
+        description="log-probs and entropy from the hidden states, chunk by chunk, without the "
+        "logits tensor (less memory at long responses; docs/benchmarks.md)",
     )
 
 
 class GRPOSpec(SpecModel):
-    lr: float = Field(1e-6, gt=0)
+    lr: float = Field(1e-6, gt=0, description="the policy's AdamW learning rate")
     beta: float = Field(0.001, ge=0, description="KL coefficient (0: no reference model)")
-    epsilon: float = Field(0.2, gt=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    epsilon: float = Field(
+        0.2, gt=0, description="the ratio clip: how far one step may move a token's probability"
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient-norm clip of the policy")
     weight_decay: float = Field(
         0.0, ge=0, description="AdamW decay (TRL's default 0); never on norms and biases"
     )
@@ -122,32 +146,57 @@ class GRPOSpec(SpecModel):
 
 class WarmupSpec(SpecModel):
     steps: int = Field(0, ge=0, description="supervised steps on reference solutions before RL")
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0, description="the warm-up's learning rate")
+    batch_size: int = Field(16, ge=1, description="solutions per warm-up step")
     groups: list[int] = Field([0], description="groups whose solutions it trains on")
 
 
 class CountdownRLSpec(RunSpec):
     """RL through the Countdown operator groups: rounds x groups x epochs."""
 
-    kind: Literal["countdown-rl"] = "countdown-rl"
+    kind: Literal["countdown-rl"] = Field("countdown-rl", description=KIND_HELP)
     TRAINER: ClassVar[str] = "clab.training.countdown_rl"
     # the scoring passes' micro-batch moves no number beyond rounding: a resumed run
     # may change it to fit memory
     SAFE_CHANGES: ClassVar[frozenset[str]] = RunSpec.SAFE_CHANGES | {"batch.score_micro"}
-    algorithm: Literal["ppo", "grpo"] = "ppo"
-    data: DataSpec = Field(default_factory=DataSpec)
+    algorithm: Literal["ppo", "grpo"] = Field(
+        "ppo",
+        description="ppo: actor-critic (veRL's, TinyZero's); grpo: group-relative advantages, no "
+        "critic (TRL's)",
+    )
+    data: DataSpec = Field(
+        default_factory=DataSpec,
+        description="which Countdown data set and groups the run trains on",
+    )
     rounds: int = Field(3, ge=1, description="passes over all groups")
-    epochs_per_group: int = Field(15, ge=1)
+    epochs_per_group: int = Field(
+        15, ge=1, description="passes over a group's training problems in each round"
+    )
     max_steps_per_stage: int | None = Field(None, ge=1, description="cap, for tests and the demo")
-    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="learning-rate schedule within each stage"
+    )
     lr_warmup_steps: int = Field(0, ge=0, description="per stage: the schedule restarts")
-    model: ModelSpec
-    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
-    batch: BatchSpec = Field(default_factory=BatchSpec)
-    ppo: PPOSpec = Field(default_factory=PPOSpec)
-    grpo: GRPOSpec = Field(default_factory=GRPOSpec)
-    warmup: WarmupSpec = Field(default_factory=WarmupSpec)
+    model: CountdownModelSpec = Field(
+        ..., description="the policy to start from (the critic starts from it too)"
+    )
+    rollout: RolloutSpec = Field(
+        default_factory=RolloutSpec,
+        description="how responses are generated: engine, lengths, sampling",
+    )
+    batch: BatchSpec = Field(
+        default_factory=BatchSpec, description="prompts and sequences per step and per pass"
+    )
+    ppo: PPOSpec = Field(
+        default_factory=PPOSpec, description="PPO's hyperparameters (algorithm ppo)"
+    )
+    grpo: GRPOSpec = Field(
+        default_factory=GRPOSpec, description="GRPO's hyperparameters (algorithm grpo)"
+    )
+    warmup: WarmupSpec = Field(
+        default_factory=WarmupSpec,
+        description="supervised steps before RL, so a tiny model starts from non-zero reward",
+    )
 
     @model_validator(mode="after")
     def _batches(self) -> CountdownRLSpec:

@@ -137,19 +137,19 @@ def warmup_on_both_responses(
     without checkpoints, unlike Countdown's resumable TRL warm-up (``warmup.py``): a
     kill rebuilds stage 0 from the start."""
 
-    m = spec.model
+    w = spec.warmup
     examples = [
         {"prompt": r["prompt"], "answer": r[k]}
         for t in tasks
         for r in t.train
         for k in ("chosen", "rejected")
     ]
-    opt = torch.optim.AdamW(model.parameters(), lr=m.warmup_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=w.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(spec.shared_seed)  # stage 0: the same for every seed
     model.train()
     losses = []
-    for _ in range(m.warmup_steps):
-        idx = torch.randint(len(examples), (m.warmup_batch_size,), generator=gen).tolist()
+    for _ in range(w.steps):
+        idx = torch.randint(len(examples), (w.batch_size,), generator=gen).tolist()
         ids, mask, lab = (
             x.to(device)
             for x in answer_batch(tokenizer, [examples[i] for i in idx], spec.dpo.max_length)
@@ -161,7 +161,7 @@ def warmup_on_both_responses(
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    say(f"warm-up: {m.warmup_steps} steps, answer loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    say(f"warm-up: {w.steps} steps, answer loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 
 
 class DPOStageTrainer:
@@ -237,9 +237,10 @@ class DPOStageTrainer:
             source = build_tiny_model(
                 work / "tiny",
                 texts,
-                vocab_size=spec.model.tiny_vocab_size,
-                hidden_size=spec.model.tiny_hidden_size,
-                num_layers=spec.model.tiny_layers,
+                vocab_size=spec.model.vocab_size,
+                hidden_size=spec.model.hidden_size,
+                num_layers=spec.model.layers,
+                num_heads=spec.model.heads,
                 max_positions=max(256, spec.dpo.max_length),
                 seed=spec.shared_seed,
             )
@@ -247,7 +248,7 @@ class DPOStageTrainer:
             source = Path(spec.model.name_or_path)
         model = load_policy(source, "float32").to(self.device)
         tok = load_tokenizer(source)
-        if spec.model.warmup_steps:
+        if spec.warmup.steps:
             with compute_autocast(self.device, self.compute_dtype):
                 warmup_on_both_responses(model, tok, self._tasks, spec, self.device, self.say)
         model.save_pretrained(out)
@@ -270,7 +271,7 @@ class DPOStageTrainer:
         rm = self.reward_models(out)
         return {
             "source": spec.model.name_or_path or "preset:tiny",
-            "warmup_steps": spec.model.warmup_steps,
+            "warmup_steps": spec.warmup.steps,
             "lora": self.lora,
             "reward_models": {k: v["accuracy"] for k, v in rm.items()},
         }

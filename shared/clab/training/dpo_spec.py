@@ -12,8 +12,9 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
+from clab.models.spec import LoraSpec, PrecisionModelSpec
 from clab.runs.spec import RunSpec
-from clab.specs import SpecModel
+from clab.specs import KIND_HELP, SpecModel
 
 
 class PreferenceDatasetSpec(SpecModel):
@@ -33,8 +34,10 @@ class PreferenceDataSpec(SpecModel):
     tasks: list[str] | None = Field(
         None, description="builtin:styles only: which tasks, in order (upper, lower, commas)"
     )
-    builtin_train_size: int = Field(512, ge=8)
-    builtin_test_size: int = Field(64, ge=4)
+    builtin_train_size: int = Field(
+        512, ge=8, description="builtin:styles: train pairs made per task"
+    )
+    builtin_test_size: int = Field(64, ge=4, description="builtin:styles: test pairs made per task")
     max_train_rows: int | None = Field(None, ge=1, description="first N train pairs per task")
     max_test_rows: int | None = Field(None, ge=1, description="first N test pairs per task")
 
@@ -58,42 +61,35 @@ class PreferenceDataSpec(SpecModel):
         return []
 
 
-class DPOModelSpec(SpecModel):
-    name_or_path: str | None = Field("Qwen/Qwen2-0.5B-Instruct", description="folder or hub id")
+class DPOModelSpec(PrecisionModelSpec):
+    name_or_path: str | None = Field(
+        "Qwen/Qwen2-0.5B-Instruct",
+        description="the model to start from: a local folder or a hub id; null with preset",
+    )
     preset: Literal["tiny"] | None = Field(
-        None, description="tiny: a small random Qwen2, tokenizer trained on the tasks' text"
+        None,
+        description="tiny: a small random Qwen2 with a tokenizer trained on the tasks' text; "
+        "replaces the default name_or_path",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "bfloat16", description="compute dtype on GPU (autocast over fp32 weights); CPU: float32"
-    )
-    gradient_checkpointing: bool = False
-    tiny_hidden_size: int = Field(64, ge=16)
-    tiny_layers: int = Field(2, ge=1)
-    tiny_vocab_size: int = Field(512, ge=300)
-    warmup_steps: int = Field(
+
+
+class DPOLoraSpec(LoraSpec):
+    enabled: bool = Field(True, description="false: full fine-tuning, no adapter")
+    r: int = Field(32, ge=1, description="adapter rank: trainable parameters grow with it")
+
+
+class WarmupSpec(SpecModel):
+    steps: int = Field(
         0, ge=0, description="supervised steps on both responses of every train pair, first"
     )
-    warmup_lr: float = Field(3e-3, gt=0)
-    warmup_batch_size: int = Field(32, ge=1)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DPOModelSpec:
-        if (self.name_or_path is None) == (self.preset is None):
-            raise ValueError("give exactly one of model.name_or_path and model.preset")
-        return self
-
-
-class LoraSpec(SpecModel):
-    enabled: bool = Field(True, description="false: full fine-tuning")
-    r: int = Field(32, ge=1)
-    alpha: int = Field(16, ge=1)
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="every linear layer but the head, or a list of module names"
-    )
+    lr: float = Field(3e-3, gt=0, description="the warm-up's learning rate (AdamW, no decay)")
+    batch_size: int = Field(32, ge=1, description="responses per warm-up step")
 
 
 class DPOSpec(SpecModel):
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(
+        0.1, gt=0, description="DPO's temperature: higher keeps the policy closer to the reference"
+    )
     loss_type: Literal["sigmoid"] = Field("sigmoid", description="TRL's DPO loss (Rafailov)")
     reference: Literal["previous", "initial"] = Field(
         "previous",
@@ -105,9 +101,11 @@ class DPOSpec(SpecModel):
     epochs: int = Field(1, ge=1, description="passes over each task's train pairs")
     max_steps_per_stage: int | None = Field(None, ge=1, description="cap (tests, demo)")
     max_length: int = Field(1024, ge=8, description="prompt + response tokens")
-    weight_decay: float = Field(0.0, ge=0)
-    lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
-    max_grad_norm: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "linear", description="learning-rate schedule within each stage"
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient-norm clip")
 
     @model_validator(mode="after")
     def _divides(self) -> DPOSpec:
@@ -129,33 +127,49 @@ class EWCSpec(SpecModel):
 
 
 class RewardSpec(SpecModel):
-    lr: float = Field(1e-4, gt=0)
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(8, ge=1)
-    max_length: int = Field(1024, ge=8)
+    lr: float = Field(1e-4, gt=0, description="the reward models' learning rate")
+    epochs: int = Field(1, ge=1, description="passes over each task's train pairs")
+    batch_size: int = Field(8, ge=1, description="pairs per optimizer step")
+    max_length: int = Field(1024, ge=8, description="prompt + response tokens")
 
 
 class ScoreSpec(SpecModel):
     temperature: float = Field(0.7, gt=0, description="sampling temperature of scored completions")
-    max_new_tokens: int = Field(50, ge=1)
+    max_new_tokens: int = Field(50, ge=1, description="tokens per scored completion, at most")
     max_prompt_length: int = Field(512, ge=8, description="prompts are cut from the left")
 
 
 class ContinualDPOSpec(RunSpec):
     """DPO through a sequence of preference tasks, a reward model per task."""
 
-    kind: Literal["continual-dpo"] = "continual-dpo"
+    kind: Literal["continual-dpo"] = Field("continual-dpo", description=KIND_HELP)
     TRAINER: ClassVar[str] = "clab.training.dpo"
     # stage 0 trains the reward models into the run's folder, beside initial/: every seed
     # builds its own from data_seed (they reuse the stored reward models by content)
     SHARE_INITIAL: ClassVar[bool] = False
-    data: PreferenceDataSpec = Field(default_factory=PreferenceDataSpec)
-    model: DPOModelSpec = Field(default_factory=DPOModelSpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    dpo: DPOSpec = Field(default_factory=DPOSpec)
-    ewc: EWCSpec = Field(default_factory=EWCSpec)
-    reward: RewardSpec = Field(default_factory=RewardSpec)
-    score: ScoreSpec = Field(default_factory=ScoreSpec)
+    data: PreferenceDataSpec = Field(
+        default_factory=PreferenceDataSpec, description="the preference tasks, in training order"
+    )
+    model: DPOModelSpec = Field(
+        default_factory=DPOModelSpec, description="the policy to start from (the reward models too)"
+    )
+    warmup: WarmupSpec = Field(
+        default_factory=WarmupSpec,
+        description="supervised warm-up of the initial model (a tiny preset needs it)",
+    )
+    lora: DPOLoraSpec = Field(
+        default_factory=DPOLoraSpec, description="the LoRA adapter, or full fine-tuning"
+    )
+    dpo: DPOSpec = Field(default_factory=DPOSpec, description="DPO's loss, reference and optimizer")
+    ewc: EWCSpec = Field(
+        default_factory=EWCSpec, description="EWC regularisation against forgetting earlier tasks"
+    )
+    reward: RewardSpec = Field(
+        default_factory=RewardSpec, description="the per-task reward models that score every stage"
+    )
+    score: ScoreSpec = Field(
+        default_factory=ScoreSpec, description="the sampled completions the reward models score"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ContinualDPOSpec:

@@ -71,11 +71,11 @@ def planned_groups(spec: K1Spec) -> list[str]:
     from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
 
     m = spec.model
-    if m.preset == "small":  # the architecture build_tiny_model writes
+    if m.preset == "tiny":  # the architecture build_tiny_model writes
         config = Qwen2Config(
             vocab_size=m.vocab_size,
             hidden_size=m.hidden_size,
-            intermediate_size=m.ffn,
+            intermediate_size=m.ffn_size,
             num_hidden_layers=m.layers,
             num_attention_heads=m.heads,
             num_key_value_heads=max(1, m.heads // 2),
@@ -124,7 +124,7 @@ class K1Trainer:
             texts[c.name] = split_text(load_corpus(c.source, c.max_chars, c.field))
             for split, part in texts[c.name].items():
                 write_text(out / "corpora" / c.name / f"{split}.txt", part)
-        if spec.model.preset == "small":
+        if spec.model.preset == "tiny":
             build_tiny_model(
                 out / "model",
                 [t["train"] for t in texts.values()],
@@ -132,7 +132,7 @@ class K1Trainer:
                 hidden_size=spec.model.hidden_size,
                 num_layers=spec.model.layers,
                 num_heads=spec.model.heads,
-                intermediate_size=spec.model.ffn,
+                intermediate_size=spec.model.ffn_size,
                 tie_word_embeddings=False,  # the public experiment's untied head: its own group
                 max_positions=max(2 * spec.seq_len, 128),
                 seed=spec.shared_seed,
@@ -143,7 +143,7 @@ class K1Trainer:
         else:
             load_policy(spec.model.name_or_path).save_pretrained(out)
             load_tokenizer(spec.model.name_or_path).save_pretrained(out)
-        return {"source": spec.model.name_or_path or "preset:small", "method": spec.method}
+        return {"source": spec.model.name_or_path or "preset:tiny", "method": spec.method}
 
     def _tokens(self, corpus: str, split: str) -> torch.Tensor:
         text = (self.corpus_dir(corpus) / f"{split}.txt").read_text()

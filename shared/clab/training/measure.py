@@ -1,7 +1,7 @@
 """``clab plan --measure``: a few PPO steps of the spec's own shapes, timed on this machine.
 
 The steps are clab's PPO trainer built from the spec's settings
-(:func:`clab.training.countdown_rl.ppo_config`): one worker's share of a
+(:meth:`clab.training.ppo.PPOConfig.from_spec`): one worker's share of a
 step (``batch.train / num_workers`` prompts), its micro-batches, rollout
 engine, checkpointing and dtype. Under ``fsdp`` with several workers the
 share is computed as rank 0 of them, emulated on this one device
@@ -38,8 +38,7 @@ from clab.errors import ClabError
 from clab.models.shape import published_config
 from clab.models.tiny import train_tokenizer
 from clab.rewards.countdown import Reason, RewardResult
-from clab.training.countdown_rl import ppo_config
-from clab.training.ppo import PPOTrainer
+from clab.training.ppo import PPOConfig, PPOTrainer
 from clab.training.schedule import StepTime
 
 GiB = 2**30
@@ -51,18 +50,18 @@ def _architecture(spec):
 
     m = spec.model
     if m.preset == "tiny":
-        h = m.tiny_hidden_size
+        h = m.hidden_size
         cfg = Qwen2Config(
-            vocab_size=m.tiny_vocab_size,
+            vocab_size=m.vocab_size,
             hidden_size=h,
             intermediate_size=4 * h,
-            num_hidden_layers=m.tiny_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            num_hidden_layers=m.layers,
+            num_attention_heads=m.heads,
+            num_key_value_heads=max(1, m.heads // 2),
             tie_word_embeddings=True,
             max_position_embeddings=4096,
         )
-        return cfg, f"the tiny preset (hidden {h}, {m.tiny_layers} layers)"
+        return cfg, f"the tiny preset (hidden {h}, {m.layers} layers)"
     folder = Path(m.name_or_path).expanduser()
     if (folder / "config.json").is_file():
         return AutoConfig.from_pretrained(str(folder)), f"{folder / 'config.json'}"
@@ -177,7 +176,7 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
 
     cuda = device.type == "cuda"
     cfg, arch = _architecture(spec)
-    tok_size = spec.model.tiny_vocab_size if spec.model.preset == "tiny" else 512
+    tok_size = spec.model.vocab_size if spec.model.preset == "tiny" else 512
     tok, texts = _tokenizer(min(tok_size, cfg.vocab_size))
     if cuda:
         torch.cuda.set_device(device.index or 0)
@@ -185,7 +184,7 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
     t0 = time.perf_counter()
     actor, critic, ref = _models(spec, cfg, tok, device)
     compute = spec.model.dtype if cuda and spec.model.dtype != "float32" else None
-    ppo = ppo_config(spec, world, compute, fsdp)
+    ppo = PPOConfig.from_spec(spec, world, compute, fsdp)
 
     def score(completions, problems):  # varied, so that the advantages are not zero
         return [

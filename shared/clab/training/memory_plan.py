@@ -328,10 +328,10 @@ def model_shape(spec) -> tuple[DecoderShape, str]:
     """The spec's model shape: the tiny preset from its fields, else the named model's."""
     m = spec.model
     if getattr(m, "preset", None) == "tiny":
-        shape = tiny_shape(m.tiny_hidden_size, m.tiny_layers, m.tiny_vocab_size)
+        shape = tiny_shape(m.hidden_size, m.layers, m.vocab_size, m.heads)
         return shape, (
-            f"preset tiny (hidden {m.tiny_hidden_size}, {m.tiny_layers} layers, "
-            f"vocabulary at most {m.tiny_vocab_size})"
+            f"preset tiny (hidden {m.hidden_size}, {m.layers} layers, "
+            f"vocabulary at most {m.vocab_size})"
         )
     return resolve_shape(m.name_or_path)
 

@@ -17,8 +17,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from clab.models.spec import LoraSpec, PrecisionModelSpec
 from clab.runs.spec import RunSpec
-from clab.specs import SpecModel
+from clab.specs import KIND_HELP, SpecModel
 from clab.storage.layout import INITIAL_STAGE
 
 PHASE_A = "phase-a"
@@ -44,15 +45,15 @@ class TaskSpec(SpecModel):
     hub_id: str | None = Field(None, description="a data set on the hub (Parquet)")
     hub_config: str | None = Field(None, description="the hub data set's config (distractor)")
     path: str | None = Field(None, description="a local file or folder; used instead of hub_id")
-    train_split: str = "train"
+    train_split: str = Field("train", description="the hub split the train rows come from")
     validation_split: str | None = Field(
         None, description="the hub split for validation; null: held out from the train rows"
     )
     validation_path: str | None = Field(None, description="a local validation file")
-    train_size: int = Field(4000, ge=1)
-    val_size: int = Field(400, ge=1)
-    epochs: int = Field(2, ge=1)
-    lr: float = Field(2e-4, gt=0)
+    train_size: int = Field(4000, ge=1, description="training examples used, at most")
+    val_size: int = Field(400, ge=1, description="validation examples used, at most")
+    epochs: int = Field(2, ge=1, description="passes over the task's training examples")
+    lr: float = Field(2e-4, gt=0, description="the task's learning rate (the adapter's AdamW)")
     max_new_tokens: int = Field(64, ge=1, description="greedy answer length for exact match")
 
     @model_validator(mode="after")
@@ -68,42 +69,41 @@ class MixSpec(SpecModel):
     seed: int = Field(42, description="seeds the random strategy and every tie-break")
 
 
-class LoraSpec(SpecModel):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"])
+class MixingLoraSpec(LoraSpec):
+    r: int = Field(8, ge=1, description="adapter rank: trainable parameters grow with it")
+    dropout: float = Field(
+        0.05, ge=0, lt=1, description="dropout on the adapter's input while training"
+    )
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="module names that get an adapter (TinyLlama's attention projections), "
+        "or all-linear: every linear layer but the head",
+    )
 
 
-class MixModelSpec(SpecModel):
+class MixingModelSpec(PrecisionModelSpec):
     name_or_path: str | None = Field(
-        "TinyLlama/TinyLlama-1.1B-Chat-v1.0", description="a hub id or a local folder"
+        "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+        description="the model to start from: a local folder or a hub id; null with preset",
     )
     preset: Literal["tiny"] | None = Field(
-        None, description="tiny: a random Llama with a tokenizer trained on the tasks (demo)"
+        None,
+        description="tiny: a small random Llama with a tokenizer trained on the tasks (demo); "
+        "replaces the default name_or_path",
     )
-    hidden_size: int = Field(128, ge=16, description="preset tiny only")
-    layers: int = Field(2, ge=1, description="preset tiny only")
-    heads: int = Field(4, ge=1, description="preset tiny only")
-    vocab_size: int = Field(1000, ge=300, description="preset tiny only")
+    hidden_size: int = Field(128, ge=16, description="preset tiny: the model's width")
+    vocab_size: int = Field(
+        1000, ge=300, description="preset tiny: the tokenizer's vocabulary, at most (BPE merges)"
+    )
     init_std: float = Field(
         0.1,
         gt=0,
-        description="preset tiny only: a random head at the usual 0.02 caps logits near "
-        "+-2.5, so what LoRA learns barely shows as a lower loss",
+        description="preset tiny: std of the random weights; at the usual 0.02 the head caps "
+        "logits near +-2.5, so what LoRA learns barely shows as a lower loss",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "bfloat16", description="compute dtype on a GPU (autocast; weights stay fp32)"
+    gradient_checkpointing: bool = Field(
+        True, description="recompute activations in the backward pass: less memory, slower steps"
     )
-    gradient_checkpointing: bool = True
-
-    @model_validator(mode="after")
-    def _one_source(self) -> MixModelSpec:
-        if self.preset is not None:
-            self.name_or_path = None
-        if self.name_or_path is None and self.preset is None:
-            raise ValueError("give model.name_or_path or model.preset")
-        return self
 
 
 class TrainSpec(SpecModel):
@@ -115,11 +115,15 @@ class TrainSpec(SpecModel):
     eval_steps: int = Field(
         10, ge=0, description="both validation losses every N steps; 0: stage ends only"
     )
-    eval_batch: int = Field(16, ge=1)
-    lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    eval_batch: int = Field(16, ge=1, description="examples per validation forward pass")
+    lr_scheduler: Literal["linear", "constant", "cosine"] = Field(
+        "linear", description="learning-rate schedule within each phase"
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="learning-rate warm-up steps at the start of each phase"
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of the adapter")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient-norm clip")
 
     @model_validator(mode="after")
     def _batches(self) -> TrainSpec:
@@ -130,21 +134,27 @@ class TrainSpec(SpecModel):
 
 class JointSpec(SpecModel):
     epochs: int = Field(2, ge=1, description="over A and B together")
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, description="the joint run's learning rate")
 
 
 class MixingSpec(RunSpec):
     """Replay mixing: LoRA SFT on A, then B with replayed A examples, per strategy."""
 
-    kind: Literal["replay-mixing"] = "replay-mixing"
+    kind: Literal["replay-mixing"] = Field("replay-mixing", description=KIND_HELP)
     TRAINER: ClassVar[str] = "clab.training.mixing"
     VARIANT: ClassVar[str | None] = "branch"
     SAFE_CHANGES: ClassVar[frozenset[str]] = RunSpec.SAFE_CHANGES | {"strategies"}
-    seed: int = 42
+    seed: int = Field(
+        42, description="the training seed: sampling, data order, LoRA's initial A matrices"
+    )
     reset_optimizer: bool = Field(
         True, description="a new optimizer for B, as the public experiment trains each phase"
     )
-    strategies: list[str] = Field(default_factory=lambda: list(DEFAULT_STRATEGIES))
+    strategies: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_STRATEGIES),
+        description="replay strategies, one run each from phase A; joint trains on A and B "
+        "together",
+    )
     branch: str = Field(PHASE_A, description="set per run by the sweep: phase-a or a strategy")
     task_a: TaskSpec = Field(
         default_factory=lambda: TaskSpec(
@@ -153,7 +163,8 @@ class MixingSpec(RunSpec):
             hub_id="qwedsacf/competition_math",
             lr=2e-4,
             max_new_tokens=512,
-        )
+        ),
+        description="the first task, trained in phase A and replayed in phase B",
     )
     task_b: TaskSpec = Field(
         default_factory=lambda: TaskSpec(
@@ -164,13 +175,23 @@ class MixingSpec(RunSpec):
             validation_split="validation",
             lr=7e-5,
             max_new_tokens=32,
-        )
+        ),
+        description="the second task, trained with A's examples mixed in",
     )
-    mix: MixSpec = Field(default_factory=MixSpec)
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    model: MixModelSpec = Field(default_factory=MixModelSpec)
-    training: TrainSpec = Field(default_factory=TrainSpec)
-    joint: JointSpec = Field(default_factory=JointSpec)
+    mix: MixSpec = Field(
+        default_factory=MixSpec, description="how many of A's examples are replayed"
+    )
+    lora: MixingLoraSpec = Field(
+        default_factory=MixingLoraSpec, description="the LoRA adapter trained on the frozen model"
+    )
+    model: MixingModelSpec = Field(
+        default_factory=MixingModelSpec, description="the model to start from"
+    )
+    training: TrainSpec = Field(
+        default_factory=TrainSpec,
+        description="batches, lengths, validation and optimizer of both phases",
+    )
+    joint: JointSpec = Field(default_factory=JointSpec, description="the joint run's own schedule")
 
     @model_validator(mode="after")
     def _check(self) -> MixingSpec:

@@ -46,6 +46,7 @@ from clab.metrics.training import success_rate
 from clab.models.precision import compute_autocast
 from clab.rewards.countdown import RewardResult
 from clab.tracking.timing import phase
+from clab.training.countdown_rl_spec import BatchSpec, CountdownRLSpec, PPOSpec, RolloutSpec
 from clab.training.fused_logprobs import fused_head
 from clab.training.ppo_core import (
     agg_token_mean,
@@ -58,39 +59,66 @@ from clab.training.ppo_core import (
     value_loss,
 )
 
+_PPO, _ROLLOUT, _BATCH = PPOSpec(), RolloutSpec(), BatchSpec()
+_RUN = CountdownRLSpec.model_fields
+
 
 @dataclass
 class PPOConfig:
-    """veRL's (TinyZero's) defaults; see the spec for what each means."""
+    """One worker's PPO settings. The defaults are the countdown-rl spec's, said there
+    once (veRL's, TinyZero's); :meth:`from_spec` builds a run's from its spec, and
+    benchmarks and tests set a few fields by hand."""
 
-    actor_lr: float = 1e-6
-    critic_lr: float = 1e-5
-    kl_coef: float = 0.001
-    entropy_coef: float = 0.001
-    clip_ratio: float = 0.2
-    value_clip: float = 0.5
-    gamma: float = 1.0
-    lam: float = 1.0
-    ppo_epochs: int = 1
-    mini_batch_size: int = 64
-    micro_batch_size: int = 8
-    score_micro_batch_size: int | None = None  # no-grad scoring passes; None: micro_batch_size
-    responses_per_prompt: int = 1
-    max_grad_norm: float = 1.0
-    max_prompt_length: int = 256
-    max_response_length: int = 1024
-    temperature: float = 1.0
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    weight_decay: float = 0.01  # veRL's actor and critic default
+    actor_lr: float = _PPO.actor_lr
+    critic_lr: float = _PPO.critic_lr
+    kl_coef: float = _PPO.kl_coef
+    entropy_coef: float = _PPO.entropy_coef
+    clip_ratio: float = _PPO.clip_ratio
+    value_clip: float = _PPO.value_clip
+    gamma: float = _PPO.gamma
+    lam: float = _PPO.lam
+    ppo_epochs: int = _PPO.ppo_epochs
+    max_grad_norm: float = _PPO.max_grad_norm
+    weight_decay: float = _PPO.weight_decay
+    fused_logprobs: bool = _PPO.fused_logprobs
+    mini_batch_size: int = _BATCH.mini  # this worker's share of batch.mini
+    micro_batch_size: int = _BATCH.micro
+    score_micro_batch_size: int | None = _BATCH.score_micro  # None: micro_batch_size
+    responses_per_prompt: int = _ROLLOUT.responses_per_prompt
+    max_prompt_length: int = _ROLLOUT.max_prompt_length
+    max_response_length: int = _ROLLOUT.max_response_length
+    temperature: float = _ROLLOUT.temperature
+    lr_scheduler: str = _RUN["lr_scheduler"].default
+    lr_warmup_steps: int = _RUN["lr_warmup_steps"].default
     compute_dtype: str | None = None  # e.g. "bfloat16": autocast over fp32 weights (GPU)
     strategy: Literal["ddp", "fsdp"] = "ddp"  # several workers: replicated or sharded
     rollout_dtype: str | None = None  # FSDP: the rollout copy's dtype (None: compute dtype)
-    rollout_engine: str = "hf"  # hf | hf-static (a vLLM engine is passed in instead)
-    rollout_batch_size: int | None = None  # sequences per generate call; None: all at once
-    # log-probs and entropy without the logits tensor (fused_logprobs.py); off until
-    # its memory at the services' shapes is measured (docs/benchmarks.md)
-    fused_logprobs: bool = False
+    rollout_engine: str = _ROLLOUT.engine  # hf | hf-static (a vLLM engine is passed in instead)
+    rollout_batch_size: int | None = _ROLLOUT.batch_size  # per generate call; None: all at once
+
+    @classmethod
+    def from_spec(
+        cls, spec: CountdownRLSpec, world: int, compute_dtype: str | None, fsdp: bool
+    ) -> PPOConfig:
+        """One of ``world`` workers' settings (``clab plan --measure`` times steps built
+        from the same)."""
+        r, b = spec.rollout, spec.batch
+        return cls(
+            **spec.ppo.model_dump(),
+            mini_batch_size=b.mini // world,
+            micro_batch_size=b.micro,
+            score_micro_batch_size=b.score_micro,
+            responses_per_prompt=r.responses_per_prompt,
+            max_prompt_length=r.max_prompt_length,
+            max_response_length=r.max_response_length,
+            temperature=r.temperature,
+            lr_scheduler=spec.lr_scheduler,
+            lr_warmup_steps=spec.lr_warmup_steps,
+            compute_dtype=compute_dtype,
+            strategy="fsdp" if fsdp else "ddp",
+            rollout_engine=r.engine if r.engine != "vllm" else "hf",
+            rollout_batch_size=r.batch_size,
+        )
 
 
 ScoreFn = Callable[[list[str], list[Problem]], list[RewardResult]]

@@ -354,8 +354,8 @@ def _dpo(spec, spec_path: Path | None) -> Schedule:
             how += f", capped at dpo.max_steps_per_stage {d.max_steps_per_stage:,}"
         stages.append(StageSteps(nm, name, n, steps, how))
     notes = ["reward models (trained while stage 0 is built) are not timed"]
-    if spec.model.warmup_steps:
-        notes.append(f"{spec.model.warmup_steps:,} supervised warm-up steps, not timed")
+    if spec.warmup.steps:
+        notes.append(f"{spec.warmup.steps:,} supervised warm-up steps, not timed")
     return Schedule(
         kind="continual-dpo",
         shape=f"{plural(spec.rounds, 'round')} x {plural(len(pairs), 'task')}",

@@ -26,7 +26,7 @@ from clab.data.countdown.generate import (
 )
 from clab.data.countdown.prompts import Template
 from clab.data.manifest import prepare_output
-from clab.specs import Spec, SpecModel
+from clab.specs import KIND_HELP, Spec, SpecModel
 from clab.storage.atomic import atomic_dir, write_json
 
 
@@ -56,7 +56,7 @@ class RangesSpec(SpecModel):
 class CountdownSpec(Spec):
     """Spec of the Countdown curriculum data set."""
 
-    kind: Literal["countdown"] = "countdown"
+    kind: Literal["countdown"] = Field("countdown", description=KIND_HELP)
     output: Path = Field(Path("data/continual"), description="the data set's folder")
     train_size: int = Field(100_000, ge=1, description="training rows per group")
     test_size: int = Field(1_000, ge=1, description="test rows per group")
@@ -71,7 +71,10 @@ class CountdownSpec(Spec):
     )
     template: Template = Field("base", description="prompt template: base or qwen-instruct")
     workers: int = Field(0, ge=0, description="processes; 0 = every core")
-    ranges: RangesSpec = Field(default_factory=RangesSpec)
+    ranges: RangesSpec = Field(
+        default_factory=RangesSpec,
+        description="problems' sizes and values (inclusive ranges): wider makes harder tasks",
+    )
 
     def writes(self) -> list[Path]:
         return [self.output]

@@ -30,7 +30,7 @@ from clab.data.countdown.schema import TINYZERO_REQUIRED, build_table
 from clab.data.countdown.strata import stratified_first
 from clab.data.manifest import prepare_output
 from clab.errors import ClabError
-from clab.specs import Spec, SpecModel
+from clab.specs import KIND_HELP, Spec, SpecModel
 from clab.storage.atomic import (
     atomic_dir,
     check_writable,
@@ -52,24 +52,36 @@ class PoolSpec(SpecModel):
     size: int | None = Field(
         None, ge=1, description="pool rows; default 4 groups x (train_size + test_size)"
     )
-    seed: int = Field(0, ge=0)
+    seed: int = Field(
+        0, ge=0, description="the generated pool's seed: the same seed gives the same pool"
+    )
     workers: int = Field(0, ge=0, description="processes; 0 = every core")
-    ranges: RangesSpec = Field(default_factory=RangesSpec)
+    ranges: RangesSpec = Field(
+        default_factory=RangesSpec,
+        description="the generated problems' sizes and values (inclusive ranges)",
+    )
 
 
 class RandomSplitSpec(Spec):
     """Spec of the random-split control data set."""
 
-    kind: Literal["countdown-random-split"] = "countdown-random-split"
+    kind: Literal["countdown-random-split"] = Field("countdown-random-split", description=KIND_HELP)
     source: Path = Field(
         Path("data/tinyzero/train.parquet"), description="a TinyZero-format Countdown pool"
     )
-    output: Path = Field(Path("data/dummy_tinyzero"))
+    output: Path = Field(
+        Path("data/dummy_tinyzero"),
+        description="the data set's folder (<group>/{train,test}), as the curriculum's",
+    )
     train_size: int = Field(100_000, ge=1, description="training rows per group")
     test_size: int = Field(1_000, ge=1, description="test rows per group")
     seed: int = Field(0, ge=0, description="the shuffle's seed")
-    template: Template = "base"
-    pool: PoolSpec = Field(default_factory=PoolSpec)
+    template: Template = Field(
+        "base", description="prompt template: base or qwen-instruct (the curriculum's must match)"
+    )
+    pool: PoolSpec = Field(
+        default_factory=PoolSpec, description="how to make the pool when source is absent"
+    )
 
     @property
     def needed(self) -> int:
