@@ -3,7 +3,7 @@ every Python installation carries (for the offline demo and tests).
 
 A corpus is split into train / validation / test by position (the first 80%,
 the next 10%, the last 10% of its characters, cut at whitespace), so no
-window of one split overlaps another; documented in the README.
+window of one split overlaps another; documented in docs/services.md.
 """
 
 from __future__ import annotations
