@@ -222,6 +222,7 @@ def test_a_ppo_step_is_the_same_on_either_engine(tiny, dataset):
     timing = {"tokens_per_s", "step_time", "generation_time"}
     dyn, sta = step("hf"), step("hf-static")
     for d, s in zip(dyn, sta, strict=True):
+
         def same(row: dict) -> dict:  # everything but the clocks (time/<phase> too)
             return {k: v for k, v in row.items() if k not in timing and not k.startswith("time/")}
 
