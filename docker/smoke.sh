@@ -300,7 +300,7 @@ check data/dummy_tinyzero/manifest.json
 
 # clab demo's tiny model (shared/clab/demo.py), two groups, two PPO steps each.
 mapfile -t train_sets < <(sets name=smoke 'data.groups=[0,1]' model.preset=tiny model.name_or_path=null \
-    model.tiny_hidden_size=64 model.tiny_layers=2 model.tiny_split_digits=true \
+    model.hidden_size=64 model.layers=2 model.split_digits=true \
     resources.num_workers=1 resources.use_gpu=false rollout.engine=hf \
     rollout.max_prompt_length=160 rollout.max_response_length=20 \
     batch.train=8 batch.val=16 batch.mini=8 batch.micro=8 rounds=1 max_steps_per_stage=2 \

@@ -152,3 +152,17 @@ def test_smoke_script_rejects_bad_input_with_exit_2(args, env, message):
         timeout=30,
     )
     assert res.returncode == 2 and message in res.stderr, res.stderr
+
+
+def test_the_smoke_tests_trainer_overrides_are_valid_keys_of_todays_spec():
+    """The smoke test runs only where Docker does; a renamed key in its overrides
+    must fail here, in seconds, not after a 2-minute image build in CI."""
+    import shlex
+
+    from clab.specs import load_spec
+
+    block = re.search(r"mapfile -t train_sets < <\(sets (.*?)\)\n", SMOKE.read_text(), re.S)
+    overrides = [a for a in shlex.split(block.group(1).replace("\\\n", " "))]
+    assert "model.preset=tiny" in overrides
+    spec = load_spec(REPO / "services/curriculum-trainer-3b.yaml", overrides)
+    assert spec.model.hidden_size == 64 and spec.model.split_digits
