@@ -51,6 +51,7 @@ from clab.training.fused_logprobs import fused_head
 from clab.training.ppo_core import (
     agg_token_mean,
     gae,
+    gather_logprobs,
     logprobs_and_entropy,
     masked_mean,
     masked_whiten,
@@ -288,10 +289,13 @@ class PPOTrainer:
             out = critic(**self._inputs(ro, idx))
         return out.logits[:, P - 1 : P + R - 1, 0].float()
 
-    def _logprobs(self, model, ro: Rollout, idx) -> tuple[torch.Tensor, torch.Tensor]:
+    def _logprobs(
+        self, model, ro: Rollout, idx, entropy: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """log p of each response token and the entropy at its position, under the
         behaviour policy's distribution (logits over the sampling temperature, as
-        veRL scores it).
+        veRL scores it). The scoring passes need no entropy: on the plain path it
+        would cost two more vocabulary-sized tensors.
 
         Only the positions that predict a response token reach the head
         (``logits_to_keep``): the prompt's would cost a third of the vocabulary
@@ -311,7 +315,10 @@ class PPOTrainer:
             out = model(**self._inputs(ro, idx), logits_to_keep=R + 1)
         logits = out.logits[:, :-1].float()
         # dividing by 1.0 changes no bit; skipped, it is a copy of the largest tensor
-        return logprobs_and_entropy(logits if T == 1.0 else logits / T, resp)
+        logits = logits if T == 1.0 else logits / T
+        if not entropy:
+            return gather_logprobs(logits, resp), None
+        return logprobs_and_entropy(logits, resp)
 
     @torch.no_grad()
     def _score_old(self, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -325,9 +332,9 @@ class PPOTrainer:
         self.critic.eval()
         for s in range(0, B, mb):
             idx = slice(s, min(s + mb, B))
-            old_lp.append(self._logprobs(self.actor, ro, idx)[0])
+            old_lp.append(self._logprobs(self.actor, ro, idx, entropy=False)[0])
             ref_model = self.ref if self.ref is not None else self.actor
-            ref_lp.append(self._logprobs(ref_model, ro, idx)[0])
+            ref_lp.append(self._logprobs(ref_model, ro, idx, entropy=False)[0])
             values.append(self._values(self.critic, ro, idx))
         self.actor.train()
         self.critic.train()
