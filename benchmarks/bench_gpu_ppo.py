@@ -10,21 +10,21 @@ updates. The text a random model writes is noise; a tokenizer trained here
 decodes the ids (mod its size), and a constant reward keeps the optimizer busy.
 Prompts are Countdown prompts cut to ``--prompt-tokens`` (left truncation).
 
-Today's path (issue 14's baseline) and the new one, run with the same seed:
+Two paths, run with the same seed, e.g.:
 
-    # today's: dynamic-cache rollouts, gradient checkpointing, micro-batch 8
+    # dynamic-cache rollouts, gradient checkpointing, micro-batch 8
     PYTHONPATH=shared python benchmarks/bench_gpu_ppo.py --losses
-    # new: static-cache rollouts compiled once, no checkpointing, micro-batch 16
+    # static-cache rollouts compiled once, no checkpointing, the fused head
     PYTHONPATH=shared python benchmarks/bench_gpu_ppo.py --losses --engine hf-static \
-        --no-gradient-checkpointing --micro 16
+        --no-gradient-checkpointing --micro 16 --logprobs fused
 
 ``--losses`` first runs one PPO update on a fixed synthetic rollout (seeded
 tokens and lengths, independent of the rollout engine) straight after the
 seeded initialisation and prints its losses at full precision: the same
 numbers from both paths show that the speed-ups changed no arithmetic beyond
 rounding. ``--profile`` prints where a training-only step's GPU time goes.
-The script uses only what clab's library had before issue 14 unless a new
-option is given, so the baseline can run on the old code.
+Options that the trainer gained later are passed only when asked for, so the
+same script also times an older checkout.
 
 It also reports the share of the actor's weight elements that one PPO step
 at the services' actor learning rate (1e-6) changed: with bf16 weights most
@@ -118,7 +118,7 @@ def main() -> None:
         actor.gradient_checkpointing_enable()
         critic.gradient_checkpointing_enable()
     params = sum(p.numel() for p in actor.parameters())
-    new_keys = {}  # options the library before issue 14 lacks: only when asked for
+    new_keys = {}  # later options: only when asked for (an older checkout lacks them)
     if args.engine != "hf":
         new_keys["rollout_engine"] = args.engine
     if args.rollout_batch:
