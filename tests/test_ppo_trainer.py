@@ -282,3 +282,14 @@ def test_a_step_reports_each_named_phase_and_they_add_up_to_the_step(tiny, datas
     assert all(row[p] > 0 for p in phases)
     assert row["generation_time"] == row["time/gen"]
     assert sum(row[p] for p in phases) <= row["step_time"] <= 1.5 * sum(row[p] for p in phases)
+
+
+def test_an_emulated_worker_reports_its_own_metrics_not_a_mean_divided_by_the_world():
+    # the emulated group's all-reduce is a no-op: a mean would come out as 1/8 of the
+    # rank's value (clab plan --measure once reported 1,024-token responses as 128)
+    from clab.distributed.emulate import fake_process_group
+
+    metrics = {"response_length_mean": 1024.0, "tokens_per_s": 10.0, "response_length_max": 1024.0}
+    with fake_process_group(8):
+        got = reduce_metrics(metrics, {"tokens_per_s": "sum", "response_length_max": "max"})
+    assert got == metrics

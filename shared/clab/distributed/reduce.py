@@ -17,6 +17,11 @@ def reduce_metrics(metrics: dict[str, float], how: dict[str, str]) -> dict[str, 
     """``how[key]`` in mean (default), sum, max, min; a no-op without a process group."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
         return metrics
+    if dist.get_backend() == "fake":
+        # rank 0 of N emulated (clab.distributed.emulate): its all-reduce leaves the
+        # values as they are, so a mean would come out divided by N (a 1,024-token
+        # response reported as 128); rank 0's own values are what it measures
+        return metrics
     world = dist.get_world_size()
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     out = dict(metrics)
