@@ -73,7 +73,7 @@ def _score(texts, problems):
     return [RewardResult(len(t) % 3 / 2, False, Reason.WRONG_VALUE) for t in texts]
 
 
-def _trainer(model_dir: Path, strategy: str) -> PPOTrainer:
+def _trainer(model_dir: Path, strategy: str, fused: bool = False) -> PPOTrainer:
     cfg = PPOConfig(
         actor_lr=1e-3,
         critic_lr=1e-3,
@@ -82,6 +82,7 @@ def _trainer(model_dir: Path, strategy: str) -> PPOTrainer:
         max_response_length=6,
         max_prompt_length=160,
         strategy="fsdp" if strategy == "fsdp" else "ddp",
+        fused_logprobs=fused,
     )
     return PPOTrainer(
         load_policy(model_dir),
@@ -209,6 +210,50 @@ def test_two_fsdp_workers_make_the_updates_of_one_process(tmp_path, dataset):
         for n, p in load_policy(model_dir).state_dict().items()
     )
     assert moved > 1e-4  # the weights did move: the comparison is not trivial
+
+
+def _fused_fsdp_worker(rank: int, world: int, model_dir: Path, out: Path) -> None:
+    from clab.distributed.fsdp import full_model_state
+
+    rollout = torch.load(out / "rollout.pt", weights_only=False)
+    torch.manual_seed(1)
+    tr = _trainer(model_dir, "fsdp", fused=True)
+    _fixed_rollout(tr, rollout, slice(rank * 2, rank * 2 + 2))
+    problems = read_group(model_dir.parent / "data", 0, "train", 4)[rank * 2 : rank * 2 + 2]
+    rows = [tr.step(problems) for _ in range(3)]
+    actor = full_model_state(tr.actor)
+    if rank == 0:
+        torch.save({"rows": rows, "actor": actor}, out / "fsdp-fused.pt")
+
+
+def test_two_fsdp_workers_with_the_fused_head_make_the_updates_of_one_process(tmp_path, dataset):
+    """ppo.fused_logprobs under FSDP, where the head's weight (tied to the embedding
+    here) exists only gathered inside the model's forward: 3 steps on two workers
+    make the losses, norms and weights of one process on the fused path, and the
+    losses and norms of one process on the plain path (its weights differ in rounding
+    that AdamW magnifies on near-zero gradients, as between one process's two paths)."""
+    model_dir = tmp_path / "m"
+    (tmp_path / "data").symlink_to(dataset)
+    probs = read_group(dataset, 0, "train", 4)
+    build_tiny_model(model_dir, [p.prompt for p in probs], vocab_size=300, hidden_size=32)
+    assert load_policy(model_dir).config.tie_word_embeddings
+    expected = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        single = _trainer(model_dir, "single", fused=fused)
+        if not fused:
+            rollout = single._rollout([p.prompt for p in probs])
+            torch.save(rollout, tmp_path / "rollout.pt")
+        _fixed_rollout(single, rollout, slice(0, 4))
+        expected[fused] = [single.step(probs) for _ in range(3)]
+    _spawn(_fused_fsdp_worker, model_dir, tmp_path)
+    got = torch.load(tmp_path / "fsdp-fused.pt", weights_only=False)
+    for fused in (True, False):
+        for want, row in zip(expected[fused], got["rows"], strict=True):
+            for key in COMPARED:
+                assert row[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+    for name, p in single.actor.state_dict().items():
+        assert torch.allclose(got["actor"][name], p, rtol=1e-4, atol=1e-6), name
 
 
 # -- through the stage runner ---------------------------------------------------------------

@@ -300,17 +300,17 @@ def test_saved_activations_measured(checkpointing):
     assert sum(saved.values()) == pytest.approx(acts + casts, rel=0.01)
 
 
-@pytest.mark.parametrize("checkpointing", [True, False])
-def test_ppo_step_peak_measured(checkpointing):
-    """The real PPOTrainer step (scoring, actor and critic micro-batches, AdamW) under CPU
-    bf16 autocast over fp32 weights, as on a GPU; its peak against the plan's."""
+def _measured_ppo_step(checkpointing, fused=False, vocab=4096, response=8, score_micro=None):
+    """The real PPOTrainer step (scoring, actor and critic micro-batches, AdamW) under
+    CPU bf16 autocast over fp32 weights, as on a GPU: the rollout's and the rest's
+    measured peaks, and the plan of the same run."""
     from clab.data.countdown.prompts import render_prompt
     from clab.data.countdown.reading import Problem
     from clab.models.tiny import train_tokenizer
     from clab.rewards.countdown import Reason, RewardResult
     from clab.training.ppo import PPOConfig, PPOTrainer
 
-    hidden, layers, vocab, batch, response = 128, 2, 4096, 4, 8
+    hidden, layers, batch = 128, 2, 4
     texts = [render_prompt([i % 97 + 1, 7, 13], i + 20, ["+", "-"]) for i in range(40)]
     tok = train_tokenizer(texts, 512)
     size, decode = len(tok), tok.batch_decode
@@ -328,9 +328,11 @@ def test_ppo_step_peak_measured(checkpointing):
     cfg = PPOConfig(
         mini_batch_size=batch // 2,
         micro_batch_size=batch // 2,
+        score_micro_batch_size=score_micro,
         max_prompt_length=prompt,
         max_response_length=response,
         compute_dtype="bfloat16",
+        fused_logprobs=fused,
     )
     trainer = PPOTrainer(
         actor,
@@ -365,14 +367,43 @@ def test_ppo_step_peak_measured(checkpointing):
                 gradient_checkpointing=checkpointing,
             ),
             "rollout": dict(max_prompt_length=prompt, max_response_length=response),
-            "batch": dict(train=batch, mini=batch // 2, micro=batch // 2),
+            "batch": dict(train=batch, mini=batch // 2, micro=batch // 2, score_micro=score_micro),
             "resources": dict(use_gpu=True),
+            "ppo": dict(fused_logprobs=fused),
         }
     )
-    plan = estimate(spec)
-    rest = max(plan.phase_bytes(p) for p in plan.phases if p != "rollout")
-    assert plan.phase_bytes("rollout") == pytest.approx(rollout_tracker.peak()["Total"], rel=0.1)
-    assert rest == pytest.approx(tracker.peak()["Total"], rel=0.1)
+    return rollout_tracker.peak()["Total"], tracker.peak()["Total"], estimate(spec)
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_ppo_step_peak_measured(checkpointing):
+    rollout, rest, plan = _measured_ppo_step(checkpointing)
+    assert plan.phase_bytes("rollout") == pytest.approx(rollout, rel=0.1)
+    assert max(plan.phase_bytes(p) for p in plan.phases if p != "rollout") == pytest.approx(
+        rest, rel=0.1
+    )
+
+
+@pytest.mark.parametrize("chunk_mib", [256, 16])
+def test_fused_head_step_peak_measured(chunk_mib, monkeypatch):
+    """ppo.fused_logprobs at a shape where the logits dominate (vocabulary 32,768, 256
+    response tokens): the plan follows the measured peak, chunked in one piece or in
+    several, scoring in single sequences so that the actor's backward is the peak. The
+    plain path at the same shape needs far more, in the plan as measured."""
+    import clab.training.fused_logprobs as fused_module
+    import clab.training.memory_plan as plan_module
+
+    for module in (fused_module, plan_module):
+        monkeypatch.setattr(module, "CHUNK_BYTES", chunk_mib << 20)
+    shape = dict(vocab=32768, response=256, score_micro=1)
+    _, rest, plan = _measured_ppo_step(True, fused=True, **shape)
+    assert plan.peak_bytes == pytest.approx(rest, rel=0.05)
+    assert plan.part("actor fused log-prob head (backward)")
+    if chunk_mib == 256:  # one chunk: the backward is the peak; the plain path's logits
+        assert plan.peak_phase == "actor backward"
+        _, plain, plain_plan = _measured_ppo_step(True, **shape)
+        assert plain > 1.5 * rest
+        assert plain_plan.peak_bytes == pytest.approx(plain, rel=0.05)
 
 
 # -- measured on GPUs (docs/benchmarks.md: bench_gpu_ppo.py, one GPU) ---------------------

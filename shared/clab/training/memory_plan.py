@@ -24,6 +24,7 @@ from clab.models.shape import (
     value_model_params,
 )
 from clab.specs import read_spec_data, validate_spec
+from clab.training.fused_logprobs import CHUNK_BYTES
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -227,6 +228,26 @@ def fused_head_bytes(s: DecoderShape, tokens: int, compute_bytes: int) -> int:
     )
 
 
+def fused_logprob_bytes(
+    s: DecoderShape, tokens: int, compute_bytes: int, weight_bytes: int, backward: bool
+) -> int:
+    """``ppo.fused_logprobs``' head (training/fused_logprobs.py) at its peak: two fp32
+    vocabulary-sized buffers of one chunk of tokens, the head weight cast to the
+    compute dtype where it is not in it already (an FSDP-gathered weight is), and in
+    the backward the head's gradient (the weight's dtype) with one chunk's part of it
+    (compute dtype) beside the chunk's gradient of the logits (compute dtype)."""
+    v, h = s.vocab_size, s.hidden_size
+    chunk = min(tokens, max(1, CHUNK_BYTES // (4 * v)))
+    cast = compute_bytes * v * h if weight_bytes != compute_bytes else 0
+    if not backward:
+        return cast + 8 * chunk * v
+    earlier = weight_bytes * v * h if tokens > chunk else 0  # the earlier chunks' sum
+    return cast + max(
+        8 * chunk * v + earlier,
+        compute_bytes * chunk * v + (compute_bytes + weight_bytes) * v * h,
+    )
+
+
 # -- the plan ------------------------------------------------------------------------------
 
 
@@ -374,6 +395,13 @@ class _Run:
     layout: PPOLayout
     score_micro: int  # sequences per no-grad scoring pass
     temperature: float
+    fused: bool  # ppo.fused_logprobs: no logits tensor
+
+    @property
+    def head_weight_bytes(self) -> int:
+        """The head weight the fused head reads: FSDP's gathered one in the compute
+        dtype, else the fp32 weight itself."""
+        return self.compute if self.fsdp else 4
 
     @property
     def seq(self) -> int:
@@ -416,6 +444,7 @@ def _run(spec, s: DecoderShape, layout: PPOLayout) -> _Run:
         layout=layout,
         score_micro=getattr(b, "score_micro", None) or b.micro,
         temperature=ro.temperature,
+        fused=ppo and spec.ppo.fused_logprobs,
     )
 
 
@@ -450,7 +479,13 @@ def _estimate_countdown_rl(
         f"at once per {'GPU' if r.gpu else 'worker'}",
     ]
     if r.ppo:
-        setup.append(f"PPO trainer's memory layout: {layout.name} ({LAYOUT_NOTES[layout.name]})")
+        note = (
+            "log-probs and entropy from the hidden states chunk by chunk, no logits tensor "
+            "(ppo.fused_logprobs)"
+            if r.fused
+            else LAYOUT_NOTES[layout.name]
+        )
+        setup.append(f"PPO trainer's memory layout: {layout.name} ({note})")
     plan = MemoryPlan(
         model=source,
         params=params,
@@ -592,7 +627,16 @@ def _add_scoring(plan: MemoryPlan, r: _Run) -> None:
             ("scoring",),
             "autocast's cached casts",
         )
-    if r.ppo:
+    if r.fused:
+        plan.add(
+            "fused log-prob head (scoring)",
+            fused_logprob_bytes(
+                s, r.score_micro * (r.response + 1), r.compute, r.head_weight_bytes, False
+            ),
+            ("scoring",),
+            "two fp32 buffers of one chunk of tokens x the vocabulary",
+        )
+    elif r.ppo:
         positions = r.response + 1 if r.layout.response_logits_only else r.seq
         plan.add(
             "logits (scoring)",
@@ -673,7 +717,8 @@ def _add_backward(plan: MemoryPlan, r: _Run) -> None:
                 "root unit and its gradient + 2 layers",
             )
         elif r.autocast and r.ckpt:
-            if not value_head:  # (a value head's cast is a few kilobytes)
+            # (a value head's cast is a few kilobytes; the fused head casts its own)
+            if not value_head and not r.fused:
                 plan.add(
                     f"{name} {r.cname} head weight (saved cast)",
                     c * head_matmul_weights(s, value_head),
@@ -693,7 +738,16 @@ def _add_backward(plan: MemoryPlan, r: _Run) -> None:
                 saved_in,
                 "autocast's casts, saved for backward",
             )
-    if r.ppo:
+    if r.fused:
+        plan.add(
+            "actor fused log-prob head (backward)",
+            fused_logprob_bytes(
+                s, r.micro * (r.response + 1), c, r.head_weight_bytes, backward=True
+            ),
+            ("actor backward",),
+            "one chunk's two fp32 buffers, the head's gradient",
+        )
+    elif r.ppo:
         brv = f"{r.micro} x {r.response} x {s.vocab_size:,}"
         copies = r.layout.logits_live + r.layout.logits_backward
         plan.add(
