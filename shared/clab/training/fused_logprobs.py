@@ -63,7 +63,12 @@ class _LinearLogprobEntropy(torch.autograd.Function):
         h, w = hidden.to(dtype), weight.to(dtype)
         g_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         g_w = None
-        for c in _chunks(hidden.shape[0], weight.shape[0]):
+        chunks = list(_chunks(hidden.shape[0], weight.shape[0]))
+        # the head's gradient is summed over the chunks in fp32 and rounded once, as
+        # one matmul over all tokens rounds it (veRL's kernel): summed in bf16, ten
+        # chunks' partial sums drifted 3e-3 from it; one chunk needs no fp32 copy
+        acc = weight.dtype if len(chunks) == 1 else torch.float32
+        for c in chunks:
             # two vocabulary-sized buffers a chunk, updated in place: the backward's
             # temporaries are what sets the peak at the start of the model's backward
             g_z = (h[c] @ w.T).float()
@@ -86,9 +91,9 @@ class _LinearLogprobEntropy(torch.autograd.Function):
                 g_h[c] = (g_z @ w).to(hidden.dtype)
             if ctx.needs_input_grad[1]:
                 part = g_z.T @ h[c]
-                # in the weight's own dtype: no fp32 copy of a [V, H] gradient beside a
-                # bf16 (FSDP-gathered) weight; fp32 master weights accumulate in fp32
-                g_w = part.to(weight.dtype) if g_w is None else g_w.add_(part)
+                g_w = part.to(acc) if g_w is None else g_w.add_(part)
+        if g_w is not None:
+            g_w = g_w.to(weight.dtype)
         return g_h, g_w, None, None, None
 
 
