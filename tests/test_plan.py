@@ -451,9 +451,14 @@ def test_reproduces_the_peaks_measured_with_bf16_weights(response, clone, measur
 
 
 def test_service_plans_under_ddp_and_fsdp():
-    # the service trains under fsdp with micro-batches of 2 and static HF rollouts; first
-    # as it was: ddp, micro-batches of 8, vLLM over 2 GPUs
-    vllm_tp2 = ["rollout.engine=vllm", "rollout.tensor_parallel_size=2", "batch.micro=8"]
+    # the service trains under fsdp with the fused head, micro-batches of 4 and static HF
+    # rollouts; first as it was: ddp, the logits path, micro-batches of 8, vLLM over 2 GPUs
+    vllm_tp2 = [
+        "rollout.engine=vllm",
+        "rollout.tensor_parallel_size=2",
+        "batch.micro=8",
+        "ppo.fused_logprobs=false",
+    ]
     ddp = plan_file(str(SPEC_15B), ["resources.strategy=ddp", *vllm_tp2])
     assert ddp.part("actor AdamW moments (fp32)").bytes == 12_349_714_432
     assert ddp.part("actor DDP gradient buckets").bytes == 6_174_857_216
@@ -477,9 +482,16 @@ def test_service_plans_under_ddp_and_fsdp():
     assert fsdp.fits is False
     assert fsdp.part("actor logits (loss and its backward)").bytes > 20 * GiB
     # HF rollouts instead of vLLM's 0.4 of the GPU, and micro-batches of 2: it fits
-    hf = ["rollout.engine=hf", "rollout.tensor_parallel_size=1"]
-    small = plan_file(str(SPEC_15B), hf)
+    hf = ["rollout.engine=hf", "rollout.tensor_parallel_size=1", "ppo.fused_logprobs=false"]
+    small = plan_file(str(SPEC_15B), [*hf, "batch.micro=2"])
     assert small.fits is True and small.required_bytes == small.peak_bytes + CUDA_CONTEXT_BYTES
+    # as shipped, micro-batches of 4 through the fused head: no logits tensor, about
+    # 13.5 GiB; the logits path at micro 4 would need 10 GiB more, at the edge of 24
+    shipped = plan_file(str(SPEC_15B))
+    assert shipped.fits is True and shipped.required_bytes < 14 * GiB
+    assert not any(p.name.startswith(("logits", "actor logits")) for p in shipped.parts)
+    logits = plan_file(str(SPEC_15B), ["ppo.fused_logprobs=false"])
+    assert logits.required_bytes - shipped.required_bytes > 10 * GiB
 
 
 def test_verdict_needs_the_gpu_memory():

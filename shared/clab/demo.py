@@ -46,6 +46,7 @@ _TRAIN = [
     "save_steps=20",
     "ppo.actor_lr=3e-4",
     "ppo.critic_lr=1e-3",
+    "ppo.fused_logprobs=false",  # the path its figures in docs/demo.md were made on
     "warmup.steps=400",
     "warmup.lr=5e-3",
     "warmup.batch_size=32",

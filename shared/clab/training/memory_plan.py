@@ -234,17 +234,21 @@ def fused_logprob_bytes(
     """``ppo.fused_logprobs``' head (training/fused_logprobs.py) at its peak: two fp32
     vocabulary-sized buffers of one chunk of tokens, the head weight cast to the
     compute dtype where it is not in it already (an FSDP-gathered weight is), and in
-    the backward the head's gradient (the weight's dtype) with one chunk's part of it
-    (compute dtype) beside the chunk's gradient of the logits (compute dtype)."""
+    the backward the head's gradient (summed over several chunks in fp32, then
+    rounded to the weight's dtype) with one chunk's part of it (compute dtype) beside
+    the chunk's gradient of the logits (compute dtype)."""
     v, h = s.vocab_size, s.hidden_size
     chunk = min(tokens, max(1, CHUNK_BYTES // (4 * v)))
     cast = compute_bytes * v * h if weight_bytes != compute_bytes else 0
     if not backward:
         return cast + 8 * chunk * v
-    earlier = weight_bytes * v * h if tokens > chunk else 0  # the earlier chunks' sum
+    several = tokens > chunk
+    acc = 4 if several else weight_bytes  # the gradient's sum over the chunks
+    rounding = (acc + weight_bytes) * v * h if acc != weight_bytes else 0
     return cast + max(
-        8 * chunk * v + earlier,
-        compute_bytes * chunk * v + (compute_bytes + weight_bytes) * v * h,
+        8 * chunk * v + (acc * v * h if several else 0),  # the earlier chunks' sum
+        compute_bytes * chunk * v + (compute_bytes + acc) * v * h,
+        rounding,
     )
 
 
@@ -480,8 +484,8 @@ def _estimate_countdown_rl(
     ]
     if r.ppo:
         note = (
-            "log-probs and entropy from the hidden states chunk by chunk, no logits tensor "
-            "(ppo.fused_logprobs)"
+            "ppo.fused_logprobs: log-probs and entropy from the hidden states chunk by "
+            "chunk, no logits tensor"
             if r.fused
             else LAYOUT_NOTES[layout.name]
         )
