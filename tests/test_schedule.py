@@ -4,6 +4,7 @@ time's arithmetic, and ``--measure`` (its refusals, and its CPU path)."""
 
 import json
 import math
+import re
 import types
 from pathlib import Path
 
@@ -413,4 +414,8 @@ def test_measure_times_a_cpu_spec_on_the_cpu_and_says_so(elsewhere):
     step = measure(spec, steps=1)
     assert "2 prompts x 1 response" in step.source
     assert "rank 0 of 2 under fsdp, emulated" in step.source
+    # rank 0's own responses (a random model runs to the 8-token maximum), not their
+    # mean over a group whose other worker does not exist (it printed 8 / 2 = 4)
+    length = float(re.search(r"responses ([\d.]+) tokens on average", step.source)[1])
+    assert length > 6
     assert not dist.is_initialized()  # the emulated group is gone
