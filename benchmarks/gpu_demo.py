@@ -114,6 +114,8 @@ def train_in_parallel(runs: list[tuple[str, list[str]]], seeds: str, processes: 
             if not proc.is_alive():
                 running.remove((name, proc))
                 if proc.exitcode != 0:
+                    for _, other in running:  # a finished run resumes on the next call
+                        other.terminate()
                     raise SystemExit(f"{name} failed (exit {proc.exitcode}): see its output above")
         for job in list(queue):
             spec_path, overrides, member, waits_for = job
