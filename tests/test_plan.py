@@ -619,3 +619,16 @@ def test_memory_is_modelled_for_countdown_rl_only():
 
     with pytest.raises(ClabError, match="covers kind countdown-rl"):
         estimate(load_spec(REPO / "services/k1-trainer.yaml"))
+
+
+def test_the_plan_says_what_the_fused_head_would_save_where_the_logits_weigh():
+    # the 3B service trains on the logits path: 8 x 1,024 x 151,936 fp32 logits
+    plain = plan_file(str(SPEC_3B))
+    (note,) = [n for n in plain.notes if n.startswith("ppo.fused_logprobs: true")]
+    fused = plan_file(str(SPEC_3B), ["ppo.fused_logprobs=true"])
+    assert f"would need {fused.required_bytes / GiB:.2f} GiB" in note
+    assert fused.required_bytes < plain.required_bytes - 15 * GiB
+    # already on (the 1.5B service), or GRPO: nothing to suggest
+    assert not any("fused_logprobs" in n for n in plan_file(str(SPEC_15B)).notes)
+    grpo = plan_file(str(SPEC_3B), ["algorithm=grpo", "rollout.responses_per_prompt=4"])
+    assert not any("fused_logprobs" in n for n in grpo.notes)

@@ -373,7 +373,21 @@ def estimate(spec, gpu_memory_gb: float | None = None, layout: PPOLayout = PPO_F
             f"{getattr(spec, 'kind', type(spec).__name__)!r} is not planned yet"
         )
     shape, source = model_shape(spec)
-    return _estimate_countdown_rl(spec, shape, source, gpu_memory_gb, layout)
+    plan = _estimate_countdown_rl(spec, shape, source, gpu_memory_gb, layout)
+    if spec.algorithm == "ppo" and not spec.ppo.fused_logprobs and layout is PPO_FUSED:
+        # the logits are often the largest thing on the GPU: say what the option buys
+        ppo = spec.ppo.model_copy(update={"fused_logprobs": True})
+        fused = _estimate_countdown_rl(
+            spec.model_copy(update={"ppo": ppo}), shape, source, gpu_memory_gb, layout
+        )
+        saved = plan.required_bytes - fused.required_bytes
+        if saved >= max(GiB // 4, plan.required_bytes // 10):
+            plan.notes.append(
+                f"ppo.fused_logprobs: true would need {gib(fused.required_bytes)} GiB, "
+                f"{gib(saved)} less: log-probs without the logits tensor (the same numbers "
+                "within bf16 rounding; docs/memory.md)"
+            )
+    return plan
 
 
 @dataclass(frozen=True)
