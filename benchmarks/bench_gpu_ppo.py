@@ -94,6 +94,12 @@ def main() -> None:
         default="plain",
         help="fused: from the hidden states, no logits tensor (fused_logprobs.py); plain: logits",
     )
+    ap.add_argument(
+        "--compile-layers",
+        action="store_true",
+        help="torch.compile each decoder layer of actor and critic (training and scoring; "
+        "the static engine's rollout copy compiles its own)",
+    )
     ap.add_argument("--profile", action="store_true", help="GPU time of a training-only step")
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -117,6 +123,10 @@ def main() -> None:
     if args.gradient_checkpointing:
         actor.gradient_checkpointing_enable()
         critic.gradient_checkpointing_enable()
+    if args.compile_layers:  # fuses each layer's elementwise work: fewer launches
+        for model in (actor, critic):
+            for layer in model.model.layers:
+                layer.compile(dynamic=True)
     params = sum(p.numel() for p in actor.parameters())
     new_keys = {}  # later options: only when asked for (an older checkout lacks them)
     if args.engine != "hf":
@@ -148,7 +158,8 @@ def main() -> None:
         f"path: engine {args.engine}, rollout batch {args.rollout_batch or args.prompts}, "
         f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
         f"micro-batch {args.micro} (scoring {args.score_micro or args.micro}), "
-        f"mini-batch {args.prompts // 2}, weights {args.weights}, log-probs {args.logprobs}"
+        f"mini-batch {args.prompts // 2}, weights {args.weights}, log-probs {args.logprobs}, "
+        f"layers {'compiled' if args.compile_layers else 'eager'}"
     )
 
     # the score_old passes, timed (they are the step's three forward passes)
