@@ -175,6 +175,10 @@ def build(args, device: torch.device, world: int):
     if not args.no_checkpointing:
         actor.gradient_checkpointing_enable()
         critic.gradient_checkpointing_enable()
+    if args.compile_layers:  # before sharding, as torchtitan compiles its blocks
+        for model in (actor, critic):
+            for layer in model.model.layers:
+                layer.compile(dynamic=True)
     params = sum(p.numel() for p in actor.parameters())
     mini = args.mini_per_gpu or args.prompts_per_gpu // 2
     ppo = PPOConfig(
@@ -224,6 +228,11 @@ def main() -> int:
         help="skip timing the full-state gather (about 30 s at 1.5B) after the steps",
     )
     ap.add_argument("--tiny", action="store_true", help="CPU, tiny model: checks the script")
+    ap.add_argument(
+        "--compile-layers",
+        action="store_true",
+        help="torch.compile each decoder layer of actor and critic before sharding",
+    )
     ap.add_argument("--label", default="")
     ap.add_argument(
         "--logprobs",
@@ -336,6 +345,8 @@ def main() -> int:
         "emulated": bool(args.emulate_world),
         "params": params,
         "engine": args.engine,
+        "logprobs": args.logprobs,
+        "compiled_layers": args.compile_layers,
         "batch_per_gpu": {
             "prompts": args.prompts_per_gpu,
             "mini": trainer.cfg.mini_batch_size,
