@@ -18,7 +18,15 @@ the tied output projection) and each row's KV cache up to its current length, at
 GPU's copy bandwidth (measured here: a large device-to-device copy, read + write);
 the average context over the response is prompt + new/2 tokens.
 
+``--static-variants`` times the static engine in several builds in the same process,
+old against new: ``unfused`` (each projection its own product, as before
+``clab.generation.fused``), ``fused`` (today's: q/k/v as one product, gate/up as one)
+and ``fused-autotune`` (the same, compiled with ``max-autotune``: inductor's tuned
+matrix products with their neighbours fused in; minutes more compilation).
+
     PYTHONPATH=shared python benchmarks/bench_rollout.py [--batches 64 256]
+    PYTHONPATH=shared python benchmarks/bench_rollout.py --batches 64 --engines hf hf-static \
+        --static-variants unfused fused fused-autotune
     PYTHONPATH=shared python benchmarks/bench_rollout.py --size tiny   # CPU check
 """
 
@@ -76,6 +84,14 @@ def graphs() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
+
+
+# the static engine's builds: StaticGenerator keywords
+VARIANTS = {
+    "unfused": {"fuse": False},
+    "fused": {"fuse": True},
+    "fused-autotune": {"fuse": True, "compile_mode": "max-autotune"},
+}
 
 
 def timed(fn, device: torch.device) -> tuple[float, int]:
@@ -160,6 +176,13 @@ def main() -> None:
         choices=["hf", "hf-generate-static", "hf-static"],
         default=["hf", "hf-generate-static", "hf-static"],
     )
+    ap.add_argument(
+        "--static-variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=["fused"],
+        help="builds of the static engine to time, each in turn (see the module's docstring)",
+    )
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -213,48 +236,51 @@ def main() -> None:
                   f"{B * R / t_dyn:,.0f} tok/s ({t_dyn:.2f} s)", flush=True)  # fmt: skip
             continue
 
-        gen = StaticGenerator(
-            model, batch_size=B, max_prompt_length=P, max_new_tokens=R, dtype=dtype
-        )
-
-        def static(ids=ids, mask=mask, gen=gen, B=B):
-            return gen.generate_ids(ids, mask, B, tok, temperature=1.0).shape[1]
-
-        g0 = graphs()
-        t_first, _ = timed(static, device)
-        g1 = graphs()
-        t_sta = min(timed(static, device)[0] for _ in range(args.repeats))
-        with torch.no_grad():  # an optimizer step's worth of change, in place
-            for p in model.parameters():
-                p.add_(torch.randn_like(p), alpha=1e-3)
-        gen.load_weights(model)
-        t_after, new = timed(static, device)  # new: tokens a row (all ran the full length)
-        g2 = graphs()
         bound = B / (decode_bytes(model, B, P + R / 2) / bw)
-        rows.append((B, B * R / t_dyn, B * R / t_hfs, t_first, B * R / t_sta, bound))
-        print(
-            f"batch {B}: dynamic first call {t_dyn_first:.1f} s, then {B * R / t_dyn:,.0f} "
-            f"tok/s ({t_dyn:.2f} s); static first call "
-            f"{t_first:.1f} s ({g1 - g0} graphs compiled), then {B * R / t_sta:,.0f} tok/s "
-            f"({t_sta:.2f} s), after an in-place weight update {B * R / t_after:,.0f} tok/s "
-            f"({g2 - g1} graphs compiled); {new} new tokens a row; bandwidth bound "
-            f"{bound:,.0f} tok/s",
-            flush=True,
-        )
-        if args.breakdown:
-            breakdown(gen, ids, mask, device)
-        del gen
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        for variant in args.static_variants:
+            gen = StaticGenerator(
+                model, batch_size=B, max_prompt_length=P, max_new_tokens=R, dtype=dtype,
+                **VARIANTS[variant],
+            )  # fmt: skip
 
-    print("\n| batch | `hf` tok/s | transformers' static generate tok/s | `hf-static` tok/s "
-          "| `hf-static` / `hf` | first `hf-static` call | bound tok/s "
+            def static(ids=ids, mask=mask, gen=gen, B=B):
+                return gen.generate_ids(ids, mask, B, tok, temperature=1.0).shape[1]
+
+            g0 = graphs()
+            t_first, _ = timed(static, device)
+            g1 = graphs()
+            t_sta = min(timed(static, device)[0] for _ in range(args.repeats))
+            with torch.no_grad():  # an optimizer step's worth of change, in place
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p), alpha=1e-3)
+            gen.load_weights(model)
+            t_after, new = timed(static, device)  # new: tokens a row (all the full length)
+            g2 = graphs()
+            rows.append((B, variant, B * R / t_dyn, B * R / t_hfs, t_first, B * R / t_sta, bound))
+            print(
+                f"batch {B}: dynamic first call {t_dyn_first:.1f} s, then {B * R / t_dyn:,.0f} "
+                f"tok/s ({t_dyn:.2f} s); static ({variant}) first call "
+                f"{t_first:.1f} s ({g1 - g0} graphs compiled), then {B * R / t_sta:,.0f} tok/s "
+                f"({t_sta:.2f} s), after an in-place weight update {B * R / t_after:,.0f} "
+                f"tok/s ({g2 - g1} graphs compiled); {new} new tokens a row; bandwidth bound "
+                f"{bound:,.0f} tok/s",
+                flush=True,
+            )
+            if args.breakdown:
+                breakdown(gen, ids, mask, device)
+            del gen
+            torch._dynamo.reset()  # the next build compiles its own step
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    print("\n| batch | `hf` tok/s | transformers' static generate tok/s | `hf-static` build "
+          "| `hf-static` tok/s | `hf-static` / `hf` | first `hf-static` call | bound tok/s "
           "| `hf-static` / bound |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
-    for B, dyn, hfs, first, sta, bound in rows:
+    print("|---|---|---|---|---|---|---|---|---|")
+    for B, variant, dyn, hfs, first, sta, bound in rows:
         print(
-            f"| {B} | {dyn:,.0f} | {hfs:,.0f} | {sta:,.0f} | {sta / dyn:.2f}x | {first:.1f} s "
-            f"| {bound:,.0f} | {sta / bound:.0%} |"
+            f"| {B} | {dyn:,.0f} | {hfs:,.0f} | {variant} | {sta:,.0f} | {sta / dyn:.2f}x "
+            f"| {first:.1f} s | {bound:,.0f} | {sta / bound:.0%} |"
         )
 
 

@@ -173,6 +173,66 @@ def test_the_gpu_settings_traced_whole_once_and_stopping_late_give_the_same_toke
     assert not torch._dynamo.utils.counters["recompiles"]
 
 
+def _products_a_step(gen) -> int:
+    """Matrix products in the decode step's traced graph (linears and matmuls)."""
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.append(
+            sum(
+                n.op == "call_function"
+                and n.target in (torch.nn.functional.linear, torch.matmul, torch.bmm)
+                for n in gm.graph.nodes
+            )
+        )
+        return gm.forward
+
+    torch._dynamo.reset()
+    gen._step = torch.compile(gen._last_logits, backend=backend, fullgraph=True)
+    return seen
+
+
+def test_the_fused_copy_runs_three_products_fewer_a_layer_and_gives_the_same_tokens(lm):
+    """q/k/v as one product and gate/up as one (``clab.generation.fused``): the decode
+    step's graph has three matrix products fewer a decoder layer than the unfused
+    copy's, and generates the dynamic engine's tokens, also after the policy's
+    weights change (the fused weight is what the copy's parameters view)."""
+    model, tok = lm
+    layers = model.config.num_hidden_layers
+    counts = {}
+    for fuse in (False, True):
+        gen = rollout.StaticGenerator(
+            model, batch_size=3, max_prompt_length=40, max_new_tokens=10, fuse=fuse
+        )
+        assert gen.fused == (2 * layers if fuse else 0)
+        seen = _products_a_step(gen)
+        ids, mask = rollout.encode_prompts(tok, PROMPTS[:3], 40, "cpu", pad_to_max=True)
+        torch.manual_seed(5)
+        out = gen.generate_ids(ids, mask, 3, tok, temperature=0.8)
+        counts[fuse] = seen[0]
+        torch.manual_seed(5)
+        want = hf_generate(
+            model, tok, PROMPTS[:3], max_prompt_length=40, max_new_tokens=10,
+            temperature=0.8, batch_size=3,
+        ).response_ids  # fmt: skip
+        assert torch.equal(out, want)
+    assert counts[False] - counts[True] == 3 * layers
+    assert counts[True] == 6 * layers + 1  # qkv, two attention products, o, gate_up, down; head
+
+    attn = gen.model.model.layers[0].self_attn
+    weight, _, _ = attn.clab_qkv
+    assert attn.q_proj.weight.data_ptr() == weight.data_ptr()  # a view, refreshed in place
+    with torch.no_grad():
+        changed = Qwen2ForCausalLM(model.config).eval()
+    gen.load_weights(changed)
+    assert torch.equal(
+        weight,
+        torch.cat([changed.model.layers[0].self_attn.q_proj.weight,
+                   changed.model.layers[0].self_attn.k_proj.weight,
+                   changed.model.layers[0].self_attn.v_proj.weight]),
+    )  # fmt: skip
+
+
 def test_under_autocast_the_static_copy_computes_in_the_autocast_dtype(lm):
     model, tok = lm
     with torch.autocast("cpu", dtype=torch.bfloat16):

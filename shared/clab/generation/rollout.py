@@ -43,6 +43,7 @@ from transformers import (
 
 from clab.errors import ClabError
 from clab.generation import attention
+from clab.generation.fused import fuse_projections
 from clab.models.loading import empty_copy
 
 HF_ENGINES = ("hf", "hf-static")
@@ -217,9 +218,14 @@ class StaticGenerator:
         dtype: torch.dtype | None = None,
         compile: bool = True,
         adopt: bool = False,
+        fuse: bool = True,
+        compile_mode: str = "reduce-overhead",
     ):
         """``adopt``: generate from ``model`` itself instead of a copy (see
-        :func:`static_generator`)."""
+        :func:`static_generator`). ``fuse``: one product for q/k/v and one for
+        gate/up (:mod:`clab.generation.fused`). ``compile_mode``: torch.compile's
+        (``reduce-overhead``: CUDA graphs; ``max-autotune``: also tuned kernels for
+        the matrix products, with minutes more compilation)."""
         self.batch_size = batch_size
         self.max_prompt_length = max_prompt_length
         self.max_new_tokens = max_new_tokens
@@ -233,6 +239,7 @@ class StaticGenerator:
         # generate would follow: the cache is the point here
         copy.config.use_cache = copy.generation_config.use_cache = True
         copy.set_attn_implementation(attention.NAME)  # see generation/attention.py
+        self.fused = fuse_projections(copy) if fuse else 0
         self.model = copy.eval().requires_grad_(False)
         self._targets = {**dict(copy.named_parameters()), **dict(copy.named_buffers())}
         self.load_weights(model)
@@ -240,7 +247,7 @@ class StaticGenerator:
             config=copy.config, max_cache_len=max_prompt_length + max_new_tokens
         )
         self._step = (
-            torch.compile(self._last_logits, mode="reduce-overhead", fullgraph=True)
+            torch.compile(self._last_logits, mode=compile_mode, fullgraph=True)
             if self.compile
             else self._last_logits
         )
