@@ -133,6 +133,38 @@ def train_in_parallel(runs: list[tuple[str, list[str]]], seeds: str, processes: 
         time.sleep(1)
 
 
+def build_plan(
+    algorithm: str, train_size: int, test_size: int, extra: list[str], cpu: bool = False
+) -> list[tuple[str, list[str]]]:
+    """(service spec, overrides) for the data, the control's data, the curriculum run
+    and the control run, in that order."""
+    small = ["resources.use_gpu=false", "rollout.engine=hf", "warmup.steps=4",
+             "max_steps_per_stage=2", "model.hidden_size=32", "model.layers=1",
+             "batch.train=4", "batch.mini=4", "batch.micro=4"] if cpu else []  # fmt: skip
+    train = [*TRAIN, *ALGORITHMS[algorithm], f"batch.val={test_size}", *small, *extra]
+    sizes = [f"train_size={train_size}", f"test_size={test_size}"]
+    return [
+        ("services/data-generator.yaml", [*sizes, f"output={DEMO_DATA}", *RANGES]),
+        (
+            "services/tinyzero-dummy-generator.yaml",
+            [
+                *sizes,
+                "source=data/demo-tinyzero/train.parquet",
+                f"output={DEMO_CONTROL_DATA}",
+                *(f"pool.{r}" for r in RANGES),
+            ],
+        ),
+        (
+            "services/curriculum-trainer-1.5b.yaml",
+            [*train, "name=demo-curriculum", f"data.dir={DEMO_DATA}"],
+        ),
+        (  # its own warm-up, as long, on its own prompts: equally prepared
+            "services/curriculum-control-1.5b.yaml",
+            [*train, "name=demo-control", f"data.dir={DEMO_CONTROL_DATA}"],
+        ),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work", type=Path)
@@ -155,31 +187,7 @@ def main() -> None:
     if not (args.work / "services").exists():
         (args.work / "services").symlink_to(REPO / "services")
     os.chdir(args.work)
-    cpu = ["resources.use_gpu=false", "rollout.engine=hf", "warmup.steps=4",
-           "max_steps_per_stage=2", "model.hidden_size=32", "model.layers=1",
-           "batch.train=4", "batch.mini=4", "batch.micro=4"] if args.cpu else []  # fmt: skip
-    train = [*TRAIN, *ALGORITHMS[args.algorithm], f"batch.val={args.test_size}", *cpu, *args.set]
-    sizes = [f"train_size={args.train_size}", f"test_size={args.test_size}"]
-    plan = [
-        ("services/data-generator.yaml", [*sizes, f"output={DEMO_DATA}", *RANGES]),
-        (
-            "services/tinyzero-dummy-generator.yaml",
-            [
-                *sizes,
-                "source=data/demo-tinyzero/train.parquet",
-                f"output={DEMO_CONTROL_DATA}",
-                *(f"pool.{r}" for r in RANGES),
-            ],
-        ),
-        (
-            "services/curriculum-trainer-1.5b.yaml",
-            [*train, "name=demo-curriculum", f"data.dir={DEMO_DATA}"],
-        ),
-        (  # its own warm-up, as long, on its own prompts: equally prepared
-            "services/curriculum-control-1.5b.yaml",
-            [*train, "name=demo-control", f"data.dir={DEMO_CONTROL_DATA}"],
-        ),
-    ]
+    plan = build_plan(args.algorithm, args.train_size, args.test_size, args.set, args.cpu)
     if args.only:  # the data services, then the one run asked for
         plan = [*plan[:2], plan[2 if args.only == "curriculum" else 3]]
     start = time.perf_counter()

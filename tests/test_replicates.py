@@ -8,6 +8,7 @@ page give every number as a mean over seeds with a Student-t interval over seeds
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -343,8 +344,6 @@ def test_a_seed_added_later_runs_alone_and_restart_moves_every_seed_aside(workdi
 
 def test_seed_numbers_prints_each_rise_and_forgetting_as_a_mean_over_seeds(tmp_path, capsys):
     """benchmarks/seed_numbers.py: the tables docs/demo.md quotes."""
-    import sys
-
     sys.path.insert(0, str(REPO / "benchmarks"))
     from seed_numbers import main as seed_numbers
 
@@ -389,3 +388,27 @@ def test_validate_lists_the_runs_a_spec_will_make(workdir, capsys):
     s = k1_spec(workdir / "k.yaml", methods=["dense", "k1"])
     assert main(["validate", str(s), "--set", "seeds=[0, 1]"]) == 0
     assert "# runs: k-dense-s0, k-k1-s0, k-dense-s1, k-k1-s1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_the_gpu_demo_settings_still_parse(algorithm):
+    """benchmarks/gpu_demo.py builds its specs from the services' YAML files with
+    overrides, and runs only where a GPU is lent: a field renamed since would fail
+    there, after minutes of start-up. Every spec it builds must load here, and the
+    settings docs/demo.md describes must be the ones it trains with."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_demo import TEST_SIZE, TRAIN_SIZE, build_plan
+
+    specs = [
+        load_spec(REPO / path, overrides)
+        for path, overrides in build_plan(algorithm, TRAIN_SIZE, TEST_SIZE, [])
+    ]
+    data, control_data, curriculum, control = specs
+    assert data.train_size == control_data.train_size == TRAIN_SIZE
+    for run in (curriculum, control):
+        assert run.warmup.steps == 1500 and run.model.hidden_size == 256
+        assert run.algorithm == algorithm and run.rollout.engine == "hf-static"
+    assert curriculum.warmup == control.warmup  # equally prepared (issue 22, goal 2)
+    if algorithm == "ppo":
+        assert (curriculum.batch.train, curriculum.batch.mini) == (128, 64)
+        assert curriculum.max_steps_per_stage == 120
