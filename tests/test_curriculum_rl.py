@@ -24,6 +24,7 @@ METRICS = {
     "group",
     "epoch",
     "success_rate",
+    "answer_forms",
     "reward_mean",
     "policy_loss",
     "kl",
@@ -78,8 +79,13 @@ def test_one_round_through_all_four_groups(run_dir, algorithm):
     for r in rows:
         assert set(r) >= METRICS, METRICS - set(r)
         assert 0 <= r["success_rate"] <= 1
+        assert r["answer_forms"] >= 1
     if algorithm == "ppo":
         assert {"value_loss", "vf_clipfrac", "lr_critic"} <= set(rows[0])
+    # the run's page draws the entropy and the answer forms (a collapse onto one template)
+    from clab.plotting.figures import train_panels
+
+    assert {"entropy", "answer_forms"} <= {p[0] for p in train_panels(rows)}
     # weight change against the stage start restarts; against the run start it does not
     assert (
         rows[3]["weight_change_stage"]

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from clab.rewards.countdown import (
     MAX_EXPRESSION_CHARS,
     Reason,
+    answer_forms,
     extract_answer,
     parse_expression,
     score_countdown,
@@ -116,3 +117,24 @@ def test_never_raises_on_expression_like_text(body):
     r = score_countdown(f"<answer>{body}</answer>", 24, [1, 2, 3, 4])
     assert r.score in (0.1, 1.0, 0.0)
     assert r.correct == (r.score == 1.0)
+
+
+def test_answer_forms_count_templates_not_numbers():
+    """One template filled with each prompt's numbers is one form; a bracket, another
+    operator or a missing answer is another."""
+    assert answer_forms(["16 - 13 + 2", "7-1+5", " 3 - 12 + 19 "]) == 1
+    assert answer_forms(["16 - 13 + 2", "16 - (13 + 2)", "16 * 13 + 2", None, None]) == 4
+    assert answer_forms(["1.5 + 2", "3 + 4"]) == 1
+    assert answer_forms([]) == 0
+
+
+def test_the_reward_logs_the_success_rate_and_the_answer_forms():
+    from clab.rewards.countdown import CountdownReward
+
+    logged = {}
+    completions = [ans("1 + 2 + 3"), ans("3 + 2 + 1"), ans("(1 + 2) * 3"), "no answer"]
+    CountdownReward()(
+        None, completions, [6] * 4, [[1, 2, 3]] * 4, [["+", "-", "*", "/"]] * 4,
+        log_metric=logged.__setitem__,
+    )  # fmt: skip
+    assert logged == {"success_rate": 0.5, "answer_forms": 3}

@@ -134,6 +134,18 @@ TRAIN_PANELS: list[tuple[str, list[tuple[str, str]], str, str]] = [
         "Training success on the group being trained (not forgetting: see the validation panel)",
         "success rate",
     ),
+    (
+        "entropy",
+        [("entropy", "mean over response tokens")],
+        "Token entropy of the policy on its rollouts (near 0: sampling no longer explores)",
+        "nats",
+    ),
+    (
+        "answer_forms",
+        [("answer_forms", "forms")],
+        "Answer forms in a step's rollouts, numbers written # (1: every answer one template)",
+        "distinct forms",
+    ),
     ("policy_loss", [("policy_loss", "policy loss")], "Policy loss", "policy loss"),
     ("value_loss", [("value_loss", "value loss")], "Value loss (critic)", "value loss"),
     ("loss", [("loss", "batch")], "Next-token loss on the training batch", "loss"),
@@ -162,6 +174,11 @@ TRAIN_PANELS: list[tuple[str, list[tuple[str, str]], str, str]] = [
 ]
 
 
+def train_panels(train: list[dict]) -> list[tuple[str, list[tuple[str, str]], str, str]]:
+    """The panels of :data:`TRAIN_PANELS` whose first key some row logs, in order."""
+    return [p for p in TRAIN_PANELS if any(p[1][0][0] in r for r in train)]
+
+
 def val_series(val: list[dict]) -> tuple[str | None, dict[str, list[dict]]]:
     """Validation rows by task, and the primary value they report."""
     if not val:
@@ -180,7 +197,7 @@ def training_curves(
     """One panel per logged quantity, each on its own axis, plus the stage-end
     validation of every task as separate lines (forgetting: the earlier tasks' lines
     falling after their stage)."""
-    panels = [p for p in TRAIN_PANELS if any(p[1][0][0] in r for r in train)]
+    panels = train_panels(train)
     primary, by_task = val_series(val)
     n_panels = len(panels) + (1 if by_task else 0)
     if n_panels == 0:

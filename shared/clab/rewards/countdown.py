@@ -14,6 +14,7 @@ Every outcome is a :class:`RewardResult` whose ``reason`` says why.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -229,12 +230,29 @@ def score_countdown(
     return RewardResult(correct_score, True, Reason.CORRECT, answer, value)
 
 
+def answer_forms(answers: Iterable[str | None]) -> int:
+    """How many shapes a batch's answers take: each answer with its numbers written
+    ``#`` and its spaces dropped (``16 - 13 + 2`` and ``7-1+5`` are one form,
+    ``#-#+#``); a response without an answer is a form of its own.
+
+    Why: an RL policy can collapse onto one template that fills in the prompt's
+    numbers. Its token entropy then falls near zero, but the entropy does not say
+    that every answer has one shape; this count does (1: every response the same
+    template). Countdown's answers only, hence here beside their parser."""
+    return len({None if a is None else re.sub(r"\d+(\.\d+)?|\s+", _form_part, a) for a in answers})
+
+
+def _form_part(m: re.Match) -> str:
+    return "" if m.group(0).isspace() else "#"
+
+
 class CountdownReward:
     """The reward as trainers call it, on batches, in TRL's reward-function form.
 
     TRL passes ``prompts``, ``completions`` and every dataset column by name;
     ``log_metric`` records the success rate (the fraction exactly correct),
-    which the mean reward cannot give because it includes the format score.
+    which the mean reward cannot give because it includes the format score, and
+    the number of answer forms (:func:`answer_forms`).
     """
 
     __name__ = "countdown"
@@ -260,4 +278,5 @@ class CountdownReward:
         results = self.score(completions, target, nums, allowed_ops)
         if log_metric is not None:
             log_metric("success_rate", sum(r.correct for r in results) / max(len(results), 1))
+            log_metric("answer_forms", answer_forms(r.answer for r in results))
         return [r.score for r in results]

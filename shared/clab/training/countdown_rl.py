@@ -463,6 +463,7 @@ GRPO_KEYS = {
     "completions/max_length": "response_length_max",
     "clip_ratio/region_mean": "pg_clipfrac",
     "success_rate": "success_rate",
+    "answer_forms": "answer_forms",
 }
 
 

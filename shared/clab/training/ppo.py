@@ -44,7 +44,7 @@ from clab.distributed.reduce import reduce_metrics
 from clab.generation.rollout import Rollout, hf_generate, position_ids
 from clab.metrics.training import success_rate
 from clab.models.precision import compute_autocast
-from clab.rewards.countdown import RewardResult
+from clab.rewards.countdown import RewardResult, answer_forms
 from clab.tracking.timing import phase
 from clab.training.countdown_rl_spec import BatchSpec, CountdownRLSpec, PPOSpec, RolloutSpec
 from clab.training.fused_logprobs import fused_head
@@ -385,6 +385,7 @@ class PPOTrainer:
         out = {k: sum(v) / len(v) for k, v in acc.items() if v}
         out.update(
             success_rate=success_rate([r.correct for r in results]),
+            answer_forms=answer_forms(r.answer for r in results),
             reward_mean=scores.mean().item(),
             kl=masked_mean(kl, mask).item(),
             response_length_mean=lengths.mean().item(),
