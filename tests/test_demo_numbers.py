@@ -69,3 +69,36 @@ def test_sweep_table_reads_learning_and_forgetting_per_method(tmp_path: Path):
     table = sweep_table(tmp_path, "s", ["k1", "dense"])
     assert "| k1 | a 9 -> 3, b 7 -> 2 | 9 -> 3 -> 5 | +2.0 |" in table
     assert "| dense | a 9 -> 2, b 6 -> 1 | 9 -> 2 -> 6 | +4.0 |" in table
+
+
+def test_stage_dynamics_gives_each_quarter_of_a_stage_and_when_entropy_collapsed(
+    tmp_path: Path, capsys
+):
+    """benchmarks/stage_dynamics.py, docs/demo.md's account of the policy within a
+    stage: means by quarter, computed by hand here; the collapse found per stage."""
+    from stage_dynamics import main as dynamics
+
+    rows = []
+    for step in range(1, 17):  # two stages of 8 steps
+        group = 0 if step <= 8 else 1
+        entropy = 0.2 if group == 0 else (0.1 if step <= 12 else 0.004)
+        rows.append(
+            dict(global_step=step, round=0, group=group, entropy=entropy,
+                 success_rate=step / 16, answer_forms=1 if entropy < 0.01 else 9)
+        )  # fmt: skip
+    run = tmp_path / "demo-curriculum-s0"
+    run.mkdir()
+    (run / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dynamics(["--metrics", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "stage 1 (g0) never, stage 2 (g1) from part 3/4" in out
+    lines = [line for line in out.splitlines() if line.startswith("| 2 | g1")]
+    assert len(lines) == 4
+    # quarter 2 of stage 2: steps 11-12, success (11 + 12) / 2 / 16
+    assert lines[1] == "| 2 | g1 (r0) | 2/4 | 11-12 | 0.100 | 0.72 | 9.0 |"
+    assert lines[3] == "| 2 | g1 (r0) | 4/4 | 15-16 | 0.004 | 0.97 | 1.0 |"
+
+    with pytest.raises(SystemExit) as e:
+        dynamics(["--metrics", str(tmp_path), "--runs", "nope"])
+    assert e.value.code == 2
+    assert "nope/train.jsonl: no such file" in capsys.readouterr().err
