@@ -38,6 +38,7 @@ from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 from seed_numbers import main as print_numbers  # noqa: E402
+from stage_dynamics import main as print_dynamics  # noqa: E402
 
 TEST_SIZE = 200
 TRAIN_SIZE = 1200
@@ -208,6 +209,7 @@ def main() -> None:
         run(load_spec(spec_path, overrides))
     print(f"=== done in {time.perf_counter() - start:.0f} s\n", flush=True)
     print_numbers(["--metrics", "metrics"])
+    print_dynamics(["--metrics", "metrics", "--summary"])  # the tables: without --summary
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", type=Path, default=Path("metrics"))
     ap.add_argument("--runs", nargs="*", help="run names (default: every run with train.jsonl)")
     ap.add_argument("--parts", type=int, default=4, help="parts a stage is cut into")
+    ap.add_argument("--summary", action="store_true", help="each run's collapse line only")
     args = ap.parse_args(argv)
     if args.parts < 1:
         ap.error("--parts must be at least 1")
@@ -106,8 +107,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"error: {path}: no such file", file=sys.stderr)
             raise SystemExit(2)
         rows = [r for r in read_rows(path) if "group" in r]
-        print(f"**{run}**: {collapse(rows, args.parts)}\n")
-        print("\n".join(table(rows, args.parts)), end="\n\n")
+        print(f"**{run}**: {collapse(rows, args.parts)}" + ("" if args.summary else "\n"))
+        if not args.summary:
+            print("\n".join(table(rows, args.parts)), end="\n\n")
 
 
 if __name__ == "__main__":
