@@ -267,6 +267,19 @@ def test_missing_model_folder_names_the_mount(run_dir, capsys):
     assert not Path("checkpoints").exists()
 
 
+def test_a_critic_warmup_starts_every_stage_with_the_actor_waiting(run_dir):
+    """``ppo.critic_warmup: 1`` in a run of two groups: the first step of each stage
+    logs no policy loss and the actor's rate as 0; the others train both."""
+    spec = write_spec(run_dir / "s.yaml", name="cw", data__groups=[0, 1], ppo__critic_warmup=1)
+    assert main(["run", str(spec)]) == 0
+    rows = read_rows("metrics/cw/train.jsonl")
+    assert [r["global_step"] for r in rows] == list(range(1, 7))
+    waiting = [r["global_step"] for r in rows if "policy_loss" not in r]
+    assert waiting == [1, 4]
+    assert [r["lr_actor"] == 0 for r in rows] == [s in (1, 4) for s in range(1, 7)]
+    assert all("value_loss" in r for r in rows)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -278,6 +291,10 @@ def test_missing_model_folder_names_the_mount(run_dir, capsys):
         ({"rollout": {"engine": "vllm"}}, "needs resources.use_gpu"),
         ({"rollout": {"engine": "hf-dynamic"}}, "rollout.engine"),
         ({"rollout": {"batch_size": 0}}, "rollout.batch_size"),
+        (
+            {"ppo": {"critic_warmup": 3}, "max_steps_per_stage": 3},
+            "ppo.critic_warmup (3) must be below max_steps_per_stage (3)",
+        ),
         (
             {"algorithm": "grpo", "rollout": {"responses_per_prompt": 2, "batch_size": 4}},
             "rollout.batch_size is for ppo",

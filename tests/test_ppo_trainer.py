@@ -162,6 +162,42 @@ def test_a_new_stage_after_loading_state_starts_at_the_stage_learning_rate(tiny,
     )
 
 
+def test_the_critic_warms_up_alone_at_each_stage_and_a_resumed_stage_counts_on(tiny, dataset):
+    """``critic_warmup: 2``: the first two steps of each stage move the critic and not
+    the actor (no policy loss logged, the actor's rate logged 0, its schedule still),
+    the third moves both; a stage resumed after one step has one warm-up step left."""
+    probs = read_group(dataset, 0, "train", 4)
+
+    def moved(model, before):
+        return any(not torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+
+    def snapshot(model):
+        return [p.detach().clone() for p in model.parameters()]
+
+    torch.manual_seed(0)
+    tr = _trainer(tiny, critic_warmup=2, lr_scheduler="linear")
+    tr.new_stage(4, reset_optimizer=False)
+    for step in range(1, 4):
+        actor, critic = snapshot(tr.actor), snapshot(tr.critic)
+        row = tr.step(probs)
+        assert moved(tr.critic, critic), step
+        assert moved(tr.actor, actor) == (step == 3), step
+        assert ("policy_loss" in row) == (step == 3) and ("entropy" in row) == (step == 3)
+        assert "value_loss" in row and "vf_clipfrac" in row
+        assert row["lr_actor"] == (1e-3 if step == 3 else 0.0)  # the linear schedule's start
+    tr.new_stage(4, reset_optimizer=False)  # a new group: the critic warms up again
+    actor = snapshot(tr.actor)
+    assert "policy_loss" not in tr.step(probs)
+    assert not moved(tr.actor, actor)
+    state = tr.state_dict()  # one warm-up step of this stage done
+
+    resumed = _trainer(tiny, critic_warmup=2, lr_scheduler="linear")
+    resumed.new_stage(4, reset_optimizer=False, state=state, resume_schedulers=True)
+    assert "policy_loss" not in resumed.step(probs)
+    row = resumed.step(probs)
+    assert "policy_loss" in row and row["lr_actor"] == pytest.approx(1e-3)
+
+
 def _linear_3_4() -> torch.nn.Linear:
     """Weight [[3, 0], [0, 4]] (norm 5), bias [1, 0]: changes one can work out by hand."""
     model = torch.nn.Linear(2, 2)

@@ -123,6 +123,14 @@ class PPOSpec(SpecModel):
         description="log-probs and entropy from the hidden states, chunk by chunk, without the "
         "logits tensor (less memory at long responses; docs/benchmarks.md)",
     )
+    critic_warmup: int = Field(
+        0,
+        ge=0,
+        description="steps at the start of each stage in which only the critic trains and the "
+        "actor waits, so that its values fit the new group's returns before they weigh the "
+        "actor's updates (veRL's trainer.critic_warmup, which counts from the run's start only "
+        "and gives one step fewer)",
+    )
 
 
 class GRPOSpec(SpecModel):
@@ -236,6 +244,12 @@ class CountdownRLSpec(RunSpec):
             )
         if self.rollout.engine == "vllm" and not self.resources.use_gpu:
             raise ValueError("rollout.engine vllm needs resources.use_gpu: true")
+        cw, most = self.ppo.critic_warmup, self.max_steps_per_stage
+        if self.algorithm == "ppo" and cw and most is not None and cw >= most:
+            raise ValueError(
+                f"ppo.critic_warmup ({cw}) must be below max_steps_per_stage ({most}): "
+                "the actor would never train"
+            )
         if any(g not in self.data.groups for g in self.warmup.groups) and self.warmup.steps:
             raise ValueError("warmup.groups must be among data.groups")
         return self

@@ -82,6 +82,7 @@ class PPOConfig:
     max_grad_norm: float = _PPO.max_grad_norm
     weight_decay: float = _PPO.weight_decay
     fused_logprobs: bool = _PPO.fused_logprobs
+    critic_warmup: int = _PPO.critic_warmup
     mini_batch_size: int = _BATCH.mini  # this worker's share of batch.mini
     micro_batch_size: int = _BATCH.micro
     score_micro_batch_size: int | None = _BATCH.score_micro  # None: micro_batch_size
@@ -371,10 +372,17 @@ class PPOTrainer:
             rewards = token_rewards(scores, kl, mask, cfg.kl_coef)
             advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
             advantages = masked_whiten(advantages, mask)  # over the whole batch, all workers
+        # the critic's warm-up: its schedule counts this stage's steps (restored with
+        # it when a stage resumes), the actor's stands still while it waits
+        actor = self.critic_sched.last_epoch >= cfg.critic_warmup
         with self._phase("update", timings):
-            acc = self._update(ro, mask, old_lp, advantages, old_values, returns)
-        lrs = (self.actor_sched.get_last_lr()[0], self.critic_sched.get_last_lr()[0])
-        self.actor_sched.step()
+            acc = self._update(ro, mask, old_lp, advantages, old_values, returns, actor)
+        lrs = (
+            self.actor_sched.get_last_lr()[0] if actor else 0.0,
+            self.critic_sched.get_last_lr()[0],
+        )
+        if actor:
+            self.actor_sched.step()
         self.critic_sched.step()
 
         lengths = ro.response_mask.sum(dim=1).float()
@@ -397,13 +405,17 @@ class PPOTrainer:
             generation_time=timings["time/gen"],
             **timings,
         )
-        out["policy_loss"] = out.pop("pg_loss")
+        if actor:
+            out["policy_loss"] = out.pop("pg_loss")
         out["value_loss"] = out.pop("vf_loss")
         return reduce_metrics(out, METRIC_REDUCTIONS)
 
-    def _update(self, ro, mask, old_lp, advantages, old_values, returns) -> dict[str, list]:
+    def _update(
+        self, ro, mask, old_lp, advantages, old_values, returns, actor: bool = True
+    ) -> dict[str, list]:
         """``ppo_epochs`` passes over the batch in mini-batches, one optimizer step each
-        for the actor and the critic; each mini-batch's metrics."""
+        for the actor (unless ``actor`` is False: the critic's warm-up) and the critic;
+        each mini-batch's metrics."""
         cfg = self.cfg
         B = mask.shape[0]
         acc = {k: [] for k in UPDATE_METRICS}
@@ -412,19 +424,22 @@ class PPOTrainer:
             for ms in range(0, B, cfg.mini_batch_size):
                 mini = perm[ms : ms + cfg.mini_batch_size]
                 row, micro = self._mini_batch(
-                    ro, mask, mini, old_lp, advantages, old_values, returns
+                    ro, mask, mini, old_lp, advantages, old_values, returns, actor
                 )
                 for k, v in row.items():
                     acc[k].append(v)
+                keys = ("pg_clipfrac", "vf_clipfrac", "approx_kl") if actor else ("vf_clipfrac",)
                 for r in micro:
-                    for k, x in zip(("pg_clipfrac", "vf_clipfrac", "approx_kl"), r, strict=True):
+                    for k, x in zip(keys, r, strict=True):
                         acc[k].append(x)
         return acc
 
-    def _mini_batch(self, ro, mask, mini, old_lp, advantages, old_values, returns):
-        """One optimizer step of the actor and the critic over ``mini``, accumulated
-        over its micro-batches; the losses and norms, checked finite before any
-        weight moves, and each micro-batch's clip fractions and approximate KL."""
+    def _mini_batch(self, ro, mask, mini, old_lp, advantages, old_values, returns, actor=True):
+        """One optimizer step of the actor (``actor``: else the critic's warm-up, which
+        leaves the actor as it is) and the critic over ``mini``, accumulated over its
+        micro-batches; the losses and norms, checked finite before any weight moves, and
+        each micro-batch's clip fractions and approximate KL (the critic's clip fraction
+        alone in the warm-up)."""
         cfg = self.cfg
         self.actor_opt.zero_grad(set_to_none=True)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -439,18 +454,25 @@ class PPOTrainer:
         for us in range(0, len(mini), cfg.micro_batch_size):
             idx = mini[us : us + cfg.micro_batch_size]
             m = mask[idx]
-            # the actor's graph is freed before the critic's is built
-            lp, ent_tok = self._logprobs(self.actor_train, ro, idx)
-            pg, pg_clip = policy_loss(lp, old_lp[idx], advantages[idx], m, cfg.clip_ratio, denom)
-            ent = agg_token_mean(ent_tok, m, denom)
-            (pg - cfg.entropy_coef * ent).backward()
+            if actor:  # the actor's graph is freed before the critic's is built
+                lp, ent_tok = self._logprobs(self.actor_train, ro, idx)
+                pg, pg_clip = policy_loss(
+                    lp, old_lp[idx], advantages[idx], m, cfg.clip_ratio, denom
+                )
+                ent = agg_token_mean(ent_tok, m, denom)
+                (pg - cfg.entropy_coef * ent).backward()
             v = self._values(self.critic_train, ro, idx)
             vf, vf_clip = value_loss(v, old_values[idx], returns[idx], m, cfg.value_clip, denom)
             vf.backward()
+            if not actor:
+                sums[1] += vf.detach()
+                micro.append(vf_clip.reshape(1))
+                continue
             # the micro-batches' terms add up to the mini-batch's token-means
             sums += torch.stack([pg.detach(), vf.detach(), ent.detach()])
             micro.append(torch.stack([pg_clip, vf_clip, masked_mean(old_lp[idx] - lp.detach(), m)]))
-        gn = scalar(clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm))
+        zero = torch.zeros((), device=mask.device)
+        gn = scalar(clip_grad_norm_(self.actor.parameters(), cfg.max_grad_norm)) if actor else zero
         cgn = scalar(clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm))
         # one host read: losses and norms checked before any weight moves
         pg_sum, vf_sum, ent_sum, gn_, cgn_ = torch.cat(
@@ -460,11 +482,13 @@ class PPOTrainer:
             raise NonFiniteLoss(f"policy loss {pg_sum}, value loss {vf_sum}")
         if not (math.isfinite(gn_) and math.isfinite(cgn_)):
             raise NonFiniteLoss(f"gradient norm {gn_} / critic {cgn_}")
-        self.actor_opt.step()
+        if actor:
+            self.actor_opt.step()
+            self._rollout_stale = True
         self.critic_opt.step()
-        self._rollout_stale = True
-        row = dict(pg_loss=pg_sum, vf_loss=vf_sum, entropy=ent_sum)
-        row.update(grad_norm=gn_, critic_grad_norm=cgn_)
+        row = dict(vf_loss=vf_sum, critic_grad_norm=cgn_)
+        if actor:
+            row.update(pg_loss=pg_sum, entropy=ent_sum, grad_norm=gn_)
         return row, torch.stack(micro).tolist()
 
     def _global_tokens(self, mask: torch.Tensor) -> float:
