@@ -11,6 +11,7 @@ the same length as the curriculum's: both start equally prepared.
 
     python benchmarks/gpu_demo.py WORK_DIR [--algorithm ppo|grpo] [--seeds 0,1,2]
                                            [--processes N] [--set key=value ...] [--cpu]
+                                           [--variant NAME key=value ... ]
 
 ``--processes N`` trains up to N runs at once on the one GPU (a tiny model
 leaves most of it idle): each experiment's first seed builds the warm-up,
@@ -18,6 +19,15 @@ and its other seeds start from that same stage 0 (hard links, as
 ``clab run --seeds`` does) as soon as it is written. Separate processes
 would each warm up on their own, and a GPU's warm-up does not repeat bit
 for bit: group 1 started at 0.12, 0.20 and 0.36 in three of them.
+
+``--variant NAME key=value ...`` (repeatable) adds a curriculum run
+``demo-curriculum-NAME`` with those settings changed, every seed of it
+starting from the curriculum's own stage 0. A lever (a critic warm-up, an
+entropy bonus, GRPO instead of PPO) is then compared with the curriculum on
+the same warmed model and the same seeds, and ``seed_numbers.py`` prints the
+paired differences: a warm-up of its own would add the spread between
+warm-ups to the lever's effect. A variant may change only what acts after
+stage 0 (:data:`AFTER_STAGE_0`); anything else exits 2.
 """
 
 from __future__ import annotations
@@ -28,9 +38,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from clab.demo import DEMO_CONTROL_DATA, DEMO_DATA
+from clab.errors import ClabError
+from clab.runs.fingerprint import changed_fields, fingerprint
 from clab.runs.runner import run_spec
+from clab.runs.spec import RunSpec
 from clab.runs.sweep import is_finished, run, start_from
 from clab.specs import load_spec
 from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE
@@ -86,28 +100,80 @@ ALGORITHMS = {
         "grpo.beta=0",
     ],
 }
+# What a variant may change: the settings that act only after stage 0 (the warm-up
+# reads the model, data, warm-up and seed fields; evaluation reads batch.val).
+AFTER_STAGE_0 = (
+    "algorithm", "ppo.", "grpo.", "batch.train", "batch.mini", "batch.micro",
+    "batch.score_micro", "max_steps_per_stage", "epochs_per_group", "reset_optimizer",
+    "lr_scheduler", "lr_warmup_steps", "rollout.temperature", "rollout.responses_per_prompt",
+    "rollout.max_response_length",
+)  # fmt: skip
 
 
-def _train_member(spec_path: str, overrides: list[str], seeds: str, name: str) -> None:
-    """One seed's run in a process of its own, from its first seed's stage 0."""
-    spec = load_spec(spec_path, [*overrides, f"seeds=[{seeds}]"])
-    (member,) = [m for m in spec.members() if m.name == name]
-    origin = member.origin()
-    if origin is not None:
-        start_from(*origin, member)
+class Step(NamedTuple):
+    """One service run of the plan. ``base``: for a training run that is a variant,
+    the run whose first seed's stage 0 each of its seeds starts from."""
+
+    spec: str
+    overrides: list[str]
+    name: str | None = None  # a training run's experiment name
+    base: str | None = None
+
+    def members(self, seeds: str) -> list[RunSpec]:
+        return load_spec(self.spec, [*self.overrides, f"seeds=[{seeds}]"]).members()
+
+
+def check_variant(base: RunSpec, variant: RunSpec, name: str) -> None:
+    """A variant shares the base's warmed model, so it may not change what built it."""
+    old = fingerprint(base.model_dump(mode="json"), base.SAFE_CHANGES)
+    new = fingerprint(variant.model_dump(mode="json"), variant.SAFE_CHANGES)
+    new["experiment"] = old["experiment"]  # its own name, of course
+    bad = [c for c in changed_fields(old, new) if not c.split(":")[0].startswith(AFTER_STAGE_0)]
+    if bad:
+        raise ClabError(
+            f"--variant {name}: it starts from the curriculum's warmed model, so it may "
+            f"change only settings that act after stage 0 ({', '.join(AFTER_STAGE_0)}); "
+            f"it changes {'; '.join(bad)}"
+        )
+
+
+def stage_0_origin(step: Step, plan: list[Step], seeds: str) -> RunSpec | None:
+    """The run whose stage 0 a variant's seeds link; None: the usual (its first seed's)."""
+    if step.base is None:
+        return None
+    (base,) = [s for s in plan if s.name == step.base]
+    return base.members(seeds)[0]
+
+
+def link_stage_0(step: Step, plan: list[Step], seeds: str, name: str | None = None) -> None:
+    """Every seed of ``step`` (or the one ``name``d) gets the stage 0 its plan says:
+    hard links to its own first seed's, or, for a variant, to its base's."""
+    origin = stage_0_origin(step, plan, seeds)
+    for member in step.members(seeds):
+        if name is not None and member.name != name:
+            continue
+        how = member.origin() if origin is None else (origin, [INITIAL_STAGE])
+        if how is not None:
+            start_from(*how, member)
+
+
+def _train_member(step: Step, plan: list[Step], seeds: str, name: str) -> None:
+    """One seed's run in a process of its own, from the stage 0 its plan says."""
+    link_stage_0(step, plan, seeds, name)
+    (member,) = [m for m in step.members(seeds) if m.name == name]
     run_spec(member)
 
 
-def train_in_parallel(runs: list[tuple[str, list[str]]], seeds: str, processes: int) -> None:
-    """Every seed of every training spec in ``runs``, up to ``processes`` at a time; a
-    later seed starts once its first seed's stage 0 is complete."""
-    queue = []  # (spec path, overrides, member, the stage-0 marker it waits for)
-    for spec_path, overrides in runs:
-        members = load_spec(spec_path, [*overrides, f"seeds=[{seeds}]"]).members()
-        first = members[0].run_dirs()[0] / INITIAL_STAGE / COMPLETE_MARKER
-        queue += [
-            (spec_path, overrides, m, None if i == 0 else first) for i, m in enumerate(members)
-        ]
+def train_in_parallel(plan: list[Step], seeds: str, processes: int) -> None:
+    """Every seed of every training run in ``plan``, up to ``processes`` at a time;
+    a run waits for the stage 0 it starts from to be complete."""
+    queue = []  # (step, member, the stage-0 marker it waits for)
+    for step in plan:
+        members = step.members(seeds)
+        origin = stage_0_origin(step, plan, seeds)
+        origin = members[0] if origin is None else origin
+        first = origin.run_dirs()[0] / INITIAL_STAGE / COMPLETE_MARKER
+        queue += [(step, m, None if m is origin else first) for m in members]
     ctx = mp.get_context("spawn")  # CUDA in the children, none in this process
     running: list[tuple[str, mp.Process]] = []
     while queue or running:
@@ -119,34 +185,42 @@ def train_in_parallel(runs: list[tuple[str, list[str]]], seeds: str, processes: 
                         other.terminate()
                     raise SystemExit(f"{name} failed (exit {proc.exitcode}): see its output above")
         for job in list(queue):
-            spec_path, overrides, member, waits_for = job
+            step, member, waits_for = job
             if len(running) >= processes or (waits_for and not waits_for.is_file()):
                 continue
             queue.remove(job)
             if is_finished(member):
                 continue
             print(f"=== {member.name}: started", flush=True)
-            proc = ctx.Process(
-                target=_train_member, args=(spec_path, overrides, seeds, member.name)
-            )
+            proc = ctx.Process(target=_train_member, args=(step, plan, seeds, member.name))
             proc.start()
             running.append((member.name, proc))
         time.sleep(1)
 
 
 def build_plan(
-    algorithm: str, train_size: int, test_size: int, extra: list[str], cpu: bool = False
-) -> list[tuple[str, list[str]]]:
-    """(service spec, overrides) for the data, the control's data, the curriculum run
-    and the control run, in that order."""
+    algorithm: str,
+    train_size: int,
+    test_size: int,
+    extra: list[str],
+    cpu: bool = False,
+    variants: list[list[str]] = (),
+) -> list[Step]:
+    """The data, the control's data, the curriculum run, the control run, then each
+    variant (``[NAME, key=value, ...]``) of the curriculum, in that order."""
     small = ["resources.use_gpu=false", "rollout.engine=hf", "warmup.steps=4",
              "max_steps_per_stage=2", "model.hidden_size=32", "model.layers=1",
              "batch.train=4", "batch.mini=4", "batch.micro=4"] if cpu else []  # fmt: skip
     train = [*TRAIN, *ALGORITHMS[algorithm], f"batch.val={test_size}", *small, *extra]
     sizes = [f"train_size={train_size}", f"test_size={test_size}"]
-    return [
-        ("services/data-generator.yaml", [*sizes, f"output={DEMO_DATA}", *RANGES]),
-        (
+    curriculum = Step(
+        "services/curriculum-trainer-1.5b.yaml",
+        [*train, "name=demo-curriculum", f"data.dir={DEMO_DATA}"],
+        "demo-curriculum",
+    )
+    plan = [
+        Step("services/data-generator.yaml", [*sizes, f"output={DEMO_DATA}", *RANGES]),
+        Step(
             "services/tinyzero-dummy-generator.yaml",
             [
                 *sizes,
@@ -155,15 +229,25 @@ def build_plan(
                 *(f"pool.{r}" for r in RANGES),
             ],
         ),
-        (
-            "services/curriculum-trainer-1.5b.yaml",
-            [*train, "name=demo-curriculum", f"data.dir={DEMO_DATA}"],
-        ),
-        (  # its own warm-up, as long, on its own prompts: equally prepared
+        curriculum,
+        Step(  # its own warm-up, as long, on its own prompts: equally prepared
             "services/curriculum-control-1.5b.yaml",
             [*train, "name=demo-control", f"data.dir={DEMO_CONTROL_DATA}"],
+            "demo-control",
         ),
     ]
+    base = load_spec(curriculum.spec, curriculum.overrides)
+    for name, *changes in variants:
+        if not changes:
+            raise ClabError(f"--variant {name}: give the settings it changes, as key=value")
+        run_name = f"{curriculum.name}-{name}"
+        step = Step(
+            curriculum.spec, [*curriculum.overrides, *changes, f"name={run_name}"], run_name,
+            curriculum.name,
+        )  # fmt: skip
+        check_variant(base, load_spec(step.spec, step.overrides), name)
+        plan.append(step)
+    return plan
 
 
 def main() -> None:
@@ -183,23 +267,42 @@ def main() -> None:
         "--processes", type=int, default=1, help="runs trained at once (default 1: in turn)"
     )
     ap.add_argument("--cpu", action="store_true", help="check the plan on a CPU (tiny settings)")
+    ap.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "KEY=VALUE"),
+        help="a curriculum run with these settings changed, from the same stage 0",
+    )
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if not (args.work / "services").exists():
         (args.work / "services").symlink_to(REPO / "services")
     os.chdir(args.work)
-    plan = build_plan(args.algorithm, args.train_size, args.test_size, args.set, args.cpu)
-    if args.only:  # the data services, then the one run asked for
-        plan = [*plan[:2], plan[2 if args.only == "curriculum" else 3]]
+    try:
+        plan = build_plan(
+            args.algorithm, args.train_size, args.test_size, args.set, args.cpu, args.variant
+        )
+    except (ClabError, ValueError) as e:  # ValueError: pydantic's, a bad key=value
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    data, training = plan[:2], plan[2:]
+    if args.only == "curriculum":  # with its variants
+        training = [s for s in training if s.name != "demo-control"]
+    elif args.only == "control":
+        training = [s for s in training if s.name == "demo-control"]
     start = time.perf_counter()
-    for spec_path, overrides in plan[:2]:  # the data
-        print(f"=== {spec_path} at {time.perf_counter() - start:.0f} s", flush=True)
-        run(load_spec(spec_path, overrides))
+    for step in data:
+        print(f"=== {step.spec} at {time.perf_counter() - start:.0f} s", flush=True)
+        run(load_spec(step.spec, step.overrides))
     if args.processes > 1:
-        train_in_parallel(plan[2:], args.seeds, args.processes)
-    for spec_path, overrides in plan[2:]:  # in turn, or (parallel) each run found finished
-        print(f"=== {spec_path} at {time.perf_counter() - start:.0f} s", flush=True)
-        run(load_spec(spec_path, [*overrides, f"seeds=[{args.seeds}]"]))
+        train_in_parallel(training, args.seeds, args.processes)
+    for step in training:  # in turn, or (parallel) each run found finished
+        print(f"=== {step.name} at {time.perf_counter() - start:.0f} s", flush=True)
+        if step.base is not None:
+            link_stage_0(step, training, args.seeds)
+        run(load_spec(step.spec, [*step.overrides, f"seeds=[{args.seeds}]"]))
     gpu = "false" if args.cpu else "true"
     for spec_path, overrides in [
         ("services/evaluator.yaml", [f"test_size={args.test_size}", f"use_gpu={gpu}"]),

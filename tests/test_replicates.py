@@ -7,7 +7,9 @@ page give every number as a mean over seeds with a Student-t interval over seeds
 
 import json
 import math
+import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -400,8 +402,8 @@ def test_the_gpu_demo_settings_still_parse(algorithm):
     from gpu_demo import TEST_SIZE, TRAIN_SIZE, build_plan
 
     specs = [
-        load_spec(REPO / path, overrides)
-        for path, overrides in build_plan(algorithm, TRAIN_SIZE, TEST_SIZE, [])
+        load_spec(REPO / step.spec, step.overrides)
+        for step in build_plan(algorithm, TRAIN_SIZE, TEST_SIZE, [])
     ]
     data, control_data, curriculum, control = specs
     assert data.train_size == control_data.train_size == TRAIN_SIZE
@@ -412,3 +414,68 @@ def test_the_gpu_demo_settings_still_parse(algorithm):
     if algorithm == "ppo":
         assert (curriculum.batch.train, curriculum.batch.mini) == (128, 64)
         assert curriculum.max_steps_per_stage == 120
+
+
+def test_a_gpu_demo_variant_may_change_only_what_acts_after_stage_0():
+    """``gpu_demo.py --variant`` starts a lever from the curriculum's warmed model: a
+    variant that changes what built that model would compare two different models."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from clab.errors import ClabError
+    from gpu_demo import TEST_SIZE, TRAIN_SIZE, build_plan
+
+    plan = build_plan("ppo", TRAIN_SIZE, TEST_SIZE, [], variants=[["cw", "ppo.critic_warmup=10"]])
+    lever = plan[-1]
+    assert (lever.name, lever.base) == ("demo-curriculum-cw", "demo-curriculum")
+    assert load_spec(REPO / lever.spec, lever.overrides).ppo.critic_warmup == 10
+    with pytest.raises(ClabError, match=r"it changes warmup\.steps: 1500 -> 10$"):
+        build_plan("ppo", TRAIN_SIZE, TEST_SIZE, [], variants=[["w", "warmup.steps=10"]])
+    with pytest.raises(ClabError, match=r"model\.hidden_size: 256 -> 64"):
+        build_plan("ppo", TRAIN_SIZE, TEST_SIZE, [], variants=[["m", "model.hidden_size=64"]])
+
+
+@pytest.mark.slow
+def test_a_gpu_demo_variant_trains_from_the_curriculums_stage_0_and_prints_paired_rises(
+    tmp_path,
+):
+    """Every seed of the lever links the curriculum's first seed's stage 0 (one model,
+    one file), trains with its own settings, and the paired table compares the two."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_demo.py"), str(tmp_path / "w")]
+    cmd += ["--cpu", "--seeds", "0,1", "--only", "curriculum"]
+    cmd += ["--variant", "cw", "ppo.critic_warmup=1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt, metrics = tmp_path / "w" / "checkpoints", tmp_path / "w" / "metrics"
+    inodes = {
+        r: (ckpt / r / "initial" / "model.safetensors").stat().st_ino
+        for r in ("demo-curriculum-s0", "demo-curriculum-s1", "demo-curriculum-cw-s0",
+                  "demo-curriculum-cw-s1")
+    }  # fmt: skip
+    assert len(set(inodes.values())) == 1, inodes
+    runs = ("demo-curriculum-s0", "demo-curriculum-cw-s0")
+    first = [read_rows(metrics / r / "train.jsonl")[0] for r in runs]
+    assert "policy_loss" in first[0] and "policy_loss" not in first[1]  # the critic alone
+    assert "**demo-curriculum-cw minus demo-curriculum**, paired over 2 seeds" in out.stdout
+    assert "| stage 4: g3 |" in out.stdout and "| forgetting: g0 |" in out.stdout
+
+
+def test_the_paired_table_is_each_seeds_rise_difference(tmp_path, capsys):
+    """seed_numbers.py's paired table: rise of B minus rise of A, seed by seed."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from seed_numbers import paired_table
+
+    def summary(g1_before: float, g1_after: float) -> dict:
+        R = np.array([[0.9, g1_before], [1.0, g1_before], [0.7, g1_after]])
+        return {"score": "success_rate", "task_names": ["g0", "g1"], **summarize(R, [0, 0, 1])}
+
+    a = {0: summary(0.1, 0.2), 1: summary(0.2, 0.2), 2: summary(0.1, 0.3)}  # +0.1, 0, +0.2
+    b = {0: summary(0.1, 0.5), 1: summary(0.2, 0.3), 2: summary(0.1, 0.4)}  # +0.4, +0.1, +0.3
+    table = paired_table("a", a, "b", b)
+    row = next(x for x in table.splitlines() if x.startswith("| stage 2: g1 |"))
+    diffs = [0.3, 0.1, 0.1]
+    half = 4.302653 * statistics.stdev(diffs) / math.sqrt(3)
+    m = sum(diffs) / 3
+    assert f"| +{m:.2f} [{m - half:+.2f}, {m + half:+.2f}] | +0.30, +0.10, +0.10 | no |" in row
+    forgot = next(x for x in table.splitlines() if x.startswith("| forgetting: g0 |"))
+    assert "| +0.00 [+0.00, +0.00] | +0.00, +0.00, +0.00 | no |" in forgot  # 0.3 both
+    c = {0: summary(0.1, 0.2)}
+    assert paired_table("a", a, "c", c) is None  # one shared seed: no interval
