@@ -416,6 +416,20 @@ def test_the_gpu_demo_settings_still_parse(algorithm):
         assert curriculum.max_steps_per_stage == 120
 
 
+def test_the_cpu_demo_control_is_prepared_as_the_curriculum():
+    """`clab demo`'s control warms up on its own prompts as long as the curriculum on
+    its own (issue 22, goal 2), from the same tiny preset: not from the curriculum's
+    warmed model, which never saw the control's prompts."""
+    from clab.demo import DEMO_PLAN
+
+    specs = {name: load_spec(REPO / path, o) for name, path, o in DEMO_PLAN}
+    cur = specs["curriculum-trainer-1.5b"]
+    ctl = specs["curriculum-trainer-1.5b, random-split control"]
+    assert ctl.warmup == cur.warmup and ctl.warmup.steps > 0
+    assert ctl.model == cur.model and ctl.model.name_or_path is None
+    assert ctl.data.dir != cur.data.dir
+
+
 def test_a_gpu_demo_variant_may_change_only_what_acts_after_stage_0():
     """``gpu_demo.py --variant`` starts a lever from the curriculum's warmed model: a
     variant that changes what built that model would compare two different models."""
