@@ -18,11 +18,14 @@ leaves most of it idle): each experiment's first seed builds the warm-up,
 and its other seeds start from that same stage 0 (hard links, as
 ``clab run --seeds`` does) as soon as it is written. Separate processes
 would each warm up on their own, and a GPU's warm-up does not repeat bit
-for bit: group 1 started at 0.12, 0.20 and 0.36 in three of them.
+for bit: group 1 started at 0.12, 0.20 and 0.36 in three of them. Which is
+also why a rerun on another GPU starts from another stage 0: with
+``--set warmup.per_seed=true`` every seed warms up on its own (seeded by its
+seed), and the seed spread includes the warm-up's.
 
 ``--variant NAME key=value ...`` (repeatable) adds a curriculum run
-``demo-curriculum-NAME`` with those settings changed, every seed of it
-starting from the curriculum's own stage 0. A lever (a critic warm-up, an
+``demo-curriculum-NAME`` with those settings changed, each seed of it
+starting from the curriculum's stage 0 of the same seed. A lever (a critic warm-up, an
 entropy bonus, GRPO instead of PPO) is then compared with the curriculum on
 the same warmed model and the same seeds, and ``seed_numbers.py`` prints the
 paired differences: a warm-up of its own would add the spread between
@@ -137,24 +140,28 @@ def check_variant(base: RunSpec, variant: RunSpec, name: str) -> None:
         )
 
 
-def stage_0_origin(step: Step, plan: list[Step], seeds: str) -> RunSpec | None:
-    """The run whose stage 0 a variant's seeds link; None: the usual (its first seed's)."""
+def stage_0_origin(step: Step, plan: list[Step], seeds: str, member: RunSpec) -> RunSpec | None:
+    """The run whose stage 0 ``member`` (a seed of ``step``) starts from: for a variant
+    its base's run of the same seed (one file when the seeds share a warm-up, the
+    seed's own warm-up with ``warmup.per_seed``), else its first seed's (``origin``);
+    None: it builds its own."""
     if step.base is None:
-        return None
+        how = member.origin()
+        return how[0] if how is not None else None
     (base,) = [s for s in plan if s.name == step.base]
-    return base.members(seeds)[0]
+    (origin,) = [m for m in base.members(seeds) if m.seed == member.seed]
+    return origin
 
 
 def link_stage_0(step: Step, plan: list[Step], seeds: str, name: str | None = None) -> None:
-    """Every seed of ``step`` (or the one ``name``d) gets the stage 0 its plan says:
-    hard links to its own first seed's, or, for a variant, to its base's."""
-    origin = stage_0_origin(step, plan, seeds)
+    """Every seed of ``step`` (or the one ``name``d) gets the stage 0 its plan says,
+    as hard links."""
     for member in step.members(seeds):
         if name is not None and member.name != name:
             continue
-        how = member.origin() if origin is None else (origin, [INITIAL_STAGE])
-        if how is not None:
-            start_from(*how, member)
+        origin = stage_0_origin(step, plan, seeds, member)
+        if origin is not None:
+            start_from(origin, [INITIAL_STAGE], member)
 
 
 def _train_member(step: Step, plan: list[Step], seeds: str, name: str) -> None:
@@ -169,11 +176,12 @@ def train_in_parallel(plan: list[Step], seeds: str, processes: int) -> None:
     a run waits for the stage 0 it starts from to be complete."""
     queue = []  # (step, member, the stage-0 marker it waits for)
     for step in plan:
-        members = step.members(seeds)
-        origin = stage_0_origin(step, plan, seeds)
-        origin = members[0] if origin is None else origin
-        first = origin.run_dirs()[0] / INITIAL_STAGE / COMPLETE_MARKER
-        queue += [(step, m, None if m is origin else first) for m in members]
+        for m in step.members(seeds):
+            origin = stage_0_origin(step, plan, seeds, m)
+            marker = (
+                None if origin is None else origin.run_dirs()[0] / INITIAL_STAGE / COMPLETE_MARKER
+            )
+            queue.append((step, m, marker))
     ctx = mp.get_context("spawn")  # CUDA in the children, none in this process
     running: list[tuple[str, mp.Process]] = []
     while queue or running:

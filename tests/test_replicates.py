@@ -283,6 +283,20 @@ def test_countdown_seeds_share_stage_0_and_differ_in_training(run_dir):
     assert not same_weights(ck / "t-s0" / "r0-g3", ck / "t-s1" / "r0-g3")
 
 
+def test_with_warmup_per_seed_each_seed_builds_its_own_stage_0(run_dir):
+    """``warmup.per_seed``: the seed spread includes the warm-up's (a GPU's warm-up
+    does not repeat, so a rerun meets another stage 0). Each seed's model is
+    initialised and warmed up from its own seed: seed 0's is the shared default's."""
+    s = write_spec(run_dir / "t.yaml", max_steps_per_stage=1, save_steps=0, warmup__steps=2)
+    assert main(["run", str(s), "--seeds", "0,1", "--set", "warmup.per_seed=true"]) == 0
+    ck = Path("checkpoints")
+    a, b = (ck / f"t-s{i}" / "initial" / "model.safetensors" for i in (0, 1))
+    assert a.stat().st_ino != b.stat().st_ino
+    assert not same_weights(a.parent, b.parent)
+    assert main(["run", str(s), "--set", "name=u", "--set", "seeds=[0]"]) == 0  # shared
+    assert same_weights(a.parent, ck / "u-s0" / "initial")
+
+
 def test_mixing_seeds_train_phase_a_per_seed_from_one_initial_model(workdir):
     from clab.runs.sweep import run
     from test_mixing import spec_for

@@ -198,7 +198,7 @@ class StageRunner:
     def prepare_initial(self) -> Path:
         initial = self.ckpt_dir / INITIAL_STAGE
         if self.main and not (initial / COMPLETE_MARKER).is_file():
-            seed_everything(self.spec.shared_seed, 0)  # stage 0 is the same for every seed
+            seed_everything(self.spec.initial_seed, 0)  # the same for every seed, by default
             work = self.ckpt_dir / INITIAL_WORK
             with atomic_dir(initial) as d:
                 facts = self.trainer.build_initial(d, work)

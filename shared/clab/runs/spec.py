@@ -104,6 +104,12 @@ class RunSpec(Spec):
             return self.data_seed
         return self.seeds[0] if self.seeds else self.seed
 
+    @property
+    def initial_seed(self) -> int:
+        """The seed stage 0 is built with: the shared seed, so every training seed
+        starts from the same model (a kind may let each seed build its own)."""
+        return self.shared_seed
+
     def variants(self) -> list[str | None]:
         """The values of ``VARIANT`` this spec sweeps, in running order; [None]: none."""
         return [None]
@@ -139,6 +145,8 @@ class RunSpec(Spec):
         built once. A kind whose stage 0 writes outside ``initial/`` sets
         ``SHARE_INITIAL`` false."""
         if not self.SHARE_INITIAL or not self.seeds or self.seed == self.seeds[0]:
+            return None
+        if self.initial_seed != self.shared_seed:  # a stage 0 of its own
             return None
         variant = getattr(self, self.VARIANT) if self.VARIANT else None
         return self.member(variant, self.seeds[0]), [INITIAL_STAGE]

@@ -152,7 +152,7 @@ class CountdownTrainer:
                 hidden_size=spec.model.hidden_size,
                 num_layers=spec.model.layers,
                 num_heads=spec.model.heads,
-                seed=spec.shared_seed,
+                seed=spec.initial_seed,
                 split_digits=spec.model.split_digits,
             )
         else:

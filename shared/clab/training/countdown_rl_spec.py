@@ -157,6 +157,13 @@ class WarmupSpec(SpecModel):
     lr: float = Field(1e-3, gt=0, description="the warm-up's learning rate")
     batch_size: int = Field(16, ge=1, description="solutions per warm-up step")
     groups: list[int] = Field([0], description="groups whose solutions it trains on")
+    per_seed: bool = Field(
+        False,
+        description="each training seed builds its own stage 0 (the tiny model's "
+        "initialisation and the warm-up seeded by its seed), so the seed spread includes the "
+        "warm-up's, as a rerun on a GPU meets it (a GPU's warm-up does not repeat bit for "
+        "bit); false: every seed starts from the first seed's stage 0",
+    )
 
 
 class CountdownRLSpec(RunSpec):
@@ -167,6 +174,13 @@ class CountdownRLSpec(RunSpec):
     # the scoring passes' micro-batch moves no number beyond rounding: a resumed run
     # may change it to fit memory
     SAFE_CHANGES: ClassVar[frozenset[str]] = RunSpec.SAFE_CHANGES | {"batch.score_micro"}
+
+    @property
+    def initial_seed(self) -> int:
+        """``warmup.per_seed``: the run's own seed (a stage 0 of its own); else the
+        shared seed, as every kind."""
+        return self.seed if self.warmup.per_seed else self.shared_seed
+
     algorithm: Literal["ppo", "grpo"] = Field(
         "ppo",
         description="ppo: actor-critic (veRL's, TinyZero's); grpo: group-relative advantages, no "

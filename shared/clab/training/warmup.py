@@ -84,7 +84,7 @@ def warmup_on_solutions(
             if answer:
                 text = completion_text(answer) + tokenizer.eos_token
                 rows.append({"prompt": p.prompt, "completion": text})
-    random.Random(spec.shared_seed).shuffle(rows)  # stage 0: the same for every seed
+    random.Random(spec.initial_seed).shuffle(rows)  # the same for every seed, by default
     use_gpu = spec.resources.use_gpu
     args = SFTConfig(
         output_dir=str(work_dir),
@@ -102,7 +102,7 @@ def warmup_on_solutions(
         bf16=use_gpu and spec.model.dtype == "bfloat16",
         completion_only_loss=True,
         max_length=None,  # prompts are as long as they are; RL truncates from the left
-        seed=spec.shared_seed,
+        seed=spec.initial_seed,
         dataset_kwargs={"add_special_tokens": False},
     )
     trainer = SFTTrainer(
