@@ -400,6 +400,28 @@ def test_related_runs_group_their_seeds_and_their_suffix_partners():
     assert [r.name for r in group] == ["k-k1-s0", "k-k1-s1", "k-dense-s0", "k-dense-s1"]
 
 
+def test_a_curriculum_variant_joins_its_base_and_control_on_the_page():
+    """``gpu_demo.py --variant``'s runs, ``<base>-<name>``, are a lever on the base's
+    warmed model: the page groups them with the base (first: the seeds' paired
+    comparisons are against it) and its control (last)."""
+    from clab.plotting.curriculum import related
+    from clab.plotting.runs import RunData
+
+    def run(experiment, seed):
+        rep = {"experiment": experiment, "variant": None, "seed": seed, "seeds": [0, 1]}
+        name = f"{experiment}-s{seed}"
+        return RunData(name=name, kind="x", metrics_dir=Path(name), info={"replicate": rep})
+
+    sets = ["d-control", "d-curriculum-cw", "d-curriculum", "other-curriculum"]
+    runs = [run(e, s) for e in sets for s in (0, 1)]
+    groups = {k: [r.name for r in v] for k, v in related(runs).items()}
+    assert groups == {
+        "d-curriculum": ["d-curriculum-s0", "d-curriculum-s1", "d-curriculum-cw-s0",
+                         "d-curriculum-cw-s1", "d-control-s0", "d-control-s1"],
+        "other-curriculum": ["other-curriculum-s0", "other-curriculum-s1"],
+    }  # fmt: skip
+
+
 def test_validate_lists_the_runs_a_spec_will_make(workdir, capsys):
     s = k1_spec(workdir / "k.yaml", methods=["dense", "k1"])
     assert main(["validate", str(s), "--set", "seeds=[0, 1]"]) == 0

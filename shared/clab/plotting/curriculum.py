@@ -19,15 +19,27 @@ def control_of(name: str, names: list[str]) -> str | None:
     return None
 
 
+def variant_of(name: str, names: list[str]) -> str | None:
+    """The curriculum run that ``name`` is a variant of, ``<base>-<variant>`` (a lever
+    on the same warmed model: ``benchmarks/gpu_demo.py --variant``)."""
+    bases = [n for n in names if "curriculum" in n and name.startswith(n + "-")]
+    return max(bases, key=len, default=None)
+
+
 def related(runs: list[RunData]) -> dict[str, list[RunData]]:
-    """Each curriculum run with its control; a sweep's nested branches together."""
+    """Each curriculum run with its variants and its control, the base run first and
+    the control last (the seeds' comparisons are against the first); a sweep's
+    nested branches together."""
     names = list(dict.fromkeys(r.set_name for r in runs))  # seeds: their shared name
     partner = {control_of(n, names): n for n in names if control_of(n, names)}
     groups: dict[str, list[RunData]] = {}
     for r in runs:
-        key = partner.get(r.set_name, r.set_name)
+        key = partner.get(r.set_name) or variant_of(r.set_name, names) or r.set_name
         groups.setdefault(key, []).append(r)
-    return {k: sorted(v, key=lambda r: "control" in r.name) for k, v in groups.items()}
+    return {
+        k: sorted(v, key=lambda r, k=k: ("control" in r.name, r.set_name != k))
+        for k, v in groups.items()
+    }
 
 
 def compare(label: str, runs: list[RunData], out: Path) -> list[Section]:
