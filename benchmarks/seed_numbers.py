@@ -7,10 +7,9 @@ Student-t interval over seeds and each seed's value, and whether the rise is
 beyond the seed spread (its interval excludes 0); then each task's forgetting
 (its best score after an earlier stage minus its final score, sign-adjusted) the
 same way; then the paired comparisons of related sets (curriculum against
-control, methods, strategies) as ``clab report`` gives them, and for every two
-sets trained on the same sequence of tasks the paired difference of each
-stage's rise and each task's forgetting (``gpu_demo.py --variant``: a lever
-against the curriculum on the same warmed model and seeds).
+control, methods, strategies, ``gpu_demo.py --variant``'s levers) as ``clab
+report`` gives them: where two sets trained the same tasks in the same order,
+each stage's rise and each task's forgetting too.
 
     uv run python benchmarks/seed_numbers.py --metrics /tmp/gpu-demo/metrics [NAME ...]
 """
@@ -27,7 +26,7 @@ from clab.evaluation.experiments import (
     read_summary,
     replicate_of,
 )
-from clab.metrics.replicates import SeedEstimate, mean_interval, paired_difference, seeds_text
+from clab.metrics.replicates import SeedEstimate, mean_interval, seeds_text
 
 
 def _est(e: SeedEstimate, signed: bool = False) -> str:
@@ -37,13 +36,6 @@ def _est(e: SeedEstimate, signed: bool = False) -> str:
     if e.low is None:
         return f.format(e.mean)
     return f"{f.format(e.mean)} [{f.format(e.low)}, {f.format(e.high)}]"
-
-
-def _rises(summary: dict) -> list[float]:
-    """Each stage's rise of the task it trains (sign-adjusted: a gain is positive)."""
-    R, tasks = summary["matrix"], summary["stage_tasks"]
-    sign = 1.0 if summary.get("higher_is_better", True) else -1.0
-    return [sign * (R[i][tasks[i]] - R[i - 1][tasks[i]]) for i in range(1, len(tasks))]
 
 
 def _seeds(e: SeedEstimate, signed: bool = False) -> str:
@@ -100,45 +92,6 @@ def set_table(name: str, summaries: dict[int, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paired_table(name_a: str, a: dict[int, dict], name_b: str, b: dict[int, dict]) -> str | None:
-    """``b`` minus ``a`` seed by seed: each stage's rise and each task's forgetting;
-    None unless both trained the same tasks in the same order on two or more seeds."""
-    seeds = sorted(s for s in a if s in b)
-    if len(seeds) < 2:
-        return None
-    fa, fb = a[seeds[0]], b[seeds[0]]
-    if (fa["task_names"], fa["stage_tasks"]) != (fb["task_names"], fb["stage_tasks"]):
-        return None
-    names, tasks = fa["task_names"], fa["stage_tasks"]
-    ra = {s: _rises(a[s]) for s in seeds}
-    rb = {s: _rises(b[s]) for s in seeds}
-    lines = [
-        f"**{name_b} minus {name_a}**, paired over {seeds_text(seeds)}",
-        "",
-        "| | rise: " + name_a + " | rise: " + name_b + " | difference | each seed's "
-        "| beyond the seed spread |",
-        "|---|---|---|---|---|---|",
-    ]
-    for i in range(1, len(tasks)):
-        x = mean_interval({s: ra[s][i - 1] for s in seeds})
-        y = mean_interval({s: rb[s][i - 1] for s in seeds})
-        d = paired_difference({s: ra[s][i - 1] for s in seeds}, {s: rb[s][i - 1] for s in seeds})
-        lines.append(
-            f"| stage {i}: {names[tasks[i]]} | {_est(x, True)} | {_est(y, True)} | "
-            f"{_est(d, True)} | {_seeds(d, True)} | {'yes' if d.beyond_spread else 'no'} |"
-        )
-    for key in sorted(fa.get("forgetting_per_task", {}), key=int):
-        fx = {s: a[s]["forgetting_per_task"].get(key) for s in seeds}
-        fy = {s: b[s]["forgetting_per_task"].get(key) for s in seeds}
-        d = paired_difference(fx, fy)
-        lines.append(
-            f"| forgetting: {names[int(key)]} | {_est(mean_interval(fx), True)} | "
-            f"{_est(mean_interval(fy), True)} | {_est(d, True)} | {_seeds(d, True)} | "
-            f"{'yes' if d.beyond_spread else 'no'} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", help="experiments or runs (prefixes); default: all")
@@ -163,9 +116,6 @@ def main(argv: list[str] | None = None) -> None:
                 c = compare_sets(args.metrics, a, b)
                 if c is not None:
                     print(comparison_text(c))
-                table = paired_table(a.name, summaries[a.name], b.name, summaries[b.name])
-                if table is not None:
-                    print(table)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from clab.metrics.continual import (
     forgetting,
     forgetting_per_task,
     forward_transfer,
+    rise_per_stage,
     summarize,
 )
 
@@ -64,6 +65,16 @@ def test_repeated_rounds_use_the_last_training_of_each_task():
     assert forgetting(R2, tasks) == pytest.approx(0.3)
     # FWT: task 1 first trained at stage 2: R[1,1] - R[0,1] = 0
     assert forward_transfer(R2, tasks) == pytest.approx(0.0)
+
+
+def test_rise_is_what_each_stage_taught_its_own_task():
+    # R[1,0] - R[0,0] = 0.7; R[2,1] - R[1,1] = 0.8; R[3,2] - R[2,2] = 0.6
+    assert rise_per_stage(R, TASKS) == pytest.approx([0.7, 0.8, 0.6])
+    L = np.array([[3.0, 3.0], [1.0, 2.5], [1.6, 0.9]])  # losses: a fall is a rise
+    assert rise_per_stage(L, [None, 0, 1], higher_is_better=False) == pytest.approx([2.0, 1.6])
+    two_rounds = [None, 0, 1, 0]
+    R2 = np.array([[0.0, 0.0], [0.5, 0.1], [0.3, 0.6], [0.7, 0.4]])
+    assert rise_per_stage(R2, two_rounds) == pytest.approx([0.5, 0.5, 0.4])  # 0.7 - 0.3
 
 
 def test_losses_flip_the_signs():

@@ -504,28 +504,38 @@ def test_a_gpu_demo_variant_trains_from_the_curriculums_stage_0_and_prints_paire
     runs = ("demo-curriculum-s0", "demo-curriculum-cw-s0")
     first = [read_rows(metrics / r / "train.jsonl")[0] for r in runs]
     assert "policy_loss" in first[0] and "policy_loss" not in first[1]  # the critic alone
-    assert "**demo-curriculum-cw minus demo-curriculum**, paired over 2 seeds" in out.stdout
-    assert "| stage 4: g3 |" in out.stdout and "| forgetting: g0 |" in out.stdout
+    assert "demo-curriculum-cw minus demo-curriculum, paired over 2 seeds (0, 1):" in out.stdout
+    assert "rise, stage 4 (g3)" in out.stdout and "forgetting, g0" in out.stdout
 
 
-def test_the_paired_table_is_each_seeds_rise_difference(tmp_path, capsys):
-    """seed_numbers.py's paired table: rise of B minus rise of A, seed by seed."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from seed_numbers import paired_table
+def test_paired_comparisons_give_each_stages_rise_and_each_tasks_forgetting(tmp_path):
+    """Two experiments on the same tasks in the same order: rise of B minus rise of A
+    seed by seed, per stage, with the t interval (what a lever changed in learning),
+    and the same for each task's forgetting; the page and ``clab report`` print them."""
+    from clab.evaluation.experiments import ReplicateSet, compare_sets, comparison_text
 
-    def summary(g1_before: float, g1_after: float) -> dict:
+    def write(run: str, g1_before: float, g1_after: float) -> None:
         R = np.array([[0.9, g1_before], [1.0, g1_before], [0.7, g1_after]])
-        return {"score": "success_rate", "task_names": ["g0", "g1"], **summarize(R, [0, 0, 1])}
+        s = {"score": "success_rate", "task_names": ["g0", "g1"], **summarize(R, [0, 0, 1])}
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "summary.json").write_text(json.dumps(s))
 
-    a = {0: summary(0.1, 0.2), 1: summary(0.2, 0.2), 2: summary(0.1, 0.3)}  # +0.1, 0, +0.2
-    b = {0: summary(0.1, 0.5), 1: summary(0.2, 0.3), 2: summary(0.1, 0.4)}  # +0.4, +0.1, +0.3
-    table = paired_table("a", a, "b", b)
-    row = next(x for x in table.splitlines() if x.startswith("| stage 2: g1 |"))
+    for seed, (a, b) in enumerate([((0.1, 0.2), (0.1, 0.5)), ((0.2, 0.2), (0.2, 0.3)),
+                                   ((0.1, 0.3), (0.1, 0.4))]):  # fmt: skip
+        write(f"a-s{seed}", *a)  # rises +0.1, 0, +0.2
+        write(f"b-s{seed}", *b)  # rises +0.4, +0.1, +0.3
+    sets = [ReplicateSet(n, n, None, {i: f"{n}-s{i}" for i in range(3)}) for n in "ab"]
+    c = compare_sets(tmp_path, *sets)
     diffs = [0.3, 0.1, 0.1]
     half = 4.302653 * statistics.stdev(diffs) / math.sqrt(3)
-    m = sum(diffs) / 3
-    assert f"| +{m:.2f} [{m - half:+.2f}, {m + half:+.2f}] | +0.30, +0.10, +0.10 | no |" in row
-    forgot = next(x for x in table.splitlines() if x.startswith("| forgetting: g0 |"))
-    assert "| +0.00 [+0.00, +0.00] | +0.00, +0.00, +0.00 | no |" in forgot  # 0.3 both
-    c = {0: summary(0.1, 0.2)}
-    assert paired_table("a", a, "c", c) is None  # one shared seed: no interval
+    d = c["rise_per_stage"]["stage 2 (g1)"]
+    assert d["mean"] == pytest.approx(sum(diffs) / 3)
+    assert (d["low"], d["high"]) == pytest.approx((d["mean"] - half, d["mean"] + half))
+    assert d["beyond_seed_spread"] is False
+    assert c["rise_per_stage"]["stage 1 (g0)"]["mean"] == pytest.approx(0.0)  # +0.1 in both
+    assert c["forgetting_per_task"]["g0"]["mean"] == pytest.approx(0.0)  # 1.0 - 0.7 in both
+    text = comparison_text(c)
+    assert f"rise, stage 2 (g1)     +0.167 [{d['low']:+.3f}, {d['high']:+.3f}]" in text
+    write("c-s0", 0.1, 0.2)
+    one = ReplicateSet("c", "c", None, {0: "c-s0"})
+    assert compare_sets(tmp_path, sets[0], one) is None  # one shared seed: no interval

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clab.metrics.continual import rise_per_stage
 from clab.metrics.replicates import SCALARS, aggregate_summaries, paired_difference, seeds_text
 
 SEED_SUFFIX = "-s"
@@ -148,7 +149,10 @@ def seed_table(metrics: Path, runs: list[str]) -> str:
 
 def compare_sets(metrics: Path, base: ReplicateSet, other: ReplicateSet) -> dict | None:
     """``other`` minus ``base``, paired seed by seed over the seeds both evaluated, for
-    each headline metric of the primary score; None with fewer than two shared seeds."""
+    each headline metric of the primary score and, where both trained the same tasks in
+    the same order, each stage's rise and each task's forgetting (a lever can change
+    what is learned without changing the averages); None with fewer than two shared
+    seeds."""
     shared = [s for s in base.seeds if s in other.runs]
     a = {s: read_summary(metrics, base.runs[s]) for s in shared}
     b = {s: read_summary(metrics, other.runs[s]) for s in shared}
@@ -156,19 +160,59 @@ def compare_sets(metrics: Path, base: ReplicateSet, other: ReplicateSet) -> dict
     if len(seeds) < 2 or a[seeds[0]]["task_names"] != b[seeds[0]]["task_names"]:
         return None  # fewer than two pairs, or not scored on the same tasks
 
-    out = {}
-    for key in SCALARS:
-        d = paired_difference({s: a[s].get(key) for s in seeds}, {s: b[s].get(key) for s in seeds})
-        out[key] = {**d.to_json(), "beyond_seed_spread": d.beyond_spread}
-    return {"base": base.name, "other": other.name, "seeds": seeds, "metrics": out}
+    def paired(x: dict, y: dict) -> dict:
+        d = paired_difference(x, y)
+        return {**d.to_json(), "beyond_seed_spread": d.beyond_spread}
+
+    out = {key: paired({s: a[s].get(key) for s in seeds}, {s: b[s].get(key) for s in seeds})
+           for key in SCALARS}  # fmt: skip
+    stages, tasks = {}, {}
+    first_a, first_b = a[seeds[0]], b[seeds[0]]
+    order = first_a.get("stage_tasks")
+    if order is not None and order == first_b.get("stage_tasks"):  # same tasks, same order
+        names = first_a["task_names"]
+        rise_a = {s: _rises(a[s]) for s in seeds}
+        rise_b = {s: _rises(b[s]) for s in seeds}
+        for i in range(1, len(order)):
+            label = f"stage {i} ({names[order[i]]})"
+            stages[label] = paired(
+                {s: rise_a[s][i - 1] for s in seeds}, {s: rise_b[s][i - 1] for s in seeds}
+            )
+        for key in sorted(first_a.get("forgetting_per_task", {}), key=int):
+            tasks[names[int(key)]] = paired(
+                {s: a[s]["forgetting_per_task"].get(key) for s in seeds},
+                {s: b[s]["forgetting_per_task"].get(key) for s in seeds},
+            )
+    return {
+        "base": base.name,
+        "other": other.name,
+        "seeds": seeds,
+        "metrics": out,
+        "rise_per_stage": stages,
+        "forgetting_per_task": tasks,
+    }
+
+
+def _rises(summary: dict) -> list[float]:
+    return rise_per_stage(
+        summary["matrix"], summary["stage_tasks"], summary.get("higher_is_better", True)
+    )
+
+
+def comparison_rows(c: dict) -> list[tuple[str, dict]]:
+    """(label, paired difference) for every metric a comparison holds, in reading
+    order: the headline metrics, each stage's rise, each task's forgetting."""
+    rows = list(c["metrics"].items())
+    rows += [(f"rise, {k}", d) for k, d in c.get("rise_per_stage", {}).items()]
+    rows += [(f"forgetting, {k}", d) for k, d in c.get("forgetting_per_task", {}).items()]
+    return [(k, d) for k, d in rows if d["mean"] is not None]
 
 
 def comparison_text(c: dict) -> str:
     """One line per metric: the paired difference, its interval and the verdict."""
     lines = [f"{c['other']} minus {c['base']}, paired over {seeds_text(c['seeds'])}:"]
-    for key, d in c["metrics"].items():
-        if d["mean"] is None:
-            continue
+    for key, d in comparison_rows(c):
         verdict = "beyond the seed spread" if d["beyond_seed_spread"] else "within the seed spread"
-        lines.append(f"  {key:<18} {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]  {verdict}")
+        iv = "" if d["low"] is None else f" [{d['low']:+.3f}, {d['high']:+.3f}]"
+        lines.append(f"  {key:<22} {d['mean']:+.3f}{iv}  {verdict}")
     return "\n".join(lines) + "\n"

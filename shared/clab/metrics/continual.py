@@ -10,6 +10,8 @@ repeated rounds a task is trained at several stages. Formulas (docs/metrics.md):
 - forgetting f_j = max over stages l in 1..T-1 of s * (R[l, j] - R[T, j]) (Chaudhry
   et al. 2018), for tasks trained before stage T and other than task(T); and its mean.
 - FWT = mean over tasks j with first(j) > 1 of s * (R[first(j) - 1, j] - R[0, j]).
+- rise of stage i: s * (R[i, task(i)] - R[i - 1, task(i)]), what stage i taught the
+  task it trained (learning, where forgetting is unlearning).
 
 ``s`` is +1 when higher scores are better (success rate) and -1 when lower is
 better (a loss), so that negative BWT and positive forgetting always mean
@@ -93,6 +95,15 @@ def forward_transfer(R, stage_tasks: Sequence[int], higher_is_better: bool = Tru
         if firsts and firsts[0] > 1:
             diffs.append(s * (R[firsts[0] - 1, j] - R[0, j]))
     return float(np.mean(diffs)) if diffs else float("nan")
+
+
+def rise_per_stage(R, stage_tasks: Sequence[int], higher_is_better: bool = True) -> list[float]:
+    """Stage i's rise on the task it trained, for i = 1..T: did the model learn what it
+    was trained on? A continual-learning result reads forgetting against this; a
+    run that learns nothing forgets nothing either."""
+    R, tasks = _check(R, stage_tasks)
+    s = _sign(higher_is_better)
+    return [float(s * (R[i, tasks[i]] - R[i - 1, tasks[i]])) for i in range(1, len(tasks))]
 
 
 def summarize(R, stage_tasks: Sequence[int], higher_is_better: bool = True) -> dict:

@@ -23,10 +23,11 @@ from clab.evaluation.experiments import (
     aggregate_rows,
     aggregate_set,
     compare_sets,
+    comparison_rows,
     group_replicates,
     replicate_of,
 )
-from clab.metrics.replicates import SCALARS, seeds_text
+from clab.metrics.replicates import seeds_text
 from clab.plotting import figures
 from clab.plotting.runs import HEADLINE_COLUMNS, Estimate, HeadlineRow, RunData
 from clab.plotting.sections import Figure, Section
@@ -124,15 +125,12 @@ def comparison_html(c: dict) -> str:
         f"<th>95% interval (paired over {len(c['seeds'])} seeds)</th><th>verdict</th>"
         "</tr></thead><tbody>"
     ]
-    for key in SCALARS:
-        d = c["metrics"][key]
-        if d["mean"] is None:
-            continue
+    for key, d in comparison_rows(c):
         beyond = d["beyond_seed_spread"]
         verdict = "beyond the seed spread" if beyond else "within the seed spread"
         iv = "-" if d["low"] is None else f"[{_v(d['low'], True)}, {_v(d['high'], True)}]"
         out.append(
-            f"<tr data-metric='{key}' data-beyond='{str(beyond).lower()}'>"
+            f"<tr data-metric='{_e(key)}' data-beyond='{str(beyond).lower()}'>"
             f"<td>{_e(key.replace('_', ' '))}</td><td>{_v(d['mean'], True)}</td><td>{iv}</td>"
             f"<td>{verdict}</td></tr>"
         )
