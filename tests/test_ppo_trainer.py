@@ -144,6 +144,34 @@ def test_micro_batches_of_unequal_length_give_the_big_batch_gradient():
     assert not torch.allclose(g_whole, g_naive)
 
 
+@pytest.mark.slow
+def test_compiled_layers_give_the_eager_step_within_rounding(tiny, dataset):
+    """``ppo.compile_layers``: every decoder layer of actor and critic compiled (the
+    scoring and update passes through inductor's kernels), one step gives the eager
+    step's losses and weights within fp32 rounding, and a second step of other
+    response lengths compiles nothing new (dynamic shapes)."""
+    from torch._dynamo.utils import counters
+
+    problems = read_group(dataset, 0, "train", 8)
+    rows, weights = [], []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        tr = _trainer(tiny, compile_layers=compiled)
+        layers = tr.actor.model.layers
+        assert all((x._compiled_call_impl is not None) == compiled for x in layers)
+        torch.manual_seed(1)
+        rows.append(tr.step(problems[:4]))
+        weights.append([p.detach().clone() for p in tr.actor.parameters()])
+    for k in ("policy_loss", "value_loss", "entropy", "grad_norm", "critic_grad_norm"):
+        assert rows[1][k] == pytest.approx(rows[0][k], rel=1e-4, abs=1e-6), k
+    for a, b in zip(*weights, strict=True):  # AdamW moves each weight by about lr = 1e-3
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # whatever its gradient's size
+    graphs = counters["stats"]["unique_graphs"]
+    tr.step(problems[4:])
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
 def test_a_new_stage_after_loading_state_starts_at_the_stage_learning_rate(tiny, dataset):
     probs = read_group(dataset, 0, "train", 4)
     tr = _trainer(tiny, lr_scheduler="linear")

@@ -131,6 +131,13 @@ class PPOSpec(SpecModel):
         "actor's updates (veRL's trainer.critic_warmup, which counts from the run's start only "
         "and gives one step fewer)",
     )
+    compile_layers: bool = Field(
+        False,
+        description="torch.compile each decoder layer of the actor and critic once per run "
+        "(dynamic shapes, as torchtitan compiles its blocks): fewer kernel launches in the "
+        "scoring and update passes, the same numbers within rounding; the first step pays the "
+        "compilation (benchmarks/bench_gpu_ppo.py --compile-layers)",
+    )
 
 
 class GRPOSpec(SpecModel):
@@ -172,8 +179,11 @@ class CountdownRLSpec(RunSpec):
     kind: Literal["countdown-rl"] = Field("countdown-rl", description=KIND_HELP)
     TRAINER: ClassVar[str] = "clab.training.countdown_rl"
     # the scoring passes' micro-batch moves no number beyond rounding: a resumed run
-    # may change it to fit memory
-    SAFE_CHANGES: ClassVar[frozenset[str]] = RunSpec.SAFE_CHANGES | {"batch.score_micro"}
+    # may change it to fit memory; compiling the layers neither
+    SAFE_CHANGES: ClassVar[frozenset[str]] = RunSpec.SAFE_CHANGES | {
+        "batch.score_micro",
+        "ppo.compile_layers",  # how the same arithmetic runs, as the scoring micro-batch
+    }
 
     @property
     def initial_seed(self) -> int:

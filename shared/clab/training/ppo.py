@@ -83,6 +83,7 @@ class PPOConfig:
     weight_decay: float = _PPO.weight_decay
     fused_logprobs: bool = _PPO.fused_logprobs
     critic_warmup: int = _PPO.critic_warmup
+    compile_layers: bool = _PPO.compile_layers
     mini_batch_size: int = _BATCH.mini  # this worker's share of batch.mini
     micro_batch_size: int = _BATCH.micro
     score_micro_batch_size: int | None = _BATCH.score_micro  # None: micro_batch_size
@@ -151,6 +152,9 @@ class PPOTrainer:
         self.rollout_engine = rollout_engine
         if ref is not None:
             ref.eval().requires_grad_(False)
+        if config.compile_layers:  # before any sharding, as torchtitan compiles its blocks
+            for model in (actor, critic):
+                compile_decoder_layers(model)
         dist_on = dist.is_available() and dist.is_initialized()
         self.fsdp = config.strategy == "fsdp"
         self.rollout_model = None
@@ -519,6 +523,19 @@ METRIC_REDUCTIONS = {
     "step_time": "max",
     "generation_time": "max",
 }
+
+
+def compile_decoder_layers(model: PreTrainedModel) -> int:
+    """``torch.compile`` each decoder layer in place (forward and backward), with dynamic
+    shapes: a rollout's length changes from step to step, and one graph per length would
+    recompile all run long. A layer's elementwise work (norms, rotary, activations,
+    residuals) becomes a few fused kernels; the whole model compiled instead would also
+    take in the head and the loss, whose shapes and graph breaks differ by path. The
+    number of layers compiled."""
+    layers = model.model.layers
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
 
 
 def _adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
