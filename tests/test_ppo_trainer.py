@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from clab.data.countdown.reading import read_group
 from clab.distributed.reduce import reduce_metrics
@@ -74,6 +75,54 @@ def test_fp32_weights_under_bf16_autocast_all_move_at_lr_1e6(tiny, dataset):
     assert with_grad > 1000
     assert moved == with_grad
     assert moved_bf16 < 0.2 * with_grad
+
+
+class _CastCounter(TorchDispatchMode):
+    """Counts the casts of each of ``params`` (by storage) to bf16."""
+
+    def __init__(self, params):
+        super().__init__()
+        self.ptrs = {p.data_ptr(): name for name, p in params}
+        self.casts: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16:
+            name = self.ptrs.get(args[0].data_ptr())
+            if name is not None:
+                self.casts[name] = self.casts.get(name, 0) + 1
+        return func(*args, **kwargs)
+
+
+def test_each_weight_is_cast_once_per_optimizer_step_and_the_numbers_do_not_change(tiny, dataset):
+    """Under bf16 autocast over fp32 weights a weight is cast to bf16 at every use
+    unless autocast's cache keeps the cast: the update and the scoring passes run
+    each model's micro-batches in one autocast region (the rollout already ran in
+    one), so each weight is cast once per optimizer step and once per scoring pass,
+    whatever the number of micro-batches. The bf16 values are the same, so the
+    step's numbers are bit for bit those of casting at every use (the cache off)."""
+    problems = read_group(dataset, 0, "train", 4)
+    rows, weights, counts = [], [], []
+    for cache in (False, True):
+        torch.set_autocast_cache_enabled(cache)
+        try:
+            torch.manual_seed(0)
+            tr = _trainer(tiny, compute_dtype="bfloat16", mini_batch_size=4, micro_batch_size=1)
+            counter = _CastCounter(tr.actor.named_parameters())
+            torch.manual_seed(1)
+            with counter:
+                rows.append(tr.step(problems))
+        finally:
+            torch.set_autocast_cache_enabled(True)
+        weights.append([p.detach().clone() for p in tr.actor.parameters()])
+        counts.append(counter.casts)
+    # once for the rollout, once for the old log-probs, once for the optimizer step;
+    # at every use: 6 decoding steps, 4 scoring and 4 update micro-batches
+    assert counts[1] and set(counts[1].values()) == {3}
+    assert set(counts[0].values()) == {14}
+    for k in ("policy_loss", "value_loss", "entropy", "grad_norm", "critic_grad_norm", "kl"):
+        assert rows[1][k] == rows[0][k], k
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
 
 
 def test_the_critic_has_no_dropout_train_and_eval_values_agree(tiny):
