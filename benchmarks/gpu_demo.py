@@ -284,6 +284,8 @@ def main() -> None:
         help="a curriculum run with these settings changed, from the same stage 0",
     )
     args = ap.parse_args()
+    if args.only == "control" and args.variant:
+        ap.error("--variant is a variant of the curriculum: not with --only control")
     args.work.mkdir(parents=True, exist_ok=True)
     if not (args.work / "services").exists():
         (args.work / "services").symlink_to(REPO / "services")
