@@ -19,6 +19,7 @@ once per step, in place (``clab.distributed.fsdp``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -459,14 +460,10 @@ class PPOTrainer:
         micros = [mini[us : us + cfg.micro_batch_size]
                   for us in range(0, len(mini), cfg.micro_batch_size)]  # fmt: skip
         # The actor's micro-batches, then the critic's, each model in one autocast
-        # region: autocast keeps its bf16 cast of every fp32 weight until the region
-        # ends, so the weights are cast once per optimizer step and not at every
-        # micro-batch's use (12,882 cast kernels a step at micro-batch 16 before:
-        # docs/benchmarks.md). The same bf16 values, so the same numbers; one model's
-        # copy is held at a time, as its backward held it anyway.
+        # region (_cast_once)
         actor_rows = []  # pg_clipfrac, approx_kl per micro-batch
         if actor:
-            with self.autocast():
+            with self._cast_once(self.actor):
                 for idx in micros:
                     m = mask[idx]
                     lp, ent_tok = self._logprobs(self.actor_train, ro, idx)
@@ -480,7 +477,7 @@ class PPOTrainer:
                     sums[2] += ent.detach()
                     actor_rows.append((pg_clip, masked_mean(old_lp[idx] - lp.detach(), m)))
         critic_rows = []  # vf_clipfrac per micro-batch
-        with self.autocast():
+        with self._cast_once(self.critic):
             for idx in micros:
                 v = self._values(self.critic_train, ro, idx)
                 vf, vf_clip = value_loss(
@@ -513,6 +510,19 @@ class PPOTrainer:
         if actor:
             row.update(pg_loss=pg_sum, entropy=ent_sum, grad_norm=gn_)
         return row, torch.stack(micro).tolist()
+
+    def _cast_once(self, model: torch.nn.Module):
+        """One autocast region over a model's micro-batches, backward passes included:
+        autocast keeps its bf16 cast of every fp32 weight until the region ends, so
+        each weight is cast once per optimizer step, not at every micro-batch's use
+        (12,882 cast kernels a step at micro-batch 16: docs/benchmarks.md). The same
+        bf16 values, so the same numbers; one model's copy is held, as its backward
+        held it anyway. Not under gradient checkpointing, whose point is memory: the
+        cache would hold a whole bf16 copy through the backward, where recomputation
+        holds one layer's; there each forward has its own region, as before."""
+        if getattr(model, "is_gradient_checkpointing", False):
+            return contextlib.nullcontext()
+        return self.autocast()
 
     def _global_tokens(self, mask: torch.Tensor) -> float:
         n = mask.sum().double().reshape(1)
