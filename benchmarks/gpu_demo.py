@@ -115,7 +115,7 @@ AFTER_STAGE_0 = (
 
 class Step(NamedTuple):
     """One service run of the plan. ``base``: for a training run that is a variant,
-    the run whose first seed's stage 0 each of its seeds starts from."""
+    the run whose stage 0 of the same seed each of its seeds starts from."""
 
     spec: str
     overrides: list[str]

@@ -25,6 +25,7 @@ from clab.evaluation.experiments import (
     group_replicates,
     read_summary,
     replicate_of,
+    rises_of,
 )
 from clab.metrics.replicates import SeedEstimate, mean_interval, seeds_text
 
@@ -61,9 +62,7 @@ def set_table(name: str, summaries: dict[int, dict]) -> str:
         j = tasks[i]
         before = mean_interval({s: x["matrix"][i - 1][j] for s, x in summaries.items()})
         after = mean_interval({s: x["matrix"][i][j] for s, x in summaries.items()})
-        rise = mean_interval(
-            {s: sign * (x["matrix"][i][j] - x["matrix"][i - 1][j]) for s, x in summaries.items()}
-        )
+        rise = mean_interval({s: rises_of(x)[i - 1] for s, x in summaries.items()})
         lines.append(
             f"| {i} | {names[j]} | {_est(before)} | {_est(after)} | {_est(rise, True)} | "
             f"{_seeds(rise, True)} | {'yes' if rise.beyond_spread else 'no'} |"
@@ -105,11 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     records = {r: replicate_of(read_summary(args.metrics, r)) for r in runs}
     sets = group_replicates(records)
-    summaries = {
-        rs.name: {s: read_summary(args.metrics, r) for s, r in rs.runs.items()} for rs in sets
-    }
     for rs in sets:
-        print(set_table(rs.name, summaries[rs.name]))
+        summaries = {s: read_summary(args.metrics, r) for s, r in rs.runs.items()}
+        print(set_table(rs.name, summaries))
     for a in sets:
         for b in sets:
             if a.name < b.name:

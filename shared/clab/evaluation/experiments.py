@@ -171,8 +171,8 @@ def compare_sets(metrics: Path, base: ReplicateSet, other: ReplicateSet) -> dict
     order = first_a.get("stage_tasks")
     if order is not None and order == first_b.get("stage_tasks"):  # same tasks, same order
         names = first_a["task_names"]
-        rise_a = {s: _rises(a[s]) for s in seeds}
-        rise_b = {s: _rises(b[s]) for s in seeds}
+        rise_a = {s: rises_of(a[s]) for s in seeds}
+        rise_b = {s: rises_of(b[s]) for s in seeds}
         for i in range(1, len(order)):
             label = f"stage {i} ({names[order[i]]})"
             stages[label] = paired(
@@ -193,7 +193,8 @@ def compare_sets(metrics: Path, base: ReplicateSet, other: ReplicateSet) -> dict
     }
 
 
-def _rises(summary: dict) -> list[float]:
+def rises_of(summary: dict) -> list[float]:
+    """A summary's rise of each stage (``rise_per_stage`` of its primary score)."""
     return rise_per_stage(
         summary["matrix"], summary["stage_tasks"], summary.get("higher_is_better", True)
     )
