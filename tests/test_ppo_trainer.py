@@ -422,3 +422,89 @@ def test_an_emulated_worker_reports_its_own_metrics_not_a_mean_divided_by_the_wo
     with fake_process_group(8):
         got = reduce_metrics(metrics, {"tokens_per_s": "sum", "response_length_max": "max"})
     assert got == metrics
+
+
+def test_without_a_kl_penalty_scoring_runs_no_reference_pass_and_the_kl_is_zero(tiny, dataset):
+    """kl_coef 0 loads no reference (countdown_rl): its pass would repeat the actor's,
+    so scoring runs the actor once per chunk, and the KL logged is exactly 0."""
+    cfg = dict(actor_lr=1e-3, critic_lr=1e-3, mini_batch_size=4, micro_batch_size=2)
+    tr = PPOTrainer(
+        load_policy(tiny),
+        load_critic(tiny, seed=0),
+        None,
+        load_tokenizer(tiny),
+        PPOConfig(**cfg, kl_coef=0.0, max_response_length=6, max_prompt_length=160),
+        _score,
+    )
+    probs = read_group(dataset, 0, "train", 4)
+    ro = tr._rollout([p.prompt for p in probs])
+    calls = []
+    tr.actor.register_forward_hook(lambda *_: calls.append(1))
+    old, ref, _ = tr._score_old(ro)
+    assert len(calls) == 2  # two chunks of two rows, the actor's pass alone
+    assert torch.equal(old, ref)
+    assert tr.step(probs)["kl"] == 0.0
+
+
+def test_a_value_sees_the_response_up_to_its_token_and_not_the_token_itself(tiny, dataset):
+    """The value at response position j is the critic's estimate before token j is
+    chosen (veRL's dp_critic reads position P-1+j): changing token k moves the
+    values from k+1 on, none before. One position off, and the critic would see the
+    action it is meant to value."""
+    tr = _trainer(tiny)
+    ro = tr._rollout([p.prompt for p in read_group(dataset, 0, "test", 2)])
+    ro.response_mask[:] = 1  # every position real, whatever the sampled EOS
+    idx, k = torch.arange(2), 2
+    with torch.no_grad():
+        before = tr._values(tr.critic, ro, idx)
+        ro.response_ids[:, k] = (ro.response_ids[:, k] + 1) % 300
+        after = tr._values(tr.critic, ro, idx)
+    assert torch.allclose(before[:, : k + 1], after[:, : k + 1], atol=1e-6)
+    assert (before[:, k + 1] - after[:, k + 1]).abs().min() > 1e-5
+
+
+def test_a_mini_batch_gives_the_same_losses_and_norms_whatever_its_micro_batches(tiny, dataset):
+    """The policy, value and entropy terms each take the mini-batch's token count
+    (veRL's token-mean), so a mini-batch of rows of unequal length gives the same
+    losses and gradient norms in one micro-batch as in four; a mean of per-micro-batch
+    means would weight the one-token row's tokens four times as much."""
+    probs = read_group(dataset, 0, "train", 4)
+    ro = _trainer(tiny)._rollout([p.prompt for p in probs])
+    ro.response_mask[:] = 1
+    for row, length in ((1, 4), (2, 2), (3, 1)):
+        ro.response_mask[row, length:] = 0
+    mask = ro.response_mask.float()
+    gen = torch.Generator().manual_seed(2)
+    adv, ret = torch.randn(mask.shape, generator=gen), torch.randn(mask.shape, generator=gen)
+    rows = []
+    for micro in (4, 1):
+        tr = _trainer(tiny, micro_batch_size=micro, entropy_coef=1.0)
+        old_lp, _, old_v = tr._score_old(ro)
+        old_lp = old_lp - 0.1 * adv  # ratios away from 1, some clipped
+        row, _ = tr._mini_batch(ro, mask, torch.arange(4), old_lp, adv * mask, old_v, ret * mask)
+        rows.append(row)
+    for key in ("pg_loss", "vf_loss", "entropy", "grad_norm", "critic_grad_norm"):
+        assert rows[1][key] == pytest.approx(rows[0][key], rel=1e-4), key
+
+
+def test_ppo_decays_weight_matrices_and_never_norms_or_biases(tiny):
+    """With zero gradients an AdamW step is the decay alone: every matrix shrinks by
+    lr * weight_decay, every norm weight and bias stays (as HF's Trainer groups them;
+    decayed norms would pull their gains towards zero)."""
+    tr = _trainer(tiny, actor_lr=0.1, weight_decay=0.5)
+    with torch.no_grad():
+        for p in tr.actor.parameters():
+            p.add_(0.5)  # biases start at zero, where decay would change nothing
+    before = {n: p.detach().clone() for n, p in tr.actor.named_parameters()}
+    for p in tr.actor.parameters():
+        p.grad = torch.zeros_like(p)
+    tr.actor_opt.step()
+    kept = decayed = 0
+    for n, p in tr.actor.named_parameters():
+        if p.ndim < 2 or "norm" in n:
+            assert torch.equal(p, before[n]), n
+            kept += 1
+        else:
+            assert torch.allclose(p, before[n] * (1 - 0.1 * 0.5)), n
+            decayed += 1
+    assert kept and decayed

@@ -334,14 +334,15 @@ class PPOTrainer:
         B = ro.response_ids.shape[0]
         mb = self.cfg.score_micro_batch_size or self.cfg.micro_batch_size
         chunks = [slice(s, min(s + mb, B)) for s in range(0, B, mb)]
-        ref_model = self.ref if self.ref is not None else self.actor
         self.actor.eval()
         self.critic.eval()
         # one model at a time, in one autocast region each: its weights cast once
         with self.autocast():
             old_lp = [self._logprobs(self.actor, ro, i, entropy=False)[0] for i in chunks]
-        with self.autocast():
-            ref_lp = [self._logprobs(ref_model, ro, i, entropy=False)[0] for i in chunks]
+        ref_lp = old_lp  # no KL penalty, no reference: its pass would repeat the actor's
+        if self.ref is not None:
+            with self.autocast():
+                ref_lp = [self._logprobs(self.ref, ro, i, entropy=False)[0] for i in chunks]
         with self.autocast():
             values = [self._values(self.critic, ro, i) for i in chunks]
         self.actor.train()

@@ -91,7 +91,13 @@ def policy_loss(
     denom: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped surrogate: token-mean of max(-A r, -A clip(r, 1-e, 1+e)) (see
-    :func:`agg_token_mean` for ``denom``); returns (loss, clip fraction)."""
+    :func:`agg_token_mean` for ``denom``); returns (loss, clip fraction).
+
+    No dual clip: veRL's vanilla loss also caps a negative-advantage token's loss
+    at -3 A (``clip_ratio_c``) once its ratio passes 3; TinyZero's veRL had no such
+    cap, and this is TinyZero's experiment. The two differ only on tokens already
+    three times likelier than when sampled (``pg_clipfrac`` counts them among the
+    clipped)."""
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
