@@ -86,7 +86,9 @@ class PPOSpec(SpecModel):
     actor_lr: float = Field(1e-6, gt=0, description="the policy's AdamW learning rate")
     critic_lr: float = Field(1e-5, gt=0, description="the critic's AdamW learning rate")
     kl_coef: float = Field(
-        0.001, ge=0, description="KL penalty against the reference, in the reward"
+        0.001,
+        ge=0,
+        description="KL penalty against the reference, in the reward (0: no reference model)",
     )
     entropy_coef: float = Field(
         0.001,
