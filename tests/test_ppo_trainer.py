@@ -20,7 +20,7 @@ from clab.metrics.training import WeightTracker, distance
 from clab.models.loading import load_critic, load_policy, load_tokenizer
 from clab.models.tiny import build_tiny_model
 from clab.rewards.countdown import Reason, RewardResult
-from clab.training.ppo import PPOConfig, PPOTrainer
+from clab.training.ppo import NonFiniteLoss, PPOConfig, PPOTrainer
 from clab.training.ppo_core import masked_whiten, policy_loss
 
 
@@ -508,3 +508,16 @@ def test_ppo_decays_weight_matrices_and_never_norms_or_biases(tiny):
             assert torch.allclose(p, before[n] * (1 - 0.1 * 0.5)), n
             decayed += 1
     assert kept and decayed
+
+
+def test_a_non_finite_loss_stops_the_step_before_any_weight_moves(tiny, dataset):
+    def nan_score(texts, problems):
+        return [RewardResult(float("nan"), False, Reason.WRONG_VALUE) for _ in texts]
+
+    tr = _trainer(tiny)
+    tr.score_fn = nan_score
+    before = [p.detach().clone() for p in (*tr.actor.parameters(), *tr.critic.parameters())]
+    with pytest.raises(NonFiniteLoss, match="policy loss nan"):
+        tr.step(read_group(dataset, 0, "train", 4))
+    after = (*tr.actor.parameters(), *tr.critic.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))

@@ -129,7 +129,9 @@ ScoreFn = Callable[[list[str], list[Problem]], list[RewardResult]]
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """A loss or gradient norm that is not finite, found before any weight moved.
+    veRL warns and skips such a step; here the stage stops (the runner keeps the last
+    good checkpoint), since a NaN that recurs would skip silently step after step."""
 
 
 class PPOTrainer:
