@@ -92,3 +92,30 @@ def test_whiten_and_entropy():
     assert x[0, 3].item() == 0.0
     uniform = entropy_from_logits(torch.zeros(1, 4))
     assert uniform.item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
+
+
+def test_dual_clip_caps_a_bad_tokens_loss_at_c_times_its_advantage():
+    """veRL's vanilla loss (clip_ratio_c = 3): with A < 0 and the ratio at e^1.5 = 4.48
+    the single clip leaves -A r = 4.48 (clipping only lowers the ratio from below),
+    the dual clip caps it at -3 A = 3 and its gradient vanishes; A > 0 and ratios
+    below c are untouched."""
+    old = t([0.0, 0.0, 0.0])
+    adv = t([-1.0, 1.0, -1.0])
+    new = t([1.5, 1.5, 0.5]).requires_grad_()
+    mask = t([1, 1, 1])
+    single, _ = policy_loss(new, old, adv, mask, 0.2)
+    dual, clipfrac = policy_loss(new, old, adv, mask, 0.2, clip_ratio_c=3.0)
+    e = torch.exp(t(1.5)).item(), torch.exp(t(0.5)).item()
+    # token 0: 4.48 -> 3; token 1: A>0, clipped at 1.2 -> -1.2; token 2: ratio 1.65 < 3 -> 1.65
+    assert single.item() == pytest.approx((e[0] - 1.2 + e[1]) / 3)
+    assert dual.item() == pytest.approx((3.0 - 1.2 + e[1]) / 3)
+    assert clipfrac.item() == pytest.approx(1 / 3)  # only token 1 hit the single clip
+    dual.backward()
+    assert new.grad[0, 0].item() == 0.0 and new.grad[0, 2].item() != 0.0
+
+
+def test_a_huge_log_ratio_gives_a_finite_loss():
+    """The log-ratio is clamped at +-20 before exp, as veRL does: a token whose
+    probability rose e^100-fold gives e^20, not inf (inf - inf would be NaN)."""
+    loss, _ = policy_loss(t([100.0]), t([0.0]), t([-1.0]), t([1]), 0.2)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(torch.exp(t(20.0)).item())

@@ -20,6 +20,7 @@ from clab.metrics.training import WeightTracker, distance
 from clab.models.loading import load_critic, load_policy, load_tokenizer
 from clab.models.tiny import build_tiny_model
 from clab.rewards.countdown import Reason, RewardResult
+from clab.specs import load_spec
 from clab.training.ppo import NonFiniteLoss, PPOConfig, PPOTrainer
 from clab.training.ppo_core import masked_whiten, policy_loss
 
@@ -521,3 +522,23 @@ def test_a_non_finite_loss_stops_the_step_before_any_weight_moves(tiny, dataset)
         tr.step(read_group(dataset, 0, "train", 4))
     after = (*tr.actor.parameters(), *tr.critic.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_the_services_dual_clip_reaches_the_actors_update(tiny, dataset):
+    """Every token seven times likelier than when sampled, every advantage negative:
+    under the services' dual clip (3) each token's loss is capped and the actor gets
+    no gradient; under the single clip it does."""
+    spec = load_spec(Path(__file__).resolve().parents[1] / "services/curriculum-trainer-1.5b.yaml")
+    assert PPOConfig.from_spec(spec, 1, None, False).clip_ratio_c == 3.0
+    probs = read_group(dataset, 0, "train", 4)
+    ro = _trainer(tiny)._rollout([p.prompt for p in probs])
+    mask = ro.response_mask.float()
+    norms = []
+    for c in (3.0, None):
+        tr = _trainer(tiny, clip_ratio_c=c, entropy_coef=0.0)
+        lp, _ = tr._logprobs(tr.actor, ro, torch.arange(4))
+        old_lp = lp.detach() - 2.0
+        adv, zero = -torch.ones_like(mask) * mask, torch.zeros_like(mask)
+        row, _ = tr._mini_batch(ro, mask, torch.arange(4), old_lp, adv, zero, zero)
+        norms.append(row["grad_norm"])
+    assert norms[0] == 0.0 and norms[1] > 0.0

@@ -96,7 +96,8 @@ def test_ppo_config_carries_the_spec():
     from clab.training.countdown_rl_spec import CountdownRLSpec, PPOSpec
     from clab.training.ppo import PPOConfig
 
-    ppo = {k: 0.5 if k in ("gamma", "lam") else v * 3 for k, v in PPOSpec().model_dump().items()}
+    fixed = {"gamma": 0.5, "lam": 0.5, "clip_ratio_c": 2.5}  # bounded, or None by default
+    ppo = {k: fixed[k] if k in fixed else v * 3 for k, v in PPOSpec().model_dump().items()}
     batch = {"train": 8, "mini": 8, "micro": 2}
     spec = CountdownRLSpec.model_validate(
         {**TINY, "ppo": ppo, "batch": batch, "resources": {"num_workers": 2}}

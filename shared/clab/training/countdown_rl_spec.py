@@ -98,6 +98,12 @@ class PPOSpec(SpecModel):
     clip_ratio: float = Field(
         0.2, gt=0, description="PPO's ratio clip: how far one step may move a token's probability"
     )
+    clip_ratio_c: float | None = Field(
+        None,
+        gt=1,
+        description="dual clip (veRL's clip_ratio_c, TinyZero's 3): a token with negative "
+        "advantage has its loss capped at -c A; null: the single clip",
+    )
     value_clip: float = Field(
         0.5, gt=0, description="clip of the critic's value update around the old values"
     )

@@ -76,6 +76,7 @@ class PPOConfig:
     kl_coef: float = _PPO.kl_coef
     entropy_coef: float = _PPO.entropy_coef
     clip_ratio: float = _PPO.clip_ratio
+    clip_ratio_c: float | None = _PPO.clip_ratio_c
     value_clip: float = _PPO.value_clip
     gamma: float = _PPO.gamma
     lam: float = _PPO.lam
@@ -471,7 +472,13 @@ class PPOTrainer:
                     m = mask[idx]
                     lp, ent_tok = self._logprobs(self.actor_train, ro, idx)
                     pg, pg_clip = policy_loss(
-                        lp, old_lp[idx], advantages[idx], m, cfg.clip_ratio, denom
+                        lp,
+                        old_lp[idx],
+                        advantages[idx],
+                        m,
+                        cfg.clip_ratio,
+                        denom,
+                        clip_ratio_c=cfg.clip_ratio_c,
                     )
                     ent = agg_token_mean(ent_tok, m, denom)
                     (pg - cfg.entropy_coef * ent).backward()

@@ -89,19 +89,25 @@ def policy_loss(
     mask: torch.Tensor,
     clip_ratio: float,
     denom: float | None = None,
+    clip_ratio_c: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Clipped surrogate: token-mean of max(-A r, -A clip(r, 1-e, 1+e)) (see
     :func:`agg_token_mean` for ``denom``); returns (loss, clip fraction).
 
-    No dual clip: veRL's vanilla loss also caps a negative-advantage token's loss
-    at -3 A (``clip_ratio_c``) once its ratio passes 3; TinyZero's veRL had no such
-    cap, and this is TinyZero's experiment. The two differ only on tokens already
-    three times likelier than when sampled (``pg_clipfrac`` counts them among the
-    clipped)."""
-    ratio = torch.exp(logprobs - old_logprobs)
+    ``clip_ratio_c``: the dual clip (Ye et al. 2020), as veRL's vanilla loss and
+    TinyZero's run it: a token with A < 0 has its loss capped at -c A, so a bad
+    token already c times likelier than when sampled stops pulling with a force
+    that grows with its ratio. None: the single clip. The log-ratio is clamped to
+    +-20 before ``exp``, as veRL does: beyond it the ratio would overflow to inf.
+    """
+    ratio = torch.exp(torch.clamp(logprobs - old_logprobs, -20.0, 20.0))
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
-    loss = agg_token_mean(torch.maximum(unclipped, clipped), mask, denom)
+    per_token = torch.maximum(unclipped, clipped)
+    if clip_ratio_c is not None:
+        capped = torch.minimum(per_token, -advantages * clip_ratio_c)
+        per_token = torch.where(advantages < 0, capped, per_token)
+    loss = agg_token_mean(per_token, mask, denom)
     clipfrac = masked_mean((clipped > unclipped).float(), mask)
     return loss, clipfrac
 
