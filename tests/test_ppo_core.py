@@ -116,6 +116,6 @@ def test_dual_clip_caps_a_bad_tokens_loss_at_c_times_its_advantage():
 
 def test_a_huge_log_ratio_gives_a_finite_loss():
     """The log-ratio is clamped at +-20 before exp, as veRL does: a token whose
-    probability rose e^100-fold gives e^20, not inf (inf - inf would be NaN)."""
+    probability rose e^100-fold gives e^20, not inf (and NaN where A is 0)."""
     loss, _ = policy_loss(t([100.0]), t([0.0]), t([-1.0]), t([1]), 0.2)
     assert torch.isfinite(loss) and loss.item() == pytest.approx(torch.exp(t(20.0)).item())

@@ -98,7 +98,8 @@ def policy_loss(
     TinyZero's run it: a token with A < 0 has its loss capped at -c A, so a bad
     token already c times likelier than when sampled stops pulling with a force
     that grows with its ratio. None: the single clip. The log-ratio is clamped to
-    +-20 before ``exp``, as veRL does: beyond it the ratio would overflow to inf.
+    +-20 before ``exp``, as veRL does: past about 88 the fp32 ratio is inf, and the
+    loss NaN where the advantage is 0.
     """
     ratio = torch.exp(torch.clamp(logprobs - old_logprobs, -20.0, 20.0))
     unclipped = -advantages * ratio
