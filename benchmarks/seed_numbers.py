@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from clab.evaluation.experiments import (
     compare_sets,
     comparison_text,
@@ -78,8 +80,9 @@ def set_table(name: str, summaries: dict[int, dict]) -> str:
         j = int(key)
         best = mean_interval(
             {
-                s: max(x["matrix"][i][j] * sign for i in range(1, T)) * sign
-                for s, x in summaries.items()
+                s: float(np.max(np.asarray([x["matrix"][i][j] for i in range(1, T)], float) * sign))
+                * sign
+                for s, x in summaries.items()  # a None cell (scored NaN) leaves the seed out
             }
         )
         end = mean_interval({s: x["matrix"][T][j] for s, x in summaries.items()})

@@ -107,3 +107,19 @@ def test_summary_is_consistent_and_validates_shape():
     with pytest.raises(ValueError, match="stage_tasks"):
         summarize(R, [None, 0])
     assert math.isnan(forward_transfer(R[:2], TASKS[:2]))
+
+
+def test_a_nan_cell_undefines_what_reads_it_wherever_it_sits_and_the_summary_is_strict_json():
+    import json
+
+    for row in (1, 2):  # Python's max() kept or dropped the NaN by its position
+        bad = R.copy()
+        bad[row, 0] = np.nan
+        assert math.isnan(forgetting_per_task(bad, TASKS)[0])
+        s = summarize(bad, TASKS)
+        assert s["forgetting_per_task"] == {"0": None, "1": pytest.approx(0.2)}
+        assert s["matrix"][row][0] is None and s["matrix"][3] == pytest.approx([0.5, 0.7, 0.9])
+        assert s["average_accuracy_per_stage"][row] is None
+        assert s["average_accuracy"] == pytest.approx(0.7)  # row T is whole
+        assert s["forgetting"] is None
+        json.dumps(s, allow_nan=False)  # no bare NaN for a strict reader

@@ -43,3 +43,9 @@ def test_paired_bootstrap_intervals_contain_the_metrics_and_shrink_with_n():
         assert iv["forgetting_per_task"]["0"][0] > 0.05  # clearly forgot, at either n
         widths.append(iv["forgetting"][1] - iv["forgetting"][0])
     assert widths[1] < widths[0] / 2
+
+
+def test_wilson_bounds_are_exactly_0_and_1_at_no_and_every_success():
+    for n in (1, 7, 10, 200):
+        assert wilson(n, n)[1] == 1.0 and wilson(0, n)[0] == 0.0
+        assert wilson(n, n)[0] < 1.0 and wilson(0, n)[1] > 0.0

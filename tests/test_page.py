@@ -611,3 +611,29 @@ def test_the_dpo_section_has_every_score_once_warnings_and_escaped_samples(dpo_p
         s = json.loads((dpo_page / "metrics" / run / "summary.json").read_text())
         assert s["score"] == "reward_score"
         assert cells[run, "forgetting"] == pytest.approx(s["forgetting"])
+
+
+def test_a_stage_scored_nan_is_summarized_and_shown_not_left_stale(own_volumes, capsys):
+    """A diverged model's NaN loss: the summary still covers every stage, with that
+    cell and what reads it undefined, the evaluator says which cell, the page draws it."""
+    rng = np.random.default_rng(2)
+
+    def score(i, j):
+        losses = (2.0 + 0.1 * rng.standard_normal(20)).tolist()
+        if (i, j) == (2, 0):
+            losses = [math.nan] * 20
+        return ScoreResult(
+            values={"answer_loss": float(np.mean(losses))},
+            higher_is_better={"answer_loss": False},
+            primary="answer_loss",
+            n=20,
+            items={"answer_loss": losses},
+        )
+
+    write_run(own_volumes, "mix/diverged", "sft-mixing", ["math", "hotpot"], score)
+    assert "r0-g1 scored answer_loss on math as nan" in capsys.readouterr().err
+    s = summaries()["mix/diverged"]
+    assert s["stages"] == 2 and s["matrix"][2][0] is None and s["matrix"][1][0] is not None
+    assert s["forgetting_per_task"] == {"0": None}
+    page = plot()
+    assert "mix/diverged" in page

@@ -74,6 +74,11 @@ def test_mean_and_intervals_over_seeds_by_hand():
     assert (d.low, d.high) == pytest.approx((0.2 - half, 0.2 + half), rel=1e-6)
     assert d.beyond_spread  # [0.076, 0.324] excludes 0
     assert not paired_difference({0: 0.5, 1: 0.6}, {0: 0.7, 1: 0.4}).beyond_spread
+    # every seed +0.05 exactly (coarse success rates do this): an interval of width ~0
+    # is no spread to judge an effect against, so no verdict
+    same = paired_difference({0: 0.50, 1: 0.60, 2: 0.70}, {0: 0.55, 1: 0.65, 2: 0.75})
+    assert same.mean == pytest.approx(0.05) and same.high - same.low < 1e-12
+    assert not same.beyond_spread
 
 
 def test_the_aggregate_equals_a_hand_computation_from_the_per_seed_summaries():

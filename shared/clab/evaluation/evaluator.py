@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -336,6 +338,15 @@ def write_summary(
         if replicate is not None:
             summary["replicate"] = replicate
         write_json(out_dir / "summary.json", {"run": name, **summary})
+    bad = [r for r in rows if r["value"] is None or not math.isfinite(r["value"])]
+    for r in bad:
+        print(
+            f"clab: {name}: {r['stage_name']} scored {r['metric']} on {r['task_name']} as "
+            f"{r['value']} (a diverged model?): the cell and every metric that reads it "
+            "are left undefined",
+            file=sys.stderr,
+            flush=True,
+        )
     return summary
 
 
@@ -400,18 +411,23 @@ def result_rows(
 
 
 def value_matrix(rows: list[dict], metric: str, n_tasks: int) -> tuple[np.ndarray, list] | None:
-    """R[stage, task] of one metric from eval rows, if stages 0..T are all present."""
+    """R[stage, task] of one metric from eval rows, if every cell of stages 0..T is
+    present. A cell scored NaN (a diverged model) stays NaN: the summary then shows
+    the stage, with that cell and the metrics that read it undefined, rather than
+    leaving the last summary on disk as if the stage had not been scored."""
     rows = [r for r in rows if r["metric"] == metric]
     stages = sorted({r["stage"] for r in rows})
     if not stages or stages != list(range(len(stages))):
         return None
     R = np.full((len(stages), n_tasks), np.nan)
+    seen = np.zeros(R.shape, dtype=bool)
     trained: list = [None] * len(stages)
     for r in rows:
-        R[r["stage"], r["task"]] = r["value"]
+        R[r["stage"], r["task"]] = np.nan if r["value"] is None else r["value"]
+        seen[r["stage"], r["task"]] = True
         if r["stage"]:
             trained[r["stage"]] = r["trained_task"]
-    if np.isnan(R).any():
+    if not seen.all():
         return None
     return R, trained
 

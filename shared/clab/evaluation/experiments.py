@@ -167,9 +167,11 @@ def compare_sets(metrics: Path, base: ReplicateSet, other: ReplicateSet) -> dict
     out = {key: paired({s: a[s].get(key) for s in seeds}, {s: b[s].get(key) for s in seeds})
            for key in SCALARS}  # fmt: skip
     stages, tasks = {}, {}
-    first_a, first_b = a[seeds[0]], b[seeds[0]]
+    first_a = a[seeds[0]]
     order = first_a.get("stage_tasks")
-    if order is not None and order == first_b.get("stage_tasks"):  # same tasks, same order
+    if order is not None and all(  # every seed of both: same tasks, same order
+        x[s].get("stage_tasks") == order for x in (a, b) for s in seeds
+    ):
         names = first_a["task_names"]
         rise_a = {s: rises_of(a[s]) for s in seeds}
         rise_b = {s: rises_of(b[s]) for s in seeds}

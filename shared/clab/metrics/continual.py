@@ -77,7 +77,9 @@ def forgetting_per_task(R, stage_tasks: Sequence[int], higher_is_better: bool = 
     for j in range(R.shape[1]):
         if j == tasks[T] or last_trained(tasks, j, T - 1) is None:
             continue
-        out[j] = float(max(s * (R[i, j] - R[T, j]) for i in range(1, T)))
+        # np.max, not max(): a NaN anywhere makes the task's forgetting NaN, wherever
+        # it sits (Python's max keeps or drops a NaN by its position)
+        out[j] = float(np.max(s * (R[1:T, j] - R[T, j])))
     return out
 
 
@@ -107,11 +109,16 @@ def rise_per_stage(R, stage_tasks: Sequence[int], higher_is_better: bool = True)
 
 
 def summarize(R, stage_tasks: Sequence[int], higher_is_better: bool = True) -> dict:
-    """Every metric above, JSON-ready (NaN where a metric is undefined becomes None)."""
+    """Every metric above, JSON-ready: NaN (a metric undefined, or a cell a diverged
+    model scored NaN, and every metric that reads it) becomes None at every level,
+    since strict JSON readers reject a bare NaN."""
     R, tasks = _check(R, stage_tasks)
 
     def clean(x: float) -> float | None:
         return None if np.isnan(x) else float(x)
+
+    def clean_all(xs) -> list:
+        return [clean_all(x) if isinstance(x, list) else clean(x) for x in xs]
 
     acc = average_accuracy(R)
     return {
@@ -119,16 +126,17 @@ def summarize(R, stage_tasks: Sequence[int], higher_is_better: bool = True) -> d
         "stages": R.shape[0] - 1,
         "tasks": R.shape[1],
         "average_accuracy": clean(acc[-1]),
-        "average_accuracy_per_stage": [float(a) for a in acc],
+        "average_accuracy_per_stage": clean_all(acc.tolist()),
         "backward_transfer": clean(backward_transfer(R, tasks, higher_is_better)),
         "backward_transfer_per_task": {
-            str(k): v for k, v in backward_transfer_per_task(R, tasks, higher_is_better).items()
+            str(k): clean(v)
+            for k, v in backward_transfer_per_task(R, tasks, higher_is_better).items()
         },
         "forgetting": clean(forgetting(R, tasks, higher_is_better)),
         "forgetting_per_task": {
-            str(k): v for k, v in forgetting_per_task(R, tasks, higher_is_better).items()
+            str(k): clean(v) for k, v in forgetting_per_task(R, tasks, higher_is_better).items()
         },
         "forward_transfer": clean(forward_transfer(R, tasks, higher_is_better)),
-        "matrix": R.tolist(),
+        "matrix": clean_all(R.tolist()),
         "stage_tasks": list(tasks),
     }

@@ -47,7 +47,11 @@ def wilson(successes: float, n: int) -> tuple[float, float]:
     p = successes / n
     centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
     half = Z95 * math.sqrt(max(p * (1 - p), 0.0) / n + Z95**2 / (4 * n**2)) / (1 + Z95**2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at 0 or n successes the bound is exactly 0 or 1 in closed form; computed, it
+    # comes out a rounding error inside (0.9999999999999999)
+    lo = 0.0 if successes <= 0 else max(0.0, centre - half)
+    hi = 1.0 if successes >= n else min(1.0, centre + half)
+    return lo, hi
 
 
 def is_binary(values: Sequence[float]) -> bool:
@@ -136,7 +140,7 @@ def continual_intervals(
         keys = boots[0][key].keys()
         return {k: _percentile(np.array([b[key][k] for b in boots], dtype=float)) for k in keys}
 
-    per_stage = np.array([b["average_accuracy_per_stage"] for b in boots])
+    per_stage = np.array([b["average_accuracy_per_stage"] for b in boots], dtype=float)
     avg = [_percentile(per_stage[:, i]) for i in range(n_stages)]
     sizes = {items[j].shape[1] for j in tasks}
     if len(sizes) == 1 and all(

@@ -100,8 +100,19 @@ class SeedEstimate:
 
     @property
     def beyond_spread(self) -> bool:
-        """The interval excludes 0 (for a difference: the effect holds over seeds)."""
-        return self.low is not None and (self.low > 0 or self.high < 0)
+        """The interval excludes 0 (for a difference: the effect holds over seeds).
+
+        Not for an interval of no width: seeds that all give the same value (a
+        difference of exactly +0.05 in each, as coarse success rates do) have no
+        spread to measure an effect against, and a t interval of width 0 would call
+        any such value certain; scipy's paired t-test gives no p-value there either.
+        """
+        if self.low is None or self.high is None:
+            return False
+        scale = max(1.0, abs(self.mean or 0.0))
+        if self.high - self.low <= 1e-12 * scale:
+            return False
+        return self.low > 0 or self.high < 0
 
     def to_json(self) -> dict:
         return {

@@ -117,8 +117,12 @@ def stage_labels(stage_tasks: Sequence, task_names: Sequence[str]) -> list[str]:
 def _yerr(values, cis) -> list[list[float]] | None:
     if cis is None or all(c is None for c in cis):
         return None
-    lo = [v - c[0] if c else 0.0 for v, c in zip(values, cis, strict=True)]
-    hi = [c[1] - v if c else 0.0 for v, c in zip(values, cis, strict=True)]
+    # an undefined value (None: a cell scored NaN) is not drawn; nor is its bar
+    ok = [
+        v is not None and np.isfinite(v) and c is not None for v, c in zip(values, cis, strict=True)
+    ]
+    lo = [v - c[0] if good else 0.0 for v, c, good in zip(values, cis, ok, strict=True)]
+    hi = [c[1] - v if good else 0.0 for v, c, good in zip(values, cis, ok, strict=True)]
     # nested lists, not an array: matplotlib warns on a (2, 1) array's first element
     return np.maximum(np.array([lo, hi]), 0.0).tolist()
 
@@ -519,7 +523,7 @@ def compare_average(
         x = np.arange(len(acc)) + (k - (len(runs) - 1) / 2) * 0.05
         ax.errorbar(
             x,
-            acc,
+            np.asarray(acc, dtype=float),  # None (undefined) -> NaN: a gap in the line
             yerr=_yerr(acc, cis),
             marker="o",
             capsize=3,
