@@ -167,6 +167,13 @@ def test_the_sweep_trains_phase_a_once_and_every_strategy_from_it(workdir):
     assert h["selection_method"] == "none" and h["name"] == "mx-none" and h["mix_percentage"] == 0
     assert h["steps"][0] == 0 and h["steps"] == sorted(set(h["steps"]))
     assert h["phase_b_start"] == 5 and h["steps"][-1] == 10  # 40 / 8 steps per phase
+    # every measured point, the one just before a stage's last step too (the runner
+    # holds a step's row until the next arrives: the history once missed step 9)
+    measured = [r["global_step"] for r in read_rows(me / "mx-none" / "train.jsonl")
+                if "val_qa_loss" in r]  # fmt: skip
+    assert h["steps"] == [0, *measured] and 9 in measured
+    joint = json.loads((me / "mx-joint" / "history.json").read_text())
+    assert joint["mix_percentage"] == 0  # A and B together: nothing is replayed
     assert len(h["arith_loss"]) == len(h["qa_loss"]) == len(h["steps"])
     assert h["arith_loss"][-1] == pytest.approx(after_b["arith"], rel=1e-5)
     # the evaluator reads each branch as a run: initial, after A, after B
@@ -202,6 +209,25 @@ def test_the_sweep_trains_phase_a_once_and_every_strategy_from_it(workdir):
     before = (me / "mx-none" / "train.jsonl").read_text()
     run(spec)
     assert (me / "mx-none" / "train.jsonl").read_text() == before
+
+
+def test_the_adapter_trains_with_the_specs_lora_dropout_and_nothing_else_drops(workdir):
+    """lora.dropout (0.05 in the service, as the public run) acts while training; the
+    base model's dropouts stay 0. Loading once zeroed the adapter's too."""
+    import torch
+
+    from clab.training.mixing import MixingTrainer
+
+    spec = spec_for(workdir, "lora={r: 4, alpha: 8, dropout: 0.3, target_modules: [q_proj]}")
+    t = MixingTrainer(spec.branch_spec("phase-a"))
+    init = Path("checkpoints/mx-phase-a/initial")
+    init.mkdir(parents=True)
+    t.build_initial(init, workdir / "work")
+    t.load(init, init)  # what the runner does before every stage
+    drops = {n: m.p for n, m in t.model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    lora = {n: p for n, p in drops.items() if "lora_dropout" in n}
+    assert lora and set(lora.values()) == {0.3}
+    assert all(p == 0 for n, p in drops.items() if n not in lora)
 
 
 def test_the_loss_cache_is_recomputed_when_phase_a_changes(workdir, capsys):

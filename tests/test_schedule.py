@@ -71,14 +71,16 @@ def test_curriculum_services_by_hand(elsewhere, service, generator, per_stage, t
 def test_mixing_service_by_hand(elsewhere):
     s = plan(SERVICES / "mixing-trainer.yaml")
     by_run = {r.name: steps_of(s, i) for i, r in enumerate(s.runs)}
-    a = math.ceil(4000 * 2 / 64)  # phase A: 125
-    b_replayed = math.ceil((4000 + 400) * 2 / 64)  # 10% of B's 4,000 replayed: 138
-    assert by_run["mix-phase-a"] == [a] == [125]
+    # as transformers counts an epoch: 4,000 / micro 8 = 500 micro-batches, 8 a step:
+    # 62 steps and a short 63rd, x 2 epochs (not ceil(8,000 / 64) = 125: one short)
+    a = 2 * math.ceil(math.ceil(4000 / 8) / 8)
+    b_replayed = 2 * math.ceil(math.ceil((4000 + 400) / 8) / 8)  # 10% of B's 4,000 replayed
+    assert by_run["mix-phase-a"] == [a] == [126]
     for strategy in ("difficulty_hard", "difficulty_easy", "random", "loss_ascending"):
         assert by_run[f"mix-{strategy}"] == [b_replayed] == [138]  # r0-g0 is phase A's
-    assert by_run["mix-none"] == [125]
-    assert by_run["mix-joint"] == [math.ceil(8000 * 2 / 64), 0] == [250, 0]
-    assert s.steps_per_seed == 125 + 5 * 138 + 125 + 250 == 1_190
+    assert by_run["mix-none"] == [126]
+    assert by_run["mix-joint"] == [2 * math.ceil(8000 / 8 / 8), 0] == [250, 0]
+    assert s.steps_per_seed == 126 + 5 * 138 + 126 + 250 == 1_192
     assert s.tokens_per_step == 64 * 2048
     assert "task_a.train_size" in s.data
 
@@ -173,11 +175,12 @@ def test_mixing_plan_equals_the_trainers_stage_steps(elsewhere):
         trained = {st.stage: st.steps for st in planned[branch]}
         for name, steps in trained.items():
             assert steps == trainer.stage_steps(int(name[-1])), (branch, name)
-    # by hand: 12 of A's 37 replayed (half of B's 23, rounded to even), r0-g0 is phase A's
+    # by hand: 12 of A's 37 replayed (half of B's 23, rounded to even), r0-g0 is phase A's;
+    # 35 examples = 9 micro-batches of 4 = 5 steps of 2 an epoch (not ceil(35 x 3 / 8) = 14)
     assert {st.stage: st.steps for st in planned["random"]} == {
-        "r0-g1": math.ceil((23 + 12) * 3 / 8),
-        "r1-g0": math.ceil(37 * 2 / 8),
-        "r1-g1": math.ceil((23 + 12) * 3 / 8),
+        "r0-g1": 3 * 5,
+        "r1-g0": 2 * 5,
+        "r1-g1": 3 * 5,
     }
     assert [st.steps for st in planned[PHASE_A]] == [10, 10]
 
@@ -218,8 +221,8 @@ def test_dpo_plan_equals_the_trainers_stage_steps(elsewhere):
     )
     spec = load_spec(path)
     s = sc.schedule(spec, path)
-    # ceil(50 / 4) = 13 micro-batches // 4 = 3 steps an epoch, x 2 = 6, capped at 5;
-    # ceil(13 / 4) = 4 // 4 = 1 an epoch, x 2 = 2
+    # ceil(50 / 4) = 13 micro-batches, 4 a step: 4 steps an epoch, x 2 = 8, capped at 5;
+    # ceil(13 / 4) = 4 micro-batches: 1 an epoch, x 2 = 2
     assert steps_of(s) == [5, 2, 5, 2]
     assert "aif.json, read as the trainer reads it" in s.data
     # the trainer reads the pairs its stage 0 recorded: so does the plan, once it exists
@@ -229,8 +232,8 @@ def test_dpo_plan_equals_the_trainers_stage_steps(elsewhere):
     (trainer.initial / COMPLETE_MARKER).write_text("{}")
     s = sc.schedule(spec, path)
     assert "the pairs the run recorded" in s.data
-    # ceil(20 / 4) = 5 // 4 = 1 step an epoch, x 2 = 2
-    assert steps_of(s) == [trainer.stage_steps(t) for t in range(2)] * 2 == [2, 2, 2, 2]
+    # 20 pairs: 5 micro-batches, 4 a step: 2 steps an epoch (the second short), x 2; 13: 2
+    assert steps_of(s) == [trainer.stage_steps(t) for t in range(2)] * 2 == [4, 2, 4, 2]
 
 
 def test_k1_plan_equals_the_trainers_stage_steps(elsewhere):
@@ -419,3 +422,43 @@ def test_measure_times_a_cpu_spec_on_the_cpu_and_says_so(elsewhere):
     length = float(re.search(r"responses ([\d.]+) tokens on average", step.source)[1])
     assert length > 6
     assert not dist.is_initialized()  # the emulated group is gone
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "micro", "epochs"), [(44, 8, 4, 2), (20, 16, 4, 3), (40, 8, 4, 2)]
+)
+def test_hf_stage_steps_are_whole_epochs_as_transformers_trains_them(
+    tmp_path, n, batch, micro, epochs
+):
+    """The HF-based stages (mixing, DPO) set max_steps from this count: transformers'
+    own Trainer must then end exactly at the last epoch's end, every example seen
+    ``epochs`` times (one step short, the last epoch's leftover went untrained)."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from clab.training.steps import dpo_stage_steps, mixing_stage_steps
+
+    seen: list[int] = []
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, idx):
+            seen.extend(idx.tolist())
+            return {"loss": (self.w * idx.float()).pow(2).mean()}
+
+    data = [{"idx": i} for i in range(n)]
+    steps = mixing_stage_steps(n, epochs, batch, micro)
+    assert steps == dpo_stage_steps(n, batch, micro, epochs, None)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=micro,
+        gradient_accumulation_steps=batch // micro, use_cpu=True, report_to=[],
+        save_strategy="no", disable_tqdm=True, logging_strategy="no",
+    )  # fmt: skip
+    trainer = Trainer(model=Model(), args=args, train_dataset=data)
+    trainer.train()
+    assert trainer.state.global_step == steps
+    assert trainer.state.epoch == pytest.approx(epochs)
+    assert sorted(seen) == sorted(list(range(n)) * epochs)

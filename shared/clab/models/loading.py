@@ -102,17 +102,25 @@ def adapter_base(folder: str | Path) -> str:
     return base
 
 
-def load_adapter_model(folder: str | Path, dtype: str = "float32", trainable: bool = True):
+def load_adapter_model(
+    folder: str | Path,
+    dtype: str = "float32",
+    trainable: bool = True,
+    adapter_dropout: bool = False,
+):
     """A PeftModel: the base model (dropout off) with the adapter saved in ``folder``.
 
     The base is read from the adapter's own config, so a stage checkpoint of a
     LoRA run is a few megabytes and still names everything needed to load it.
+    ``adapter_dropout``: keep the adapter's own ``lora_dropout`` (SFT trains with
+    it, as the public mixing run's 0.05); off, every dropout is 0, as RL and DPO
+    (TRL's ``disable_dropout``) need it.
     """
     from peft import PeftModel
 
-    base = load_policy(adapter_base(folder), dtype)
+    base = load_policy(adapter_base(folder), dtype)  # its own dropout already 0
     model = PeftModel.from_pretrained(base, str(folder), is_trainable=trainable)
-    return _zero_dropout_modules(model)
+    return model if adapter_dropout else _zero_dropout_modules(model)
 
 
 def load_policy(name_or_path: str | Path, dtype: str = "float32") -> PreTrainedModel:

@@ -236,7 +236,9 @@ class MixingTrainer:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         self.tokenizer = load_tokenizer(initial)
-        self.model = load_adapter_model(model_dir, "float32", trainable=True).to(self.device)
+        self.model = load_adapter_model(
+            model_dir, "float32", trainable=True, adapter_dropout=True
+        ).to(self.device)  # the spec's lora.dropout while training (eval mode turns it off)
         if self.spec.model.gradient_checkpointing:
             self.model.enable_input_require_grads()  # LoRA under checkpointing needs input grads
         state = model_dir / OPTIMIZER
@@ -338,7 +340,7 @@ class MixingTrainer:
         if n == 0:
             return 0  # joint's second stage: A and B were trained together in its first
         epochs = spec.joint.epochs if spec.branch == JOINT else self.task_specs[task].epochs
-        return mixing_stage_steps(n, epochs, spec.training.batch_size)
+        return mixing_stage_steps(n, epochs, spec.training.batch_size, spec.training.micro_batch)
 
     def _stage_lr(self, task: int) -> float:
         return self.spec.joint.lr if self.spec.branch == JOINT else self.task_specs[task].lr
@@ -461,6 +463,7 @@ class History(TrainerCallback):
             self.t.final_losses = losses  # validate() reads them instead of measuring again
         row = {f"val_{k}": v for k, v in losses.items()}
         row["eval_time"] = time.perf_counter() - t0
+        self.ctx.flush_logs()  # the runner holds the last step's row: the history reads it
         self.write(self.ctx.global_step + step_in_stage, losses)
         return row
 
@@ -487,7 +490,7 @@ class History(TrainerCallback):
                 **values,
                 "selection_method": spec.branch,
                 "mix_percentage": 0
-                if spec.branch in (PHASE_A, "none")
+                if spec.branch in (PHASE_A, "none", JOINT)  # joint trains A and B together
                 else round(100 * spec.mix.fraction, 3),
                 "mix_of": spec.mix.of,
                 "phase_b_start": _phase_b_start(self.t.ckpt_dir),

@@ -264,12 +264,13 @@ def _mixing(spec, spec_path: Path | None) -> Schedule:
             f"task_a.train_size and task_b.train_size ({stage0} is not here; a source with "
             "fewer examples trains fewer)"
         )
-    batch = spec.training.batch_size
+    batch, micro = spec.training.batch_size, spec.training.micro_batch
     k = replay_count(spec.mix.fraction, spec.mix.of, n_a, n_b)
 
     def stage(name: str, task: str, n: int, epochs: int, what: str) -> StageSteps:
-        steps = mixing_stage_steps(n, epochs, batch)
-        return StageSteps(name, task, n, steps, f"ceil({what} x {epochs} epochs / {batch})")
+        steps = mixing_stage_steps(n, epochs, batch, micro)
+        how = f"{plural(epochs, 'epoch')} x ceil(ceil({what} / {micro}) / {batch // micro})"
+        return StageSteps(name, task, n, steps, how)
 
     a, b = spec.task_a, spec.task_b
     runs = []
@@ -349,7 +350,7 @@ def _dpo(spec, spec_path: Path | None) -> Schedule:
             n, d.batch_size, d.micro_batch_size, d.epochs, d.max_steps_per_stage
         )
         acc = d.batch_size // d.micro_batch_size
-        how = f"{plural(d.epochs, 'epoch')} x ceil({n:,} / {d.micro_batch_size}) // {acc}"
+        how = f"{plural(d.epochs, 'epoch')} x ceil(ceil({n:,} / {d.micro_batch_size}) / {acc})"
         if d.max_steps_per_stage and steps == d.max_steps_per_stage:
             how += f", capped at dpo.max_steps_per_stage {d.max_steps_per_stage:,}"
         stages.append(StageSteps(nm, name, n, steps, how))

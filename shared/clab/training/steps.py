@@ -30,20 +30,30 @@ def countdown_stage_steps(
     return min(total, cap) if cap else total
 
 
-def mixing_stage_steps(n_examples: int, epochs: int, batch: int) -> int:
+def hf_epoch_steps(n_examples: int, batch: int, micro_batch: int) -> int:
+    """Optimizer steps in one epoch as transformers' Trainer (5.x) counts them under
+    gradient accumulation: ``ceil(n / micro)`` micro-batches, every ``batch / micro``
+    of them one step, and the epoch's leftover micro-batches one more (short) step.
+
+    The HF-based stages set ``max_steps`` to a whole number of these epochs: a count
+    one short ends training before the last epoch's last examples, and a count that
+    rounds the leftover away shifts the epochs (with 13 micro-batches of 4 a step,
+    ``3 * floor(13 / 4)`` = 9 steps ran epochs of 4, 4 and 1 step)."""
+    return max(1, math.ceil(math.ceil(n_examples / micro_batch) / (batch // micro_batch)))
+
+
+def mixing_stage_steps(n_examples: int, epochs: int, batch: int, micro_batch: int) -> int:
     """Replay mixing (TRL's SFTTrainer, ``max_steps`` set from this): every example of
-    every epoch is trained, the last batch of the stage may be short."""
-    return math.ceil(n_examples * epochs / batch)
+    every epoch is trained once."""
+    return epochs * hf_epoch_steps(n_examples, batch, micro_batch)
 
 
 def dpo_stage_steps(
     n_pairs: int, batch: int, micro_batch: int, epochs: int, cap: int | None
 ) -> int:
-    """Continual DPO, as transformers' Trainer counts an epoch under gradient
-    accumulation: ``ceil(pairs / micro)`` micro-batches, of which every
-    ``batch / micro`` make an optimizer step (a leftover is dropped), at least one."""
-    per_epoch = max(1, math.ceil(n_pairs / micro_batch) // (batch // micro_batch))
-    total = epochs * per_epoch
+    """Continual DPO (TRL's DPOTrainer, ``max_steps`` set from this): whole epochs, as
+    transformers counts them, up to ``cap``."""
+    total = epochs * hf_epoch_steps(n_pairs, batch, micro_batch)
     return min(total, cap) if cap else total
 
 
