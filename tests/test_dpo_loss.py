@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from clab.data.preference.builtin import style_tasks
-from clab.evaluation.preference import pair_logps
+from clab.evaluation.preference import _full_ids, pair_logps
 from clab.models.loading import load_policy, load_tokenizer
 from clab.models.tiny import build_tiny_model
 
@@ -27,6 +27,18 @@ def test_trls_dpo_loss_equals_the_one_from_our_log_probabilities(tmp_path):
             p.add_(0.05 * torch.randn_like(p))
     rows = task.train[:6]
     rows[1] = {**rows[1], "rejected": " a much longer rejected answer than the chosen one"}
+    # "=" merges with ">" into one token, not with " ": the two responses' prompt prefixes
+    # differ, and TRL starts both at the shorter
+    rows[2] = {
+        "prompt": "copy: ink jar pig =",
+        "chosen": "> INK JAR PIG",
+        "rejected": " ink jar pig",
+    }
+    assert (
+        _full_ids(tok, rows[2]["prompt"], rows[2]["chosen"])[1]
+        != _full_ids(tok, rows[2]["prompt"], rows[2]["rejected"])[1]
+    )
+    rows[3] = {**rows[3], "chosen": rows[3]["chosen"] + tok.eos_token}  # TRL adds no second EOS
     args = DPOConfig(output_dir=str(tmp_path / "o"), use_cpu=True, bf16=False, report_to=[],
                      beta=0.1, max_length=64, gradient_checkpointing=False)  # fmt: skip
     trainer = DPOTrainer(model=policy, ref_model=ref, args=args,
@@ -41,6 +53,6 @@ def test_trls_dpo_loss_equals_the_one_from_our_log_probabilities(tmp_path):
     ours = -F.logsigmoid(0.1 * ((c - c0) - (r - r0))).mean().item()
     assert abs(trl_loss - 0.6931) > 1e-3  # a batch that tells the two apart
     assert abs(ours - trl_loss) < 1e-4, (ours, trl_loss)
-    assert abs(c.mean().item() - metrics["logps/chosen"]) < 1e-3
-    assert abs(r.mean().item() - metrics["logps/rejected"]) < 1e-3
+    assert abs(c.mean().item() - metrics["logps/chosen"]) < 1e-4
+    assert abs(r.mean().item() - metrics["logps/rejected"]) < 1e-4
     assert abs(0.1 * ((c - c0) - (r - r0)).mean().item() - metrics["rewards/margins"]) < 1e-4

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,8 +22,11 @@ from clab.generation.rollout import hf_generate, position_ids
 
 
 def _full_ids(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], int]:
+    """prompt + response + EOS tokenized as one string (EOS only where the response
+    lacks it, as TRL adds it), and where the tokenized prompt stops being its prefix."""
+    eos = tokenizer.eos_token
     p = tokenizer(prompt)["input_ids"]
-    full = tokenizer(prompt + response + tokenizer.eos_token)["input_ids"]
+    full = tokenizer(prompt + response + ("" if response.endswith(eos) else eos))["input_ids"]
     n = 0
     while n < min(len(p), len(full)) and p[n] == full[n]:
         n += 1
@@ -49,6 +51,31 @@ def _batches(
 
 
 @torch.no_grad()
+def _sequence_logps(
+    model: Any,
+    tokenizer: Any,
+    seqs: list[list[int]],
+    starts: list[int],
+    max_length: int,
+    batch_size: int,
+) -> list[float]:
+    """Sum of each sequence's token log-probabilities from position ``starts[i]`` on."""
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for s in range(0, len(seqs), batch_size):
+        batch = [q[:max_length] for q in seqs[s : s + batch_size]]  # TRL keeps the start
+        ids, mask = _left_pad(batch, tokenizer.pad_token_id)
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        tok_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+        width = ids.shape[1]
+        for i, (seq, n) in enumerate(zip(batch, starts[s : s + batch_size], strict=True)):
+            first = width - len(seq) + n  # position of the response's first token
+            out.append(tok_logp[i, first - 1 :].sum().item())
+    return out
+
+
 def response_logps(
     model: Any,
     tokenizer: Any,
@@ -58,38 +85,30 @@ def response_logps(
     batch_size: int,
 ) -> list[float]:
     """Sum of log-probabilities of each response (and its EOS) after its prompt."""
-    device = next(model.parameters()).device
-    out: list[float] = []
-    for batch in _batches(prompts, responses, batch_size):
-        seqs, starts = [], []
-        for p, r in batch:
-            full, n = _full_ids(tokenizer, p, r)
-            full = full[:max_length]  # TRL keeps the start
-            seqs.append(full)
-            starts.append(n)
-        ids, mask = _left_pad(seqs, tokenizer.pad_token_id)
-        ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        tok_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-        width = ids.shape[1]
-        for i, (seq, n) in enumerate(zip(seqs, starts, strict=True)):
-            first = width - len(seq) + n  # position of the response's first token
-            out.append(tok_logp[i, first - 1 :].sum().item())
-    return out
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts against {len(responses)} responses")
+    full = [_full_ids(tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
+    return _sequence_logps(
+        model, tokenizer, [f for f, _ in full], [n for _, n in full], max_length, batch_size
+    )
 
 
 def pair_logps(
     model: Any, tokenizer: Any, rows: list[dict[str, str]], max_length: int, batch_size: int
 ) -> tuple[list[float], list[float]]:
-    """(log pi(chosen), log pi(rejected)) per pair."""
-    prompts = [r["prompt"] for r in rows]
-    c = response_logps(
-        model, tokenizer, prompts, [r["chosen"] for r in rows], max_length, batch_size
-    )
-    r_ = response_logps(
-        model, tokenizer, prompts, [r["rejected"] for r in rows], max_length, batch_size
-    )
+    """(log pi(chosen), log pi(rejected)) per pair.
+
+    Both responses start at one position, the shorter of the two prompt prefixes, as
+    TRL's DPOTrainer cuts a pair: where a response's first characters merge with the
+    prompt's end into one token (Qwen's pre-tokenizer joins a final punctuation mark
+    to a following word), that token counts as response in both, and the implicit
+    reward here stays the one DPO trained.
+    """
+    chosen = [_full_ids(tokenizer, r["prompt"], r["chosen"]) for r in rows]
+    rejected = [_full_ids(tokenizer, r["prompt"], r["rejected"]) for r in rows]
+    starts = [min(c[1], r[1]) for c, r in zip(chosen, rejected, strict=True)]
+    c = _sequence_logps(model, tokenizer, [f for f, _ in chosen], starts, max_length, batch_size)
+    r_ = _sequence_logps(model, tokenizer, [f for f, _ in rejected], starts, max_length, batch_size)
     return c, r_
 
 
@@ -136,9 +155,17 @@ def reward_scores(
     out: list[float] = []
     for batch in _batches(prompts, responses, batch_size):
         # the end is kept: a reward model scores the response, and it sits at the end
-        seqs = [tokenizer(p + r + tokenizer.eos_token)["input_ids"][-max_length:] for p, r in batch]
+        eos = tokenizer.eos_token
+        seqs = [
+            tokenizer(p + r + ("" if r.endswith(eos) else eos))["input_ids"][-max_length:]
+            for p, r in batch
+        ]
         ids, mask = _left_pad(seqs, tokenizer.pad_token_id)
-        logits = reward_model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        ids, mask = ids.to(device), mask.to(device)
+        # positions from each row's first real token, as it was trained (right-padded)
+        logits = reward_model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)
+        ).logits
         out += logits[:, 0].float().tolist()
     return out
 
@@ -147,12 +174,3 @@ def preference_accuracy(chosen: list[float], rejected: list[float]) -> float:
     """Share of pairs scored chosen > rejected; a tie counts one half (chance is 0.5)."""
     wins = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)]
     return sum(wins) / max(len(wins), 1)
-
-
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson interval of a proportion ``p`` over ``n`` items."""
-    if n == 0:
-        return 0.0, 1.0
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)

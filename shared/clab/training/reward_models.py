@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from clab.data.preference.tasks import PreferenceTask
-from clab.evaluation.preference import preference_accuracy, reward_scores, wilson
+from clab.evaluation.preference import preference_accuracy, reward_scores
+from clab.metrics.intervals import wilson
 from clab.models.loading import (
     DTYPES,
     TINY_MARKER,
@@ -168,7 +169,8 @@ def test_accuracy(
             model, tokenizer, prompts, [r["rejected"] for r in task.test], max_length, 32
         )
     acc = preference_accuracy(c, r)
-    lo, hi = wilson(acc, len(task.test))
+    # a tie counts one half of a success: Wilson on the fractional count
+    lo, hi = wilson(acc * len(task.test), len(task.test)) if task.test else (0.0, 1.0)
     return {
         "accuracy": acc,
         "n_test": len(task.test),
