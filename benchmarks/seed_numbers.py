@@ -30,6 +30,7 @@ from clab.evaluation.experiments import (
     rises_of,
 )
 from clab.metrics.replicates import SeedEstimate, mean_interval, seeds_text
+from clab.tracking.metrics_log import read_rows
 
 
 def _est(e: SeedEstimate, signed: bool = False) -> str:
@@ -94,6 +95,22 @@ def set_table(name: str, summaries: dict[int, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def updated_share(metrics: Path, runs: dict[int, str]) -> str | None:
+    """A sparse-update set's share of parameters updated a step (``fraction_updated``,
+    mean over its steps, then over seeds): K-1 and random_k choose as many groups,
+    not as many parameters, so a comparison of the two reads with this beside it."""
+    per_seed = {}
+    for seed, run in runs.items():
+        vals = [r["fraction_updated"] for r in read_rows(metrics / run / "train.jsonl")
+                if r.get("fraction_updated") is not None]  # fmt: skip
+        if vals:
+            per_seed[seed] = float(np.mean(vals))
+    if not per_seed:
+        return None
+    e = mean_interval(per_seed)
+    return f"parameters updated a step (mean over steps): {_est(e)}; each seed's {_seeds(e)}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", help="experiments or runs (prefixes); default: all")
@@ -110,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     for rs in sets:
         summaries = {s: read_summary(args.metrics, r) for s, r in rs.runs.items()}
         print(set_table(rs.name, summaries))
+        share = updated_share(args.metrics, rs.runs)
+        if share is not None:
+            print(share)
     for a in sets:
         for b in sets:
             if a.name < b.name:

@@ -52,6 +52,31 @@ def test_block_groups_of_a_decoder_model():
         check_group_names(["layer9.attn"], groups)
 
 
+@pytest.mark.parametrize("family", ["opt", "gpt2", "gpt_neox", "llama"])
+def test_every_family_splits_each_layer_into_attention_and_feed_forward(family):
+    """A model loaded by name_or_path gets the same groups: OPT's fc1/fc2 once fell
+    into the attention group, leaving K-1 a different set of groups to choose from."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    small = {"opt": dict(hidden_size=16, ffn_dim=32, num_hidden_layers=2, num_attention_heads=2,
+                         word_embed_proj_dim=16),
+             "gpt2": dict(n_embd=16, n_layer=2, n_head=2),
+             "gpt_neox": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                              num_attention_heads=2),
+             "llama": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=2)}[family]  # fmt: skip
+    cfg = AutoConfig.for_model(family, vocab_size=50, **small)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    groups = {g: [n for n, _ in m] for g, m in parameter_groups(model).items()}
+    assert set(groups) == {"embed", "head"} | {
+        f"layer{i}.{p}" for i in (0, 1) for p in ("attn", "ffn")
+    }
+    for i in (0, 1):  # each half holds matrices, not only a norm
+        for part in ("attn", "ffn"):
+            assert sum("norm" not in n and "ln" not in n for n in groups[f"layer{i}.{part}"]) >= 2
+
+
 def test_group_norms_are_the_norms_of_the_concatenated_gradients():
     model = tiny_lm()
     model(

@@ -31,7 +31,10 @@ from clab.registry import Registry
 
 Granularity = Literal["block", "module", "tensor"]
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks)\.(\d+)\.(.+)$")
-_FFN = ("mlp", "feed_forward", "ffn", "post_attention_layernorm", "ln_2", "norm2")
+# a layer's feed-forward half (with its norm) by name; OPT's are fc1, fc2 and a per-layer
+# final_layer_norm (the decoder's own final_layer_norm is outside the layers: head)
+_FFN = ("mlp", "feed_forward", "ffn", "post_attention_layernorm", "ln_2", "norm2",
+        "fc1", "fc2", "final_layer_norm")  # fmt: skip
 
 
 def block_of(name: str) -> str:

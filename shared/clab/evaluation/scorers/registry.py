@@ -85,8 +85,9 @@ class ModelHandle:
     @property
     def model(self):
         if self._model is None:
-            # weights as saved (fp32); compute in settings.dtype through autocast,
-            # exactly as training validation runs
+            # weights as saved (fp32); compute in settings.dtype through autocast, as
+            # the RL and SFT trainers validate (K-1 validates in fp32: its in-training
+            # perplexities and the evaluator's differ by bf16 rounding on a GPU)
             self._model = load_policy(self.dir, "float32").to(self.settings.device).eval()
         return self._model
 
