@@ -165,7 +165,7 @@ def test_qwen_instruct_template(tmp_path):
     assert generate("--set", f"output={out}", "--set", "template=qwen-instruct") == 0
     text = rows(out / "1/test.parquet")[0]["prompt"][0]["content"]
     assert text.startswith("<|im_start|>system\n")
-    assert "<|im_start|>user\nUsing the numbers" in text
+    assert "<|im_start|>user\n Using the numbers" in text  # TinyZero's space
     assert text.endswith("<|im_start|>assistant\nLet me solve this step by step.\n<think>")
     assert "(+, -)" in text
 
@@ -227,3 +227,29 @@ def test_a_capped_read_is_a_seeded_random_subset_with_the_same_mix(dataset):
     assert read_group(dataset, 1, "train", 100) == capped
     assert read_group(dataset, 1, "train", 100, seed=1) != capped
     assert read_group(dataset, 1, "train", 10_000) == full
+
+
+def test_prompts_are_tinyzeros_byte_for_byte_for_all_four_operators():
+    """TinyZero's make_prefix (examples/data_preprocess/countdown.py) with its numbers
+    [3, 5, 7, 11] and target 42: our group 3 (all four operators) must equal it."""
+    import numpy as np
+
+    from clab.data.countdown import GROUP_OPS
+    from clab.data.countdown.prompts import render_prompt
+
+    q = ("Using the numbers [3, 5, 7, 11], create an equation that equals 42. You can use basic "
+         "arithmetic operations (+, -, *, /) and each number can only be used once. Show your "
+         "work in <think> </think> tags. And return the final answer in <answer> </answer> "
+         "tags, for example <answer> (1 + 2) / 3 </answer>.")  # fmt: skip
+    base = ("A conversation between User and Assistant. The user asks a question, and the "
+            "Assistant solves it. The assistant first thinks about the reasoning process in the "
+            "mind and then provides the user with the answer.\nUser: " + q
+            + "\nAssistant: Let me solve this step by step.\n<think>")  # fmt: skip
+    instruct = ("<|im_start|>system\nYou are a helpful assistant. You first thinks about the "
+                "reasoning process in the mind and then provides the user with the answer."
+                "<|im_end|>\n<|im_start|>user\n " + q + "<|im_end|>\n<|im_start|>assistant\n"
+                "Let me solve this step by step.\n<think>")  # fmt: skip
+    assert render_prompt([3, 5, 7, 11], 42, GROUP_OPS[3], "base") == base
+    assert render_prompt([3, 5, 7, 11], 42, GROUP_OPS[3], "qwen-instruct") == instruct
+    # numbers from numpy print as plain ints, not np.int64(3)
+    assert render_prompt(np.array([3, 5, 7, 11]), 42, GROUP_OPS[3]) == base

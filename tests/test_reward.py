@@ -51,6 +51,7 @@ def test_no_answer_scores_zero():
         ("1" + " " * MAX_EXPRESSION_CHARS + "+ 2 + 3", Reason.TOO_LONG),
         ("99999999 * 99999999 * 99999999 * 99999999", Reason.VALUE_TOO_LARGE),
         ("9" * 40, Reason.VALUE_TOO_LARGE),
+        ("01 + 2 + 3", Reason.PARSE_ERROR),  # a leading zero: Python's eval (TinyZero's) refuses
     ],
 )
 def test_invalid_or_wrong_answers_get_the_format_score(expr, reason):
@@ -69,6 +70,17 @@ def test_last_answer_wins():
     text = "<answer>1 + 2 + 4</answer> no wait <answer>3 + 2 + 1</answer> done"
     assert score_countdown(text, 6, [1, 2, 3]).correct
     assert extract_answer("<answer>a</answer><answer>b</answer>") == "b"
+    # a stray closing tag after a complete answer does not hide it (it scored 0.1)
+    assert score_countdown("<answer>1+2+3</answer></answer>", 6, [1, 2, 3]).correct
+    assert extract_answer("<answer> <answer> x </answer>") == "x"
+    assert extract_answer("<answer>a</answer>\n<answer>") == "a"  # the last complete one
+
+
+def test_the_whole_completion_is_searched_not_only_its_last_line():
+    """TinyZero scores only the last line (these three score 0 there); clab reads the
+    whole completion, documented in extract_answer and docs/services.md."""
+    for text in ("<answer>1+2+3</answer>\nmore text", "<answer>\n1+2+3\n</answer>"):
+        assert score_countdown(text, 6, [1, 2, 3]).correct
 
 
 def test_operators_of_the_group_are_enforced_when_given():

@@ -62,15 +62,19 @@ class _Invalid(Exception):
 _ALLOWED_CHARS = frozenset("0123456789+-*/() \t\n")
 
 
+# an <answer> and the first </answer> after it, with no <answer> between them
+_ANSWER = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.S)
+
+
 def extract_answer(completion: str) -> str | None:
-    """The text of the last complete ``<answer>...</answer>`` in the completion."""
-    end = completion.rfind("</answer>")
-    if end < 0:
-        return None
-    start = completion.rfind("<answer>", 0, end)
-    if start < 0:
-        return None
-    return completion[start + len("<answer>") : end].strip()
+    """The text of the last complete ``<answer>...</answer>`` in the completion.
+
+    The whole completion is searched, where TinyZero keeps only its last line: an
+    answer followed by more text, or spread over lines, counts here and scores 0
+    there (so success rates here can run above TinyZero's on the same outputs). A
+    stray ``</answer>`` after a complete answer does not hide it."""
+    found = _ANSWER.findall(completion)
+    return found[-1].strip() if found else None
 
 
 def _tokenize(expr: str) -> list[str | int]:
@@ -86,6 +90,10 @@ def _tokenize(expr: str) -> list[str | int]:
                 j += 1
             if j - i > MAX_LITERAL_DIGITS:
                 raise _Invalid(Reason.VALUE_TOO_LARGE)
+            if expr[i] == "0" and expr[i:j].strip(
+                "0"
+            ):  # "05": Python rejects it, as TinyZero's eval
+                raise _Invalid(Reason.PARSE_ERROR)
             tokens.append(int(expr[i:j]))
             i = j
         else:

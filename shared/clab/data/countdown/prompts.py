@@ -28,7 +28,7 @@ _SYSTEM = (
 def _question(numbers: Sequence[int], target: int, ops: Sequence[str]) -> str:
     example = f"(1 + 2) {ops[-1]} 3"
     return (
-        f"Using the numbers {list(numbers)}, create an equation that equals {target}. "
+        f"Using the numbers {[int(x) for x in numbers]}, create an equation that equals {target}. "
         f"You can use basic arithmetic operations ({', '.join(ops)}) and each number can only "
         "be used once. Show your work in <think> </think> tags. And return the final answer in "
         f"<answer> </answer> tags, for example <answer> {example} </answer>."
@@ -49,7 +49,8 @@ def render_prompt(
         )
     if template == "qwen-instruct":
         return (
-            f"<|im_start|>system\n{_SYSTEM}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n"
+            # TinyZero writes a space after "user\n"
+            f"<|im_start|>system\n{_SYSTEM}<|im_end|>\n<|im_start|>user\n {q}<|im_end|>\n"
             "<|im_start|>assistant\nLet me solve this step by step.\n<think>"
         )
     raise ValueError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
