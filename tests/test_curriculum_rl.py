@@ -184,6 +184,40 @@ def test_grpo_crash_and_resume_loses_and_repeats_nothing(run_dir, monkeypatch):
     assert len(complete_stages("checkpoints/g")) == 5
 
 
+def test_grpo_resumed_in_a_later_epoch_trains_the_same_prompts_and_numbers(run_dir, monkeypatch):
+    """TRL's sampler is not checkpointed: a run resumed in a stage's second epoch
+    replayed the first epoch's shuffle (other prompts, some twice). Crash in epoch 1,
+    resume: every step's prompts and numbers as the uninterrupted run's; the logged
+    epoch of each step is its own (the last step of an epoch read the next one)."""
+    from clab.rewards.countdown import CountdownReward
+
+    seen: list = []
+    original = CountdownReward.__call__
+
+    def spy(self, prompts, completions, **k):
+        seen.append(sorted(set(prompts)))
+        return original(self, prompts, completions, **k)
+
+    monkeypatch.setattr(CountdownReward, "__call__", spy)
+    common = dict(algorithm="grpo", rollout__responses_per_prompt=2, data__groups=[0],
+                  data__max_train_rows=8, epochs_per_group=3, max_steps_per_stage=None,
+                  save_steps=1)  # fmt: skip
+    assert main(["run", str(write_spec(run_dir / "w.yaml", name="whole", **common))]) == 0
+    whole_prompts, seen[:] = list(seen), []
+    spec = write_spec(run_dir / "b.yaml", name="broken", **common)
+    with monkeypatch.context() as m:
+        _crash_after(m, CountdownReward, "__call__", 3)  # dies at step 4: epoch 1's second
+        with pytest.raises(Crash):
+            main(["run", str(spec)])
+    assert main(["run", str(spec)]) == 0
+    assert seen == whole_prompts and len(seen) == 6  # 8 rows / 4 a step x 3 epochs
+    whole, resumed = read_rows("metrics/whole/train.jsonl"), read_rows("metrics/broken/train.jsonl")
+    assert [r["epoch"] for r in whole] == [0, 0, 1, 1, 2, 2]
+    for a, b in zip(whole, resumed, strict=True):
+        for key in ("epoch", "reward_mean", "policy_loss", "entropy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["global_step"], key)
+
+
 def test_sigkill_mid_run_then_rerun_same_command(run_dir):
     spec = write_spec(run_dir / "k.yaml", name="k", max_steps_per_stage=6)
     cmd = [str(Path(sys.executable).parent / "clab"), "run", str(spec)]
@@ -562,3 +596,57 @@ def test_grpo_static_rollouts_through_clabs_static_engine(
     assert len(built) == 1
     rows = read_rows("metrics/gstatic/train.jsonl")
     assert all(r["response_length_mean"] > 0 for r in rows)
+
+
+def test_hf_stages_seed_each_worker_apart(monkeypatch):
+    """Every HF-based stage (GRPO, mixing, DPO) reseeds at its start; with one seed on
+    every worker the workers' sampling drew the same random numbers (correlated
+    rollouts). Seeded per process, as TRL's GRPOTrainer seeds: rank r gets seed + r."""
+    from types import SimpleNamespace
+
+    import accelerate.utils.random as accelerate_random
+    import torch
+
+    from clab.training.hf_stage import carry_into_stage
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([param], lr=1e-3)
+    trainer = SimpleNamespace(args=SimpleNamespace(learning_rate=1e-3), optimizer=opt,
+                              train_dataset=None)  # fmt: skip
+    seeds = {}
+    for rank in (0, 1):
+        state = SimpleNamespace(process_index=rank)
+        monkeypatch.setattr(accelerate_random, "AcceleratorState", lambda s=state: s)
+        carry_into_stage(trainer, {"seed": 1234}, [], optimizer_state=None, reset_optimizer=False)
+        seeds[rank] = (torch.initial_seed(), torch.rand(1).item())
+    assert seeds[0][0] == 1234 and seeds[1][0] == 1235 and seeds[0][1] != seeds[1][1]
+
+
+def test_grpo_with_engine_hf_cuts_prompts_at_max_prompt_length(run_dir, monkeypatch):
+    """TRL's own generation (1.16: no max_prompt_length) tokenized whole prompts; GRPO's
+    hf engine now goes through clab's rollout hook, which cuts them from the left at
+    rollout.max_prompt_length as PPO and validation do."""
+    from trl import GRPOTrainer
+
+    from clab.training import countdown_rl
+
+    def trls_own(*a, **k):
+        raise AssertionError("TRL's own generation ran")
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", trls_own)
+    widths = []
+    real = countdown_rl.hf_generate
+
+    def spy(*a, **k):
+        ro = real(*a, **k)
+        if k.get("engine") == "hf":
+            widths.append(int(ro.prompt_mask.sum(1).max()))
+        return ro
+
+    monkeypatch.setattr(countdown_rl, "hf_generate", spy)
+    spec = write_spec(run_dir / "h.yaml", name="ghf", algorithm="grpo", data__groups=[0],
+                      max_steps_per_stage=2,
+                      rollout={"engine": "hf", "responses_per_prompt": 2, "max_prompt_length": 64,
+                               "max_response_length": 8})  # fmt: skip
+    assert main(["run", str(spec)]) == 0
+    assert steps("ghf") == [1, 2] and widths and max(widths) == 64  # the prompts are longer

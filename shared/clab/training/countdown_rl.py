@@ -416,17 +416,20 @@ def grpo_rollout_func(trainer: CountdownTrainer):
     (the completion up to and including its EOS). ``logprobs`` is None, as on TRL's
     own transformers path: TRL computes the old log-probabilities itself.
 
-    Under FSDP it serves ``rollout.engine: hf`` too: the policy's shards are gathered
-    into the trainer's unsharded bf16 copy once per call (a collective: every
-    worker generates at the same step), and the chosen engine generates from it."""
+    It serves ``rollout.engine: hf`` too, so that GRPO's prompts are cut at
+    ``rollout.max_prompt_length`` (from the left) as PPO's and validation's are: TRL's
+    own generation tokenizes whole prompts (TRL 1.16 has no ``max_prompt_length``).
+    Under FSDP the policy's shards are gathered into the trainer's unsharded bf16
+    copy once per call (a collective: every worker generates at the same step), and
+    the chosen engine generates from it."""
     r = trainer.spec.rollout
 
     def rollout(prompts: list[str], grpo) -> dict:
         model = grpo.accelerator.unwrap_model(grpo.model)
-        engine = "hf-static"
+        engine = r.engine
         if trainer.rollout_copy is not None:  # FSDP: gathered once per call, in place
             gather_into(model, trainer.rollout_copy)
-            model, engine = trainer.rollout_copy, r.engine
+            model = trainer.rollout_copy
         with compute_autocast(trainer.device, trainer.compute_dtype):
             ro = hf_generate(
                 model,
@@ -530,6 +533,12 @@ class GRPOStageTrainer(CountdownTrainer):
             epsilon=g.epsilon,
             loss_type=g.loss_type,
             scale_rewards=g.scale_rewards,
+            # TRL 1.16's defaults, pinned so a TRL upgrade cannot change the numbers: one
+            # update per generation (the clip ratio is 1, so epsilon never acts), the KL
+            # term weighted by the importance ratio, truncated completions kept in the loss
+            num_iterations=1,
+            use_bias_correction_kl=True,
+            mask_truncated_completions=False,
             max_grad_norm=g.max_grad_norm,
             max_completion_length=spec.rollout.max_response_length,
             temperature=spec.rollout.temperature,
@@ -590,20 +599,18 @@ class GRPOStageTrainer(CountdownTrainer):
 
     def train_stage(self, ctx: StageContext) -> None:
         from transformers import PrinterCallback
-        from trl import GRPOConfig, GRPOTrainer
+        from trl import GRPOConfig
 
         args = self.grpo_args(ctx)
         ds = grpo_dataset(self.rows(ctx.stage.task))
         group = self.groups[ctx.stage.task]
         if self.trainer is None:
-            # our rollout hook: the static engine, and under FSDP the HF engines (from the
-            # gathered copy); TRL's own generation otherwise
-            ours = self.spec.rollout.engine == "hf-static" or (
-                self.fsdp and self.spec.rollout.engine == "hf"
-            )
+            # our rollout hook for both HF engines (prompts cut as PPO's, under FSDP
+            # from the gathered copy); TRL's own generation (its vLLM) otherwise
+            ours = self.spec.rollout.engine in ("hf", "hf-static")
             self.callback = StageCallback(GRPO_KEYS, extra=lambda logs: {"group": group})
             with self._reference_sharding():
-                self.trainer = GRPOTrainer(
+                self.trainer = grpo_trainer_class()(
                     model=self.policy,
                     reward_funcs=[self.reward],
                     args=GRPOConfig(**args),
@@ -687,3 +694,33 @@ class GRPOStageTrainer(CountdownTrainer):
         state = optimizer_state(self.trainer, self._state)
         if state is not None:
             torch.save(state, d / TRAINER_STATE)
+
+
+def grpo_trainer_class() -> type:
+    """TRL's GRPOTrainer whose prompt order is a function of (seed, epoch) alone.
+
+    TRL's ``RepeatSampler`` draws each epoch's shuffle from one generator seeded once
+    and not checkpointed: a run resumed in a stage's second epoch built a fresh
+    sampler and replayed the first epoch's order (skipping its first batches), so it
+    trained on other prompts than the run it resumed. Reseeded at ``set_epoch`` (which
+    transformers calls before every epoch, accelerate forwarding it through its
+    shards) and advanced by one shuffle per earlier epoch, epoch e gets the (e+1)-th
+    shuffle of the seed, as an uninterrupted run draws it: the orders are unchanged.
+    """
+    from trl import GRPOTrainer
+    from trl.trainer.utils import RepeatSampler
+
+    class EpochSeededSampler(RepeatSampler):
+        def set_epoch(self, epoch: int) -> None:
+            if self.shuffle and self.seed is not None:
+                self.generator.manual_seed(self.seed)
+                for _ in range(epoch):
+                    torch.randperm(self.num_samples, generator=self.generator)
+
+    class CurriculumGRPOTrainer(GRPOTrainer):
+        def _get_train_sampler(self, dataset=None):
+            sampler = super()._get_train_sampler(dataset)
+            sampler.__class__ = EpochSeededSampler  # adds a method, no state
+            return sampler
+
+    return CurriculumGRPOTrainer

@@ -18,7 +18,9 @@ from clab.specs import KIND_HELP, SpecModel
 
 class DataSpec(SpecModel):
     dir: Path = Field(Path("data/continual"), description="a data set with <group>/{train,test}")
-    groups: list[int] = Field([0, 1, 2, 3], description="the tasks, in training order")
+    groups: list[int] = Field(
+        [0, 1, 2, 3], min_length=1, description="the tasks, in training order"
+    )
     enforce_ops: bool = Field(True, description="a correct answer uses only its group's operators")
     max_train_rows: int | None = Field(None, ge=1, description="cap per group (demo, tests)")
 
@@ -152,7 +154,10 @@ class GRPOSpec(SpecModel):
     lr: float = Field(1e-6, gt=0, description="the policy's AdamW learning rate")
     beta: float = Field(0.001, ge=0, description="KL coefficient (0: no reference model)")
     epsilon: float = Field(
-        0.2, gt=0, description="the ratio clip: how far one step may move a token's probability"
+        0.2,
+        gt=0,
+        description="the ratio clip; with one update per generation (TRL's num_iterations 1, "
+        "pinned) the ratio is exactly 1 and it never acts",
     )
     max_grad_norm: float = Field(1.0, gt=0, description="gradient-norm clip of the policy")
     weight_decay: float = Field(

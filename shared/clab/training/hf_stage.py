@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import TrainerCallback, set_seed
+from accelerate.utils import set_seed
+from transformers import TrainerCallback
 
 from clab.runs.protocol import StageContext
 from clab.runs.seeding import derive_seed
@@ -76,7 +77,9 @@ class StageCallback(TrainerCallback):
             return  # the end-of-training summary
         row = {
             "step_in_stage": state.global_step,
-            "epoch": math.floor(state.epoch or 0),
+            # transformers counts the epoch done after each step: epoch e's last step
+            # reads e + 1.0, which floor() put in the next epoch
+            "epoch": max(0, math.ceil((state.epoch or 0) - 1e-9) - 1),
             "step_time": self._step_time,
         }
         row.update({ours: logs[k] for k, ours in self.keys.items() if logs.get(k) is not None})
@@ -126,7 +129,10 @@ def carry_into_stage(
         trainer.optimizer.state.clear()
     for g in trainer.optimizer.param_groups:
         g["lr"] = g["initial_lr"] = trainer.args.learning_rate
-    set_seed(args["seed"])  # HF seeds only when a trainer is built; later stages need it too
+    # HF seeds only when a trainer is built; later stages need it too. Per process, as
+    # TRL's GRPOTrainer seeds (device_specific): one seed on every worker made their
+    # samples draw the same random numbers, the workers' rollouts correlated
+    set_seed(args["seed"], device_specific=True)
 
 
 def optimizer_state(trainer: Trainer | None, fallback: dict | None) -> dict | None:
