@@ -123,3 +123,50 @@ def test_a_run_that_dies_while_writing_leaves_the_old_data_set(workdir, monkeypa
     after = {p: p.read_bytes() for p in (workdir / "data/continual").rglob("*") if p.is_file()}
     assert before == after
     assert [p.name for p in (workdir / "data").iterdir()] == ["continual"]  # no staging left
+
+
+SERVICE = {
+    n: str(REPO / "services" / f"{n}.yaml")
+    for n in ("curriculum-trainer-1.5b", "k1-trainer", "dpo-trainer", "evaluator", "plotter")
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["validate", "BINARY"], "not a text file"),
+        (["validate", str(DATA_SPEC), "--set", "kind=[a]"], "field 'kind': ['a'] is not a known"),
+        (["validate", SERVICE["k1-trainer"], "--set", "seed=99999999999999999999"], "field 'seed'"),
+        (["run", SERVICE["curriculum-trainer-1.5b"], "--seeds="], "--seeds ''"),
+        (["run", SERVICE["curriculum-trainer-1.5b"], "--seeds=-1"], "field 'seeds.0'"),
+        (["validate", SERVICE["k1-trainer"], "--set", "optim.lr=.inf"], "field 'optim.lr'"),
+        (["validate", SERVICE["curriculum-trainer-1.5b"], "--set", "ppo.actor_lr=.inf"],
+         "field 'ppo.actor_lr'"),
+        (["validate", SERVICE["curriculum-trainer-1.5b"], "--set", "data.groups=[]"],
+         "field 'data.groups'"),
+        (["validate", SERVICE["k1-trainer"], "--set", "methods=[]"], "field 'methods'"),
+        (["validate", SERVICE["k1-trainer"], "--set", "methods=[dense, dense]"],
+         "methods: each at most once"),
+        (["validate", SERVICE["dpo-trainer"], "--set", "ewc.lam=1"], "known here: lambda,"),
+        (["run", SERVICE["evaluator"], "--set", "use_gpu=false"], "run.json: not a readable JSON"),
+        (["run", SERVICE["plotter"]], "summary.json: no 'score'"),
+        (["report", "foo"], "summary.json: no 'score'"),
+        (["plot-history", "-o", "out.png", "LIST"], "expected a JSON object, found list"),
+        (["specs", "-o", "adir"], "adir: Is a directory"),
+    ],
+)  # fmt: skip
+def test_bad_input_anywhere_exits_2_naming_it_without_a_traceback(workdir, capsys, args, expected):
+    """A new user's probes across the CLI (a bad spec value, a file not clab's, a folder
+    where a file goes): each once gave a traceback or passed silently."""
+    (workdir / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    (workdir / "list.json").write_text("[1, 2]")
+    (workdir / "adir").mkdir()
+    (workdir / "checkpoints/foo").mkdir(parents=True)
+    (workdir / "checkpoints/foo/run.json").write_text("junk")
+    (workdir / "metrics/foo").mkdir(parents=True)
+    (workdir / "metrics/foo/summary.json").write_text('{"a": 1}')
+    args = [{"BINARY": "binary.yaml", "LIST": "list.json"}.get(a, a) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("clab: error: ") and "Traceback" not in err
+    assert expected in err, err

@@ -235,3 +235,19 @@ def test_the_demo_corpora_share_few_tokens_so_learning_one_unlearns_another():
     assert codecs.decode(load_corpus("stdlib:prose-rot13", 5000), "rot13") == load_corpus(
         "stdlib:prose", 5000
     )
+
+
+def test_a_corpus_source_it_cannot_read_is_named_not_sent_to_the_hub(tmp_path):
+    """An unknown stdlib: name or a local file of another kind went to the hub, whose
+    "couldn't reach 'stdlib' on the Hub" said nothing of what was wrong."""
+    from clab.data.text.corpora import load_corpus
+    from clab.errors import ClabError
+
+    with pytest.raises(
+        ClabError, match=r"'stdlib:nope' is no standard-library corpus .*stdlib:prose"
+    ):
+        load_corpus("stdlib:nope", 100)
+    csv = tmp_path / "a.csv"
+    csv.write_text("text\nhello\n")
+    with pytest.raises(ClabError, match=r"a\.csv: a local corpus is a \.txt, \.parquet"):
+        load_corpus(str(csv), 100)

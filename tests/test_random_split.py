@@ -145,3 +145,26 @@ def test_each_test_set_holds_both_counts_in_its_training_sets_proportion(workdir
             # The test set takes its group's exact share to within a row, so it is
             # within (train + test) / train rows of the training set's share.
             assert abs(test.count(n) - share * 30) < 230 / 200, (g, n, test.count(n), share)
+
+
+def test_a_generated_pool_follows_the_pool_settings_asked_for(workdir, capsys):
+    """A pool.size that cannot fill the groups is refused before anything is written; a
+    rerun with other pool settings (or more rows needed) makes the pool again instead of
+    failing on the old one; TinyZero's own pool (no manifest) is never replaced."""
+    pool = workdir / "data/tinyzero/train.parquet"
+    assert run("train_size=10", "test_size=2", "pool.size=5") == 2
+    assert "pool.size: 5 problems cannot fill" in capsys.readouterr().err
+    assert not pool.exists()
+    assert run("train_size=10", "test_size=2", "pool.size=60") == 0
+    assert len(keys(pool)) == 60
+    assert run("train_size=10", "test_size=2", "pool.size=100") == 0  # other settings
+    assert len(keys(pool)) == 100 and "made again" in capsys.readouterr().out
+    assert run("train_size=10", "test_size=2") == 0  # size null: 48 needed, 100 is other
+    assert len(keys(pool)) == 48
+    assert run("train_size=20", "test_size=2") == 0  # size null, more needed: made again
+    assert len(keys(pool)) == 88
+    # TinyZero's own pool: kept, and too small is an error naming the fix
+    (workdir / "data/tinyzero/train.manifest.json").unlink()
+    tinyzero_pool(pool, 30)
+    assert run("train_size=20", "test_size=2") == 2
+    assert len(keys(pool)) == 30

@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_demo()
             return 0
         spec = load_spec(args.spec, args.overrides)
-        if getattr(args, "seeds", None):
+        if getattr(args, "seeds", None) is not None:  # "" too: an empty list is an error
             if "seeds" not in type(spec).model_fields:
                 raise ClabError(f"--seeds: {args.spec} is not a training run (kind {spec.kind})")
             seeds = f"seeds=[{_seed_list(args.seeds)}]"
@@ -241,6 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(spec, restart=args.restart)
     except ClabError as e:
         print(f"clab: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as e:
+        # a path given (or a volume) that is a folder where a file goes, a file where a
+        # folder goes, or not ours to write: the user's to fix, named with the path
+        print(f"clab: error: {e.filename}: {e.strerror}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(

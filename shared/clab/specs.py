@@ -23,7 +23,8 @@ from clab.errors import ClabError
 class SpecModel(BaseModel):
     """Base for every spec section: strict about keys, so a typo is an error."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # no inf or NaN anywhere: an infinite learning rate trained a stage to NaN first
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 KIND_HELP = "what the spec is: picks its keys and what `clab run` does with it"
@@ -141,7 +142,8 @@ def _format_errors(source: str, err: ValidationError, model: type[BaseModel]) ->
             else:
                 up = field_at(model, loc[:-1]) if loc[:-1] else None
                 parent = section_models(up.annotation) if up else [model]
-                known = ", ".join(parent[0].model_fields) if parent else ""
+                fields = parent[0].model_fields.items() if parent else []
+                known = ", ".join(f.alias or n for n, f in fields)  # as a spec spells them
                 msg = f"unknown key (check its spelling; known here: {known})"
         else:
             msg = e["msg"]
@@ -163,6 +165,8 @@ def read_spec_data(path: str | Path, overrides: Sequence[str] = ()) -> dict[str,
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ClabError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise ClabError(f"{path}: not a text file (a spec is UTF-8 YAML)") from None
     if not isinstance(data, dict):
         raise ClabError(f"{path}: a spec must be a YAML mapping with a 'kind:' key")
     return apply_overrides(data, overrides)
@@ -171,7 +175,7 @@ def read_spec_data(path: str | Path, overrides: Sequence[str] = ()) -> dict[str,
 def validate_spec(source: str | Path, data: dict[str, Any]) -> Spec:
     """The spec model of ``data``'s kind; errors name ``source`` and the field."""
     kind = data.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         known = ", ".join(sorted(KINDS))
         raise ClabError(f"{source}: field 'kind': {kind!r} is not a known kind (known: {known})")
     try:

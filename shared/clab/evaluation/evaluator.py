@@ -25,7 +25,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 from tqdm import tqdm
 
@@ -39,7 +38,7 @@ from clab.metrics.intervals import cell_interval, continual_intervals
 from clab.models.loading import check_weights
 from clab.runs.lock import RunLock
 from clab.specs import KIND_HELP, Spec
-from clab.storage.atomic import write_json, write_parquet, write_text
+from clab.storage.atomic import read_json, read_parquet_rows, write_json, write_parquet, write_text
 from clab.storage.layout import RUN_INFO, Stage, aside_path, complete_stages
 
 EVAL_SCHEMA = pa.schema(
@@ -185,7 +184,7 @@ def find_runs(root: Path, names: list[str] | None) -> list[Path]:
 
 
 def read_eval(path: Path) -> list[dict]:
-    return pq.read_table(path).to_pylist() if path.is_file() else []
+    return read_parquet_rows(path) if path.is_file() else []
 
 
 def run_tasks(info: dict) -> list[dict]:
@@ -193,6 +192,8 @@ def run_tasks(info: dict) -> list[dict]:
     (Countdown only) get theirs from the data set and group keys."""
     if "tasks" in info:
         return info["tasks"]
+    if not {"groups", "data_dir"} <= set(info):
+        raise ClabError("run.json: no 'tasks' (nor the older Countdown keys): not clab's file?")
     return [
         {
             "name": f"g{g}",
@@ -251,9 +252,12 @@ def weights_identity(stage_dir: Path) -> tuple:
 
 
 def evaluate_run(spec: EvaluateSpec, run_dir: Path, name: str | None = None) -> dict | None:
-    info = json.loads((run_dir / RUN_INFO).read_text())
+    info = read_json(run_dir / RUN_INFO)
     name = name or run_dir.name
-    tasks = run_tasks(info)
+    try:
+        tasks = run_tasks(info)
+    except ClabError as e:
+        raise ClabError(f"{run_dir}/{e}") from None
     scorers = [SCORERS[t["scorer"]] for t in tasks]
     for t in tasks:
         if t["scorer"] == "countdown":

@@ -10,13 +10,13 @@ by the evaluator (a table at its end), ``clab report`` and the page.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clab.metrics.continual import rise_per_stage
 from clab.metrics.replicates import SCALARS, aggregate_summaries, paired_difference, seeds_text
+from clab.storage.atomic import read_json
 
 SEED_SUFFIX = "-s"
 
@@ -35,12 +35,15 @@ class ReplicateSet:
         return sorted(self.runs)
 
 
+# what every reader of a summary.json relies on
+SUMMARY_KEYS = ("score", "task_names", "matrix", "stage_tasks")
+
+
 def read_summary(metrics: Path, run: str) -> dict | None:
+    """A run's summary.json; None if it has none yet. One that is not clab's (not
+    JSON, or without the keys every reader uses) is a ClabError naming it."""
     path = metrics / run / "summary.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json(path, SUMMARY_KEYS) if path.is_file() else None
 
 
 def replicate_of(summary: dict | None, info: dict | None = None) -> dict | None:

@@ -11,11 +11,11 @@ without one, its method and mix).
 from __future__ import annotations
 
 import glob
-import json
 from pathlib import Path
 
 from clab.errors import ClabError
 from clab.plotting.figures import GROUP_COLORS, plt, save  # figures picks the Agg backend
+from clab.storage.atomic import read_json
 
 
 def expand(patterns: list[str]) -> list[Path]:
@@ -30,10 +30,7 @@ def expand(patterns: list[str]) -> list[Path]:
 
 
 def read_history(path: Path) -> dict:
-    try:
-        h = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ClabError(f"{path}: not a readable history JSON ({e})") from None
+    h = read_json(path)
     steps = h.get("steps")
     losses = {k: v for k, v in h.items() if k.endswith("_loss") and isinstance(v, list)}
     if not isinstance(steps, list) or not losses:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from clab.evaluation.evaluator import ITEMS_FILE, read_eval, summary_from_rows
-from clab.evaluation.experiments import replicate_of, set_name
+from clab.evaluation.experiments import SUMMARY_KEYS, replicate_of, set_name
+from clab.storage.atomic import read_json
 from clab.storage.layout import RUN_INFO
 from clab.tracking.metrics_log import read_rows
 
@@ -123,7 +124,7 @@ def load_run(metrics: Path, name: str, checkpoints: Path | None = None) -> RunDa
             info = {}
     summary = None
     if (d / "summary.json").is_file():
-        summary = json.loads((d / "summary.json").read_text())
+        summary = read_json(d / "summary.json", SUMMARY_KEYS)
     eval_rows = read_eval(d / "eval.parquet")
     if summary is not None and "intervals" not in summary and eval_rows:
         fresh = summary_from_rows(eval_rows, summary["task_names"], read_eval(d / ITEMS_FILE))

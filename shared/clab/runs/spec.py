@@ -9,7 +9,7 @@ the runner, and the package has no import circle, visible or hidden.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -39,8 +39,10 @@ class RunSpec(Spec):
     name: str = Field(
         ..., pattern=r"^[A-Za-z0-9._-]+$", description="the run: checkpoints/<name> etc."
     )
-    seed: int = Field(0, description="the training seed: sampling, data order, new heads, dropout")
-    seeds: list[int] | None = Field(
+    seed: int = Field(
+        0, ge=0, lt=2**32, description="the training seed: sampling, data order, new heads, dropout"
+    )
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = Field(
         None,
         min_length=1,
         description="training seeds: one run per seed, named <name>-s<seed>, run one after "
@@ -48,6 +50,8 @@ class RunSpec(Spec):
     )
     data_seed: int | None = Field(
         None,
+        ge=0,
+        lt=2**32,
         description="seeds what every training seed shares: data sets, tokenizers, the "
         "initial model (tiny weights, warm-up, first adapter), reward models; null: the "
         "first of `seeds` (or `seed`)",

@@ -142,6 +142,33 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path: str | os.PathLike[str], keys: tuple[str, ...] = ()) -> dict:
+    """A JSON object clab wrote (run.json, summary.json, ...). One that is not JSON, not
+    an object, or lacks one of ``keys`` (edited by hand, from another program) is a
+    ClabError naming the file and what is wrong, not a traceback later on."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ClabError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(obj, dict):
+        raise ClabError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise ClabError(f"{path}: no {', '.join(repr(k) for k in missing)} (not clab's file?)")
+    return obj
+
+
+def read_parquet_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """A Parquet file's rows; one that is not Parquet is a ClabError naming it."""
+    try:
+        return pq.read_table(path).to_pylist()
+    except (OSError, pa.ArrowException) as e:
+        raise ClabError(
+            f"{path}: not a readable Parquet file ({' '.join(str(e).split())})"
+        ) from None
+
+
 def write_parquet(path: str | os.PathLike[str], table: pa.Table) -> None:
     """Write a Parquet file atomically, with settings that make it reproducible.
 

@@ -93,6 +93,7 @@ class K1Spec(RunSpec):
     VARIANT: ClassVar[str | None] = "method"
     methods: list[Literal["k1", "dense", "random_k"]] = Field(
         ["k1", "dense", "random_k"],
+        min_length=1,
         description="the methods compared, one run each: k1 (sparse updates), dense, random_k",
     )
     method: Literal["k1", "dense", "random_k"] = Field(
@@ -131,6 +132,8 @@ class K1Spec(RunSpec):
             raise ValueError("corpora: at least two, in training order")
         if len({c.name for c in self.corpora}) != len(self.corpora):
             raise ValueError("corpora: names must differ")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods: each at most once (got {self.methods})")
         if self.resources.num_workers != 1:
             raise ValueError("resources.num_workers: k1-lm runs on one worker")
         return self

@@ -176,7 +176,8 @@ def generate_problems(
                 if idle >= MAX_CHUNKS_WITHOUT_PROGRESS:
                     raise ClabError(
                         f"group {job.group} {job.split}: found only {len(got)} of {job.size} "
-                        "distinct problems; widen number_range/target_range or ask for fewer rows"
+                        "distinct problems; widen ranges.number / ranges.target or ask for "
+                        "fewer rows"
                     )
             for f in pending:
                 f.cancel()

@@ -99,8 +99,35 @@ class RandomSplitSpec(Spec):
             return [self.output, self.source, self.pool_manifest]
         return [self.output]
 
+    def _stale_pool(self) -> bool:
+        """A pool we generated with other pool settings (size, seed, ranges): made again,
+        since the settings asked for are what a rerun means (TinyZero's own pool, with
+        no manifest, is never touched)."""
+        try:
+            manifest = json.loads(self.pool_manifest.read_text())
+            made, rows = manifest.get("spec"), manifest.get("rows")
+        except (OSError, ValueError, AttributeError):
+            return False
+        if not isinstance(made, dict):
+            return False
+        # the workers do not change the pool's bytes
+        ignore = {"workers", "generate_if_missing"}
+        now = {k: v for k, v in self.pool.model_dump(mode="json").items() if k not in ignore}
+        if {k: v for k, v in made.items() if k not in ignore} != now:
+            return True
+        return self.pool.size is None and isinstance(rows, int) and rows < self.needed
+
     def run(self) -> None:
+        size = self.pool.size
+        if self.pool.generate_if_missing and size is not None and size < self.needed:
+            raise ClabError(
+                f"pool.size: {size:,} problems cannot fill 4 groups x (train_size + "
+                f"test_size) = {self.needed:,}: raise pool.size (or leave it null)"
+            )
         prepare_output(self.output)
+        if self.source.exists() and self.pool.generate_if_missing and self._stale_pool():
+            print(f"clab: {self.source} was generated with other pool settings: made again")
+            self.source.unlink()
         if not self.source.exists():
             if not self.pool.generate_if_missing:
                 raise ClabError(

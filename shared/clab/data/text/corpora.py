@@ -66,7 +66,16 @@ def load_corpus(source: str, max_chars: int, field: str = "text") -> str:
     """``stdlib:...``, a local .txt / .parquet / .jsonl file, or a hub data set id."""
     if source in STDLIB:
         return stdlib_text(source, max_chars)
+    if source.startswith("stdlib:"):
+        raise ClabError(
+            f"corpora: {source!r} is no standard-library corpus (known: {', '.join(STDLIB)})"
+        )
     path = Path(source)
+    if path.suffix and path.suffix not in (".txt", ".parquet", ".jsonl", ".json") and path.exists():
+        raise ClabError(
+            f"corpora: {path}: a local corpus is a .txt, .parquet, .jsonl or .json file "
+            "(anything else is read as a hub data set id)"
+        )
     if path.suffix == ".txt":
         if not path.is_file():
             raise ClabError(f"corpora: {path} does not exist")
