@@ -153,6 +153,10 @@ SERVICE = {
         (["report", "foo"], "summary.json: no 'score'"),
         (["plot-history", "-o", "out.png", "LIST"], "expected a JSON object, found list"),
         (["specs", "-o", "adir"], "adir: Is a directory"),
+        (["validate", str(DATA_SPEC), "--set", "train_size=true"],
+         "field 'train_size': Value error, expected an integer (got True)"),
+        (["validate", SERVICE["k1-trainer"], "--set", "batch_size=4.0"], "field 'batch_size'"),
+        (["validate", SERVICE["k1-trainer"], "--set", "batch_size='4'"], "field 'batch_size'"),
     ],
 )  # fmt: skip
 def test_bad_input_anywhere_exits_2_naming_it_without_a_traceback(workdir, capsys, args, expected):

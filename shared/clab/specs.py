@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 
 from clab.errors import ClabError
+
+_INTEGER = (int, int | None)
 
 
 class SpecModel(BaseModel):
@@ -25,6 +27,21 @@ class SpecModel(BaseModel):
 
     # no inf or NaN anywhere: an infinite learning rate trained a stage to NaN first
     model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integers_are_integers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic's lax mode reads ``true`` as 1, ``4.0`` as 4 and ``"100"`` as 100 for
+        an integer field: in a spec each is a slip (a flag in the wrong key, a
+        fraction where a count goes, a quoted number), so it is refused."""
+        field = cls.model_fields.get(info.field_name or "")
+        if (
+            field is not None
+            and field.annotation in _INTEGER
+            and isinstance(value, bool | float | str)
+        ):
+            raise ValueError("expected an integer")  # the formatter adds "(got ...)"
+        return value
 
 
 KIND_HELP = "what the spec is: picks its keys and what `clab run` does with it"
