@@ -21,12 +21,18 @@ import torch
 from clab.generation.rollout import hf_generate, position_ids
 
 
-def _full_ids(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], int]:
-    """prompt + response + EOS tokenized as one string (EOS only where the response
-    lacks it, as TRL adds it), and where the tokenized prompt stops being its prefix."""
+def _with_eos(tokenizer: Any, text: str) -> str:
+    """``text`` ending in EOS, added only where it lacks one, as TRL's DPO and reward
+    trainers add it."""
     eos = tokenizer.eos_token
+    return text if text.endswith(eos) else text + eos
+
+
+def _full_ids(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], int]:
+    """prompt + response + EOS tokenized as one string, and where the tokenized prompt
+    stops being its prefix."""
     p = tokenizer(prompt)["input_ids"]
-    full = tokenizer(prompt + response + ("" if response.endswith(eos) else eos))["input_ids"]
+    full = tokenizer(prompt + _with_eos(tokenizer, response))["input_ids"]
     n = 0
     while n < min(len(p), len(full)) and p[n] == full[n]:
         n += 1
@@ -74,23 +80,6 @@ def _sequence_logps(
             first = width - len(seq) + n  # position of the response's first token
             out.append(tok_logp[i, first - 1 :].sum().item())
     return out
-
-
-def response_logps(
-    model: Any,
-    tokenizer: Any,
-    prompts: list[str],
-    responses: list[str],
-    max_length: int,
-    batch_size: int,
-) -> list[float]:
-    """Sum of log-probabilities of each response (and its EOS) after its prompt."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts against {len(responses)} responses")
-    full = [_full_ids(tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
-    return _sequence_logps(
-        model, tokenizer, [f for f, _ in full], [n for _, n in full], max_length, batch_size
-    )
 
 
 def pair_logps(
@@ -155,11 +144,7 @@ def reward_scores(
     out: list[float] = []
     for batch in _batches(prompts, responses, batch_size):
         # the end is kept: a reward model scores the response, and it sits at the end
-        eos = tokenizer.eos_token
-        seqs = [
-            tokenizer(p + r + ("" if r.endswith(eos) else eos))["input_ids"][-max_length:]
-            for p, r in batch
-        ]
+        seqs = [tokenizer(p + _with_eos(tokenizer, r))["input_ids"][-max_length:] for p, r in batch]
         ids, mask = _left_pad(seqs, tokenizer.pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
         # positions from each row's first real token, as it was trained (right-padded)
