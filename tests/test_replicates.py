@@ -455,6 +455,7 @@ def test_the_gpu_demo_settings_still_parse(algorithm):
     if algorithm == "ppo":
         assert (curriculum.batch.train, curriculum.batch.mini) == (128, 64)
         assert curriculum.max_steps_per_stage == 120
+        assert (curriculum.ppo.entropy_coef, curriculum.ppo.clip_ratio_c) == (0.01, 3.0)
 
 
 def test_the_cpu_demo_control_is_prepared_as_the_curriculum():
