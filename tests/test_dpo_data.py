@@ -106,6 +106,16 @@ def test_a_list_of_local_data_sets_in_parquet_json_and_jsonl(workdir):
     ]
 
 
+def test_a_bad_line_of_a_jsonl_split_exits_2_naming_the_line(workdir, capsys):
+    lines = [json.dumps(pair(i)) for i in range(4)]
+    lines[2] = lines[2][:-5]  # cut off
+    Path("a.jsonl").write_text("\n".join(lines) + "\n")
+    Path("a-test.jsonl").write_text(json.dumps(pair(8)) + "\n")
+    data = {"source": None, "datasets": [{"name": "a", "train": "a.jsonl", "test": "a-test.jsonl"}]}
+    code, err = run(spec_file(workdir / "s.json", data), capsys)
+    assert code == 2 and "a.jsonl, line 3, column" in err and "not JSON" in err, err
+
+
 def test_missing_file_and_both_sources_are_refused(workdir, capsys):
     data = {"source": None, "datasets": [{"name": "a", "train": "nope.parquet", "test": "x.json"}]}
     code, err = run(spec_file(workdir / "s.json", data), capsys)

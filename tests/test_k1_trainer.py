@@ -237,6 +237,23 @@ def test_the_demo_corpora_share_few_tokens_so_learning_one_unlearns_another():
     )
 
 
+def test_a_bad_line_of_a_jsonl_corpus_is_named_by_its_number(tmp_path):
+    """datasets' JSON loader said only "An error occurred while generating the
+    dataset", and json's own message says "line 1" for any line of a JSON Lines file."""
+    from clab.data.text.corpora import load_corpus
+    from clab.errors import ClabError
+
+    good = '{"text": "some prose"}\n'
+    (tmp_path / "c.jsonl").write_text(good + "\n" + good + '{"text": "cut off\n' + good)
+    with pytest.raises(ClabError, match=r"c\.jsonl, line 4, column 10: not JSON"):
+        load_corpus(str(tmp_path / "c.jsonl"), 1000)
+    (tmp_path / "d.jsonl").write_text(good + '{"body": "x"}\n')
+    with pytest.raises(ClabError, match=r"d\.jsonl: row 2 has no 'text' column"):
+        load_corpus(str(tmp_path / "d.jsonl"), 1000)
+    (tmp_path / "e.jsonl").write_text(good * 3)
+    assert load_corpus(str(tmp_path / "e.jsonl"), 1000) == "some prose\nsome prose\nsome prose"
+
+
 def test_a_corpus_source_it_cannot_read_is_named_not_sent_to_the_hub(tmp_path):
     """An unknown stdlib: name or a local file of another kind went to the hub, whose
     "couldn't reach 'stdlib' on the Hub" said nothing of what was wrong."""

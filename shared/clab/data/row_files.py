@@ -25,7 +25,7 @@ def read_row_file(path: Path) -> list:
             return pq.read_table(path).to_pylist()
         text = path.read_text()
         if path.suffix == ".jsonl" or (text.lstrip().startswith("{") and "\n{" in text):
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            return json_lines(text, path)
         data = json.loads(text)
     except (OSError, ValueError) as e:
         raise ClabError(f"{path}: not readable as Parquet or JSON ({e})") from None
@@ -34,3 +34,20 @@ def read_row_file(path: Path) -> list:
     if not isinstance(data, list):
         raise ClabError(f"{path}: expected a list of rows")
     return data
+
+
+def json_lines(text: str, path: Path) -> list:
+    """One JSON value a non-blank line. A bad line is named by its number in the file:
+    ``json`` counts lines within the one line it was given, so its own message would
+    say "line 1" wherever the bad line is."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:
+            msg = getattr(e, "msg", str(e))
+            col = f", column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+            raise ClabError(f"{path}, line {number}{col}: not JSON ({msg})") from None
+    return rows

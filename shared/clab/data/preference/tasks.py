@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clab.data.row_files import read_row_file
+from clab.data.row_files import json_lines, read_row_file
 from clab.errors import ClabError
 from clab.storage.atomic import write_text
 
@@ -150,5 +150,5 @@ def read_split(path: str | Path, limit: int | None = None) -> list[Row]:
     path = Path(path)
     if not path.is_file():
         raise ClabError(f"{path}: the task's split is missing (was the run's initial stage moved?)")
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = json_lines(path.read_text(), path)
     return rows[:limit] if limit else rows

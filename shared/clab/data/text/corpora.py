@@ -13,6 +13,7 @@ import codecs
 import sys
 from pathlib import Path
 
+from clab.data.row_files import read_row_file
 from clab.errors import ClabError
 
 SPLITS = (("train", 0.0, 0.8), ("validation", 0.8, 0.9), ("test", 0.9, 1.0))
@@ -80,25 +81,31 @@ def load_corpus(source: str, max_chars: int, field: str = "text") -> str:
         if not path.is_file():
             raise ClabError(f"corpora: {path} does not exist")
         return path.read_text(errors="replace")[:max_chars]
+    if path.suffix in (".parquet", ".jsonl", ".json"):  # clab's reader: it names a bad line
+        if not path.is_file():
+            raise ClabError(f"corpora: {path} does not exist")
+        texts = []
+        for i, row in enumerate(read_row_file(path)):
+            if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                raise ClabError(f"corpora: {path}: row {i + 1} has no {field!r} column of text")
+            texts.append(row[field])
+        return _joined(texts, max_chars)
     try:
         from datasets import load_dataset
 
-        if path.suffix in (".parquet", ".jsonl", ".json"):
-            if not path.is_file():
-                raise ClabError(f"corpora: {path} does not exist")
-            kind = "parquet" if path.suffix == ".parquet" else "json"
-            ds = load_dataset(kind, data_files=str(path), split="train")
-        else:
-            name, _, config = source.partition(":")
-            ds = load_dataset(name, config or None, split="train")
-    except ClabError:
-        raise
+        name, _, config = source.partition(":")
+        ds = load_dataset(name, config or None, split="train")
     except Exception as e:  # datasets raises many kinds; the user needs the source named
         raise ClabError(f"corpora: cannot load {source!r}: {str(e).splitlines()[0]}") from None
     if field not in ds.column_names:
         raise ClabError(f"corpora: {source!r} has no {field!r} column ({ds.column_names})")
+    return _joined(ds[field], max_chars)
+
+
+def _joined(texts, max_chars: int) -> str:
+    """The texts one a line, up to ``max_chars``: a hub corpus is read no further."""
     out, n = [], 0
-    for t in ds[field]:
+    for t in texts:
         out.append(t)
         n += len(t) + 1
         if n >= max_chars:
