@@ -18,6 +18,8 @@ from clab.storage.layout import complete_stages
 from clab.tracking.metrics_log import read_rows
 from rl_spec import write_spec
 
+REPO = Path(__file__).resolve().parent.parent
+
 METRICS = {
     "global_step",
     "round",
@@ -650,3 +652,36 @@ def test_grpo_with_engine_hf_cuts_prompts_at_max_prompt_length(run_dir, monkeypa
                                "max_response_length": 8})  # fmt: skip
     assert main(["run", str(spec)]) == 0
     assert steps("ghf") == [1, 2] and widths and max(widths) == 64  # the prompts are longer
+
+
+def test_a_data_set_regenerated_under_a_run_stops_its_resume_and_its_scoring(workdir, capsys):
+    """The data generator replaces its own earlier output, whatever seed it was made
+    with. A run resumed on it would have trained its later stages on other problems
+    than its earlier ones, and the evaluator scored old stages on new test problems,
+    both without a word. Now each stops naming the data set; nothing is written."""
+    gen = ["run", str(REPO / "services/data-generator.yaml"), "--set", "train_size=40",
+           "--set", "test_size=8", "--set", "output=data/continual"]  # fmt: skip
+    assert main(gen) == 0
+    spec = write_spec(workdir / "s.yaml", name="d", max_steps_per_stage=1, save_steps=0)
+    assert main(["run", str(spec)]) == 0
+    longer = write_spec(
+        workdir / "s2.yaml", name="d", max_steps_per_stage=1, save_steps=0, rounds=2
+    )
+    info = json.loads(Path("checkpoints/d/run.json").read_text())
+    assert len(info["inputs"]["data.dir"]) == 64
+    assert main([*gen, "--set", "seed=1"]) == 0  # regenerated in place
+    capsys.readouterr()
+    before = Path("checkpoints/d/run.json").read_text()
+    assert main(["run", str(longer)]) == 2  # a second round: the run resumes
+    err = capsys.readouterr().err
+    assert "data set at data.dir (data/continual) is not the one its earlier stages" in err
+    assert Path("checkpoints/d/run.json").read_text() == before
+    assert len(complete_stages("checkpoints/d")) == 5
+    ev = ["run", str(REPO / "services/evaluator.yaml"), "--set", "use_gpu=false"]
+    assert main(ev) == 2
+    assert "data/continual is not the one this run trained on" in capsys.readouterr().err
+    assert not Path("metrics/d/eval.parquet").exists()
+    assert main([*gen, "--set", "seed=0"]) == 0  # regenerated as it was: both go on
+    assert main(["run", str(longer)]) == 0
+    assert len(complete_stages("checkpoints/d")) == 9
+    assert main(ev) == 0

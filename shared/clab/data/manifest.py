@@ -8,6 +8,7 @@ written whole from one damaged since.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -32,6 +33,19 @@ def read_manifest(folder: Path) -> dict | None:
     if not isinstance(manifest, dict) or manifest.get("kind") not in DATASET_KINDS:
         return None
     return manifest if isinstance(manifest.get("files"), dict) else None
+
+
+def dataset_digest(folder: Path) -> str | None:
+    """One hash of every file a data set holds (from its manifest), or None where the
+    folder is no clab data set. A run records it when it starts, so that a data set
+    regenerated under it (another seed, other ranges) is caught before the run trains
+    its later stages, or the evaluator scores it, on problems its earlier stages
+    never saw."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return None
+    files = json.dumps(manifest["files"], sort_keys=True).encode()
+    return hashlib.sha256(files).hexdigest()
 
 
 def prepare_output(output: Path, field: str = "output") -> None:

@@ -29,6 +29,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from clab.data.countdown.reading import check_dataset
+from clab.data.manifest import dataset_digest
 from clab.errors import ClabError
 from clab.evaluation.experiments import seed_table
 from clab.evaluation.scorers import SCORERS, ModelHandle, ScoreSettings
@@ -259,9 +260,20 @@ def evaluate_run(spec: EvaluateSpec, run_dir: Path, name: str | None = None) -> 
     except ClabError as e:
         raise ClabError(f"{run_dir}/{e}") from None
     scorers = [SCORERS[t["scorer"]] for t in tasks]
+    trained_on = (info.get("inputs") or {}).get("data.dir")  # recorded since 2026-12-05
+    run_data = ((info.get("spec") or {}).get("data") or {}).get("dir")
     for t in tasks:
         if t["scorer"] == "countdown":
-            check_dataset(Path(t["config"]["data_dir"]), [t["config"]["group"]])
+            data_dir = Path(t["config"]["data_dir"])
+            check_dataset(data_dir, [t["config"]["group"]])
+            ours = run_data is not None and data_dir == Path(run_data)
+            if ours and trained_on is not None and dataset_digest(data_dir) != trained_on:
+                raise ClabError(
+                    f"{run_dir}: the data set at {data_dir} is not the one this run trained "
+                    "on (its files changed since the run started: regenerated with another "
+                    "seed or other settings?); its test problems would not be the run's. "
+                    "Regenerate it as it was, or retrain the run"
+                )
     settings = spec.settings()
     stored = {**settings.shaping(), "tasks": tasks}
     out_dir = spec.metrics / name

@@ -119,8 +119,9 @@ def check_fingerprint(spec: RunSpec) -> None:
     if not info_path.is_file():
         return
     try:
-        old = json.loads(info_path.read_text()).get("fingerprint")
-    except json.JSONDecodeError:
+        info = json.loads(info_path.read_text())
+        old = info.get("fingerprint")
+    except (json.JSONDecodeError, AttributeError):
         raise ClabError(f"{info_path}: not valid JSON; move the run aside with --restart") from None
     if old is None:
         raise ClabError(
@@ -134,6 +135,22 @@ def check_fingerprint(spec: RunSpec) -> None:
             "continuing would mix two experiments in one run. Use the old settings, "
             "another name, or --restart (moves the old run aside, deletes nothing)"
         )
+    recorded = info.get("inputs") or {}  # absent in runs started before it was recorded
+    for key, digest in spec.input_digests().items():
+        if recorded.get(key) not in (None, digest):
+            raise ClabError(
+                f"run {spec.name!r}: the data set at {key} ({getattr_dotted(spec, key)}) is "
+                "not the one its earlier stages trained on (its files changed since the run "
+                "started: regenerated with another seed or other settings?); continuing would "
+                "train the later stages on other problems. Regenerate it as it was, or use "
+                "another name or --restart (moves the old run aside, deletes nothing)"
+            )
+
+
+def getattr_dotted(obj: object, key: str) -> object:
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def move_run_aside(spec: RunSpec) -> None:
@@ -215,6 +232,7 @@ class StageRunner:
                     "tasks": [t.to_json() for t in self.tasks],
                     "replicate": self.spec.replicate(),
                     "fingerprint": spec_fingerprint(self.spec),
+                    "inputs": self.spec.input_digests(),
                     "spec": self.spec.model_dump(mode="json"),
                 },
             )

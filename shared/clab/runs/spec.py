@@ -178,6 +178,11 @@ class RunSpec(Spec):
         """Beside the run's folder, not in it: --restart moves the folder while it is held."""
         return Path("checkpoints") / f".{self.name}.lock"
 
+    def input_digests(self) -> dict[str, str]:
+        """Hashes of the inputs a resumed run must find unchanged, by spec field: the
+        kinds that read a generated data set name it (run.json keeps them)."""
+        return {}
+
     def writes(self) -> list[Path]:
         wandb = [Path("logs/wandb")] if self.wandb else []
         runs = [p for m in self.members() for p in (*m.run_dirs(), m.lock_path())]

@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from clab.data.manifest import dataset_digest
 from clab.models.spec import PrecisionModelSpec
 from clab.runs.spec import RunSpec
 from clab.specs import KIND_HELP, SpecModel
@@ -293,3 +294,7 @@ class CountdownRLSpec(RunSpec):
 
     def reads(self) -> list[Path]:
         return [self.data.dir]
+
+    def input_digests(self) -> dict[str, str]:
+        digest = dataset_digest(self.data.dir)
+        return {} if digest is None else {"data.dir": digest}
