@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     tables = [run_table(args.metrics, run) for run in args.runs]
     if args.sweep and (args.metrics / f"{args.sweep}-k1").is_dir():
-        tables.append(sweep_table(args.metrics, args.sweep, ["k1", "dense", "random_k"]))
+        tables.append(
+            sweep_table(args.metrics, args.sweep, ["k1", "dense", "random_k", "random_share"])
+        )
     print("\n\n".join(tables))
 
 

@@ -3,8 +3,8 @@ training seeds.
 
 `clab demo` runs one seed of each (it must stay within 10 minutes); this runs the
 same specs with the demo's overrides over several seeds (the mixing sweep: phase A
-per seed, every strategy; DPO plain and with online EWC; K-1 against dense and
-random_k), evaluates every run and prints `seed_numbers.py`'s tables: the numbers
+per seed, every strategy; DPO plain and with online EWC; K-1 against dense,
+random_k and random_share), evaluates every run and prints `seed_numbers.py`'s tables: the numbers
 docs/demo.md quotes.
 
     uv run python benchmarks/demo_seeds.py WORK_DIR [--seeds 0,1,2] [--kinds mixing,dpo,k1]

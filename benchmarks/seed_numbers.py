@@ -98,7 +98,8 @@ def set_table(name: str, summaries: dict[int, dict]) -> str:
 def updated_share(metrics: Path, runs: dict[int, str]) -> str | None:
     """A sparse-update set's share of parameters updated a step (``fraction_updated``,
     mean over its steps, then over seeds): K-1 and random_k choose as many groups,
-    not as many parameters, so a comparison of the two reads with this beside it."""
+    not as many parameters (random_share matches the share), so a comparison reads
+    with this beside it."""
     per_seed = {}
     for seed, run in runs.items():
         vals = [r["fraction_updated"] for r in read_rows(metrics / run / "train.jsonl")

@@ -268,3 +268,27 @@ def test_a_corpus_source_it_cannot_read_is_named_not_sent_to_the_hub(tmp_path):
     csv.write_text("text\nhello\n")
     with pytest.raises(ClabError, match=r"a\.csv: a local corpus is a \.txt, \.parquet"):
         load_corpus(str(csv), 100)
+
+
+def test_random_share_in_the_trainer_updates_more_of_the_model_than_random_k(workdir):
+    """The share-matched control in the trainer: K-1 takes embed and head here (0.58
+    of the parameters) every step; random_share's share varies around it, and on
+    average is above random_k's (as many groups), which is what it exists to fix."""
+    s = spec(
+        workdir / "s.yaml",
+        methods=["k1", "random_k", "random_share"],
+        select={"rule": "top_k", "top_k": 2},
+        steps_per_corpus=4,
+        save_steps=0,
+    )
+    assert main(["run", str(s)]) == 0
+    share = {
+        m: [r["fraction_updated"] for r in read_rows(f"metrics/k-{m}/train.jsonl")]
+        for m in ("k1", "random_k", "random_share")
+    }
+    assert len(share["random_share"]) == 8
+    mean = {m: sum(v) / len(v) for m, v in share.items()}
+    assert set(share["k1"]) == {share["k1"][0]}
+    assert mean["random_share"] > mean["random_k"], mean
+    rows = read_rows("metrics/k-random_share/train.jsonl")
+    assert len({tuple(r["selected"]) for r in rows}) > 1  # chosen at random, not fixed

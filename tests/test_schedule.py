@@ -87,9 +87,9 @@ def test_mixing_service_by_hand(elsewhere):
 
 def test_k1_service_by_hand(elsewhere):
     s = plan(SERVICES / "k1-trainer.yaml")
-    assert [r.name for r in s.runs] == ["k1-k1", "k1-dense", "k1-random_k"]
-    assert all(steps_of(s, i) == [2000] * 3 for i in range(3))
-    assert s.steps_per_seed == 3 * 3 * 2000 == 18_000
+    assert [r.name for r in s.runs] == ["k1-k1", "k1-dense", "k1-random_k", "k1-random_share"]
+    assert all(steps_of(s, i) == [2000] * 3 for i in range(4))
+    assert s.steps_per_seed == 4 * 3 * 2000 == 24_000
     assert s.tokens_per_step == 32 * 64 and s.tokens_exact
 
 
@@ -317,7 +317,7 @@ def test_measured_parts_print_as_shares(elsewhere):
     step = sc.StepTime(4.0, "measured", {"generation": 1.0, "scoring": 0.6, "updates": 2.4})
     out = flat(sc.render(s, step))
     assert "updates 2.40 s (60%), generation 1.00 s (25%), scoring 0.60 s (15%)" in out
-    assert "18,000 steps per seed" in out and "20.0 h per seed" in out  # 18,000 x 4 s
+    assert "24,000 steps per seed" in out and "26.7 h per seed" in out  # 24,000 x 4 s
 
 
 @pytest.mark.parametrize(

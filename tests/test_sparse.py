@@ -18,6 +18,7 @@ from clab.training.sparse import (
     parameter_groups,
     random_k,
     same_count_at_random,
+    same_share_at_random,
     top_k,
 )
 
@@ -175,6 +176,42 @@ def test_random_k_takes_as_many_groups_as_the_k1_rule_whatever_the_rule():
         assert all(int(p.sum()) == n for p in picks)
         if n < 4:
             assert len({tuple(p.tolist()) for p in picks}) > 1
+
+
+def test_random_share_updates_k1s_share_of_the_model_in_expectation():
+    """Two vocabulary-sized groups and eight small ones, as the demo's model has: top
+    2 by norm takes the two big ones (0.80 of the parameters). random_k's two groups
+    cover far less on average; random_share covers 0.80 on average, each step a
+    prefix of its random order just below or just above 0.80."""
+    sizes = torch.tensor([40, 2, 3, 2, 3, 2, 3, 2, 3, 40])
+    norms = torch.tensor([9.0, 1, 1, 1, 1, 1, 1, 1, 1, 8.0])
+    gen = torch.Generator().manual_seed(0)
+    k1 = top_k(2)
+    assert float(sizes[k1(norms, sizes, gen)].sum()) / 100 == 0.8
+    count, share = same_count_at_random(k1), same_share_at_random(k1)
+    count_shares, shares, picks = [], [], []
+    for _ in range(2000):
+        count_shares.append(float(sizes[count(norms, sizes, gen)].sum()) / 100)
+        state = gen.get_state()
+        pick = share(norms, sizes, gen)
+        order = torch.randperm(10, generator=torch.Generator().set_state(state))
+        covered = torch.cumsum(sizes[order], 0) / 100
+        n = int(pick.sum())
+        assert set(order[:n].tolist()) == set(pick.nonzero().flatten().tolist())  # a prefix
+        longer = int((covered < 0.8).sum()) + 1  # the shortest prefix reaching 0.8
+        assert n in (longer - 1, longer)
+        shares.append(float(sizes[pick].sum()) / 100)
+        picks.append(tuple(pick.tolist()))
+    assert sum(count_shares) / 2000 < 0.3  # what random_k leaves unmatched
+    assert abs(sum(shares) / 2000 - 0.8) < 0.02
+    assert len(set(picks)) > 100
+
+
+def test_random_share_takes_nothing_when_the_rule_takes_nothing():
+    sizes, norms = torch.tensor([4, 5, 6]), torch.tensor([1.0, 2.0, 3.0])
+    none = lambda norms, sizes, gen: torch.zeros(3, dtype=torch.bool)  # noqa: E731
+    gen = torch.Generator().manual_seed(0)
+    assert not same_share_at_random(none)(norms, sizes, gen).any()
 
 
 def test_a_frozen_group_never_takes_the_place_of_a_trainable_one():

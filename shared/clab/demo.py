@@ -157,7 +157,14 @@ SERVICE_OVERRIDES: dict[str, list[str]] = {
 
 _MIX_BRANCHES = [PHASE_A, *DEFAULT_STRATEGIES]
 _DEMO_RUNS = ",".join(
-    ["demo-curriculum", "demo-control", "demo-k1-k1", "demo-k1-dense", "demo-k1-random_k"]
+    [
+        "demo-curriculum",
+        "demo-control",
+        "demo-k1-k1",
+        "demo-k1-dense",
+        "demo-k1-random_k",
+        "demo-k1-random_share",
+    ]
     + [f"demo-mix-{b}" for b in _MIX_BRANCHES]
     + ["demo-dpo", "demo-dpo-ewc"]
 )

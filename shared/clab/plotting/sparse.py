@@ -1,5 +1,5 @@
 """Kind ``k1-lm`` on the page: sparse updates, the methods of a sweep
-(``<name>-k1``, ``-dense``, ``-random_k``) side by side.
+(``<name>-k1``, ``-dense``, ``-random_k``, ``-random_share``) side by side.
 
 Per method: its training curves. Per sweep: the perplexity matrices on one
 colour scale, forgetting of the first corpus per method, the fraction of
@@ -21,11 +21,11 @@ from clab.plotting.figures import plt
 from clab.plotting.registry import Figure, Section, register_page_kind, related_by_name
 from clab.plotting.runs import RunData, per_task
 
-METHOD_SUFFIXES = ("-k1", "-dense", "-random_k")
+METHOD_SUFFIXES = ("-k1", "-dense", "-random_k", "-random_share")
 
 
 def related(runs: list[RunData]) -> dict[str, list[RunData]]:
-    """A sweep's methods together, in the order k1, dense, random_k."""
+    """A sweep's methods together, in the order k1, dense, random_k, random_share."""
 
     def rank(r: RunData) -> int:
         return next((i for i, m in enumerate(METHOD_SUFFIXES) if r.set_name.endswith(m)), 99)

@@ -3,7 +3,8 @@
 Stages are corpora in order. Each step: next-token loss on a batch of
 windows (labels are the inputs; the model shifts them once), the gradient
 norm of every parameter group, the method's selection (``k1``: the largest
-norms; ``random_k``: as many at random; ``dense``: all), and a step of the
+norms; ``random_k``: as many at random; ``random_share``: as large a share of
+the parameters at random; ``dense``: all), and a step of the
 selected groups' optimizers only (``training/sparse.py``). Corpora are split
 by position into train / validation / test, and the splits are written into
 the initial checkpoint, so every stage and the evaluator read the same text.
@@ -37,6 +38,7 @@ from clab.training.sparse import (
     make_optimizer,
     parameter_groups,
     same_count_at_random,
+    same_share_at_random,
 )
 from clab.training.steps import k1_stage_steps
 
@@ -172,6 +174,7 @@ class K1Trainer:
         rule = {
             "k1": k1,
             "random_k": same_count_at_random(k1),  # as many as K-1 would take, at random
+            "random_share": same_share_at_random(k1),  # as much of the model, at random
             "dense": dense(),
         }[spec.method]
         self.select = among(rule, live)

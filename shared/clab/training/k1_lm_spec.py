@@ -64,7 +64,8 @@ class SelectSpec(SpecModel):
     fraction: float = Field(0.5, gt=0, le=1, description="rule fraction: share of parameters")
     smoothing: bool = Field(False, description="EMA 0.9 of the selection, on above 0.5")
     # random_k takes, each step, as many groups as this rule (smoothing included)
-    # takes from its gradients; frozen groups are never candidates, for any method.
+    # takes from its gradients, random_share as large a share of the parameters;
+    # frozen groups are never candidates, for any method.
 
 
 class GroupsSpec(SpecModel):
@@ -86,17 +87,20 @@ class OptimSpec(SpecModel):
 
 
 class K1Spec(RunSpec):
-    """Sparse (K-1) against dense training and random_k, on corpora in sequence."""
+    """Sparse (K-1) against dense training and two random controls, on corpora in
+    sequence."""
 
     kind: Literal["k1-lm"] = Field("k1-lm", description=KIND_HELP)
     TRAINER: ClassVar[str] = "clab.training.k1_lm"
     VARIANT: ClassVar[str | None] = "method"
-    methods: list[Literal["k1", "dense", "random_k"]] = Field(
-        ["k1", "dense", "random_k"],
+    methods: list[Literal["k1", "dense", "random_k", "random_share"]] = Field(
+        ["k1", "dense", "random_k", "random_share"],
         min_length=1,
-        description="the methods compared, one run each: k1 (sparse updates), dense, random_k",
+        description="the methods compared, one run each: k1 (sparse updates), dense, random_k "
+        "(as many groups as k1, at random), random_share (as large a share of the parameters "
+        "as k1, at random)",
     )
-    method: Literal["k1", "dense", "random_k"] = Field(
+    method: Literal["k1", "dense", "random_k", "random_share"] = Field(
         "k1", description="set per run by the sweep; the spec file lists methods"
     )
     corpora: list[CorpusSpec] = Field(
