@@ -25,6 +25,7 @@ COLUMNS = [
     ("entropy", "entropy", "{:.3f}"),
     ("success_rate", "sampled success", "{:.2f}"),
     ("answer_forms", "answer forms", "{:.1f}"),
+    ("flat_groups", "flat groups", "{:.2f}"),  # GRPO only
     ("response_length_mean", "response tokens", "{:.1f}"),
 ]
 COLLAPSED = 0.01  # entropy below this: the policy samples (nearly) one continuation

@@ -84,6 +84,8 @@ def test_one_round_through_all_four_groups(run_dir, algorithm):
         assert r["answer_forms"] >= 1
     if algorithm == "ppo":
         assert {"value_loss", "vf_clipfrac", "lr_critic"} <= set(rows[0])
+    else:  # no response of the untrained model succeeds: every prompt's group is flat
+        assert all(r["flat_groups"] == 1.0 for r in rows), [r["flat_groups"] for r in rows]
     # the run's page draws the entropy and the answer forms (a collapse onto one template)
     from clab.plotting.figures import train_panels
 

@@ -465,6 +465,7 @@ GRPO_KEYS = {
     "completions/mean_length": "response_length_mean",
     "completions/max_length": "response_length_max",
     "clip_ratio/region_mean": "pg_clipfrac",
+    "frac_reward_zero_std": "flat_groups",
     "success_rate": "success_rate",
     "answer_forms": "answer_forms",
 }
