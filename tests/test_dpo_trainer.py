@@ -271,3 +271,35 @@ def test_ewc_fisher_covers_both_tasks_and_a_crash_resumes_to_the_same_numbers(wo
 
     with safe_open("checkpoints/whole/r0-g1/ewc.safetensors", "pt") as f:
         assert json.loads(f.metadata()["tasks"]) == [0, 1]
+
+
+def test_ewc_penalty_counts_once_an_optimizer_step_under_gradient_accumulation(workdir):
+    """The penalty is added to every micro-batch's loss; transformers divides each
+    micro-batch's loss by the accumulation count, so an optimizer step sees it once,
+    as without accumulation. Two micro-batches of 4 must then train as one of 8 (the
+    DPO loss is a mean over equal micro-batches too), and a doubled lambda must not:
+    counted twice, the penalty would act as that doubled lambda."""
+    ewc = {"lambda": 1e5, "fisher_samples": 8, "gamma": 1.0}
+    common = dict(save_steps=0)
+    runs = {
+        "one": dict(ewc=ewc),
+        "accum": dict(ewc=ewc, dpo__micro_batch_size=4),
+        "double": dict(ewc={**ewc, "lambda": 2e5}),
+    }
+    for name, changes in runs.items():
+        assert (
+            main(["run", str(spec(workdir / f"{name}.yaml", name=name, **common, **changes))]) == 0
+        )
+    rows = {n: read_rows(f"metrics/{n}/train.jsonl") for n in runs}
+    assert len(rows["accum"]) == len(rows["one"]) == 8  # batch 8 either way: 4 steps a task
+
+    def second_task(run: str, key: str) -> list[float]:
+        return [r[key] for r in rows[run][4:]]
+
+    for key in ("loss", "weight_change_run"):
+        assert second_task("accum", key) == pytest.approx(second_task("one", key), rel=1e-4)
+    # what counting it twice would do: the second task's later losses move by 1% to
+    # 10%, where accumulating moved them by about 1e-7
+    one, double = second_task("one", "loss"), second_task("double", "loss")
+    assert all(abs(d - o) > 0.005 * o for d, o in zip(double[1:], one[1:], strict=True))
+    assert abs(double[1] - one[1]) > 0.05 * one[1]
