@@ -671,8 +671,10 @@ def test_a_data_set_regenerated_under_a_run_stops_its_resume_and_its_scoring(wor
     )
     info = json.loads(Path("checkpoints/d/run.json").read_text())
     assert len(info["inputs"]["data.dir"]) == 64
-    assert main([*gen, "--set", "seed=1"]) == 0  # regenerated in place
     capsys.readouterr()
+    assert main([*gen, "--set", "seed=1"]) == 0  # regenerated in place, with a word
+    out = capsys.readouterr().out
+    assert "replacing the data set at data/continual, made with other seed" in out
     before = Path("checkpoints/d/run.json").read_text()
     assert main(["run", str(longer)]) == 2  # a second round: the run resumes
     err = capsys.readouterr().err

@@ -48,6 +48,26 @@ def dataset_digest(folder: Path) -> str | None:
     return hashlib.sha256(files).hexdigest()
 
 
+def say_if_replacing(output: Path, spec: dict) -> None:
+    """One line when ``output`` holds a data set made with other settings: it is about
+    to be replaced, and the runs that trained on it will refuse to resume (their
+    run.json holds its hash) until it is made again as it was."""
+    manifest = read_manifest(output)
+    old = manifest.get("spec") if manifest is not None else None
+    if not isinstance(old, dict):
+        return
+    same_bytes = {"workers"}  # the same seed gives the same files on any number of workers
+    keys = sorted((old.keys() | spec.keys()) - same_bytes)
+    diff = [k for k in keys if old.get(k) != spec.get(k)]
+    if diff:
+        print(
+            f"clab: replacing the data set at {output}, made with other {', '.join(diff)}; "
+            "runs that trained on it will refuse to resume, and the evaluator to score them, "
+            "until it is made again as it was",
+            flush=True,
+        )
+
+
 def prepare_output(output: Path, field: str = "output") -> None:
     """Check, before any work, that a generator may write its data set at ``output``.
 

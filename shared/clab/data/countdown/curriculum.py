@@ -25,7 +25,7 @@ from clab.data.countdown.generate import (
     write_jobs,
 )
 from clab.data.countdown.prompts import Template
-from clab.data.manifest import prepare_output
+from clab.data.manifest import prepare_output, say_if_replacing
 from clab.specs import KIND_HELP, Spec, SpecModel
 from clab.storage.atomic import atomic_dir, write_json
 
@@ -106,6 +106,7 @@ class CountdownSpec(Spec):
 
     def run(self) -> None:
         prepare_output(self.output)
+        say_if_replacing(self.output, self.model_dump(mode="json"))
         generate_dataset(self, self.jobs(), self.output)
 
 

@@ -28,7 +28,7 @@ from clab.data.countdown.generate import Job, default_workers, generate_problems
 from clab.data.countdown.prompts import Template
 from clab.data.countdown.schema import TINYZERO_REQUIRED, build_table
 from clab.data.countdown.strata import stratified_first
-from clab.data.manifest import prepare_output
+from clab.data.manifest import prepare_output, say_if_replacing
 from clab.errors import ClabError
 from clab.specs import KIND_HELP, Spec, SpecModel
 from clab.storage.atomic import (
@@ -125,6 +125,7 @@ class RandomSplitSpec(Spec):
                 f"test_size) = {self.needed:,}: raise pool.size (or leave it null)"
             )
         prepare_output(self.output)
+        say_if_replacing(self.output, self.model_dump(mode="json"))
         if self.source.exists() and self.pool.generate_if_missing and self._stale_pool():
             print(f"clab: {self.source} was generated with other pool settings: made again")
             self.source.unlink()
