@@ -248,6 +248,15 @@ def test_the_loss_cache_is_recomputed_when_phase_a_changes(workdir, capsys):
     (t.phase_a_dir / "r0-g0" / "adapter_model.safetensors").unlink()
 
     shutil.copy(t.phase_a_dir / "initial" / "adapter_model.safetensors", t.phase_a_dir / "r0-g0")
+    # the model in memory still holds the trained adapter: losses computed with it would
+    # be stored under the new file's key, so the trainer refuses (nothing is written)
+    from clab.errors import ClabError
+
+    with pytest.raises(ClabError, match="the model loaded is not phase A's adapter"):
+        t.example_losses(rows)
+    assert json.loads(cache.read_text())["key"] == first["key"]
+    t.load(Path("checkpoints/mx-phase-a/r0-g0"), Path("checkpoints/mx-phase-a/initial"))
+    capsys.readouterr()
     t.example_losses(rows)
     assert "reused" not in capsys.readouterr().out
     assert json.loads(cache.read_text())["key"] != first["key"]

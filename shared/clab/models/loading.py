@@ -123,6 +123,24 @@ def load_adapter_model(
     return model if adapter_dropout else _zero_dropout_modules(model)
 
 
+def holds_adapter(model, folder: str | Path) -> bool:
+    """Whether ``model`` (a PeftModel) holds exactly the adapter weights saved in
+    ``folder``: what a result keyed to that folder's files was computed with."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("adapter_model*.safetensors"))
+    if not files:
+        return False
+    saved: dict[str, torch.Tensor] = {}
+    for f in files:
+        saved.update(load_file(f))
+    live = get_peft_model_state_dict(model)
+    if saved.keys() != live.keys():
+        return False
+    return all(torch.equal(live[k].detach().cpu().to(v.dtype), v) for k, v in saved.items())
+
+
 def load_policy(name_or_path: str | Path, dtype: str = "float32") -> PreTrainedModel:
     """A causal LM with every dropout at 0. An adapter checkpoint is loaded onto its base
     and merged: scoring and generation then run at the base model's speed."""

@@ -136,7 +136,7 @@ def _forgetting(prefix: str, runs: list[RunData], out: Path) -> Figure | None:
         )
         figures.bar_labels(b, list(range(len(vals))), vals, errs)
         b.axhline(0, color="black", lw=0.8)
-        b.set_xticks(range(len(vals)), names)
+        b.set_xticks(range(len(vals)), names, rotation=15, ha="right", fontsize=9)
     b.set_title(
         f"forgetting of {first}: final minus best earlier {score}\n(above 0 is worse; below 0: "
         "it ended better than ever; bars: 95% paired bootstrap over windows)",

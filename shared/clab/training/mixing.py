@@ -30,7 +30,13 @@ from clab.data.sft.encoding import encode_pair, format_prompt
 from clab.data.sft.replay import cache_key, cached_losses, replay_count, select_replay
 from clab.errors import ClabError
 from clab.evaluation.scorers.answer_loss import answer_losses
-from clab.models.loading import check_model_source, load_adapter_model, load_policy, load_tokenizer
+from clab.models.loading import (
+    check_model_source,
+    holds_adapter,
+    load_adapter_model,
+    load_policy,
+    load_tokenizer,
+)
 from clab.models.precision import compute_autocast
 from clab.models.tiny import build_tiny_model
 from clab.runs.protocol import StageContext, TaskRef
@@ -308,6 +314,12 @@ class MixingTrainer:
         key = cache_key(sorted(phase_a.glob("adapter_model*")), rows, self.spec.training.max_length)
 
         def compute() -> dict[str, float]:
+            if not holds_adapter(self.model, phase_a):  # the runner loads it before B trains
+                raise ClabError(
+                    f"per-example losses of {self.spec.task_a.name}: the model loaded is not "
+                    f"phase A's adapter ({phase_a}), yet the losses would be stored as its; "
+                    "run the strategy's stage from its start (--restart)"
+                )
             print(
                 f"clab: per-example losses of {len(rows)} {self.spec.task_a.name} examples",
                 flush=True,
