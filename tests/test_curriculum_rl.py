@@ -672,9 +672,11 @@ def test_a_data_set_regenerated_under_a_run_stops_its_resume_and_its_scoring(wor
     info = json.loads(Path("checkpoints/d/run.json").read_text())
     assert len(info["inputs"]["data.dir"]) == 64
     capsys.readouterr()
+    assert main([*gen, "--set", "workers=1"]) == 0  # the same files: not a word
+    assert "replaced" not in capsys.readouterr().out
     assert main([*gen, "--set", "seed=1"]) == 0  # regenerated in place, with a word
     out = capsys.readouterr().out
-    assert "replacing the data set at data/continual, made with other seed" in out
+    assert "replaced the data set at data/continual (made with other seed)" in out
     before = Path("checkpoints/d/run.json").read_text()
     assert main(["run", str(longer)]) == 2  # a second round: the run resumes
     err = capsys.readouterr().err
@@ -688,4 +690,8 @@ def test_a_data_set_regenerated_under_a_run_stops_its_resume_and_its_scoring(wor
     assert main([*gen, "--set", "seed=0"]) == 0  # regenerated as it was: both go on
     assert main(["run", str(longer)]) == 0
     assert len(complete_stages("checkpoints/d")) == 9
+    assert main(ev) == 0
+    # a run scored in full keeps its results: replacing its data set for the next
+    # experiment does not stop the evaluator (which scores other runs after it)
+    assert main([*gen, "--set", "seed=1"]) == 0
     assert main(ev) == 0

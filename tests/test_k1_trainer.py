@@ -2,6 +2,7 @@
 initial model, resume after a crash, the evaluator's perplexity, bad input."""
 
 import codecs
+import json
 from pathlib import Path
 
 import pytest
@@ -252,6 +253,14 @@ def test_a_bad_line_of_a_jsonl_corpus_is_named_by_its_number(tmp_path):
         load_corpus(str(tmp_path / "d.jsonl"), 1000)
     (tmp_path / "e.jsonl").write_text(good * 3)
     assert load_corpus(str(tmp_path / "e.jsonl"), 1000) == "some prose\nsome prose\nsome prose"
+    # what datasets' loader read too: a BOM, CRLF, raw U+2028 and U+0085 inside a string
+    # (json.dumps(ensure_ascii=False) writes them; str.splitlines would cut there), and a
+    # JSON list of bare strings
+    odd = json.dumps({"text": "a\u2028b\x85c"}, ensure_ascii=False)
+    (tmp_path / "f.jsonl").write_text("\ufeff" + odd + "\r\n" + good, encoding="utf-8")
+    assert load_corpus(str(tmp_path / "f.jsonl"), 1000) == "a\u2028b\x85c\nsome prose"
+    (tmp_path / "g.json").write_text(json.dumps(["one", "two"]))
+    assert load_corpus(str(tmp_path / "g.json"), 1000) == "one\ntwo"
 
 
 def test_a_corpus_source_it_cannot_read_is_named_not_sent_to_the_hub(tmp_path):
@@ -292,3 +301,20 @@ def test_random_share_in_the_trainer_updates_more_of_the_model_than_random_k(wor
     assert mean["random_share"] > mean["random_k"], mean
     rows = read_rows("metrics/k-random_share/train.jsonl")
     assert len({tuple(r["selected"]) for r in rows}) > 1  # chosen at random, not fixed
+
+
+def test_a_method_added_to_a_finished_sweep_runs_alone(workdir, capsys):
+    """methods is a safe change: a sweep of [k1, dense] finished before random_share
+    existed gains it by rerunning with it listed; k1's and dense's runs are kept, not
+    refused as "started with other settings" nor trained again."""
+    s = spec(workdir / "s.yaml", methods=["k1", "dense"], steps_per_corpus=2, save_steps=0)
+    assert main(["run", str(s)]) == 0
+    before = Path("metrics/k-k1/train.jsonl").read_text()
+    s = spec(workdir / "s.yaml", methods=["k1", "dense", "random_share"], steps_per_corpus=2,
+             save_steps=0)  # fmt: skip
+    capsys.readouterr()
+    assert main(["run", str(s)]) == 0
+    out = capsys.readouterr().out
+    assert "k-k1: finished, skipped" in out and "k-dense: finished, skipped" in out
+    assert Path("metrics/k-k1/train.jsonl").read_text() == before
+    assert len(read_rows("metrics/k-random_share/train.jsonl")) == 4

@@ -48,24 +48,28 @@ def dataset_digest(folder: Path) -> str | None:
     return hashlib.sha256(files).hexdigest()
 
 
-def say_if_replacing(output: Path, spec: dict) -> None:
-    """One line when ``output`` holds a data set made with other settings: it is about
-    to be replaced, and the runs that trained on it will refuse to resume (their
-    run.json holds its hash) until it is made again as it was."""
-    manifest = read_manifest(output)
-    old = manifest.get("spec") if manifest is not None else None
-    if not isinstance(old, dict):
+def say_if_replaced(output: Path, before: dict | None, spec: dict) -> None:
+    """One line when the data set just written at ``output`` has other files than the
+    one it replaced (``before``: that one's manifest): the runs that trained on the old
+    one will refuse to resume, and the evaluator to score them, as their run.json holds
+    its hash. The same settings give the same files, so this names the settings that
+    changed, or says that none did (another clab or pyarrow version writes other bytes)."""
+    if before is None or not isinstance(before.get("files"), dict):
         return
-    same_bytes = {"workers"}  # the same seed gives the same files on any number of workers
+    old_digest = hashlib.sha256(json.dumps(before["files"], sort_keys=True).encode())
+    if old_digest.hexdigest() == dataset_digest(output):
+        return
+    old = before.get("spec") if isinstance(before.get("spec"), dict) else {}
+    same_bytes = {"workers", "output"}  # the same seed gives the same rows on any workers
     keys = sorted((old.keys() | spec.keys()) - same_bytes)
     diff = [k for k in keys if old.get(k) != spec.get(k)]
-    if diff:
-        print(
-            f"clab: replacing the data set at {output}, made with other {', '.join(diff)}; "
-            "runs that trained on it will refuse to resume, and the evaluator to score them, "
-            "until it is made again as it was",
-            flush=True,
-        )
+    why = f"made with other {', '.join(diff)}" if diff else "same settings, other files"
+    print(
+        f"clab: replaced the data set at {output} ({why}); runs that trained on the old one "
+        "will refuse to resume, and the evaluator to score them, until it is made again "
+        "as it was",
+        flush=True,
+    )
 
 
 def prepare_output(output: Path, field: str = "output") -> None:

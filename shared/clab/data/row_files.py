@@ -23,7 +23,7 @@ def read_row_file(path: Path) -> list:
             import pyarrow.parquet as pq
 
             return pq.read_table(path).to_pylist()
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a BOM is no part of the data
         if path.suffix == ".jsonl" or (text.lstrip().startswith("{") and "\n{" in text):
             return json_lines(text, path)
         data = json.loads(text)
@@ -41,7 +41,10 @@ def json_lines(text: str, path: Path) -> list:
     ``json`` counts lines within the one line it was given, so its own message would
     say "line 1" wherever the bad line is."""
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # lines end at "\n" only: str.splitlines also splits at U+2028, U+0085 and others,
+    # which JSON strings may hold raw (json.dumps(ensure_ascii=False) writes them)
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

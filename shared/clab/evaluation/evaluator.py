@@ -252,6 +252,27 @@ def weights_identity(stage_dir: Path) -> tuple:
     return tuple(out)
 
 
+def check_trained_on(info: dict, tasks: list[dict], run_dir: Path) -> None:
+    """The run's Countdown data set is the one it trained on (run.json's ``inputs``,
+    recorded since 2026-12-05): else its stages would be scored on test problems it
+    never had, in a matrix whose earlier stages had the old ones."""
+    trained_on = (info.get("inputs") or {}).get("data.dir")
+    run_data = ((info.get("spec") or {}).get("data") or {}).get("dir")
+    if trained_on is None or run_data is None:
+        return
+    for t in tasks:
+        data_dir = Path(t["config"]["data_dir"])
+        if t["scorer"] == "countdown" and data_dir == Path(run_data):
+            if dataset_digest(data_dir) != trained_on:
+                raise ClabError(
+                    f"{run_dir}: the data set at {data_dir} is not the one this run trained "
+                    "on (its files changed since the run started: regenerated with another "
+                    "seed or other settings?); its test problems would not be the run's. "
+                    "Regenerate it as it was, or leave the run out of the evaluator's runs"
+                )
+            return
+
+
 def evaluate_run(spec: EvaluateSpec, run_dir: Path, name: str | None = None) -> dict | None:
     info = read_json(run_dir / RUN_INFO)
     name = name or run_dir.name
@@ -260,20 +281,9 @@ def evaluate_run(spec: EvaluateSpec, run_dir: Path, name: str | None = None) -> 
     except ClabError as e:
         raise ClabError(f"{run_dir}/{e}") from None
     scorers = [SCORERS[t["scorer"]] for t in tasks]
-    trained_on = (info.get("inputs") or {}).get("data.dir")  # recorded since 2026-12-05
-    run_data = ((info.get("spec") or {}).get("data") or {}).get("dir")
     for t in tasks:
         if t["scorer"] == "countdown":
-            data_dir = Path(t["config"]["data_dir"])
-            check_dataset(data_dir, [t["config"]["group"]])
-            ours = run_data is not None and data_dir == Path(run_data)
-            if ours and trained_on is not None and dataset_digest(data_dir) != trained_on:
-                raise ClabError(
-                    f"{run_dir}: the data set at {data_dir} is not the one this run trained "
-                    "on (its files changed since the run started: regenerated with another "
-                    "seed or other settings?); its test problems would not be the run's. "
-                    "Regenerate it as it was, or retrain the run"
-                )
+            check_dataset(Path(t["config"]["data_dir"]), [t["config"]["group"]])
     settings = spec.settings()
     stored = {**settings.shaping(), "tasks": tasks}
     out_dir = spec.metrics / name
@@ -286,6 +296,8 @@ def evaluate_run(spec: EvaluateSpec, run_dir: Path, name: str | None = None) -> 
     done = {r["stage"] for r in rows}
     samples = samples_path.read_text() if samples_path.is_file() else ""
     todo = [(s, d) for s, d in complete_stages(run_dir) if s.index not in done]
+    if todo:  # a run scored in full keeps its results whatever its data set became since
+        check_trained_on(info, tasks, run_dir)
     write_json(out_dir / SETTINGS_FILE, stored)
     bar = tqdm(total=len(todo) * len(tasks), desc=f"evaluate {name}", unit="task")
     for stage, stage_dir in todo:

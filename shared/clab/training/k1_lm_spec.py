@@ -91,6 +91,8 @@ class K1Spec(RunSpec):
     sequence."""
 
     kind: Literal["k1-lm"] = Field("k1-lm", description=KIND_HELP)
+    # a method added or dropped changes no other method's run (as seeds)
+    SAFE_CHANGES: ClassVar[frozenset[str]] = RunSpec.SAFE_CHANGES | {"methods"}
     TRAINER: ClassVar[str] = "clab.training.k1_lm"
     VARIANT: ClassVar[str | None] = "method"
     methods: list[Literal["k1", "dense", "random_k", "random_share"]] = Field(

@@ -25,7 +25,7 @@ from clab.data.countdown.generate import (
     write_jobs,
 )
 from clab.data.countdown.prompts import Template
-from clab.data.manifest import prepare_output, say_if_replacing
+from clab.data.manifest import prepare_output, read_manifest, say_if_replaced
 from clab.specs import KIND_HELP, Spec, SpecModel
 from clab.storage.atomic import atomic_dir, write_json
 
@@ -106,8 +106,9 @@ class CountdownSpec(Spec):
 
     def run(self) -> None:
         prepare_output(self.output)
-        say_if_replacing(self.output, self.model_dump(mode="json"))
+        before = read_manifest(self.output)
         generate_dataset(self, self.jobs(), self.output)
+        say_if_replaced(self.output, before, self.model_dump(mode="json"))
 
 
 def generate_dataset(spec: Spec, jobs: list[Job], output: Path) -> dict:

@@ -28,7 +28,7 @@ from clab.data.countdown.generate import Job, default_workers, generate_problems
 from clab.data.countdown.prompts import Template
 from clab.data.countdown.schema import TINYZERO_REQUIRED, build_table
 from clab.data.countdown.strata import stratified_first
-from clab.data.manifest import prepare_output, say_if_replacing
+from clab.data.manifest import prepare_output, read_manifest, say_if_replaced
 from clab.errors import ClabError
 from clab.specs import KIND_HELP, Spec, SpecModel
 from clab.storage.atomic import (
@@ -125,7 +125,7 @@ class RandomSplitSpec(Spec):
                 f"test_size) = {self.needed:,}: raise pool.size (or leave it null)"
             )
         prepare_output(self.output)
-        say_if_replacing(self.output, self.model_dump(mode="json"))
+        before = read_manifest(self.output)
         if self.source.exists() and self.pool.generate_if_missing and self._stale_pool():
             print(f"clab: {self.source} was generated with other pool settings: made again")
             self.source.unlink()
@@ -142,6 +142,7 @@ class RandomSplitSpec(Spec):
         self.check_generated_pool()
         numbers, targets, solutions = read_pool(self.source, self.needed)
         write_random_split(self, numbers, targets, solutions)
+        say_if_replaced(self.output, before, self.model_dump(mode="json"))
 
     def check_generated_pool(self) -> None:
         """A pool we generated must still be the file its manifest hashed."""

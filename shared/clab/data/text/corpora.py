@@ -84,11 +84,24 @@ def load_corpus(source: str, max_chars: int, field: str = "text") -> str:
     if path.suffix in (".parquet", ".jsonl", ".json"):  # clab's reader: it names a bad line
         if not path.is_file():
             raise ClabError(f"corpora: {path} does not exist")
+        if path.suffix == ".parquet":  # the text column alone: a wide table stays on disk
+            import pyarrow.parquet as pq
+
+            try:
+                names = pq.read_schema(path).names
+                if field not in names:
+                    raise ClabError(f"corpora: {path}: no {field!r} column ({names})")
+                rows = pq.read_table(path, columns=[field]).column(field).to_pylist()
+            except (OSError, ValueError) as e:  # pyarrow's errors are both
+                raise ClabError(f"corpora: {path}: not readable as Parquet ({e})") from None
+        else:  # a bare string is a row of text, as datasets reads it
+            rows = read_row_file(path)
         texts = []
-        for i, row in enumerate(read_row_file(path)):
-            if not isinstance(row, dict) or not isinstance(row.get(field), str):
+        for i, row in enumerate(rows):
+            text = row.get(field) if isinstance(row, dict) else row  # a bare string: text
+            if not isinstance(text, str):
                 raise ClabError(f"corpora: {path}: row {i + 1} has no {field!r} column of text")
-            texts.append(row[field])
+            texts.append(text)
         return _joined(texts, max_chars)
     try:
         from datasets import load_dataset
