@@ -256,8 +256,10 @@ def check_trained_on(info: dict, tasks: list[dict], run_dir: Path) -> None:
     """The run's Countdown data set is the one it trained on (run.json's ``inputs``,
     recorded since 2026-12-05): else its stages would be scored on test problems it
     never had, in a matrix whose earlier stages had the old ones."""
-    trained_on = (info.get("inputs") or {}).get("data.dir")
-    run_data = ((info.get("spec") or {}).get("data") or {}).get("dir")
+    inputs, spec = info.get("inputs"), info.get("spec")
+    trained_on = inputs.get("data.dir") if isinstance(inputs, dict) else None
+    data = spec.get("data") if isinstance(spec, dict) else None
+    run_data = data.get("dir") if isinstance(data, dict) else None
     if trained_on is None or run_data is None:
         return
     for t in tasks:

@@ -135,7 +135,8 @@ def check_fingerprint(spec: RunSpec) -> None:
             "continuing would mix two experiments in one run. Use the old settings, "
             "another name, or --restart (moves the old run aside, deletes nothing)"
         )
-    recorded = info.get("inputs") or {}  # absent in runs started before it was recorded
+    recorded = info.get("inputs")  # absent in runs started before it was recorded
+    recorded = recorded if isinstance(recorded, dict) else {}
     for key, digest in spec.input_digests().items():
         if recorded.get(key) not in (None, digest):
             raise ClabError(
