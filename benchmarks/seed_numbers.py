@@ -95,21 +95,27 @@ def set_table(name: str, summaries: dict[int, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def updated_share(metrics: Path, runs: dict[int, str]) -> str | None:
+def updated_share(metrics: Path, name: str, runs: dict[int, str]) -> str | None:
     """A sparse-update set's share of parameters updated a step (``fraction_updated``,
     mean over its steps, then over seeds): K-1 and random_k choose as many groups,
     not as many parameters (random_share matches the share), so a comparison reads
-    with this beside it."""
-    per_seed = {}
-    for seed, run in runs.items():
-        vals = [r["fraction_updated"] for r in read_rows(metrics / run / "train.jsonl")
-                if r.get("fraction_updated") is not None]  # fmt: skip
-        if vals:
-            per_seed[seed] = float(np.mean(vals))
-    if not per_seed:
-        return None
-    e = mean_interval(per_seed)
-    return f"parameters updated a step (mean over steps): {_est(e)}; each seed's {_seeds(e)}\n"
+    with this beside it. For a control, also the share K-1's rule took at the same
+    steps from the control's own gradients (``k1_fraction``): what it was matched to."""
+    lines = []
+    keys = [("fraction_updated", "parameters updated a step (mean over steps)")]
+    if not name.endswith("-k1"):
+        keys.append(("k1_fraction", "K-1's rule would have updated, at the same steps"))
+    for key, label in keys:
+        per_seed = {}
+        for seed, run in runs.items():
+            vals = [r[key] for r in read_rows(metrics / run / "train.jsonl")
+                    if r.get(key) is not None]  # fmt: skip
+            if vals:
+                per_seed[seed] = float(np.mean(vals))
+        if per_seed:
+            e = mean_interval(per_seed)
+            lines.append(f"{label}: {_est(e)}; each seed's {_seeds(e)}\n")
+    return "".join(lines) or None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     for rs in sets:
         summaries = {s: read_summary(args.metrics, r) for s, r in rs.runs.items()}
         print(set_table(rs.name, summaries))
-        share = updated_share(args.metrics, rs.runs)
+        share = updated_share(args.metrics, rs.name, rs.runs)
         if share is not None:
             print(share)
     for a in sets:

@@ -301,6 +301,12 @@ def test_random_share_in_the_trainer_updates_more_of_the_model_than_random_k(wor
     assert mean["random_share"] > mean["random_k"], mean
     rows = read_rows("metrics/k-random_share/train.jsonl")
     assert len({tuple(r["selected"]) for r in rows}) > 1  # chosen at random, not fixed
+    # each control logs what K-1's rule took from its own gradients at that step
+    for m in ("k1", "random_k", "random_share"):
+        for r in read_rows(f"metrics/k-{m}/train.jsonl"):
+            assert 0 < r["k1_fraction"] <= 1
+            if m == "k1":
+                assert r["k1_fraction"] == r["fraction_updated"]
 
 
 def test_a_method_added_to_a_finished_sweep_runs_alone(workdir, capsys):

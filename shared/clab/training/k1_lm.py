@@ -97,6 +97,19 @@ def make_trainer(spec: K1Spec, rank: int, world: int) -> K1Trainer:
     return K1Trainer(spec)
 
 
+class RecordedRule:
+    """A selection rule that keeps its last pick: the random controls call K-1's rule
+    on every step's gradients to size their own choice, and the log shows what it
+    took (``k1_fraction``), so a reader sees how closely each control matched it."""
+
+    def __init__(self, rule) -> None:
+        self.rule, self.last = rule, None
+
+    def __call__(self, norms, sizes, gen):
+        self.last = self.rule(norms, sizes, gen)
+        return self.last
+
+
 class K1Trainer:
     def __init__(self, spec: K1Spec):
         self.spec = spec
@@ -171,12 +184,14 @@ class K1Trainer:
         self.smoothed = None
         if sel.smoothing and spec.method != "dense":
             k1 = self.smoothed = Smoothed(k1)
+        self.k1_pick = RecordedRule(k1)  # what K-1's rule took at this step, for the log
         rule = {
-            "k1": k1,
-            "random_k": same_count_at_random(k1),  # as many as K-1 would take, at random
-            "random_share": same_share_at_random(k1),  # as much of the model, at random
+            "k1": self.k1_pick,
+            "random_k": same_count_at_random(self.k1_pick),  # as many groups, at random
+            "random_share": same_share_at_random(self.k1_pick),  # as much of the model
             "dense": dense(),
         }[spec.method]
+        self.live = live
         self.select = among(rule, live)
         self.gen = torch.Generator().manual_seed(spec.seed)
         state = model_dir / STATE
@@ -213,8 +228,13 @@ class K1Trainer:
                 raise ClabError(f"stage {ctx.stage.name}: loss is not finite; lower optim.lr")
             loss.backward()
             norms = group_grad_norms(self.groups)
+            self.k1_pick.last = None
             chosen = self.select(norms, self.opt.sizes, self.gen).cpu()
             row = self.opt.step(chosen)
+            if self.k1_pick.last is not None:  # k1 and its controls: the share K-1's rule took
+                live_sizes = self.opt.sizes.cpu()[self.live]
+                took = float(live_sizes[self.k1_pick.last.cpu()].sum())
+                row["k1_fraction"] = took / float(self.opt.sizes.sum())
             ctx.log(
                 {
                     "step_in_stage": step + 1,
