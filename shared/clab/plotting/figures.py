@@ -155,7 +155,7 @@ TRAIN_PANELS: list[tuple[str, list[tuple[str, str]], str, str]] = [
     ("loss", [("loss", "batch")], "Next-token loss on the training batch", "loss"),
     (
         "fraction_updated",
-        [("fraction_updated", "updated")],
+        [("fraction_updated", "updated"), ("k1_fraction", "K-1's rule would update")],
         "Fraction of parameters updated at each step",
         "fraction",
     ),
