@@ -42,10 +42,11 @@ def dataset_digest(folder: Path) -> str | None:
     its later stages, or the evaluator scores it, on problems its earlier stages
     never saw."""
     manifest = read_manifest(folder)
-    if manifest is None:
-        return None
-    files = json.dumps(manifest["files"], sort_keys=True).encode()
-    return hashlib.sha256(files).hexdigest()
+    return None if manifest is None else _files_digest(manifest["files"])
+
+
+def _files_digest(files: dict) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def say_if_replaced(output: Path, before: dict | None, spec: dict) -> None:
@@ -56,8 +57,7 @@ def say_if_replaced(output: Path, before: dict | None, spec: dict) -> None:
     changed, or says that none did (another clab or pyarrow version writes other bytes)."""
     if before is None or not isinstance(before.get("files"), dict):
         return
-    old_digest = hashlib.sha256(json.dumps(before["files"], sort_keys=True).encode())
-    if old_digest.hexdigest() == dataset_digest(output):
+    if _files_digest(before["files"]) == dataset_digest(output):
         return
     old = before.get("spec") if isinstance(before.get("spec"), dict) else {}
     same_bytes = {"workers", "output"}  # the same seed gives the same rows on any workers
