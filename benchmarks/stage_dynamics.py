@@ -1,6 +1,6 @@
 """What an RL run's policy did within each stage, by quarter of the stage: token
-entropy, success of the sampled responses, answer forms and response length, from
-``metrics/<run>/train.jsonl``.
+entropy, success of the sampled responses, answer forms, response length and the
+step's wall time, from ``metrics/<run>/train.jsonl``.
 
 The evaluator's tables say what each stage changed; this says how: whether the
 policy kept exploring or collapsed onto one answer template (entropy near 0, one
@@ -27,6 +27,9 @@ COLUMNS = [
     ("answer_forms", "answer forms", "{:.1f}"),
     ("flat_groups", "flat groups", "{:.2f}"),  # GRPO only
     ("response_length_mean", "response tokens", "{:.1f}"),
+    # where a stage's wall time went: the GPU demo's budget is minutes a seed
+    ("step_time", "s a step", "{:.3f}"),
+    ("generation_time", "s generating", "{:.3f}"),
 ]
 COLLAPSED = 0.01  # entropy below this: the policy samples (nearly) one continuation
 
