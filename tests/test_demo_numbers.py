@@ -85,7 +85,7 @@ def test_stage_dynamics_gives_each_quarter_of_a_stage_and_when_entropy_collapsed
         rows.append(
             dict(global_step=step, round=0, group=group, entropy=entropy,
                  success_rate=step / 16, answer_forms=1 if entropy < 0.01 else 9,
-                 step_time=0.25 if step % 2 else 0.5)
+                 step_time=step / 10, generation_time=step / 100)
         )  # fmt: skip
     run = tmp_path / "demo-curriculum-s0"
     run.mkdir()
@@ -96,9 +96,9 @@ def test_stage_dynamics_gives_each_quarter_of_a_stage_and_when_entropy_collapsed
     lines = [line for line in out.splitlines() if line.startswith("| 2 | g1")]
     assert len(lines) == 4
     # quarter 2 of stage 2: steps 11-12, success (11 + 12) / 2 / 16
-    # the step time of steps 11 and 12: (0.25 + 0.5) / 2
-    assert lines[1] == "| 2 | g1 (r0) | 2/4 | 11-12 | 0.100 | 0.72 | 9.0 | 0.375 |"
-    assert lines[3] == "| 2 | g1 (r0) | 4/4 | 15-16 | 0.004 | 0.97 | 1.0 | 0.375 |"
+    # the step and generation times of steps 11 and 12: (1.1 + 1.2) / 2, (0.11 + 0.12) / 2
+    assert lines[1] == "| 2 | g1 (r0) | 2/4 | 11-12 | 0.100 | 0.72 | 9.0 | 1.150 | 0.115 |"
+    assert lines[3] == "| 2 | g1 (r0) | 4/4 | 15-16 | 0.004 | 0.97 | 1.0 | 1.550 | 0.155 |"
 
     with pytest.raises(SystemExit) as e:
         dynamics(["--metrics", str(tmp_path), "--runs", "nope"])
