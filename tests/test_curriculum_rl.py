@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from clab.cli import main
 from clab.rewards.countdown import Reason, RewardResult
@@ -46,6 +47,25 @@ METRICS = {
 
 def steps(run: str) -> list[int]:
     return [r["global_step"] for r in read_rows(f"metrics/{run}/train.jsonl")]
+
+
+@pytest.mark.parametrize(("algorithm", "per_rollout"), [("ppo", 2), ("grpo", 1)])
+def test_optimizer_steps_per_rollout(run_dir, algorithm, per_rollout):
+    """PPO splits each rollout into mini-batches, one optimizer step each (as veRL);
+    clab's GRPO takes one step a generation whatever batch.mini says, where veRL's GRPO
+    splits it too (docs/services.md): how much a stage trains differs by this factor."""
+    extra = {"rollout__responses_per_prompt": 2} if algorithm == "grpo" else {}
+    spec = write_spec(
+        run_dir / "s.yaml", name=algorithm, algorithm=algorithm, data__groups=[0],
+        batch__mini=2, batch__micro=2, **extra,
+    )  # fmt: skip
+    assert main(["run", str(spec)]) == 0
+    state = torch.load(
+        f"checkpoints/{algorithm}/r0-g0/trainer_state.pt", weights_only=False, map_location="cpu"
+    )
+    opt = state["actor_opt"] if algorithm == "ppo" else state
+    counts = {float(p["step"]) for p in opt["state"].values()}
+    assert counts == {3.0 * per_rollout}  # 3 rollouts a stage
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
