@@ -57,7 +57,8 @@ def spec(args, name: str, strategy: str, world: int, start: str | None) -> dict:
             "responses_per_prompt": 4 if grpo else 1,
             "engine": "hf-static",
         },
-        "batch": {"train": 4 * world, "val": 16, "mini": 4 * world, "micro": 4},
+        # GRPO: one optimizer step a generation, as when its figures were taken
+        "batch": {"train": 4 * world, "val": 16, "mini": (16 if grpo else 4) * world, "micro": 4},
         "ppo": {"actor_lr": 1e-4, "critic_lr": 1e-4},
         "grpo": {"lr": 1e-4},
         "save_steps": args.steps,

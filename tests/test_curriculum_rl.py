@@ -14,6 +14,7 @@ import torch
 
 from clab.cli import main
 from clab.rewards.countdown import Reason, RewardResult
+from clab.runs.runner import checkpoint_step, latest_checkpoint
 from clab.specs import load_spec
 from clab.storage.layout import complete_stages
 from clab.tracking.metrics_log import read_rows
@@ -49,15 +50,17 @@ def steps(run: str) -> list[int]:
     return [r["global_step"] for r in read_rows(f"metrics/{run}/train.jsonl")]
 
 
-@pytest.mark.parametrize(("algorithm", "per_rollout"), [("ppo", 2), ("grpo", 1)])
-def test_optimizer_steps_per_rollout(run_dir, algorithm, per_rollout):
-    """PPO splits each rollout into mini-batches, one optimizer step each (as veRL);
-    clab's GRPO takes one step a generation whatever batch.mini says, where veRL's GRPO
-    splits it too (docs/services.md): how much a stage trains differs by this factor."""
+@pytest.mark.parametrize(
+    ("algorithm", "mini", "per_rollout"), [("ppo", 2, 2), ("grpo", 2, 4), ("grpo", 8, 1)]
+)
+def test_optimizer_steps_per_rollout(run_dir, algorithm, mini, per_rollout):
+    """Both algorithms split each step's sequences into mini-batches of batch.mini, one
+    optimizer step each, as veRL does (PPO: 4 prompts x 1; GRPO: 4 x 2 responses): how
+    much a stage trains is set by the mini-batch, and a clab step stays one rollout."""
     extra = {"rollout__responses_per_prompt": 2} if algorithm == "grpo" else {}
     spec = write_spec(
         run_dir / "s.yaml", name=algorithm, algorithm=algorithm, data__groups=[0],
-        batch__mini=2, batch__micro=2, **extra,
+        batch__mini=mini, batch__micro=2, **extra,
     )  # fmt: skip
     assert main(["run", str(spec)]) == 0
     state = torch.load(
@@ -66,6 +69,7 @@ def test_optimizer_steps_per_rollout(run_dir, algorithm, per_rollout):
     opt = state["actor_opt"] if algorithm == "ppo" else state
     counts = {float(p["step"]) for p in opt["state"].values()}
     assert counts == {3.0 * per_rollout}  # 3 rollouts a stage
+    assert steps(algorithm) == [1, 2, 3]  # one row a rollout, whatever the mini-batches
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
@@ -203,7 +207,14 @@ def test_grpo_crash_and_resume_loses_and_repeats_nothing(run_dir, monkeypatch):
         with pytest.raises(Crash):
             main(["run", str(spec)])
     assert steps("g") == list(range(1, 9))
+    # 8 sequences a step in mini-batches of 4: HF names the checkpoint by optimizer step,
+    # its marker (which the runner reads) by clab step
+    ckpt = latest_checkpoint(Path("checkpoints/g/_resume/r0-g2"))
+    assert ckpt.name == "checkpoint-4" and checkpoint_step(ckpt) == 2
     assert main(["run", str(spec)]) == 0
+    assert (
+        "resuming stage r0-g2 at its step 2 (global step 8)" in Path("logs/g/train.log").read_text()
+    )
     assert steps("g") == list(range(1, 13))
     assert len(complete_stages("checkpoints/g")) == 5
 

@@ -123,7 +123,7 @@ def test_dpo_service_counts_the_builtin_pairs(elsewhere):
         ),
         ({"batch__train": 8, "epochs_per_group": 3, "max_steps_per_stage": 4,
           "data__max_train_rows": None}, 4),
-        (  # GRPO counts the same steps (TRL's max_steps is the stage's steps)
+        (  # GRPO counts generations as PPO counts rollouts (TRL's max_steps: x 4 here)
             {"algorithm": "grpo", "rollout__responses_per_prompt": 2, "batch__train": 8,
              "epochs_per_group": 2, "max_steps_per_stage": None, "rounds": 2,
              "data__max_train_rows": None},
@@ -143,6 +143,10 @@ def test_countdown_plan_equals_the_trainers_stage_steps(run_dir, changes, per_st
     assert "row counts of its Parquet files" in s.data
     n = spec.rollout.responses_per_prompt
     assert s.tokens_per_step == 8 * n * (160 + 8)
+    # 8 prompts x n responses in mini-batches of 4 sequences (the tiny spec's batch.mini)
+    k = 8 * n // 4
+    what = "a PPO step: rollout, scoring" if n == 1 else "a GRPO step: one generation"
+    assert f"{what}, then {k} optimizer steps of 4 sequences" in s.notes[0]
 
 
 def test_mixing_plan_equals_the_trainers_stage_steps(elsewhere):

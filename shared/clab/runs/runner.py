@@ -72,6 +72,14 @@ def latest_checkpoint(work: Path) -> Path | None:
 
 
 def checkpoint_step(ckpt: Path) -> int:
+    """The clab step (within its stage) a resume checkpoint was taken at: its marker's
+    ``step``, which differs from the folder's number where HF names it by optimizer
+    step (GRPO's several a generation); the number for a marker without one."""
+    marker = ckpt / COMPLETE_MARKER
+    if marker.is_file():
+        step = json.loads(marker.read_text()).get("step")
+        if isinstance(step, int):
+            return step
     return int(ckpt.name.split("-")[1])
 
 

@@ -56,7 +56,7 @@ from clab.training.hf_stage import (
     stage_args,
 )
 from clab.training.ppo import NonFiniteLoss, PPOConfig, PPOTrainer
-from clab.training.steps import countdown_stage_steps
+from clab.training.steps import countdown_stage_steps, grpo_updates_per_step
 from clab.training.warmup import warmup_on_solutions, warmup_on_solutions_apart
 
 TRAINER_STATE = "trainer_state.pt"
@@ -387,6 +387,11 @@ class PPOStageTrainer(CountdownTrainer):
         torch.save(full["trainer"], d / TRAINER_STATE)
 
 
+def grpo_updates(spec: CountdownRLSpec) -> int:
+    b = spec.batch
+    return grpo_updates_per_step(b.train, spec.rollout.responses_per_prompt, b.mini)
+
+
 def grpo_dataset(rows: list[Problem]):
     """TRL's dataset for a stage: the prompt as raw text (a string, so TRL applies no
     chat template) and the columns the reward reads."""
@@ -516,27 +521,36 @@ class GRPOStageTrainer(CountdownTrainer):
         """TRL's config keys for one stage (the overhead benchmark builds a plain
         GRPOTrainer from the same keys)."""
 
-        spec = self.spec
+        spec, b = self.spec, self.spec.batch
         n = spec.rollout.responses_per_prompt
-        per_worker = spec.batch.train // self.world * n
+        per_worker = b.train // self.world * n
+        k = grpo_updates(spec)
         g = spec.grpo
         return dict(
             stage_args(spec, ctx, ctx.n_steps),
-            per_device_train_batch_size=spec.batch.micro,
-            gradient_accumulation_steps=per_worker // spec.batch.micro,
+            # clab's step is one generation, as PPO's is one rollout; TRL counts optimizer
+            # steps, k to a generation: one per mini-batch, as veRL's GRPO takes them
+            max_steps=ctx.n_steps * k,
+            logging_steps=k,  # one row a generation, TRL's metrics averaged over its k
+            save_steps=(spec.save_steps or 500) * k,  # checkpoints at generation bounds
+            per_device_train_batch_size=b.micro,
+            gradient_accumulation_steps=b.mini // self.world // b.micro,
+            steps_per_generation=per_worker // b.micro,
             num_generations=n,
             num_train_epochs=spec.epochs_per_group,
             learning_rate=g.lr,
             weight_decay=g.weight_decay,
             lr_scheduler_type=spec.lr_scheduler,
-            warmup_steps=spec.lr_warmup_steps,
+            warmup_steps=spec.lr_warmup_steps * k,
             beta=g.beta,
             epsilon=g.epsilon,
             loss_type=g.loss_type,
             scale_rewards=g.scale_rewards,
             # TRL 1.16's defaults, pinned so a TRL upgrade cannot change the numbers: one
-            # update per generation (the clip ratio is 1, so epsilon never acts), the KL
-            # term weighted by the importance ratio, truncated completions kept in the loss
+            # pass over each generation (with k > 1 TRL scores the old log-probabilities
+            # once, and the clip acts from the second mini-batch on; with k = 1 the ratio
+            # is 1 and epsilon never acts), the KL term weighted by the importance ratio,
+            # truncated completions kept in the loss
             num_iterations=1,
             use_bias_correction_kl=True,
             mask_truncated_completions=False,
@@ -609,7 +623,11 @@ class GRPOStageTrainer(CountdownTrainer):
             # our rollout hook for both HF engines (prompts cut as PPO's, under FSDP
             # from the gathered copy); TRL's own generation (its vLLM) otherwise
             ours = self.spec.rollout.engine in ("hf", "hf-static")
-            self.callback = StageCallback(GRPO_KEYS, extra=lambda logs: {"group": group})
+            self.callback = StageCallback(
+                GRPO_KEYS,
+                extra=lambda logs: {"group": group},
+                steps_per_row=grpo_updates(self.spec),
+            )
             with self._reference_sharding():
                 self.trainer = grpo_trainer_class()(
                     model=self.policy,

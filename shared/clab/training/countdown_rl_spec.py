@@ -72,7 +72,12 @@ class BatchSpec(SpecModel):
     train: int = Field(128, ge=1, description="prompts per training step")
     val: int = Field(128, ge=1, description="test prompts per group at each validation")
     mini: int = Field(
-        64, ge=1, description="PPO mini-batch: sequences per optimizer step, all workers"
+        64,
+        ge=1,
+        description="mini-batch, PPO and GRPO: sequences per optimizer step, all workers; "
+        "each step's batch.train x responses_per_prompt sequences make that many / mini "
+        "optimizer steps, as veRL's ppo_mini_batch_size (which counts prompts: veRL's mini "
+        "x rollout.n is clab's mini)",
     )
     micro: int = Field(8, ge=1, description="sequences per forward/backward on one worker")
     score_micro: int | None = Field(
@@ -249,26 +254,18 @@ class CountdownRLSpec(RunSpec):
         b, w, n = self.batch, self.resources.num_workers, self.rollout.responses_per_prompt
         if b.train % w:
             raise ValueError(f"batch.train ({b.train}) must divide by resources.num_workers ({w})")
-        per_worker = b.train // w * n
-        if self.algorithm == "ppo":
-            if (b.train * n) % b.mini:
-                raise ValueError(
-                    f"batch.mini ({b.mini}) must divide the sequences per step "
-                    f"(batch.train x responses_per_prompt = {b.train * n})"
-                )
-            if b.mini % w or (b.mini // w) % b.micro:
-                raise ValueError(
-                    f"batch.micro ({b.micro}) must divide each worker's share of batch.mini "
-                    f"({b.mini} / {w} workers)"
-                )
-        else:
-            if n < 2:
-                raise ValueError("grpo compares responses: rollout.responses_per_prompt >= 2")
-            if per_worker % b.micro:
-                raise ValueError(
-                    f"batch.micro ({b.micro}) must divide the sequences per worker and step "
-                    f"({per_worker})"
-                )
+        if self.algorithm == "grpo" and n < 2:
+            raise ValueError("grpo compares responses: rollout.responses_per_prompt >= 2")
+        if (b.train * n) % b.mini:
+            raise ValueError(
+                f"batch.mini ({b.mini}) must divide the sequences per step "
+                f"(batch.train x responses_per_prompt = {b.train * n})"
+            )
+        if b.mini % w or (b.mini // w) % b.micro:
+            raise ValueError(
+                f"batch.micro ({b.micro}) must divide each worker's share of batch.mini "
+                f"({b.mini} / {w} workers)"
+            )
         tp = self.rollout.tensor_parallel_size
         if tp > 1 and (self.rollout.engine != "vllm" or w % tp):
             raise ValueError(

@@ -54,10 +54,20 @@ def stage_args(spec, ctx: StageContext, n_steps: int) -> dict[str, Any]:
 
 
 class StageCallback(TrainerCallback):
-    """HF log rows -> runner rows (renamed by ``keys``), and COMPLETE on each checkpoint."""
+    """HF log rows -> runner rows (renamed by ``keys``), and COMPLETE on each checkpoint.
 
-    def __init__(self, keys: dict[str, str], extra: Callable[[dict], dict] | None = None):
-        self.keys, self.extra = keys, extra
+    ``steps_per_row``: HF optimizer steps in one clab step (GRPO's mini-batches of one
+    generation). HF then logs every that many steps (``logging_steps``) and saves at
+    their multiples; rows and checkpoint markers count clab steps, and a row's
+    ``step_time`` spans all of its optimizer steps (the generation included)."""
+
+    def __init__(
+        self,
+        keys: dict[str, str],
+        extra: Callable[[dict], dict] | None = None,
+        steps_per_row: int = 1,
+    ):
+        self.keys, self.extra, self.per_row = keys, extra, steps_per_row
         self.ctx: StageContext | None = None
         self.rows = 0
         self._t0 = time.perf_counter()
@@ -67,7 +77,8 @@ class StageCallback(TrainerCallback):
         self.ctx, self.rows, self._tokens = ctx, 0, 0.0
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._t0 = time.perf_counter()
+        if state.global_step % self.per_row == 0:  # the first optimizer step of a row
+            self._t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         self._step_time = time.perf_counter() - self._t0
@@ -75,8 +86,13 @@ class StageCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "train_runtime" in logs or self.ctx is None:
             return  # the end-of-training summary
+        if state.global_step % self.per_row:
+            raise RuntimeError(
+                f"HF logged at optimizer step {state.global_step}, inside a clab step of "
+                f"{self.per_row}: logging_steps must be {self.per_row}"
+            )
         row = {
-            "step_in_stage": state.global_step,
+            "step_in_stage": state.global_step // self.per_row,
             # transformers counts the epoch done after each step: epoch e's last step
             # reads e + 1.0, which floor() put in the next epoch
             "epoch": max(0, math.ceil((state.epoch or 0) - 1e-9) - 1),
@@ -99,7 +115,7 @@ class StageCallback(TrainerCallback):
             if self.ctx is not None:
                 self.ctx.flush_logs()  # the rows up to the checkpoint are on disk first
             if ckpt.is_dir():
-                mark_complete(ckpt, step=state.global_step)
+                mark_complete(ckpt, step=state.global_step // self.per_row)
 
 
 def carry_into_stage(

@@ -40,6 +40,7 @@ from clab.training.mixing_spec import JOINT, PHASE_A
 from clab.training.steps import (
     countdown_stage_steps,
     dpo_stage_steps,
+    grpo_updates_per_step,
     k1_stage_steps,
     mixing_stage_steps,
 )
@@ -232,7 +233,11 @@ def _countdown(spec, spec_path: Path | None) -> Schedule:
             f"of {b.mini} sequences (batch.mini, ppo_epochs {spec.ppo.ppo_epochs})"
         ]
     else:
-        notes = ["a GRPO step: one optimizer step (TRL's max_steps is the stage's steps)"]
+        opt = grpo_updates_per_step(b.train, n, b.mini)
+        notes = [
+            f"a GRPO step: one generation, then {opt} optimizer step{'s' if opt > 1 else ''} "
+            f"of {b.mini} sequences (batch.mini; TRL's max_steps is {opt} x the stage's steps)"
+        ]
     if spec.warmup.steps:
         notes.append(f"{spec.warmup.steps:,} supervised warm-up steps before stage 1, not timed")
     return Schedule(

@@ -30,6 +30,15 @@ def countdown_stage_steps(
     return min(total, cap) if cap else total
 
 
+def grpo_updates_per_step(train: int, responses_per_prompt: int, mini: int) -> int:
+    """Optimizer steps in one GRPO step (one generation): its ``train`` x
+    ``responses_per_prompt`` sequences in mini-batches of ``mini`` sequences, as veRL's
+    GRPO (and clab's PPO) splits a rollout. TinyZero's GRPO script (128 prompts x 5,
+    a mini-batch of 64 prompts, 320 sequences) takes 2. Before batch.mini applied to
+    GRPO, clab's took 1 whatever the mini-batch."""
+    return train * responses_per_prompt // mini
+
+
 def hf_epoch_steps(n_examples: int, batch: int, micro_batch: int) -> int:
     """Optimizer steps in one epoch as transformers' Trainer (5.x) counts them under
     gradient accumulation: ``ceil(n / micro)`` micro-batches, every ``batch / micro``
