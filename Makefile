@@ -24,8 +24,11 @@ lint: sync ## ruff check and format check
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
 
+# Two pytest-xdist workers, a file each at a time (tests/conftest.py gives each one thread).
+PYTEST_WORKERS ?= 2
+
 test: lint ## lint, then the whole test suite
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(UV) run --frozen pytest
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 demo: sync ## the whole stack at tiny scale on this machine's CPU
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(UV) run --frozen clab demo

@@ -8,6 +8,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# Under pytest-xdist (`make test`: 2 workers for CI's 2 cores), one thread a worker, set
+# before torch loads and inherited by the runs tests start: two test processes of 2 threads
+# each on 2 cores spin-wait on each other (the slowest tests ran 5 to 15 times slower).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 

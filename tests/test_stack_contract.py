@@ -25,6 +25,7 @@ FASTER = [
 EXTRA = {
     "curriculum-trainer-1.5b": FASTER,
     "curriculum-trainer-3b": FASTER,
+    "k1-trainer": ["steps_per_corpus=2", "val_windows=4", "save_steps=0"],
     "mixing-trainer": [
         "strategies=[loss_descending, joint]",
         *(f"task_{t}.{k}={v}" for t in "ab" for k, v in (("train_size", 24), ("val_size", 4))),
