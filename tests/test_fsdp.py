@@ -8,6 +8,7 @@ transformers is most of the time) and does all its runs inside them.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -18,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.fsdp import fully_shard
 
 from clab.data.countdown.reading import read_group
 from clab.models.loading import load_critic, load_policy, load_tokenizer
@@ -151,6 +153,30 @@ def _fsdp_worker(rank: int, world: int, model_dir: Path, out: Path) -> None:
     assert odd[0].weight.to_local().shape[0] == (3 if rank == 0 else 2)
     if rank == 0:
         torch.save({"rows": rows, "actor": actor}, out / "fsdp.pt")
+
+
+def _own_shards_worker(rank: int, world: int) -> None:
+    from clab.distributed.fsdp import data_parallel_mesh, local_shard
+
+    torch.manual_seed(0)
+    full = torch.nn.Linear(6, 4)
+    model = fully_shard(copy.deepcopy(full), mesh=data_parallel_mesh())
+    for p, f in zip(model.parameters(), full.parameters(), strict=True):
+        assert p.device_mesh.get_coordinate() == (rank,), p.device_mesh
+        assert torch.equal(local_shard(p, f.detach()), p.to_local())
+
+
+def test_workers_forked_after_an_emulated_measurement_read_their_own_shards():
+    """``clab plan --measure`` emulates rank 0 of N on a fake process group; DTensor's
+    caches kept specs made on its mesh, and workers forked later from the same
+    process (these tests' FSDP workers, after test_schedule's) got that mesh back:
+    rank 1 took rank 0's shard of every checkpoint tensor it read."""
+    from clab.distributed.emulate import fake_process_group
+    from clab.distributed.fsdp import data_parallel_mesh
+
+    with fake_process_group(2), torch.no_grad():
+        fully_shard(torch.nn.Linear(6, 4), mesh=data_parallel_mesh())(torch.ones(1, 6))
+    _spawn(_own_shards_worker)
 
 
 def test_the_rollout_copy_is_the_model_without_its_training_hooks(tmp_path, dataset):

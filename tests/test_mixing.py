@@ -20,9 +20,9 @@ from conftest import REPO
 
 TINY = [
     "task_a={name: arith, format: arithmetic, train_size: 40, val_size: 8, epochs: 1,"
-    " lr: 1.0e-2, max_new_tokens: 4}",
+    " lr: 3.0e-2, max_new_tokens: 4}",
     "task_b={name: qa, format: context_qa, train_size: 40, val_size: 8, epochs: 1,"
-    " lr: 1.0e-2, max_new_tokens: 4}",
+    " lr: 3.0e-2, max_new_tokens: 4}",
     "model={preset: tiny, hidden_size: 32, layers: 1, heads: 2, vocab_size: 400,"
     " gradient_checkpointing: false}",
     "lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj, down_proj]}",
@@ -82,6 +82,17 @@ def test_prompts_use_the_models_chat_template_when_it_has_one(tok):
     assert out == "<|user|>What is 2+2?<|endoftext|><|assistant|>"
     ids, n_prompt = encode_pair(chat, out, "4", 64)
     assert ids[n_prompt:] == chat("4", add_special_tokens=False)["input_ids"] + [chat.eos_token_id]
+
+
+def test_the_demo_qa_data_is_the_same_whatever_packages_are_installed(tmp_path, monkeypatch):
+    """Its facts are made of module names: installing pytest-xdist once changed every
+    example, and a test's losses with them, between two machines with one lock file."""
+    before = task_data.context_qa(64, 1)
+    for name in ("aardvark", "zebra", "numpy"):
+        (tmp_path / f"{name}.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert task_data.context_qa(64, 1) == before
+    assert "json keeps the" in "".join(e.prompt for e in task_data.context_qa(400, 0))
 
 
 def test_real_data_loaders_carry_levels_by_id_and_name_bad_fields(tmp_path):

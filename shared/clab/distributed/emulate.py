@@ -33,6 +33,27 @@ def fake_process_group(world: int) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+        _forget_dtensor_specs()
+
+
+def _forget_dtensor_specs() -> None:
+    """Empty DTensor's sharding caches, which outlive the group.
+
+    They are keyed by meshes that compare equal whatever this process's rank in
+    them, and their cached specs carry the mesh they were made on. A worker forked
+    later from this process (as the tests' FSDP workers are) would get rank 0's
+    mesh back on every rank: its parameters' ``device_mesh`` said coordinate 0 on
+    rank 1, and reading a checkpoint's shard through it gave rank 1 rank 0's part
+    (the weight change from the run's start read 0.31 where it was 0.015).
+    """
+    from torch.distributed.tensor import DTensor
+
+    clear = getattr(torch._C, "_clear_DTensor_sharding_propagator_cache", None)
+    if clear is not None:  # the C++ fast path's cache (torch >= 2.10)
+        clear()
+    propagator = DTensor._op_dispatcher.sharding_propagator
+    propagator.propagate_op_sharding.cache_clear()
+    type(propagator)._propagate_tensor_meta_cached.cache_clear()
 
 
 def emulate_comms(model: torch.nn.Module, world: int) -> None:
