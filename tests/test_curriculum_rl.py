@@ -253,6 +253,72 @@ def test_grpo_resumed_in_a_later_epoch_trains_the_same_prompts_and_numbers(run_d
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["global_step"], key)
 
 
+def test_grpo_oversample_draws_more_prompts_and_trains_the_groups_whose_scores_vary(
+    run_dir, monkeypatch
+):
+    """grpo.oversample 3: each generation scores 3 x 4 prompts of the stage (TRL's 4,
+    then 8 others, none twice) and trains on 4 groups, those whose two responses
+    scored differently first. Prompts whose target divides by 3 get responses scored
+    0 and 1 (they vary); the others all 0 (flat). Kept flat share = max(0, 4 - 12 +
+    drawn flat) / 4 exactly, step by step."""
+    from clab.rewards.countdown import CountdownReward
+
+    calls: list[list[str]] = []
+
+    def reward(self, prompts, completions, target, **_):
+        calls.append(list(prompts))
+        return [float(t % 3 == 0 and i % 2) for i, t in enumerate(target)]
+
+    from trl import GRPOTrainer
+
+    losses: list[dict] = []
+    compute_loss = GRPOTrainer._compute_loss
+
+    def spy(self, model, inputs):
+        losses.append({k: inputs[k] for k in ("advantages", "completion_mask")})
+        losses[-1]["tokens"] = inputs["num_items_in_batch"]
+        return compute_loss(self, model, inputs)
+
+    monkeypatch.setattr(CountdownReward, "__call__", reward)
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", spy)
+    spec = write_spec(
+        run_dir / "o.yaml", name="o", algorithm="grpo", data__groups=[0],
+        rollout__responses_per_prompt=2, grpo__oversample=3, data__max_train_rows=32,
+    )  # fmt: skip
+    assert main(["run", str(spec)]) == 0
+    rows = read_rows("metrics/o/train.jsonl")
+    assert len(calls) == len(rows) == 3 and len(losses) == 2 * 3  # 2 micro-batches of 4
+    for i, (drawn, row) in enumerate(zip(calls, rows, strict=True)):
+        firsts = drawn[::2]
+        assert drawn[1::2] == firsts and len(set(firsts)) == 12  # 12 groups, none twice
+        flat = round(row["flat_groups"] * 12)
+        assert row["flat_groups_kept"] == pytest.approx(max(0, 4 - 12 + flat) / 4)
+        # the loss sees the 4 kept groups: both responses of each varying one move
+        trained = losses[2 * i : 2 * i + 2]
+        adv = torch.cat([t["advantages"] for t in trained])
+        assert len(adv) == 8 and int((adv != 0).sum()) == 2 * min(4, 12 - flat)
+        kept_tokens = sum(int(t["completion_mask"].sum()) for t in trained)
+        assert all(int(t["tokens"]) == kept_tokens for t in trained)
+    assert any(r["flat_groups"] > 0 for r in rows)
+    assert any(r["flat_groups_kept"] < r["flat_groups"] for r in rows)
+
+
+def test_grpo_oversample_refuses_a_stage_too_small_and_vllm(run_dir, capsys):
+    spec = write_spec(
+        run_dir / "o.yaml", name="o", algorithm="grpo", data__groups=[0],
+        rollout__responses_per_prompt=2, grpo__oversample=3, data__max_train_rows=8,
+    )  # fmt: skip
+    assert main(["run", str(spec)]) == 2
+    assert "grpo.oversample 3 draws 12 prompts a step, but group 0 has 8" in capsys.readouterr().err
+    assert not Path("checkpoints/o").exists()  # refused before stage 0 is built
+    bad = write_spec(
+        run_dir / "v.yaml", algorithm="grpo", rollout__responses_per_prompt=2,
+        grpo__oversample=2, rollout__engine="vllm",
+    )  # fmt: skip
+    assert main(["run", str(bad)]) == 2
+    assert "grpo.oversample > 1 needs rollout.engine hf or hf-static" in capsys.readouterr().err
+
+
 def test_sigkill_mid_run_then_rerun_same_command(run_dir):
     spec = write_spec(run_dir / "k.yaml", name="k", max_steps_per_stage=6)
     cmd = [str(Path(sys.executable).parent / "clab"), "run", str(spec)]

@@ -129,6 +129,12 @@ def test_dpo_service_counts_the_builtin_pairs(elsewhere):
              "data__max_train_rows": None},
             2 * 5,
         ),
+        (  # DAPO's over-draw: more generated, the same steps
+            {"algorithm": "grpo", "rollout__responses_per_prompt": 2, "batch__train": 8,
+             "epochs_per_group": 2, "max_steps_per_stage": None, "grpo__oversample": 3,
+             "data__max_train_rows": None},
+            2 * 5,
+        ),
     ],
 )  # fmt: skip
 def test_countdown_plan_equals_the_trainers_stage_steps(run_dir, changes, per_stage):
@@ -147,6 +153,9 @@ def test_countdown_plan_equals_the_trainers_stage_steps(run_dir, changes, per_st
     k = 8 * n // 4
     what = "a PPO step: rollout, scoring" if n == 1 else "a GRPO step: one generation"
     assert f"{what}, then {k} optimizer steps of 4 sequences" in s.notes[0]
+    if spec.grpo.oversample > 1:
+        note = "oversample 3: each step generates and scores 24 prompts' responses and trains on 8"
+        assert note in s.notes[1]
 
 
 def test_mixing_plan_equals_the_trainers_stage_steps(elsewhere):

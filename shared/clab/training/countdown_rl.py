@@ -48,6 +48,7 @@ from clab.runs.seeding import derive_seed, seed_everything
 from clab.storage.layout import INITIAL_STAGE, Stage
 from clab.tracking.timing import phase
 from clab.training.countdown_rl_spec import CountdownRLSpec
+from clab.training.dynamic_sampling import OverSampler
 from clab.training.hf_stage import (
     StageCallback,
     carry_into_stage,
@@ -71,6 +72,18 @@ def check_inputs(spec: CountdownRLSpec) -> None:
             check_model_folder(Path(spec.model.name_or_path).expanduser())
     if spec.rollout.engine == "vllm":
         require_vllm()
+    if spec.algorithm == "grpo" and spec.grpo.oversample > 1:
+        import pyarrow.parquet as pq
+
+        need = spec.grpo.oversample * spec.batch.train
+        for g in spec.data.groups:
+            rows = pq.ParquetFile(spec.data.dir / f"{g}/train.parquet").metadata.num_rows
+            rows = min(rows, spec.data.max_train_rows or rows)
+            if rows < need:
+                raise ClabError(
+                    f"grpo.oversample {spec.grpo.oversample} draws {need} prompts a step, but "
+                    f"group {g} has {rows}: lower it or use more data"
+                )
     if spec.resources.use_gpu and not torch.cuda.is_available():
         raise ClabError("resources.use_gpu: true, but no CUDA device is visible")
     r = spec.resources
@@ -392,17 +405,20 @@ def grpo_updates(spec: CountdownRLSpec) -> int:
     return grpo_updates_per_step(b.train, spec.rollout.responses_per_prompt, b.mini)
 
 
+def grpo_rows(rows: list[Problem]) -> list[dict]:
+    """A stage's rows as TRL's data set holds them: the prompt as raw text (a string,
+    so TRL applies no chat template) and the columns the reward reads."""
+    return [
+        {"prompt": p.prompt, "target": p.target, "nums": p.nums, "allowed_ops": p.allowed_ops}
+        for p in rows
+    ]
+
+
 def grpo_dataset(rows: list[Problem]):
-    """TRL's dataset for a stage: the prompt as raw text (a string, so TRL applies no
-    chat template) and the columns the reward reads."""
+    """TRL's dataset for a stage (:func:`grpo_rows`)."""
     from datasets import Dataset
 
-    return Dataset.from_list(
-        [
-            {"prompt": p.prompt, "target": p.target, "nums": p.nums, "allowed_ops": p.allowed_ops}
-            for p in rows
-        ]
-    )
+    return Dataset.from_list(grpo_rows(rows))
 
 
 def grpo_rollout_func(trainer: CountdownTrainer):
@@ -471,6 +487,7 @@ GRPO_KEYS = {
     "completions/max_length": "response_length_max",
     "clip_ratio/region_mean": "pg_clipfrac",
     "frac_reward_zero_std": "flat_groups",
+    "flat_groups_kept": "flat_groups_kept",
     "success_rate": "success_rate",
     "answer_forms": "answer_forms",
 }
@@ -546,6 +563,9 @@ class GRPOStageTrainer(CountdownTrainer):
             epsilon=g.epsilon,
             loss_type=g.loss_type,
             scale_rewards=g.scale_rewards,
+            # one reward function, summed then normalized per group (TRL's default, pinned:
+            # grpo.oversample reads a flat group as all-zero advantages)
+            multi_objective_aggregation="sum_then_normalize",
             # TRL 1.16's defaults, pinned so a TRL upgrade cannot change the numbers: one
             # pass over each generation (with k > 1 TRL scores the old log-probabilities
             # once, and the clip acts from the second mini-batch on; with k = 1 the ratio
@@ -617,8 +637,10 @@ class GRPOStageTrainer(CountdownTrainer):
         from trl import GRPOConfig
 
         args = self.grpo_args(ctx)
-        ds = grpo_dataset(self.rows(ctx.stage.task))
+        rows = self.rows(ctx.stage.task)
+        ds = grpo_dataset(rows)
         group = self.groups[ctx.stage.task]
+        g = self.spec.grpo
         if self.trainer is None:
             # our rollout hook for both HF engines (prompts cut as PPO's, under FSDP
             # from the gathered copy); TRL's own generation (its vLLM) otherwise
@@ -647,6 +669,16 @@ class GRPOStageTrainer(CountdownTrainer):
             # 0 of the previous stage must not count as synced now
             self.trainer._last_loaded_step = -1
             self.callback.extra = lambda logs: {"group": group}
+        self.trainer.oversampler = (
+            OverSampler(
+                grpo_rows(rows),
+                g.oversample,
+                self.spec.rollout.responses_per_prompt,
+                (self.spec.seed, ctx.stage.index),
+            )
+            if g.oversample > 1
+            else None
+        )
         reset = self.spec.reset_optimizer and ctx.start_step == 0
         carry_into_stage(
             self.trainer,
@@ -737,9 +769,17 @@ def grpo_trainer_class() -> type:
                     torch.randperm(self.num_samples, generator=self.generator)
 
     class CurriculumGRPOTrainer(GRPOTrainer):
+        oversampler: OverSampler | None = None  # grpo.oversample > 1: set per stage
+
         def _get_train_sampler(self, dataset=None):
             sampler = super()._get_train_sampler(dataset)
             sampler.__class__ = EpochSeededSampler  # adds a method, no state
             return sampler
+
+        def _generate_and_score_completions(self, inputs):
+            o = self.oversampler
+            if o is None or not self.model.training:
+                return super()._generate_and_score_completions(inputs)
+            return o.generate(self, inputs, super()._generate_and_score_completions)
 
     return CurriculumGRPOTrainer

@@ -176,6 +176,13 @@ class GRPOSpec(SpecModel):
     scale_rewards: Literal["group", "batch", "none"] = Field(
         "group", description="advantages divided by the reward std of each prompt's group"
     )
+    oversample: int = Field(
+        1,
+        ge=1,
+        description="DAPO's dynamic sampling, bounded: each generation draws oversample x "
+        "batch.train prompts and trains on batch.train of their groups, those whose "
+        "responses scored differently first, groups that scored alike only to fill; 1: off",
+    )
 
 
 class WarmupSpec(SpecModel):
@@ -276,6 +283,11 @@ class CountdownRLSpec(RunSpec):
             raise ValueError(
                 "rollout.batch_size is for ppo: grpo generates each worker's sequences of a "
                 "step in one call (TRL); leave it null"
+            )
+        if self.algorithm == "grpo" and self.grpo.oversample > 1 and self.rollout.engine == "vllm":
+            raise ValueError(
+                "grpo.oversample > 1 needs rollout.engine hf or hf-static (clab's rollout "
+                "hook); with TRL's vLLM generation it is untested"
             )
         if self.rollout.engine == "vllm" and not self.resources.use_gpu:
             raise ValueError("rollout.engine vllm needs resources.use_gpu: true")

@@ -238,6 +238,14 @@ def _countdown(spec, spec_path: Path | None) -> Schedule:
             f"a GRPO step: one generation, then {opt} optimizer step{'s' if opt > 1 else ''} "
             f"of {b.mini} sequences (batch.mini; TRL's max_steps is {opt} x the stage's steps)"
         ]
+        o = spec.grpo.oversample
+        if o > 1:
+            notes.append(
+                f"grpo.oversample {o}: each step generates and scores {o * b.train} prompts' "
+                f"responses and trains on {b.train} of their groups (old and reference "
+                f"log-probs are computed for all); a tokens/s measured without it puts "
+                f"generation and scoring {o}x too low"
+            )
     if spec.warmup.steps:
         notes.append(f"{spec.warmup.steps:,} supervised warm-up steps before stage 1, not timed")
     return Schedule(
