@@ -59,3 +59,26 @@ def test_extra_prompts_are_others_of_the_stage_repeated_and_reproducible():
     assert pool[int(firsts[0][1:])]["target"] != -1  # copies: TRL writes into its inputs
     with pytest.raises(ValueError, match=r"needs 9 more prompts a step .* has 8 others"):
         extra_prompts(pool, taken, 9, 2, (0,))
+
+
+def test_the_cpu_miniature_runs_its_three_arms(tmp_path):
+    """benchmarks/oversample_cpu.py (docs/demo.md's figures) at 2 steps: it trains
+    the three arms, prints their rows and the paired lines, and keeps the numbers."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, str(repo / "benchmarks/oversample_cpu.py"), str(tmp_path)]
+    args = ["--seeds", "0", "--steps", "2", "--last", "2", "--oversample", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(cmd + args, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for row in ("| 1 | ", "| 2 | ", "| 1, 2x steps | ", "oversample 2 minus 1, 2x steps"):
+        assert row in res.stdout, res.stdout[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary) == {"1", "2", "1, 2x steps"}
+    rows = (tmp_path / "metrics/o1-n4-s0/train.jsonl").read_text().splitlines()
+    assert len(rows) == 4  # the compute-matched arm: 2 x the steps
