@@ -8,6 +8,7 @@ random_k and random_share), evaluates every run and prints `seed_numbers.py`'s t
 docs/demo.md quotes.
 
     uv run python benchmarks/demo_seeds.py WORK_DIR [--seeds 0,1,2] [--kinds mixing,dpo,k1]
+        [--set data_seed=1]
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ def main() -> None:
     ap.add_argument("work", type=Path)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--kinds", default="mixing,dpo,k1", help="which experiments, comma-separated")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override for every spec after the demo's own, e.g. data_seed=1 (the draw "
+        "of the data the training seeds share)",
+    )
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if not (args.work / "services").exists():
@@ -58,7 +67,7 @@ def main() -> None:
             )
         ],
     }
-    plan = [step for kind in kinds for step in plan[kind]]
+    plan = [(path, [*overrides, *args.set]) for kind in kinds for path, overrides in plan[kind]]
     start = time.perf_counter()
     names = []
     for path, overrides in plan:
