@@ -104,3 +104,30 @@ def test_stage_dynamics_gives_each_quarter_of_a_stage_and_when_entropy_collapsed
         dynamics(["--metrics", str(tmp_path), "--runs", "nope"])
     assert e.value.code == 2
     assert "nope/train.jsonl: no such file" in capsys.readouterr().err
+
+
+def test_mixing_draws_pairs_within_each_draw_then_averages_over_draws(
+    tmp_path, capsys, monkeypatch
+):
+    import mixing_draws
+
+    # two draws x 2 seeds: none forgets 1.0 / 1.2 (draw a) and 2.0 / 2.2 (draw b); random
+    # forgets 0.5 less in every seed of a, 0.3 less in b
+    values = {"a": {"none": [1.0, 1.2], "random": [0.5, 0.7]},
+              "b": {"none": [2.0, 2.2], "random": [1.7, 1.9]}}  # fmt: skip
+    for draw, per in values.items():
+        for strategy, seeds in [*per.items(), ("phase-a", [0.0, 0.0])]:
+            for seed, v in enumerate(seeds):
+                d = tmp_path / draw / "metrics" / f"demo-mix-{strategy}-s{seed}"
+                d.mkdir(parents=True)
+                (d / "summary.json").write_text(json.dumps({"forgetting_per_task": {"0": v}}))
+    got = mixing_draws.forgetting_by_seed(tmp_path / "a" / "metrics")
+    assert got == {"none": {0: 1.0, 1: 1.2}, "random": {0: 0.5, 1: 0.7}}
+    monkeypatch.setattr(sys, "argv", ["mixing_draws.py", str(tmp_path / "a"), str(tmp_path / "b")])
+    mixing_draws.main()
+    out = capsys.readouterr().out
+    # every seed of a draw differs by the same: an interval of no width, not "beyond";
+    # over the draws the mean of 0.5 and 0.3 with its t interval (t 12.71 at 1 df)
+    row = "| random | +0.50 [+0.50, +0.50] within | +0.30 [+0.30, +0.30] within | "
+    assert row + "+0.40 [-0.87, +1.67] within |" in out
+    assert "| no replay's own forgetting | +1.10 " in out
