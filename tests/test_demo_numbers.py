@@ -106,28 +106,27 @@ def test_stage_dynamics_gives_each_quarter_of_a_stage_and_when_entropy_collapsed
     assert "nope/train.jsonl: no such file" in capsys.readouterr().err
 
 
-def test_mixing_draws_pairs_within_each_draw_then_averages_over_draws(
-    tmp_path, capsys, monkeypatch
-):
-    import mixing_draws
+def test_draws_pairs_within_each_draw_then_averages_over_draws(tmp_path, capsys):
+    import draws
 
     # two draws x 2 seeds: none forgets 1.0 / 1.2 (draw a) and 2.0 / 2.2 (draw b); random
-    # forgets 0.5 less in every seed of a, 0.3 less in b
-    values = {"a": {"none": [1.0, 1.2], "random": [0.5, 0.7]},
-              "b": {"none": [2.0, 2.2], "random": [1.7, 1.9]}}  # fmt: skip
+    # forgets 0.5 less in every seed of a, 0.3 less in b; phase-a has no forgetting
+    values = {"a": {"none": [1.0, 1.2], "random": [0.5, 0.7], "phase-a": [None, None]},
+              "b": {"none": [2.0, 2.2], "random": [1.7, 1.9], "phase-a": [None, None]}}  # fmt: skip
     for draw, per in values.items():
-        for strategy, seeds in [*per.items(), ("phase-a", [0.0, 0.0])]:
+        for name, seeds in per.items():
             for seed, v in enumerate(seeds):
-                d = tmp_path / draw / "metrics" / f"demo-mix-{strategy}-s{seed}"
+                d = tmp_path / draw / "metrics" / f"demo-mix-{name}-s{seed}"
                 d.mkdir(parents=True)
-                (d / "summary.json").write_text(json.dumps({"forgetting_per_task": {"0": v}}))
-    got = mixing_draws.forgetting_by_seed(tmp_path / "a" / "metrics")
-    assert got == {"none": {0: 1.0, 1: 1.2}, "random": {0: 0.5, 1: 0.7}}
-    monkeypatch.setattr(sys, "argv", ["mixing_draws.py", str(tmp_path / "a"), str(tmp_path / "b")])
-    mixing_draws.main()
+                (d / "summary.json").write_text(json.dumps({"forgetting": v}))
+    got = draws.metric_by_seed(tmp_path / "a" / "metrics", "demo-mix", "forgetting")
+    assert got == {"demo-mix-none": {0: 1.0, 1: 1.2}, "demo-mix-random": {0: 0.5, 1: 0.7}}
+    draws.main([str(tmp_path / "a"), str(tmp_path / "b"), "--baseline", "demo-mix-none"])
     out = capsys.readouterr().out
     # every seed of a draw differs by the same: an interval of no width, not "beyond";
     # over the draws the mean of 0.5 and 0.3 with its t interval (t 12.71 at 1 df)
-    row = "| random | +0.50 [+0.50, +0.50] within | +0.30 [+0.30, +0.30] within | "
+    row = "| demo-mix-random | +0.50 [+0.50, +0.50] within | +0.30 [+0.30, +0.30] within | "
     assert row + "+0.40 [-0.87, +1.67] within |" in out
-    assert "| no replay's own forgetting | +1.10 " in out
+    assert "| demo-mix-none's own | +1.10 " in out and "phase-a" not in out
+    with pytest.raises(SystemExit, match="no demo-mix-other with forgetting in"):
+        draws.main([str(tmp_path / "a"), "--baseline", "demo-mix-other"])
