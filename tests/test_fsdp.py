@@ -401,6 +401,39 @@ GRPO = {
 }
 
 
+def _oversample_worker(rank: int, world: int, out: str) -> None:
+    from clab.training import countdown_rl
+
+    drawn: list[list[str]] = []
+    original = countdown_rl.CountdownReward.__call__
+
+    def spy(self, prompts, completions, **kwargs):
+        drawn.append(list(prompts))  # this worker's share of the step's drawn prompts
+        return original(self, prompts, completions, **kwargs)
+
+    countdown_rl.CountdownReward.__call__ = spy
+    ddp = {"num_workers": world, "strategy": "ddp"}
+    _run("ov", rank, world, **GRPO, grpo={"oversample": 3}, resources=ddp)
+    Path(out, f"drawn-{rank}.json").write_text(json.dumps(drawn))
+
+
+def test_grpo_oversample_on_two_workers_draws_no_prompt_twice_in_a_step(run_dir):
+    """grpo.oversample 3 on 2 DDP workers (2 prompts x 2 responses each a step): each
+    worker scores its 2 prompts and 4 others, and no prompt is drawn twice in a step
+    over both workers (the extra ones are drawn once for all, avoiding every
+    worker's batch); the run logs flat_groups_kept."""
+    from clab.tracking.metrics_log import read_rows
+
+    _spawn(_oversample_worker, str(run_dir))
+    ranks = [json.loads((run_dir / f"drawn-{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 6  # 2 stages x 3 steps
+    for a, b in zip(*ranks, strict=True):
+        assert len(a) == len(b) == 3 * 2 * 2 and a[1::2] == a[::2] and b[1::2] == b[::2]
+        assert len(set(a[::2]) | set(b[::2])) == 12
+    rows = read_rows("metrics/ov/train.jsonl")
+    assert len(rows) == 6 and all("flat_groups_kept" in r for r in rows)
+
+
 def _grpo_worker(rank: int, world: int) -> None:
     from accelerate.state import GradientState
     from torch.distributed.fsdp import FSDPModule
