@@ -31,7 +31,9 @@ def metric_by_seed(metrics: Path, prefix: str, metric: str) -> dict[str, dict[in
         m = re.fullmatch(r"(.+)-s(\d+)", d.name)
         summary = d / "summary.json"
         if m and summary.is_file():
-            value = json.loads(summary.read_text()).get(metric)
+            value = json.loads(summary.read_text())
+            for key in metric.split("."):  # e.g. forgetting_per_task.0: the first task's
+                value = value.get(key) if isinstance(value, dict) else None
             if value is not None:
                 out.setdefault(m.group(1), {})[int(m.group(2))] = value
     return out
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--baseline", required=True, help="the run set the others are paired with")
     ap.add_argument("--sets", help="compare the sets starting with this (default: the "
                     "baseline's name up to its last '-')")  # fmt: skip
-    ap.add_argument("--metric", default="forgetting", help="a summary.json key")
+    ap.add_argument(
+        "--metric", default="forgetting", help="a summary.json key, dotted for a nested one"
+    )
     args = ap.parse_args(argv)
     prefix = args.sets or args.baseline.rsplit("-", 1)[0]
     draws = [metric_by_seed(w / "metrics", prefix, args.metric) for w in args.works]
