@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from clab.errors import ClabError
 from clab.training.dynamic_sampling import extra_prompts, flat_groups, kept_rows, select_rows
 
 
@@ -57,7 +58,7 @@ def test_extra_prompts_are_others_of_the_stage_repeated_and_reproducible():
     assert extra != extra_prompts(pool, taken, 3, 2, (0, 1, 6))  # the next step's
     extra[0]["target"] = -1
     assert pool[int(firsts[0][1:])]["target"] != -1  # copies: TRL writes into its inputs
-    with pytest.raises(ValueError, match=r"needs 9 more prompts a step .* has 8 others"):
+    with pytest.raises(ClabError, match=r"needs 9 more prompts a step .* has 8 others"):
         extra_prompts(pool, taken, 9, 2, (0,))
 
 

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from clab.errors import ClabError
+
 # an advantage at or below this is zero: in a varying group of clab's rewards (0, 0.1
 # for the format, 1 for the answer) some advantage is at least 0.05 (0.1 (n - 1) / n
 # unscaled, about 1 scaled by the group's std)
@@ -117,7 +119,7 @@ def extra_prompts(
     seeded by ``seed`` (run seed, stage, step), so a resumed run draws the same ones."""
     free = [r for r in pool if r["prompt"] not in taken]
     if len(free) < groups:
-        raise ValueError(
+        raise ClabError(
             f"grpo.oversample needs {groups} more prompts a step than the batch, but the "
             f"stage has {len(free)} others: lower grpo.oversample or use more data"
         )
