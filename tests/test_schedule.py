@@ -198,6 +198,31 @@ def test_mixing_plan_equals_the_trainers_stage_steps(elsewhere):
     assert [st.steps for st in planned[PHASE_A]] == [10, 10]
 
 
+def test_mixing_plan_before_phase_a_reads_local_sources_and_not_the_hub(elsewhere, capsys):
+    """No stage 0 yet: a local file with fewer examples than train_size trains fewer, and
+    the plan counts them as the trainer will (30 rows, 5 held out for validation: 25);
+    a hub source is not downloaded to plan, its train_size stands."""
+    rows = [{"problem": f"{i}+1?", "solution": f"$\\boxed{{{i + 1}}}$", "level": "Level 1",
+             "type": "A"} for i in range(30)]  # fmt: skip
+    Path("math.json").write_text(json.dumps(rows))
+    common = ["training={batch_size: 8, micro_batch: 4}", "strategies=[none]", "rounds=1"]
+    local = [
+        "task_a={name: a, format: competition_math, path: math.json, train_size: 999, "
+        "val_size: 5, epochs: 2}",
+        "task_b={name: b, format: context_qa, train_size: 40, val_size: 8, epochs: 1}",
+    ]
+    s = sc.schedule(load_spec(SERVICES / "mixing-trainer.yaml", [*local, *common]))
+    assert s.data == "task_a's and task_b's sources, read as the trainer reads them"
+    phase_a = next(r for r in s.runs if r.name.endswith("phase-a"))
+    assert [(st.examples, st.steps) for st in phase_a.stages] == [(25, 2 * 4)]  # 7 micro / 2
+    none = next(r for r in s.runs if r.name.endswith("-none"))
+    assert [st.examples for st in none.stages] == [40]
+    hub = load_spec(SERVICES / "mixing-trainer.yaml", [local[0], *common])  # task_b: hotpotqa
+    s = sc.schedule(hub)
+    assert "a hub source is not downloaded to plan" in s.data
+    assert next(r for r in s.runs if r.name.endswith("phase-a")).stages[0].examples == 999
+
+
 def test_dpo_plan_equals_the_trainers_stage_steps(elsewhere):
     from clab.data.preference.loading import PAIRS_DIR
     from clab.data.preference.tasks import write_split

@@ -262,6 +262,27 @@ def _countdown(spec, spec_path: Path | None) -> Schedule:
     )
 
 
+def _mixing_sources(spec, tasks: list, stage0: Path) -> tuple[int, int, str]:
+    """Each task's training examples before phase A has run: read as the trainer reads
+    them where that is cheap (a generated task, a local file), else its ``train_size``
+    (a hub data set is not downloaded to plan a run)."""
+    if any(t.path is None and t.format not in ("arithmetic", "context_qa") for t in tasks):
+        n_a, n_b = (t.train_size for t in tasks)
+        return (
+            n_a,
+            n_b,
+            (
+                f"task_a.train_size and task_b.train_size ({stage0} is not here, and a hub source "
+                "is not downloaded to plan; a source with fewer examples trains fewer)"
+            ),
+        )
+    from clab.training.mixing import load_tasks  # torch: only on this path
+
+    loaded = load_tasks(spec)
+    n_a, n_b = (len(loaded[t.name][0]) for t in tasks)
+    return n_a, n_b, "task_a's and task_b's sources, read as the trainer reads them"
+
+
 @PLANNERS.register("replay-mixing")
 def _mixing(spec, spec_path: Path | None) -> Schedule:
     tasks = [spec.task_a, spec.task_b]
@@ -272,11 +293,7 @@ def _mixing(spec, spec_path: Path | None) -> Schedule:
         n_a, n_b = (_parquet_rows(f) for f in files)
         source = f"{stage0}/tasks: the examples phase A recorded"
     else:
-        n_a, n_b = spec.task_a.train_size, spec.task_b.train_size
-        source = (
-            f"task_a.train_size and task_b.train_size ({stage0} is not here; a source with "
-            "fewer examples trains fewer)"
-        )
+        n_a, n_b, source = _mixing_sources(first, tasks, stage0)
     batch, micro = spec.training.batch_size, spec.training.micro_batch
     k = replay_count(spec.mix.fraction, spec.mix.of, n_a, n_b)
 
