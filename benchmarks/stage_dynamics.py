@@ -26,6 +26,7 @@ COLUMNS = [
     ("success_rate", "sampled success", "{:.2f}"),
     ("answer_forms", "answer forms", "{:.1f}"),
     ("flat_groups", "flat groups", "{:.2f}"),  # GRPO only
+    ("flat_groups_kept", "flat groups trained", "{:.2f}"),  # GRPO with grpo.oversample > 1
     ("response_length_mean", "response tokens", "{:.1f}"),
     # where a stage's wall time went: the GPU demo's budget is minutes a seed
     ("step_time", "s a step", "{:.3f}"),
