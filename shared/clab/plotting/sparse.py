@@ -65,7 +65,7 @@ def _matrices(prefix: str, runs: list[RunData], out: Path) -> Figure | None:
             cis,
             figures.stage_labels(st, names) if ax is axes[0][0] else [""] * len(R),
             names,
-            f"{method_of(r, prefix)} (n = {generic.n_text(r)} windows per cell)",
+            f"{method_of(r, prefix)}\n(n = {generic.n_text(r)} windows per cell)",
             Path(),
             value=score,
             higher_is_better=hib,
@@ -81,7 +81,7 @@ def _matrices(prefix: str, runs: list[RunData], out: Path) -> Figure | None:
         ax=list(axes[0]),
         label=f"{score} (lower is better)" if not mats[0][3] else score,
     )
-    fig.suptitle(f"{prefix}: test {score} after each stage, per method (one colour scale)")
+    fig.suptitle(f"{prefix}: test {score} after each stage, per method (one colour scale)", y=1.04)
     path = figures.save(fig, out / "compare" / f"{_slug(prefix)}-matrices.png")
     return Figure(
         path,
