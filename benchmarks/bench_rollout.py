@@ -33,6 +33,7 @@ matrix products with their neighbours fused in; minutes more compilation).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 
 import torch
@@ -244,17 +245,23 @@ def main() -> None:
             )  # fmt: skip
 
             def static(ids=ids, mask=mask, gen=gen, B=B):
-                return gen.generate_ids(ids, mask, B, tok, temperature=1.0).shape[1]
+                return gen.generate_ids(ids, mask, B, tok, temperature=1.0)
 
             g0 = graphs()
-            t_first, _ = timed(static, device)
+            torch.manual_seed(1)  # the first call's tokens, for builds and versions to compare
+            t_first, first_ids = timed(static, device)
+            digest = hashlib.sha1(first_ids.cpu().numpy().tobytes()).hexdigest()[:12]
+            begins = first_ids[0, :8].tolist()
+            print(f"batch {B}: static ({variant}) tokens of the first call from seed 1: "
+                  f"sha1 {digest}, row 0 begins {begins}", flush=True)  # fmt: skip
             g1 = graphs()
             t_sta = min(timed(static, device)[0] for _ in range(args.repeats))
             with torch.no_grad():  # an optimizer step's worth of change, in place
                 for p in model.parameters():
                     p.add_(torch.randn_like(p), alpha=1e-3)
             gen.load_weights(model)
-            t_after, new = timed(static, device)  # new: tokens a row (all the full length)
+            t_after, after_ids = timed(static, device)
+            new = after_ids.shape[1]  # tokens a row (all the full length)
             g2 = graphs()
             rows.append((B, variant, B * R / t_dyn, B * R / t_hfs, t_first, B * R / t_sta, bound))
             print(
