@@ -105,8 +105,9 @@ def timed(fn, device: torch.device) -> tuple[float, int]:
 
 
 def breakdown(gen: StaticGenerator, ids, mask, device: torch.device, n: int = 64) -> None:
-    """ms a token of the static engine's parts: the compiled forward alone (graph
-    replays back to back), the eager token choice alone, and a profile of the loop."""
+    """ms a token of the static engine's parts: the compiled step (forward and token
+    choice) alone, graph replays back to back; the prefill (its own graph); the eager
+    draw of the sampling noise alone; then a profile of the loop."""
     from clab.generation.rollout import position_ids
 
     B, P, N = gen.batch_size, gen.max_prompt_length, gen.max_new_tokens
@@ -116,37 +117,36 @@ def breakdown(gen: StaticGenerator, ids, mask, device: torch.device, n: int = 64
     pos = position_ids(mask)[:, -1:] + 1
     tok = torch.ones(B, 1, dtype=torch.long, device=device)
 
-    def forwards():
-        gen.cache.reset()
-        with torch.no_grad():
-            gen._last_logits(ids, position_ids(mask), full)
-            for t in range(n):
-                if gen.compile:
-                    torch.compiler.cudagraph_mark_step_begin()
-                logits = gen._step(tok, pos + t, full)
-        return logits.clone()
-
-    logits = forwards()
-    t_fwd, _ = timed(forwards, device)
-
     def prefill_only():
         gen.cache.reset()
         with torch.no_grad():
-            gen._last_logits(ids, position_ids(mask), full)
+            if gen.compile:
+                torch.compiler.cudagraph_mark_step_begin()
+            return gen._step(ids, position_ids(mask), full, gen._noise, 1.0, False)[0].clone()
 
+    def steps():
+        prefill_only()
+        with torch.no_grad():
+            for t in range(n):
+                if gen.compile:
+                    torch.compiler.cudagraph_mark_step_begin()
+                chosen, _ = gen._step(tok, pos + t, full, gen._noise, 1.0, False)
+        return chosen.clone()
+
+    steps()
+    t_steps, _ = timed(steps, device)
     prefill, _ = timed(prefill_only, device)
 
-    def choices():
+    def noise():
         for _ in range(n):
-            probs = torch.softmax(logits / 1.0, dim=-1)
-            torch.multinomial(probs, num_samples=1)
+            gen._noise.exponential_()
 
-    choices()
-    t_choice, _ = timed(choices, device)
+    noise()
+    t_noise, _ = timed(noise, device)
     print(
-        f"  breakdown at batch {B}: compiled forward {1e3 * (t_fwd - prefill) / n:.2f} ms a "
-        f"token (back to back), token choice {1e3 * t_choice / n:.2f} ms, prefill "
-        f"{1e3 * prefill:.1f} ms",
+        f"  breakdown at batch {B}: compiled step {1e3 * (t_steps - prefill) / n:.2f} ms a "
+        f"token (forward and token choice, back to back), noise draw "
+        f"{1e3 * t_noise / n:.2f} ms, prefill {1e3 * prefill:.1f} ms",
         flush=True,
     )
     if device.type != "cuda":

@@ -153,24 +153,42 @@ def test_static_engine_follows_the_weights_in_place(lm):
         assert torch.equal(dict(gen.model.named_parameters())[name], p.detach()), name
 
 
-def test_the_gpu_settings_traced_whole_once_and_stopping_late_give_the_same_tokens(lm):
-    """What runs on a GPU, checked on CPU: the decode step traced as one graph
-    (``fullgraph``: a graph break would fail here) and reused at every token and
-    call without recompiling, and the stop flag read only every 4 tokens, whose
-    extra steps past the last EOS are cut off again."""
+@pytest.mark.parametrize("greedy", [True, False])
+def test_the_gpu_settings_traced_whole_once_and_stopping_late_give_the_same_tokens(lm, greedy):
+    """What runs on a GPU, checked on CPU: the prefill and the decode step, each with
+    its token choice, traced as one graph each (``fullgraph``: a graph break would
+    fail here) and reused at every token and call without compiling again; sampling
+    in the graph gives ``torch.multinomial``'s tokens from the same seed; and the stop
+    flag read only every 4 tokens, whose extra steps past the last EOS are cut off."""
     model, tok = lm
-    dyn, _ = _generate(model, tok, "hf", greedy=True)
-    _generate(model, tok, "hf-static", greedy=True)  # builds the generator
+    dyn, _ = _generate(model, tok, "hf", greedy=greedy)
+    _generate(model, tok, "hf-static", greedy=greedy)  # builds the generator and its cache
     (gen,) = rollout._STATIC.values()
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    gen._step = torch.compile(gen._last_logits, backend="eager", fullgraph=True)
+    gen._step = torch.compile(gen._next_token, backend="eager", fullgraph=True, dynamic=False)
     gen.check_every = 4
-    sta, _ = _generate(model, tok, "hf-static", greedy=True)
+    sta, _ = _generate(model, tok, "hf-static", greedy=greedy)
     assert torch.equal(sta.response_ids, dyn.response_ids)
     assert torch.equal(sta.response_mask, dyn.response_mask)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
-    assert not torch._dynamo.utils.counters["recompiles"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # prefill, decode
+    again, _ = _generate(model, tok, "hf-static", greedy=greedy)
+    assert torch.equal(again.response_ids, dyn.response_ids)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # nothing new
+
+
+def test_a_policy_whose_logits_are_not_finite_is_refused_while_generating(lm):
+    """``torch.multinomial`` refused non-finite probabilities at every token (two host
+    reads a token); the static engine checks once a call and says what happened."""
+    model, tok = lm
+    broken = Qwen2ForCausalLM(model.config).eval()
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken.lm_head.weight[3, 0] = float("nan")
+    gen = rollout.StaticGenerator(broken, batch_size=3, max_prompt_length=40, max_new_tokens=4)
+    ids, mask = rollout.encode_prompts(tok, PROMPTS[:3], 40, "cpu", pad_to_max=True)
+    with pytest.raises(RuntimeError, match="logits were not finite"):
+        gen.generate_ids(ids, mask, 3, tok)
 
 
 def _products_a_step(gen) -> int:
@@ -188,8 +206,8 @@ def _products_a_step(gen) -> int:
         return gm.forward
 
     torch._dynamo.reset()
-    gen._step = torch.compile(gen._last_logits, backend=backend, fullgraph=True)
-    return seen
+    gen._step = torch.compile(gen._next_token, backend=backend, fullgraph=True, dynamic=False)
+    return seen  # the first call's prefill is eager (it creates the cache): [decode step]
 
 
 def test_the_fused_copy_runs_three_products_fewer_a_layer_and_gives_the_same_tokens(lm):

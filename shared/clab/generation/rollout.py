@@ -246,11 +246,19 @@ class StaticGenerator:
         self.cache = StaticCache(
             config=copy.config, max_cache_len=max_prompt_length + max_new_tokens
         )
+        # one compiled function, two static graphs: the prefill's shapes and the decode
+        # step's (dynamic=False: the second shape must not turn the first graph dynamic)
         self._step = (
-            torch.compile(self._last_logits, mode=compile_mode, fullgraph=True)
+            torch.compile(self._next_token, mode=compile_mode, fullgraph=True, dynamic=False)
             if self.compile
-            else self._last_logits
+            else self._next_token
         )
+        # multinomial's noise, drawn in place each token (see _next_token)
+        self._noise = torch.ones(
+            batch_size, copy.config.vocab_size, dtype=torch.float32, device=self.device
+        )
+        if self.compile:  # the graphs read it where it lies, no copy a token
+            torch._dynamo.mark_static_address(self._noise)
 
     @torch.no_grad()
     def load_weights(self, model: torch.nn.Module) -> None:
@@ -280,6 +288,32 @@ class StaticGenerator:
         )
         return out.logits[:, -1].float()
 
+    def _next_token(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        noise: torch.Tensor,
+        temperature: float,
+        greedy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every row's next token, and whether all logits were finite.
+
+        Sampling is ``torch.multinomial``'s own algorithm for one sample, which draws
+        ``q ~ Exp(1)`` over the probabilities' shape from the generator and takes
+        ``argmax(p / q)`` (ATen's ``multinomial``, the Gumbel-max trick): with ``noise``
+        drawn by ``exponential_`` from the same generator on the same shape, the same
+        tokens come from the same seed. Unlike ``multinomial`` it reads nothing back
+        to the host (its checks of the probabilities cost two syncs a token, which kept
+        the CPU from queueing the next steps) and it compiles into the step's graph."""
+        logits = self._last_logits(ids, positions, mask)
+        if greedy:
+            chosen = logits.argmax(dim=-1)
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            chosen = (probs / noise).argmax(dim=-1)
+        return chosen, torch.isfinite(logits).all()
+
     @torch.no_grad()
     def generate_ids(
         self,
@@ -295,10 +329,13 @@ class StaticGenerator:
         left-padded chunk, padded after each row's EOS.
 
         The token choice is transformers' sampling mode applied to the real rows
-        alone, by the same operations (softmax of the fp32 logits over the
-        temperature, ``torch.multinomial``) on the same shapes, so the random stream
-        is consumed as the dynamic engine consumes it for a batch of those rows;
-        the filler rows start finished and never draw."""
+        alone: the softmax of the fp32 logits over the temperature, then
+        ``torch.multinomial``'s algorithm (:meth:`_next_token`) with its noise drawn
+        for the real rows' shape, so the random stream is consumed as the dynamic
+        engine consumes it for a batch of those rows; the filler rows start finished
+        and never draw. The prefill runs through the compiled step too (its own
+        graph) once the cache exists; the very first call's prefill creates the cache
+        and stays eager."""
         if ids.shape != (self.batch_size, self.max_prompt_length):
             shape = (self.batch_size, self.max_prompt_length)
             raise ValueError(f"a static chunk is {shape}, not {tuple(ids.shape)}")
@@ -313,29 +350,35 @@ class StaticGenerator:
         out = torch.full((B, N), pad, dtype=torch.long, device=self.device)
         finished = torch.zeros(B, dtype=torch.bool, device=self.device)
         finished[n_real:] = True
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        # a cache not yet created is created by an eager prefill: creating it inside
+        # the graph would break it
+        prefill = self._step if _cache_ready(self.cache) else self._next_token
         self.cache.reset()
         with torch.autocast(self.device.type, enabled=False):
-            logits = self._last_logits(ids, positions, full)  # the prefill, uncompiled
             next_pos = positions[:, -1:] + 1
             for t in range(N):
-                if t:
-                    if self.compile:
-                        torch.compiler.cudagraph_mark_step_begin()
-                    full[:, P + t - 1] = 1
-                    logits = self._step(out[:, t - 1 : t], next_pos + (t - 1), full)
-                real = logits[:n_real]
-                if greedy:
-                    chosen = real.argmax(dim=-1)
+                if not greedy:
+                    self._noise[:n_real].exponential_()
+                if self.compile:
+                    torch.compiler.cudagraph_mark_step_begin()
+                if t == 0:
+                    chosen, ok = prefill(ids, positions, full, self._noise, temperature, greedy)
                 else:
-                    probs = torch.softmax(real / temperature, dim=-1)
-                    chosen = torch.multinomial(probs, num_samples=1).squeeze(1)
-                token = torch.full((B,), pad, dtype=torch.long, device=self.device)
-                token[:n_real] = chosen
-                token = torch.where(finished, pad, token)
+                    full[:, P + t - 1] = 1
+                    step_in = (out[:, t - 1 : t], next_pos + (t - 1), full, self._noise)
+                    chosen, ok = self._step(*step_in, temperature, greedy)
+                token = torch.where(finished, pad, chosen)
                 out[:, t] = token
+                finite &= ok
                 finished |= token == eos
                 if (t + 1) % self.check_every == 0 and bool(finished.all()):
                     break
+        if not bool(finite):
+            raise RuntimeError(
+                "the policy's logits were not finite (inf or nan) while generating: "
+                "its weights have diverged"
+            )
         # as generate returns them: as many columns as the longest response (its EOS
         # included), which also cuts the steps computed past the last EOS
         resp = out[:n_real]
@@ -367,6 +410,12 @@ class StaticGenerator:
             )
             parts.append((ids[:n], mask[:n], resp))
         return _assemble(parts, tokenizer)
+
+
+def _cache_ready(cache: StaticCache) -> bool:
+    """Whether every layer of ``cache`` holds its tensors (transformers creates them at
+    the first forward)."""
+    return all(layer.is_initialized for layer in cache.layers)
 
 
 def _first(token_id: int | list[int]) -> int:
