@@ -12,11 +12,19 @@ report`` gives them: where two sets trained the same tasks in the same order,
 each stage's rise and each task's forgetting too.
 
     uv run python benchmarks/seed_numbers.py --metrics /tmp/gpu-demo/metrics [NAME ...]
+
+``--from-log LOG ...`` builds the same learning and forgetting tables from the
+stage-end validation lines that ``clab run`` logs (``RUN STAGE: validation g0=...``),
+for runs whose evaluator pass did not happen (a job stopped after training). They
+score the same test problems, greedy, as the evaluator; the warm-up's row is not in
+the log, so stage 1's "before" is left out.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +37,7 @@ from clab.evaluation.experiments import (
     replicate_of,
     rises_of,
 )
+from clab.metrics.continual import summarize
 from clab.metrics.replicates import SeedEstimate, mean_interval, seeds_text
 from clab.tracking.metrics_log import read_rows
 
@@ -118,11 +127,46 @@ def updated_share(metrics: Path, name: str, runs: dict[int, str]) -> str | None:
     return "".join(lines) or None
 
 
+VALIDATION = re.compile(r"(\S+)-s(\d+) r0-g(\d+): validation ((?:g\d+=[0-9.]+ ?)+)")
+
+
+def summaries_from_logs(logs: list[Path]) -> dict[str, dict[int, dict]]:
+    """{experiment: {seed: summary}} from the stage-end validation lines of one-round
+    runs (stage k trains group k); a run without every stage is left out, said so."""
+    seen: dict[tuple[str, int], dict[int, dict[int, float]]] = defaultdict(dict)
+    for log in logs:
+        for line in re.split(r"[\r\n]", log.read_text(errors="replace")):
+            for run, seed, stage, scores in VALIDATION.findall(line):
+                row = {int(k[1:]): float(v) for k, v in (x.split("=") for x in scores.split())}
+                seen[(run, int(seed))][int(stage)] = row
+    out: dict[str, dict[int, dict]] = defaultdict(dict)
+    for (run, seed), rows in sorted(seen.items()):
+        T = len(next(iter(rows.values())))
+        if sorted(rows) != list(range(T)):
+            print(f"({run}-s{seed}: stages {sorted(rows)} of {T} in the log; left out)\n")
+            continue
+        R = np.full((T + 1, T), np.nan)  # row 0, the warm-up, is not logged
+        for k, row in rows.items():
+            R[k + 1] = [row[j] for j in range(T)]
+        summary = summarize(R, [-1, *range(T)])
+        summary.update(
+            stage_tasks=[-1, *range(T)], task_names=[f"g{j}" for j in range(T)],
+            score="success_rate",
+        )  # fmt: skip
+        out[run][seed] = summary
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", help="experiments or runs (prefixes); default: all")
     ap.add_argument("--metrics", type=Path, default=Path("metrics"))
+    ap.add_argument("--from-log", nargs="+", type=Path, help="training logs instead (above)")
     args = ap.parse_args(argv)
+    if args.from_log:
+        for name, summaries in summaries_from_logs(args.from_log).items():
+            print(set_table(name, summaries))
+        return
     runs = sorted(
         d.name
         for d in args.metrics.iterdir()

@@ -385,6 +385,32 @@ def test_seed_numbers_prints_each_rise_and_forgetting_as_a_mean_over_seeds(tmp_p
     assert "+0.50 [" in forgot and "+0.60, +0.50, +0.40" in forgot  # 1.0 - 0.4, 0.5, 0.6
 
 
+def test_seed_numbers_reads_the_stage_end_validations_of_a_log_when_no_evaluation_ran(
+    tmp_path, capsys
+):
+    """``--from-log``: the same tables from ``clab run``'s stage-end validation lines
+    (progress bars' carriage returns between them); a run killed before its last stage
+    is left out and said so."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from seed_numbers import main as seed_numbers
+
+    lines = []
+    for seed, (g1, end) in enumerate([(0.30, 0.2), (0.18, 0.0), (0.18, 0.1)]):
+        lines += [
+            f"t x-s{seed} r0-g0: validation g0=1.000 g1=0.050",
+            f"bar 80/80\rt x-s{seed} r0-g1: validation g0={end:.3f} g1={0.05 + g1:.3f}",
+        ]
+    lines.append("t x-s3 r0-g0: validation g0=1.000 g1=0.050")  # killed in stage 2
+    (tmp_path / "run.log").write_text("\n".join(lines) + "\n")
+    seed_numbers(["--from-log", str(tmp_path / "run.log")])
+    out = capsys.readouterr().out
+    assert "over 3 seeds (0, 1, 2)" in out and "x-s3: stages [0] of 2" in out
+    row = next(x for x in out.splitlines() if x.startswith("| 2 | g1 |"))
+    assert "+0.30, +0.18, +0.18" in row and row.endswith("| yes |")
+    forgot = next(x for x in out.splitlines() if x.startswith("| g0 |"))
+    assert "+0.80, +1.00, +0.90" in forgot
+
+
 def test_related_runs_group_their_seeds_and_their_suffix_partners():
     """Seeded DPO runs: plain and EWC side by side (a suffix apart), each with its
     seeds; K-1's methods by their experiment."""
