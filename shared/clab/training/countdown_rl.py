@@ -57,6 +57,7 @@ from clab.training.hf_stage import (
     stage_args,
 )
 from clab.training.ppo import NonFiniteLoss, PPOConfig, PPOTrainer
+from clab.training.schedule import countdown_rows
 from clab.training.steps import countdown_stage_steps, grpo_updates_per_step
 from clab.training.warmup import warmup_on_solutions, warmup_on_solutions_apart
 
@@ -73,12 +74,8 @@ def check_inputs(spec: CountdownRLSpec) -> None:
     if spec.rollout.engine == "vllm":
         require_vllm()
     if spec.algorithm == "grpo" and spec.grpo.oversample > 1:
-        import pyarrow.parquet as pq
-
         need = spec.grpo.oversample * spec.batch.train
-        for g in spec.data.groups:
-            rows = pq.ParquetFile(spec.data.dir / f"{g}/train.parquet").metadata.num_rows
-            rows = min(rows, spec.data.max_train_rows or rows)
+        for g, rows in countdown_rows(spec)[0].items():  # the files are here (checked)
             if rows < need:
                 raise ClabError(
                     f"grpo.oversample {spec.grpo.oversample} draws {need} prompts a step, but "
