@@ -197,11 +197,13 @@ class StaticGenerator:
     (transformers' static generate 8.45 ms a token, this loop 6.6 ms, of which
     the compiled forward 5.9). Here every input has one shape for the whole run
     (the mask spans the whole cache from the start), the forward with its mask
-    building is compiled once with CUDA graphs (``torch.compile``
-    ``reduce-overhead``, as transformers compiles it), what stays eager is the
-    token choice (a handful of small kernels), and the stop flag is read every
-    ``check_every`` tokens (16 on a GPU, so a call may compute up to 15 steps
-    past its last EOS; their tokens are padding and are cut off).
+    building and its token choice is compiled once with CUDA graphs
+    (``torch.compile`` ``reduce-overhead``, as transformers compiles it; one graph
+    for the prefill, one for the decode step), what stays eager is drawing the
+    sampling noise and writing the token (a few small kernels, no read back to the
+    host), and the stop flag is read every ``check_every`` tokens (16 on a GPU, so
+    a call may compute up to 15 steps past its last EOS; their tokens are padding
+    and are cut off).
 
     On CPU the same loop runs uncompiled (inductor's CPU compile takes minutes
     and CUDA graphs do not exist there) with the flag read at every token,
