@@ -11,7 +11,7 @@ the same length as the curriculum's: both start equally prepared.
 
     python benchmarks/gpu_demo.py WORK_DIR [--algorithm ppo|grpo] [--seeds 0,1,2]
                                            [--processes N] [--set key=value ...] [--cpu]
-                                           [--variant NAME key=value ... ]
+                                           [--variant NAME key=value ... ] [--train-only]
 
 ``--processes N`` trains up to N runs at once on the one GPU (a tiny model
 leaves most of it idle): each experiment's first seed builds the warm-up,
@@ -31,6 +31,12 @@ the same warmed model and the same seeds, and ``seed_numbers.py`` prints the
 paired differences: a warm-up of its own would add the spread between
 warm-ups to the lever's effect. A variant may change only what acts after
 stage 0 (:data:`AFTER_STAGE_0`); anything else exits 2.
+
+``--train-only`` stops after training: no evaluator, no plotter, and the same
+tables (paired comparisons included) from each run's stage-end validations,
+which score the same test problems, greedy, that the evaluator would. For a
+lent GPU's calls of at most 10 minutes: session 19's three GRPO seeds trained
+in 549 s and lost their evaluation to the limit.
 """
 
 from __future__ import annotations
@@ -285,6 +291,12 @@ def main() -> None:
         metavar=("NAME", "KEY=VALUE"),
         help="a curriculum run with these settings changed, from the same stage 0",
     )
+    ap.add_argument(
+        "--train-only",
+        action="store_true",
+        help="no evaluator or plotter: the tables from the runs' stage-end validations "
+        "(the same test problems, greedy), for a device call whose time is short",
+    )
     args = ap.parse_args()
     if args.only == "control" and args.variant:
         ap.error("--variant is a variant of the curriculum: not with --only control")
@@ -315,6 +327,11 @@ def main() -> None:
         if step.base is not None:
             link_stage_0(step, training, args.seeds)
         run(load_spec(step.spec, [*step.overrides, f"seeds=[{args.seeds}]"]))
+    if args.train_only:
+        print(f"=== trained in {time.perf_counter() - start:.0f} s\n", flush=True)
+        print_numbers(["--from-log", *map(str, sorted(Path("logs").glob("*/train.log")))])
+        print_dynamics(["--metrics", "metrics", "--summary"])
+        return
     gpu = "false" if args.cpu else "true"
     for spec_path, overrides in [
         ("services/evaluator.yaml", [f"test_size={args.test_size}", f"use_gpu={gpu}"]),

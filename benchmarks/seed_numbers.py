@@ -31,6 +31,7 @@ import numpy as np
 
 from clab.evaluation.experiments import (
     compare_sets,
+    compare_summaries,
     comparison_text,
     group_replicates,
     read_summary,
@@ -164,8 +165,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--from-log", nargs="+", type=Path, help="training logs instead (above)")
     args = ap.parse_args(argv)
     if args.from_log:
-        for name, summaries in summaries_from_logs(args.from_log).items():
+        sets = summaries_from_logs(args.from_log)
+        for name, summaries in sets.items():
             print(set_table(name, summaries))
+        for a in sets:
+            for b in sets:
+                c = compare_summaries(a, sets[a], b, sets[b]) if a < b else None
+                if c is not None:
+                    print(comparison_text(c))
         return
     runs = sorted(
         d.name

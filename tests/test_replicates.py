@@ -400,15 +400,26 @@ def test_seed_numbers_reads_the_stage_end_validations_of_a_log_when_no_evaluatio
             f"t x-s{seed} r0-g0: validation g0=1.000 g1=0.050",
             f"bar 80/80\rt x-s{seed} r0-g1: validation g0={end:.3f} g1={0.05 + g1:.3f}",
         ]
+        # a variant of the same seeds (another log), rising 0.10, 0.12, 0.08 more
+        more = (0.10, 0.12, 0.08)[seed]
+        lines += [
+            f"t x-v-s{seed} r0-g0: validation g0=1.000 g1=0.050",
+            f"t x-v-s{seed} r0-g1: validation g0={end:.3f} g1={0.05 + g1 + more:.3f}",
+        ]
     lines.append("t x-s3 r0-g0: validation g0=1.000 g1=0.050")  # killed in stage 2
-    (tmp_path / "run.log").write_text("\n".join(lines) + "\n")
-    seed_numbers(["--from-log", str(tmp_path / "run.log")])
+    (tmp_path / "run.log").write_text("\n".join(lines[:9]) + "\n")
+    (tmp_path / "variant.log").write_text("\n".join(lines[9:]) + "\n")
+    seed_numbers(["--from-log", str(tmp_path / "run.log"), str(tmp_path / "variant.log")])
     out = capsys.readouterr().out
     assert "over 3 seeds (0, 1, 2)" in out and "x-s3: stages [0] of 2" in out
-    row = next(x for x in out.splitlines() if x.startswith("| 2 | g1 |"))
+    table = out[: out.index("**x-v**")]
+    row = next(x for x in table.splitlines() if x.startswith("| 2 | g1 |"))
     assert "+0.30, +0.18, +0.18" in row and row.endswith("| yes |")
-    forgot = next(x for x in out.splitlines() if x.startswith("| g0 |"))
+    forgot = next(x for x in table.splitlines() if x.startswith("| g0 |"))
     assert "+0.80, +1.00, +0.90" in forgot
+    assert "x-v minus x, paired over 3 seeds (0, 1, 2):" in out
+    paired = next(x for x in out.splitlines() if "rise, stage 2 (g1)" in x)
+    assert "+0.100 [+0.050, +0.150]  beyond the seed spread" in paired
 
 
 def test_related_runs_group_their_seeds_and_their_suffix_partners():

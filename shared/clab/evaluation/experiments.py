@@ -159,7 +159,15 @@ def compare_sets(metrics: Path, base: ReplicateSet, other: ReplicateSet) -> dict
     shared = [s for s in base.seeds if s in other.runs]
     a = {s: read_summary(metrics, base.runs[s]) for s in shared}
     b = {s: read_summary(metrics, other.runs[s]) for s in shared}
-    seeds = [s for s in shared if a[s] is not None and b[s] is not None]
+    return compare_summaries(base.name, a, other.name, b)
+
+
+def compare_summaries(
+    base: str, a: dict[int, dict | None], other: str, b: dict[int, dict | None]
+) -> dict | None:
+    """:func:`compare_sets` on summaries in hand ({seed: summary}), wherever they came
+    from (``seed_numbers.py --from-log`` builds them from training logs)."""
+    seeds = [s for s in a if s in b and a[s] is not None and b[s] is not None]
     if len(seeds) < 2 or a[seeds[0]]["task_names"] != b[seeds[0]]["task_names"]:
         return None  # fewer than two pairs, or not scored on the same tasks
 
@@ -189,8 +197,8 @@ def compare_sets(metrics: Path, base: ReplicateSet, other: ReplicateSet) -> dict
                 {s: b[s]["forgetting_per_task"].get(key) for s in seeds},
             )
     return {
-        "base": base.name,
-        "other": other.name,
+        "base": base,
+        "other": other,
         "seeds": seeds,
         "metrics": out,
         "rise_per_stage": stages,
