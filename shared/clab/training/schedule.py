@@ -36,7 +36,7 @@ from clab.errors import ClabError
 from clab.registry import Registry
 from clab.specs import validate_spec
 from clab.storage.layout import COMPLETE_MARKER, INITIAL_STAGE, stage_sequence
-from clab.training.mixing_spec import JOINT, PHASE_A
+from clab.training.mixing_spec import JOINT, PHASE_A, REAL_FORMATS
 from clab.training.steps import (
     countdown_stage_steps,
     dpo_stage_steps,
@@ -266,7 +266,7 @@ def _mixing_sources(spec, tasks: list, stage0: Path) -> tuple[int, int, str]:
     """Each task's training examples before phase A has run: read as the trainer reads
     them where that is cheap (a generated task, a local file), else its ``train_size``
     (a hub data set is not downloaded to plan a run)."""
-    if any(t.path is None and t.format not in ("arithmetic", "context_qa") for t in tasks):
+    if any(t.path is None and t.format in REAL_FORMATS for t in tasks):  # a hub source
         n_a, n_b = (t.train_size for t in tasks)
         return (
             n_a,
