@@ -303,6 +303,32 @@ def test_grpo_oversample_draws_more_prompts_and_trains_the_groups_whose_scores_v
     assert any(r["flat_groups_kept"] < r["flat_groups"] for r in rows)
 
 
+def test_grpo_flat_groups_counts_groups_scored_alike_at_any_group_size(run_dir, monkeypatch):
+    """Twelve responses a prompt, every one scored 0.1 (the format credit alone): each
+    group is flat and teaches nothing. TRL's frac_reward_zero_std reads 0.0 here (the
+    float32 std of twelve 0.1s is 1.6e-8, beyond its 1e-8 tolerance); clab's count,
+    from the advantages, reads 1.0. With half the prompts' responses varying, 0.5."""
+    from clab.rewards.countdown import CountdownReward
+
+    def alike(self, prompts, completions, target, **_):
+        return [0.1] * len(prompts)
+
+    monkeypatch.setattr(CountdownReward, "__call__", alike)
+    common = dict(algorithm="grpo", data__groups=[0], rollout__responses_per_prompt=12,
+                  max_steps_per_stage=2)  # fmt: skip
+    assert main(["run", str(write_spec(run_dir / "a.yaml", name="alike", **common))]) == 0
+    rows = read_rows("metrics/alike/train.jsonl")
+    assert len(rows) == 2 and all(r["flat_groups"] == 1.0 for r in rows), rows
+
+    def half(self, prompts, completions, target, **_):  # a prompt's 12 rows are consecutive
+        return [0.1 + (i // 12 % 2) * (i % 2) for i in range(len(prompts))]
+
+    monkeypatch.setattr(CountdownReward, "__call__", half)
+    assert main(["run", str(write_spec(run_dir / "h.yaml", name="half", **common))]) == 0
+    rows = read_rows("metrics/half/train.jsonl")
+    assert [r["flat_groups"] for r in rows] == [0.5, 0.5]
+
+
 def test_grpo_oversample_refuses_a_stage_too_small_and_vllm(run_dir, capsys):
     spec = write_spec(
         run_dir / "o.yaml", name="o", algorithm="grpo", data__groups=[0],

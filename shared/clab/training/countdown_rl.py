@@ -48,7 +48,7 @@ from clab.runs.seeding import derive_seed, seed_everything
 from clab.storage.layout import INITIAL_STAGE, Stage
 from clab.tracking.timing import phase
 from clab.training.countdown_rl_spec import CountdownRLSpec
-from clab.training.dynamic_sampling import OverSampler
+from clab.training.dynamic_sampling import OverSampler, flat_groups, log_flat_share
 from clab.training.hf_stage import (
     StageCallback,
     carry_into_stage,
@@ -483,7 +483,7 @@ GRPO_KEYS = {
     "completions/mean_length": "response_length_mean",
     "completions/max_length": "response_length_max",
     "clip_ratio/region_mean": "pg_clipfrac",
-    "frac_reward_zero_std": "flat_groups",
+    "flat_groups": "flat_groups",  # clab's count (dynamic_sampling.log_flat_share)
     "flat_groups_kept": "flat_groups_kept",
     "success_rate": "success_rate",
     "answer_forms": "answer_forms",
@@ -775,8 +775,14 @@ def grpo_trainer_class() -> type:
 
         def _generate_and_score_completions(self, inputs):
             o = self.oversampler
-            if o is None or not self.model.training:
+            if not self.model.training:
                 return super()._generate_and_score_completions(inputs)
-            return o.generate(self, inputs, super()._generate_and_score_completions)
+            if o is not None:
+                return o.generate(self, inputs, super()._generate_and_score_completions)
+            batch = super()._generate_and_score_completions(inputs)
+            log_flat_share(
+                self, "flat_groups", flat_groups(batch["advantages"], self.num_generations)
+            )
+            return batch
 
     return CurriculumGRPOTrainer

@@ -73,6 +73,18 @@ def flat_groups(advantages: torch.Tensor, n: int) -> torch.Tensor:
     return advantages.detach().reshape(-1, n).abs().amax(dim=1) <= FLAT
 
 
+def log_flat_share(trl: Any, key: str, flat: torch.Tensor) -> None:
+    """Log the share of ``flat`` groups over every worker as TRL logs its metrics.
+
+    clab's own count replaces TRL's ``frac_reward_zero_std``, which calls a group flat
+    when its rewards' float32 std is within 1e-8 of zero: twelve responses all scored
+    0.1 have a std of 1.6e-8, so TRL counts them as varying (and under ``scale_rewards:
+    batch`` it tests the batch's std, not the group's). A zero advantage is what makes
+    a group teach nothing, under every scaling."""
+    acc = trl.accelerator
+    trl._metrics["train"][key].append(acc.gather(flat.float().mean()).mean().item())
+
+
 def kept_rows(flat: torch.Tensor, n: int, keep: int) -> torch.Tensor:
     """The rows of ``keep`` groups: the groups that are not flat first, in their
     order, then flat ones in theirs; returned in the groups' original order."""
@@ -141,8 +153,7 @@ class OverSampler:
         ``factor - 1`` times as many others; returns TRL's batch for the kept groups.
         The extra prompts are drawn once for all workers (the same seed on each),
         avoiding every worker's batch, and cut into one share per worker. Logs
-        ``flat_groups_kept``, the share of kept groups that scored alike (TRL's
-        ``frac_reward_zero_std`` counts every drawn group)."""
+        ``flat_groups`` (every drawn group) and ``flat_groups_kept`` (the kept ones)."""
         from accelerate.utils import gather_object
 
         n, groups = self.n, len(inputs) // self.n
@@ -155,6 +166,6 @@ class OverSampler:
         batch = generate(inputs + extra)
         flat = flat_groups(batch["advantages"], n)
         rows = kept_rows(flat, n, groups)
-        kept_flat = flat[rows[::n] // n].float().mean()
-        trl._metrics["train"]["flat_groups_kept"].append(acc.gather(kept_flat).mean().item())
+        log_flat_share(trl, "flat_groups", flat)
+        log_flat_share(trl, "flat_groups_kept", flat[rows[::n] // n])
         return select_rows(batch, rows, lambda t: acc.gather(t).sum())
