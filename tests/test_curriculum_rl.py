@@ -303,6 +303,39 @@ def test_grpo_oversample_draws_more_prompts_and_trains_the_groups_whose_scores_v
     assert any(r["flat_groups_kept"] < r["flat_groups"] for r in rows)
 
 
+def test_grpo_oversample_resumed_draws_and_trains_as_the_uninterrupted_run(run_dir, monkeypatch):
+    """The over-draw's extra prompts come from (seed, stage, step), not from a state
+    a crash loses: killed in the second epoch and rerun, every step draws the same
+    prompts and keeps the same groups, with the same numbers, as the run never killed."""
+    from clab.rewards.countdown import CountdownReward
+
+    seen: list = []
+
+    def reward(self, prompts, completions, target, **_):  # some groups vary, some are flat
+        seen.append(list(prompts))
+        return [float(t % 3 == 0 and i % 2) for i, t in enumerate(target)]
+
+    monkeypatch.setattr(CountdownReward, "__call__", reward)
+    common = dict(algorithm="grpo", rollout__responses_per_prompt=2, data__groups=[0],
+                  data__max_train_rows=16, epochs_per_group=2, max_steps_per_stage=None,
+                  grpo__oversample=2, save_steps=1)  # fmt: skip
+    assert main(["run", str(write_spec(run_dir / "w.yaml", name="whole", **common))]) == 0
+    whole_prompts, seen[:] = list(seen), []
+    spec = write_spec(run_dir / "b.yaml", name="broken", **common)
+    with monkeypatch.context() as m:
+        _crash_after(m, CountdownReward, "__call__", 5)  # dies at step 6: epoch 1's second
+        with pytest.raises(Crash):
+            main(["run", str(spec)])
+    assert main(["run", str(spec)]) == 0
+    assert len(seen) == 8 and seen == whole_prompts  # 5 draws before the crash, 3 after
+    whole, resumed = read_rows("metrics/whole/train.jsonl"), read_rows("metrics/broken/train.jsonl")
+    assert len(whole) == len(resumed) == 8
+    for a, b in zip(whole, resumed, strict=True):
+        for key in ("reward_mean", "policy_loss", "flat_groups", "flat_groups_kept"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["global_step"], key)
+    assert any(0 < r["flat_groups_kept"] < r["flat_groups"] for r in whole)
+
+
 def test_grpo_flat_groups_counts_groups_scored_alike_at_any_group_size(run_dir, monkeypatch):
     """Twelve responses a prompt, every one scored 0.1 (the format credit alone): each
     group is flat and teaches nothing. TRL's frac_reward_zero_std reads 0.0 here (the
