@@ -123,3 +123,39 @@ def test_a_nan_cell_undefines_what_reads_it_wherever_it_sits_and_the_summary_is_
         assert s["average_accuracy"] == pytest.approx(0.7)  # row T is whole
         assert s["forgetting"] is None
         json.dumps(s, allow_nan=False)  # no bare NaN for a strict reader
+
+
+def test_forgetting_reads_trained_stages_only_and_skips_untrained_tasks():
+    """Row 0 (the model before training) never counts as a task's best, even when it
+    is: forgetting measures what training taught and then lost. A task no stage
+    trained has nothing to forget (left out of forgetting and BWT) but still counts
+    in the average accuracy."""
+    R0 = np.array(
+        [
+            [0.9, 0.5, 0.0],  # before training: task 0 at 0.9
+            [0.6, 0.4, 0.1],  # trained task 0
+            [0.2, 0.3, 0.8],  # trained task 2; task 1 never trained
+        ]
+    )
+    tasks = [None, 0, 2]
+    assert forgetting_per_task(R0, tasks) == pytest.approx({0: 0.4})  # 0.6 - 0.2, not 0.7
+    assert backward_transfer(R0, tasks) == pytest.approx(-0.4)
+    assert average_accuracy(R0)[-1] == pytest.approx(1.3 / 3)
+
+
+def test_forgetting_counts_a_best_reached_before_the_task_was_trained():
+    """Chaudhry et al.'s max runs over every stage before the last, also those before
+    the task's own stage (docs/metrics.md: on purpose): training task 1 raised task 0
+    to 0.7, its own stage left it at 0.5, the end at 0.3. Forgetting 0.4; BWT, from
+    the task's own last stage, -0.2 (Avalanche's forgetting would be 0.2)."""
+    R1 = np.array(
+        [
+            [0.0, 0.0, 0.0],
+            [0.7, 0.5, 0.0],  # trained task 1
+            [0.5, 0.4, 0.0],  # trained task 0
+            [0.3, 0.4, 0.9],  # trained task 2
+        ]
+    )
+    tasks = [None, 1, 0, 2]
+    assert forgetting_per_task(R1, tasks) == pytest.approx({0: 0.4, 1: 0.1})
+    assert backward_transfer(R1, tasks) == pytest.approx(-0.15)  # (-0.2 + -0.1) / 2
