@@ -78,7 +78,7 @@ def set_table(name: str, summaries: dict[int, dict]) -> str:
         rise = mean_interval({s: rises_of(x)[i - 1] for s, x in summaries.items()})
         lines.append(
             f"| {i} | {names[j]} | {_est(before)} | {_est(after)} | {_est(rise, True)} | "
-            f"{_seeds(rise, True)} | {'yes' if rise.beyond_spread else 'no'} |"
+            f"{_seeds(rise, True)} | {rise.verdict} |"
         )
     lines += [
         "",
@@ -100,7 +100,7 @@ def set_table(name: str, summaries: dict[int, dict]) -> str:
         f = mean_interval({s: x["forgetting_per_task"].get(key) for s, x in summaries.items()})
         lines.append(
             f"| {names[j]} | {_est(best)} | {_est(end)} | {_est(f, True)} | {_seeds(f, True)} | "
-            f"{'yes' if f.beyond_spread else 'no'} |"
+            f"{f.verdict} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -128,7 +128,7 @@ def updated_share(metrics: Path, name: str, runs: dict[int, str]) -> str | None:
     return "".join(lines) or None
 
 
-VALIDATION = re.compile(r"(\S+)-s(\d+) r0-g(\d+): validation ((?:g\d+=[0-9.]+ ?)+)")
+VALIDATION = re.compile(r"(\S+)-s(\d+) r0-g(\d+): validation ((?:g\d+=(?:[0-9.]+|nan) ?)+)")
 
 
 def summaries_from_logs(logs: list[Path]) -> dict[str, dict[int, dict]]:

@@ -422,6 +422,40 @@ def test_seed_numbers_reads_the_stage_end_validations_of_a_log_when_no_evaluatio
     assert "+0.100 [+0.050, +0.150]  beyond the seed spread" in paired
 
 
+def test_no_verdict_without_a_spread_and_seeds_left_out_of_a_pairing_are_named(tmp_path, capsys):
+    """One seed, or seeds all alike, give no spread to judge against: "no verdict",
+    never "no". A comparison names the seeds only one set has, and a row that lost a
+    seed to a NaN score says its n."""
+    assert mean_interval({0: 0.3}).verdict == "no verdict"
+    same = paired_difference({0: 0.50, 1: 0.60, 2: 0.70}, {0: 0.55, 1: 0.65, 2: 0.75})
+    assert same.verdict == "no verdict"
+    assert paired_difference({0: 0.5, 1: 0.6}, {0: 0.7, 1: 0.4}).verdict == "no"
+    assert mean_interval({0: 0.2, 1: 0.3, 2: 0.25}).verdict == "yes"
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from seed_numbers import main as seed_numbers
+
+    lines = []
+    for seed, g1 in enumerate([0.30, 0.18, 0.22, 0.25]):
+        end = "nan" if seed == 1 else "0.200"
+        for run, more in (("x", 0.0), ("x-v", 0.1 + 0.01 * seed)):
+            if run == "x" and seed == 3:
+                continue  # seed 3 in the variant only
+            lines += [
+                f"t {run}-s{seed} r0-g0: validation g0=1.000 g1=0.050",
+                f"t {run}-s{seed} r0-g1: validation g0={end} g1={0.05 + g1 + more:.3f}",
+            ]
+    (tmp_path / "run.log").write_text("\n".join(lines) + "\n")
+    seed_numbers(["--from-log", str(tmp_path / "run.log")])
+    out = capsys.readouterr().out
+    first = next(x for x in out.splitlines() if x.startswith("| 1 | g0 |"))
+    assert first.endswith("| no verdict |")  # the warm-up is not logged: no rise
+    assert "x-v minus x, paired over 3 seeds (0, 1, 2); seed 3 left out:" in out
+    forgot = next(x for x in out.splitlines() if "forgetting, g0" in x)
+    assert "no verdict" in forgot and "(n=2)" in forgot  # seed 1's NaN; 0.80 in both others
+    rise = next(x for x in out.splitlines() if "rise, stage 2 (g1)" in x)
+    assert "+0.110 [" in rise and "beyond the seed spread" in rise
+
+
 def test_related_runs_group_their_seeds_and_their_suffix_partners():
     """Seeded DPO runs: plain and EWC side by side (a suffix apart), each with its
     seeds; K-1's methods by their experiment."""

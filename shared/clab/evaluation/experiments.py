@@ -168,12 +168,13 @@ def compare_summaries(
     """:func:`compare_sets` on summaries in hand ({seed: summary}), wherever they came
     from (``seed_numbers.py --from-log`` builds them from training logs)."""
     seeds = [s for s in a if s in b and a[s] is not None and b[s] is not None]
+    unpaired = sorted((set(a) | set(b)) - set(seeds))
     if len(seeds) < 2 or a[seeds[0]]["task_names"] != b[seeds[0]]["task_names"]:
         return None  # fewer than two pairs, or not scored on the same tasks
 
     def paired(x: dict, y: dict) -> dict:
         d = paired_difference(x, y)
-        return {**d.to_json(), "beyond_seed_spread": d.beyond_spread}
+        return {**d.to_json(), "beyond_seed_spread": d.beyond_spread, "verdict": d.verdict}
 
     out = {key: paired({s: a[s].get(key) for s in seeds}, {s: b[s].get(key) for s in seeds})
            for key in SCALARS}  # fmt: skip
@@ -200,6 +201,7 @@ def compare_summaries(
         "base": base,
         "other": other,
         "seeds": seeds,
+        "unpaired": unpaired,  # in one set only (or unscored): left out of every pair
         "metrics": out,
         "rise_per_stage": stages,
         "forgetting_per_task": tasks,
@@ -224,9 +226,16 @@ def comparison_rows(c: dict) -> list[tuple[str, dict]]:
 
 def comparison_text(c: dict) -> str:
     """One line per metric: the paired difference, its interval and the verdict."""
-    lines = [f"{c['other']} minus {c['base']}, paired over {seeds_text(c['seeds'])}:"]
+    left = c.get("unpaired") or []
+    out = (
+        f"; seed{'s' if len(left) > 1 else ''} {', '.join(map(str, left))} left out" if left else ""
+    )
+    lines = [f"{c['other']} minus {c['base']}, paired over {seeds_text(c['seeds'])}{out}:"]
+    words = {"yes": "beyond the seed spread", "no": "within the seed spread"}
     for key, d in comparison_rows(c):
-        verdict = "beyond the seed spread" if d["beyond_seed_spread"] else "within the seed spread"
+        verdict = words.get(d.get("verdict", "yes" if d["beyond_seed_spread"] else "no"))
+        verdict = verdict or "no verdict (no spread between seeds)"
         iv = "" if d["low"] is None else f" [{d['low']:+.3f}, {d['high']:+.3f}]"
-        lines.append(f"  {key:<22} {d['mean']:+.3f}{iv}  {verdict}")
+        n = f"  (n={d['n']})" if d.get("n") is not None and d["n"] < len(c["seeds"]) else ""
+        lines.append(f"  {key:<22} {d['mean']:+.3f}{iv}  {verdict}{n}")
     return "\n".join(lines) + "\n"

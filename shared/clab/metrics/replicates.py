@@ -107,12 +107,22 @@ class SeedEstimate:
         spread to measure an effect against, and a t interval of width 0 would call
         any such value certain; scipy's paired t-test gives no p-value there either.
         """
+        return self.has_spread and (self.low > 0 or self.high < 0)
+
+    @property
+    def has_spread(self) -> bool:
+        """An interval of some width: at least two seeds, and not all alike."""
         if self.low is None or self.high is None:
             return False
-        scale = max(1.0, abs(self.mean or 0.0))
-        if self.high - self.low <= 1e-12 * scale:
-            return False
-        return self.low > 0 or self.high < 0
+        return self.high - self.low > 1e-12 * max(1.0, abs(self.mean or 0.0))
+
+    @property
+    def verdict(self) -> str:
+        """``yes`` (beyond the seed spread), ``no``, or ``no verdict`` where there is no
+        spread to judge against (one seed, or seeds all alike)."""
+        if not self.has_spread:
+            return "no verdict"
+        return "yes" if self.beyond_spread else "no"
 
     def to_json(self) -> dict:
         return {
