@@ -46,6 +46,11 @@ def test_token_rewards_put_the_score_on_the_last_real_token():
     )
     assert r.tolist()[0] == pytest.approx([-0.05, 0.95, 0.0])
     assert r.tolist()[1] == pytest.approx([-0.1, -0.1, 0.0])
+    # k1's estimate log pi - log pi_ref is negative where the policy puts less mass
+    # than the reference on the sampled token: the penalty then adds reward (veRL's
+    # apply_kl_penalty, token_level_scores - beta * kld)
+    r = token_rewards(torch.tensor([0.0]), t([-0.5, 0.2]), t([1, 1]), kl_coef=0.1)
+    assert r.tolist()[0] == pytest.approx([0.05, -0.02])
 
 
 def test_policy_loss_clips_large_ratios():
@@ -90,6 +95,9 @@ def test_whiten_and_entropy():
     x = masked_whiten(t([1.0, 2.0, 3.0, 100.0]), t([1, 1, 1, 0]))
     assert x[0, :3].mean().item() == pytest.approx(0.0, abs=1e-6)
     assert x[0, 3].item() == 0.0
+    # the unbiased variance, as veRL's masked_whiten: 1, 2, 3 have variance 1 (n - 1),
+    # so whitened they are -1, 0, 1 (the biased 2/3 would give -1.22, 0, 1.22)
+    assert x[0, :3].tolist() == pytest.approx([-1.0, 0.0, 1.0], abs=1e-6)
     uniform = entropy_from_logits(torch.zeros(1, 4))
     assert uniform.item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
 

@@ -1,4 +1,5 @@
-"""The arithmetic of actor-critic PPO, as veRL (and so TinyZero) runs it.
+"""The arithmetic of actor-critic PPO, as veRL runs it (TinyZero's older veRL weighted
+a mini-batch's micro-batches alike, each by its own token mean: :func:`agg_token_mean`).
 
 Small pure functions on ``(batch, response_tokens)`` tensors with a mask of
 real (non-padding) response tokens; each is tested against hand-worked
