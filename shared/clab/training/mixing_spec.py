@@ -145,7 +145,10 @@ class MixingSpec(RunSpec):
     VARIANT: ClassVar[str | None] = "branch"
     SAFE_CHANGES: ClassVar[frozenset[str]] = RunSpec.SAFE_CHANGES | {"strategies"}
     seed: int = Field(
-        42, description="the training seed: sampling, data order, LoRA's initial A matrices"
+        42,
+        description="the training seed: data order and dropout in phases A and B. LoRA's "
+        "initial A matrices are stage 0's, which every seed shares (`data_seed`, else the "
+        "first seed); the replayed examples come from `mix.seed`",
     )
     reset_optimizer: bool = Field(
         True, description="a new optimizer for B, as the public experiment trains each phase"
