@@ -219,6 +219,24 @@ def test_grpo_crash_and_resume_loses_and_repeats_nothing(run_dir, monkeypatch):
     assert len(complete_stages("checkpoints/g")) == 5
 
 
+def _whole_then_broken(run_dir, monkeypatch, seen: list, crash_after: int, **spec) -> tuple:
+    """The same GRPO spec run whole, then killed at reward call ``crash_after + 1`` and
+    rerun; ``seen`` is what a reward spy appends per call. Returns (the whole run's
+    calls, the broken run's calls, both runs' train.jsonl rows)."""
+    from clab.rewards.countdown import CountdownReward
+
+    assert main(["run", str(write_spec(run_dir / "w.yaml", name="whole", **spec))]) == 0
+    whole_calls, seen[:] = list(seen), []
+    broken = write_spec(run_dir / "b.yaml", name="broken", **spec)
+    with monkeypatch.context() as m:
+        _crash_after(m, CountdownReward, "__call__", crash_after)
+        with pytest.raises(Crash):
+            main(["run", str(broken)])
+    assert main(["run", str(broken)]) == 0
+    rows = read_rows("metrics/whole/train.jsonl"), read_rows("metrics/broken/train.jsonl")
+    return whole_calls, list(seen), *rows
+
+
 def test_grpo_resumed_in_a_later_epoch_trains_the_same_prompts_and_numbers(run_dir, monkeypatch):
     """TRL's sampler is not checkpointed: a run resumed in a stage's second epoch
     replayed the first epoch's shuffle (other prompts, some twice). Crash in epoch 1,
@@ -234,19 +252,12 @@ def test_grpo_resumed_in_a_later_epoch_trains_the_same_prompts_and_numbers(run_d
         return original(self, prompts, completions, **k)
 
     monkeypatch.setattr(CountdownReward, "__call__", spy)
-    common = dict(algorithm="grpo", rollout__responses_per_prompt=2, data__groups=[0],
-                  data__max_train_rows=8, epochs_per_group=3, max_steps_per_stage=None,
-                  save_steps=1)  # fmt: skip
-    assert main(["run", str(write_spec(run_dir / "w.yaml", name="whole", **common))]) == 0
-    whole_prompts, seen[:] = list(seen), []
-    spec = write_spec(run_dir / "b.yaml", name="broken", **common)
-    with monkeypatch.context() as m:
-        _crash_after(m, CountdownReward, "__call__", 3)  # dies at step 4: epoch 1's second
-        with pytest.raises(Crash):
-            main(["run", str(spec)])
-    assert main(["run", str(spec)]) == 0
-    assert seen == whole_prompts and len(seen) == 6  # 8 rows / 4 a step x 3 epochs
-    whole, resumed = read_rows("metrics/whole/train.jsonl"), read_rows("metrics/broken/train.jsonl")
+    whole_prompts, prompts, whole, resumed = _whole_then_broken(
+        run_dir, monkeypatch, seen, 3,  # dies at step 4: epoch 1's second
+        algorithm="grpo", rollout__responses_per_prompt=2, data__groups=[0],
+        data__max_train_rows=8, epochs_per_group=3, max_steps_per_stage=None, save_steps=1,
+    )  # fmt: skip
+    assert prompts == whole_prompts and len(prompts) == 6  # 8 rows / 4 a step x 3 epochs
     assert [r["epoch"] for r in whole] == [0, 0, 1, 1, 2, 2]
     for a, b in zip(whole, resumed, strict=True):
         for key in ("epoch", "reward_mean", "policy_loss", "entropy"):
@@ -316,19 +327,13 @@ def test_grpo_oversample_resumed_draws_and_trains_as_the_uninterrupted_run(run_d
         return [float(t % 3 == 0 and i % 2) for i, t in enumerate(target)]
 
     monkeypatch.setattr(CountdownReward, "__call__", reward)
-    common = dict(algorithm="grpo", rollout__responses_per_prompt=2, data__groups=[0],
-                  data__max_train_rows=16, epochs_per_group=2, max_steps_per_stage=None,
-                  grpo__oversample=2, save_steps=1)  # fmt: skip
-    assert main(["run", str(write_spec(run_dir / "w.yaml", name="whole", **common))]) == 0
-    whole_prompts, seen[:] = list(seen), []
-    spec = write_spec(run_dir / "b.yaml", name="broken", **common)
-    with monkeypatch.context() as m:
-        _crash_after(m, CountdownReward, "__call__", 5)  # dies at step 6: epoch 1's second
-        with pytest.raises(Crash):
-            main(["run", str(spec)])
-    assert main(["run", str(spec)]) == 0
-    assert len(seen) == 8 and seen == whole_prompts  # 5 draws before the crash, 3 after
-    whole, resumed = read_rows("metrics/whole/train.jsonl"), read_rows("metrics/broken/train.jsonl")
+    whole_prompts, prompts, whole, resumed = _whole_then_broken(
+        run_dir, monkeypatch, seen, 5,  # dies at step 6: epoch 1's second
+        algorithm="grpo", rollout__responses_per_prompt=2, data__groups=[0],
+        data__max_train_rows=16, epochs_per_group=2, max_steps_per_stage=None,
+        grpo__oversample=2, save_steps=1,
+    )  # fmt: skip
+    assert len(prompts) == 8 and prompts == whole_prompts  # 5 draws before the crash, 3 after
     assert len(whole) == len(resumed) == 8
     for a, b in zip(whole, resumed, strict=True):
         for key in ("reward_mean", "policy_loss", "flat_groups", "flat_groups_kept"):

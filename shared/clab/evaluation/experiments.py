@@ -233,8 +233,7 @@ def comparison_text(c: dict) -> str:
     lines = [f"{c['other']} minus {c['base']}, paired over {seeds_text(c['seeds'])}{out}:"]
     words = {"yes": "beyond the seed spread", "no": "within the seed spread"}
     for key, d in comparison_rows(c):
-        verdict = words.get(d.get("verdict", "yes" if d["beyond_seed_spread"] else "no"))
-        verdict = verdict or "no verdict (no spread between seeds)"
+        verdict = words.get(d["verdict"], "no verdict (no spread between seeds)")
         iv = "" if d["low"] is None else f" [{d['low']:+.3f}, {d['high']:+.3f}]"
         n = f"  (n={d['n']})" if d.get("n") is not None and d["n"] < len(c["seeds"]) else ""
         lines.append(f"  {key:<22} {d['mean']:+.3f}{iv}  {verdict}{n}")
