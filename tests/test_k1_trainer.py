@@ -324,3 +324,45 @@ def test_a_method_added_to_a_finished_sweep_runs_alone(workdir, capsys):
     assert "k-k1: finished, skipped" in out and "k-dense: finished, skipped" in out
     assert Path("metrics/k-k1/train.jsonl").read_text() == before
     assert len(read_rows("metrics/k-random_share/train.jsonl")) == 4
+
+
+def test_every_method_of_a_seed_trains_on_the_same_batches_in_the_same_order(workdir, monkeypatch):
+    """The comparison K-1 against dense is paired: within a seed the methods differ
+    only in which groups step, never in the data they see. Each training forward's
+    input ids are recorded per method and must match batch for batch; a second
+    seed must see other batches (the order is the seed's, not fixed)."""
+    import torch
+
+    from clab.training import k1_lm
+
+    seen: dict[str, list[torch.Tensor]] = {}
+    original = k1_lm.load_policy
+
+    def recording(*a, **k):
+        model = original(*a, **k)
+        batches = seen.setdefault(f"run{len(seen)}", [])
+
+        def hook(module, args, kwargs):
+            if module.training:
+                batches.append(kwargs["input_ids"].detach().cpu().clone())
+
+        model.register_forward_pre_hook(hook, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(k1_lm, "load_policy", recording)
+    methods = ["k1", "dense", "random_k", "random_share"]
+    s = spec(workdir / "s.yaml", methods=methods, steps_per_corpus=5, save_steps=0)
+    assert main(["run", str(s)]) == 0
+    per_method = [b for b in seen.values() if b]  # the models that trained, in method order
+    assert all(len(b) == 10 for b in per_method), [len(b) for b in per_method]
+    for other in per_method[1:]:
+        assert all(torch.equal(x, y) for x, y in zip(per_method[0], other, strict=True))
+    # the four methods start from one model and one first batch: the same first loss
+    first = {m: read_rows(f"metrics/k-{m}/train.jsonl")[0]["loss"] for m in methods}
+    assert len(set(first.values())) == 1, first
+
+    seen.clear()
+    s2 = spec(workdir / "s2.yaml", name="k2", methods=["dense"], seed=7, steps_per_corpus=5)
+    assert main(["run", str(s2)]) == 0
+    (other_seed,) = [b for b in seen.values() if b]
+    assert not all(torch.equal(x, y) for x, y in zip(per_method[0], other_seed, strict=True))

@@ -147,6 +147,22 @@ def test_selection_rules_on_hand_made_norms():
     assert random_k(2)(norms, sizes, again).tolist() == picks[0].tolist()
 
 
+def test_tied_norms_go_to_the_earlier_group_so_a_rerun_picks_the_same_groups():
+    """Ties happen (groups whose gradients are all zero, e.g. embedding rows no batch
+    touched, tie at 0.0): the pick must not depend on sort internals, or two runs of
+    one seed could update different groups. The earlier group in model order wins."""
+    norms = torch.tensor([1.0, 2.0, 2.0, 0.0, 2.0, 0.0])
+    sizes = torch.tensor([10, 10, 10, 10, 10, 10])
+    gen = torch.Generator().manual_seed(0)
+    assert top_k(2)(norms, sizes, gen).tolist() == [False, True, True, False, False, False]
+    assert top_k(5)(norms, sizes, gen).tolist() == [True, True, True, True, True, False]
+    # 50% of the model: the three 2.0 groups (ties kept in order) reach exactly half
+    assert fraction(0.5)(norms, sizes, gen).tolist() == [False, True, True, False, True, False]
+    assert fraction(0.25)(norms, sizes, gen).tolist() == [False, True, True, False, False, False]
+    zeros = torch.zeros(6)
+    assert top_k(1)(zeros, sizes, gen).tolist() == [True] + [False] * 5
+
+
 def test_smoothing_keeps_a_group_on_until_its_average_drops_below_the_threshold():
     sizes = torch.ones(2)
     rule = Smoothed(top_k(1), decay=0.9, threshold=0.5)
