@@ -310,3 +310,32 @@ def test_a_strategy_killed_mid_stage_resumes_to_the_same_numbers(workdir, monkey
     whole_h = json.loads(Path("metrics.whole/mx-random/history.json").read_text())
     assert h["steps"] == whole_h["steps"]
     assert h["qa_loss"] == pytest.approx(whole_h["qa_loss"], rel=1e-4)
+
+
+def test_reset_optimizer_false_carries_phase_as_adam_state_into_b(workdir):
+    """The public experiment builds a new optimizer for B (the default). With
+    ``reset_optimizer: false`` B must continue A's AdamW: its step count goes on from
+    A's and its first update reads A's moments, so B's numbers differ from the reset
+    run's from B's first step on (A's are shared, one phase-A run each)."""
+    import torch
+
+    def b_state(name: str, reset: str) -> tuple[int, int, list[dict]]:
+        run(spec_for(workdir, "strategies=[none]", f"name={name}", f"reset_optimizer={reset}"))
+        ck = Path("checkpoints")
+        steps = []
+        for stage in ("r0-g0", "r0-g1"):
+            saved = torch.load(ck / f"{name}-none" / stage / "optimizer.pt", weights_only=False)
+            steps.append(int(next(iter(saved["state"].values()))["step"]))
+        return steps[0], steps[1], read_rows(f"metrics/{name}-none/train.jsonl")
+
+    a_reset, b_reset, rows_reset = b_state("mr", "true")
+    a_kept, b_kept, rows_kept = b_state("mk", "false")
+    assert a_reset == a_kept == 5  # 40 examples, batch 8
+    assert b_reset == 5 and b_kept == a_kept + b_reset  # B's 40: AdamW counts on from A
+    first_b = [
+        [r["loss"] for r in rows if r["global_step"] in (6, 7) and "loss" in r]
+        for rows in (rows_reset, rows_kept)
+    ]
+    # B's first loss is taken before its first update, from the model A left: the same
+    assert first_b[0][0] == pytest.approx(first_b[1][0], rel=1e-6)
+    assert first_b[0][1] != pytest.approx(first_b[1][1], rel=1e-4)  # after it: A's moments
