@@ -13,6 +13,7 @@ import yaml
 
 from clab.cli import main
 from clab.data.preference.builtin import style_tasks
+from clab.models.loading import load_policy
 from clab.models.tiny import build_tiny_model
 from clab.tracking.metrics_log import read_rows
 
@@ -303,3 +304,44 @@ def test_ewc_penalty_counts_once_an_optimizer_step_under_gradient_accumulation(w
     one, double = second_task("one", "loss"), second_task("double", "loss")
     assert all(abs(d - o) > 0.005 * o for d, o in zip(double[1:], one[1:], strict=True))
     assert abs(double[1] - one[1]) > 0.05 * one[1]
+
+
+def test_ewc_without_lora_under_gradient_checkpointing_decays_the_earlier_fisher(workdir):
+    """Full fine-tuning with activation checkpointing (a memory trade a 1.5B full-weight
+    run needs) must give the Fisher, and so the penalty, that the plain run gives:
+    the Fisher pass takes gradients through recomputed activations. With gamma 0.5
+    the Fisher after task 2 is half task 1's plus task 2's own, on every weight."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    common = dict(
+        lora__enabled=False,
+        dpo__lr=1e-3,
+        save_steps=0,
+        ewc={"lambda": 1000.0, "fisher_samples": 8, "gamma": 0.5},
+    )
+    for name, ckpt in (("plain", False), ("ckpt", True)):
+        s = spec(workdir / f"{name}.yaml", name=name, model__gradient_checkpointing=ckpt, **common)
+        assert main(["run", str(s)]) == 0
+    f = {
+        (run, stage): {
+            k: v for k, v in load_file(f"checkpoints/{run}/{stage}/ewc.safetensors").items()
+            if k.startswith("fisher.")
+        }
+        for run in ("plain", "ckpt") for stage in ("r0-g0", "r0-g1")
+    }  # fmt: skip
+    trainable = {n for n, p in load_policy("checkpoints/plain/r0-g0").named_parameters()}
+    assert {k.removeprefix("fisher.") for k in f["plain", "r0-g0"]} == trainable  # no adapter
+    for key in f["plain", "r0-g1"]:
+        for stage in ("r0-g0", "r0-g1"):
+            torch.testing.assert_close(f["ckpt", stage][key], f["plain", stage][key],
+                                       rtol=1e-3, atol=1e-9)  # fmt: skip
+    first, both = f["plain", "r0-g0"], f["plain", "r0-g1"]
+    own = torch.cat([(both[k] - 0.5 * first[k]).flatten() for k in first])
+    kept = torch.cat([(both[k] - first[k]).flatten() for k in first])
+    assert own.min() >= -1e-9 and own.max() > 0  # task 2's own Fisher: a sum of squares
+    assert kept.min() < 0  # task 1's was halved, not kept whole (gamma 1 would give >= 0)
+    with safe_open("checkpoints/ckpt/r0-g1/ewc.safetensors", "pt") as fh:
+        assert json.loads(fh.metadata()["tasks"]) == [0, 1]
+    penalties = [r["ewc_penalty"] for r in read_rows("metrics/ckpt/train.jsonl")[4:]]
+    assert penalties[-1] > 0
