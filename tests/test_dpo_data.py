@@ -153,3 +153,18 @@ def test_row_caps_keep_the_first_rows(workdir, cut):
     (t,) = load_tasks(load_spec(spec_file(workdir / "s.json", {"source": str(f), **cut})))
     assert t.train == [pair(i) for i in range(cut.get("max_train_rows", 4))]
     assert len(t.test) == cut.get("max_test_rows", 3)
+
+
+def test_the_checks_read_every_row_not_only_the_rows_a_cap_keeps(workdir, capsys):
+    """A capped run (a quick try on a large file) must not hide a broken file: a row
+    beyond the cap that lacks a field, or a test pair that repeats a training pair,
+    exits 2 naming it, as the uncapped run would (docs/services.md)."""
+    rows = [pair(i) for i in range(4)] + [{"prompt": "q", "chosen": " a"}]
+    f = aif(workdir / "c.json", [{"task": {}, "train": rows, "test": [pair(9, "t")]}])
+    code, err = run(spec_file(workdir / "s.json", {"source": str(f), "max_train_rows": 2}), capsys)
+    assert code == 2 and "task 't0': train row 4 lacks the field 'rejected'" in err
+    leak = [pair(i) for i in range(4)]
+    f = aif(workdir / "l.json", [{"task": {}, "train": leak, "test": [pair(9, "t"), pair(3)]}])
+    cut = {"source": str(f), "max_train_rows": 2, "max_test_rows": 1}
+    code, err = run(spec_file(workdir / "l.yaml", cut), capsys)
+    assert code == 2 and "1 of its 2 test pairs repeat" in err

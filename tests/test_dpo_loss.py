@@ -56,3 +56,32 @@ def test_trls_dpo_loss_equals_the_one_from_our_log_probabilities(tmp_path):
     assert abs(c.mean().item() - metrics["logps/chosen"]) < 1e-4
     assert abs(r.mean().item() - metrics["logps/rejected"]) < 1e-4
     assert abs(0.1 * ((c - c0) - (r - r0)).mean().item() - metrics["rewards/margins"]) < 1e-4
+
+
+def test_a_response_with_no_prompt_tokens_before_it_is_scored_as_trl_scores_it(tmp_path):
+    """An empty prompt (or one whose only token merges into the response) leaves no
+    prompt token: TRL scores every response token but the first, which nothing
+    predicts. Each pair's log-probability must be TRL's, alone or in any batch (not
+    a log-probability read from a padding position, nor the last token alone)."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    (task,) = style_tasks(["upper"], 16, 4, 0)
+    texts = [r["prompt"] + r[k] for r in task.train for k in ("chosen", "rejected")]
+    folder = build_tiny_model(tmp_path / "m", texts, vocab_size=300, hidden_size=32, num_layers=1)
+    tok = load_tokenizer(folder)
+    policy, ref = load_policy(folder), load_policy(folder)
+    rows = task.train[:4]
+    rows[0] = {**rows[0], "prompt": ""}
+    assert _full_ids(tok, rows[0]["prompt"], rows[0]["chosen"])[1] == 0
+    args = DPOConfig(output_dir=str(tmp_path / "o"), use_cpu=True, bf16=False, report_to=[],
+                     beta=0.1, max_length=64, gradient_checkpointing=False)  # fmt: skip
+    trainer = DPOTrainer(model=policy, ref_model=ref, args=args,
+                         train_dataset=Dataset.from_list(rows), processing_class=tok)  # fmt: skip
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    trl_c, trl_r = (x.tolist() for x in trainer.compute_ref_log_probs(policy, batch))
+
+    batched = pair_logps(policy, tok, rows, 64, 4)
+    alone = pair_logps(policy, tok, rows[:1], 64, 1)
+    for ours, theirs in zip((*batched, *alone), (trl_c, trl_r, trl_c[:1], trl_r[:1]), strict=True):
+        assert torch.allclose(torch.tensor(ours), torch.tensor(theirs), atol=1e-4), (ours, theirs)

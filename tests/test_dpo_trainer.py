@@ -60,8 +60,8 @@ def folder_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
-def test_two_tasks_trained_logged_and_scored_on_every_checkpoint(workdir):
-    assert main(["run", str(spec(workdir / "s.yaml"))]) == 0
+def test_two_tasks_trained_logged_and_scored_on_every_checkpoint(workdir, monkeypatch):
+    assert main(["run", str(spec(workdir / "s.yaml", reward__max_length=56))]) == 0
     rows = read_rows("metrics/p/train.jsonl")
     assert [r["global_step"] for r in rows] == list(range(1, 9))
     assert [r["task_name"] for r in rows] == ["upper"] * 4 + ["lower"] * 4
@@ -82,8 +82,14 @@ def test_two_tasks_trained_logged_and_scored_on_every_checkpoint(workdir):
     assert sorted(p.name for p in (ckpt / "reward-models").iterdir()) == ["lower", "upper"]
     rm = json.loads(Path("metrics/p/reward_models.json").read_text())["tasks"]
     assert set(rm) == {"upper", "lower"} and all(v["n_test"] == 8 for v in rm.values())
+    from clab.evaluation.scorers import preference as scorer
+
+    cut_at, real = [], scorer.reward_scores
+    monkeypatch.setattr(scorer, "reward_scores", lambda *a: cut_at.append(a[4]) or real(*a))
     Path("e.yaml").write_text("kind: evaluate\nruns: [p]\nuse_gpu: false\nsamples_per_group: 2\n")
     assert main(["run", "e.yaml"]) == 0
+    # the reward models score completions cut as they were trained (reward.max_length)
+    assert cut_at and set(cut_at) == {56}
     s = json.loads(Path("metrics/p/summary.json").read_text())
     assert s["score"] == "reward_score"
     assert set(s["scores"]) == {"reward_score", "win_rate", "implicit_accuracy", "implicit_margin"}

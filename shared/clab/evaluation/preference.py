@@ -77,7 +77,9 @@ def _sequence_logps(
         tok_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
         width = ids.shape[1]
         for i, (seq, n) in enumerate(zip(batch, starts[s : s + batch_size], strict=True)):
-            first = width - len(seq) + n  # position of the response's first token
+            # position of the response's first scored token: with no prompt token before
+            # it (n = 0) the sequence's first token has no prediction, and TRL skips it
+            first = width - len(seq) + max(n, 1)
             out.append(tok_logp[i, first - 1 :].sum().item())
     return out
 

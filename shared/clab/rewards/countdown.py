@@ -70,7 +70,7 @@ def extract_answer(completion: str) -> str | None:
     """The text of the last complete ``<answer>...</answer>`` in the completion.
 
     The whole completion is searched, where TinyZero keeps only its last line: an
-    answer followed by more text, or spread over lines, counts here and scores 0
+    answer followed by more lines, or spread over lines, counts here and scores 0
     there (so success rates here can run above TinyZero's on the same outputs). A
     stray ``</answer>`` after a complete answer does not hide it."""
     found = _ANSWER.findall(completion)

@@ -215,6 +215,8 @@ class DPOStageTrainer:
                     "max_new_tokens": s.score.max_new_tokens,
                     "max_prompt_length": s.score.max_prompt_length,
                     "max_length": s.dpo.max_length,
+                    # the reward model scores what it was trained on: its own length cap
+                    "reward_max_length": s.reward.max_length,
                     "beta": s.dpo.beta,
                 },
             )

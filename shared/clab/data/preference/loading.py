@@ -38,7 +38,8 @@ def load_tasks(spec: ContinualDPOSpec) -> list[PreferenceTask]:
         if d.tasks is not None:
             raise ClabError("data.tasks: only for builtin:styles")
         tasks = read_aif_gen(d.source)
-    for t in tasks:  # checked before the cut: a bad row anywhere is named
+    tasks = check_tasks(tasks)  # before the cut: a bad or leaked row anywhere is named
+    for t in tasks:
         t.train = t.train[: d.max_train_rows] if d.max_train_rows else t.train
         t.test = t.test[: d.max_test_rows] if d.max_test_rows else t.test
-    return check_tasks(tasks)
+    return tasks

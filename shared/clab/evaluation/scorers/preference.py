@@ -90,11 +90,12 @@ def score_preference(handle: ModelHandle, task: dict[str, Any], s: ScoreSettings
         base.close()
     zero = _BASELINE[key]
     rm, rm_tok = _reward_model(task["reward_model"], s.device)
+    rm_len = task.get("reward_max_length", task["max_length"])  # runs before it: dpo's
     with handle.autocast(), torch.no_grad():
-        r_mine = reward_scores(rm, rm_tok, prompts, mine["texts"], task["max_length"], s.batch_size)
+        r_mine = reward_scores(rm, rm_tok, prompts, mine["texts"], rm_len, s.batch_size)
         if "rewards" not in zero:
             zero["rewards"] = reward_scores(
-                rm, rm_tok, prompts, zero["texts"], task["max_length"], s.batch_size
+                rm, rm_tok, prompts, zero["texts"], rm_len, s.batch_size
             )
     win = preference_accuracy(r_mine, zero["rewards"])
     c = [a - b for a, b in zip(mine["chosen"], zero["chosen"], strict=True)]
