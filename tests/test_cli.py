@@ -49,6 +49,7 @@ def test_validate_prints_defaults_and_overrides(capsys):
         ("kind: countdown\ntemplate: chatml\n", [], "field 'template'"),
         ("kind: countdown\nranges: {target: [10, 1]}\n", [], "lower bound 10 is above"),
         ("kind: countdown\nranges: {count: [3, 6]}\n", [], "2 to 4 numbers"),
+        ("kind: countdown\nranges: {number: [1, 99999]}\n", [], "number: values up to 50,000"),
         ("kind: countdownn\n", [], "field 'kind': 'countdownn' is not a known kind"),
         ("train_size: 5\n", [], "field 'kind': None is not a known kind"),
         ("- a\n- b\n", [], "must be a YAML mapping"),

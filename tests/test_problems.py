@@ -88,3 +88,23 @@ def test_every_reference_solution_scores_one(seed, group, count):
     for nums, target, sol in zip(p.numbers, p.target, p.solution, strict=True):
         r = score_countdown(f"<think>x</think><answer>{sol}</answer>", target, nums, ops)
         assert r.correct, (nums, target, sol, r)
+
+
+def test_at_the_largest_numbers_a_spec_allows_every_reference_solution_reaches_its_target():
+    """The generator evaluates its trees in int64. Above ``MAX_NUMBER`` four numbers
+    multiplied can wrap around (numbers 50,001 to 99,999, targets up to 10^18: 438
+    rows of 134,848 whose solution misses its target), so the spec refuses them; at
+    the cap nothing wraps."""
+    import numpy as np
+
+    from clab.data.countdown.curriculum import MAX_NUMBER, MAX_TARGET
+    from clab.data.countdown.problems import sample_problems
+    from clab.rewards.countdown import score_countdown
+
+    ops = ("+", "-", "*")
+    top = (MAX_NUMBER - 10, MAX_NUMBER)
+    p = sample_problems(np.random.default_rng(0), 20_000, ops, count_range=(4, 4),
+                        number_range=top, target_range=(1, MAX_TARGET))  # fmt: skip
+    assert len(p.target) > 1000 and max(p.target) > 10**14  # three of the four multiplied
+    for nums, target, solution in zip(p.numbers, p.target, p.solution, strict=True):
+        assert score_countdown(f"<answer>{solution}</answer>", target, nums, ops).correct

@@ -29,12 +29,15 @@ from clab.data.manifest import prepare_output, read_manifest, say_if_replaced
 from clab.specs import KIND_HELP, Spec, SpecModel
 from clab.storage.atomic import atomic_dir, write_json
 
+MAX_NUMBER = 50_000  # 50,000^4 = 6.25e18 < 2^63
+MAX_TARGET = 10**18
+
 
 class RangesSpec(SpecModel):
     """Inclusive ranges of a problem's size and values."""
 
     count: tuple[int, int] = Field((3, 4), description="how many numbers a problem has")
-    number: tuple[int, int] = Field((1, 100), description="the numbers' values")
+    number: tuple[int, int] = Field((1, 100), description="the numbers' values (at most 50,000)")
     target: tuple[int, int] = Field((1, 1000), description="the target's value (positive)")
 
     @model_validator(mode="after")
@@ -47,6 +50,15 @@ class RangesSpec(SpecModel):
             raise ValueError(f"count: problems have 2 to 4 numbers, got {list(self.count)}")
         if self.number[0] < 1 or self.target[0] < 1:
             raise ValueError("number and target ranges must be positive integers")
+        if self.number[1] > MAX_NUMBER:
+            # the generator evaluates its trees in int64: four numbers multiplied must fit,
+            # or wrapped values become targets their reference solutions do not reach
+            raise ValueError(
+                f"number: values up to {MAX_NUMBER:,} (four of them multiplied fit the "
+                f"generator's 64-bit arithmetic), got {self.number[1]:,}"
+            )
+        if self.target[1] > MAX_TARGET:
+            raise ValueError(f"target: values up to {MAX_TARGET:,}, got {self.target[1]:,}")
         return self
 
     def to_ranges(self) -> Ranges:
