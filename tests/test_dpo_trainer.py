@@ -232,6 +232,18 @@ def test_a_reward_model_at_chance_level_is_flagged_in_the_log_and_for_the_page(w
     assert "WARNING: reward model noise is at chance level" in Path("logs/p/train.log").read_text()
 
 
+def test_the_log_says_whether_a_reward_model_guesses_or_prefers_the_rejected():
+    """Both are flagged for the page (chance_level); the log says which: a model whose
+    interval lies below 0.5 is not guessing, it scores the task backwards."""
+    from clab.training.reward_models import chance_warning
+
+    assert chance_warning("t", (0.62, 0.91)) is None
+    assert "t is at chance level" in chance_warning("t", (0.40, 0.71))
+    assert "t is at chance level" in chance_warning("t", (0.20, 0.50))
+    backwards = chance_warning("t", (0.05, 0.32))
+    assert "t prefers the rejected responses" in backwards and "[0.050, 0.320]" in backwards
+
+
 def test_ewc_fisher_covers_both_tasks_and_a_crash_resumes_to_the_same_numbers(workdir, monkeypatch):
     from trl import DPOTrainer
 

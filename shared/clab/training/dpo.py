@@ -72,7 +72,12 @@ from clab.storage.layout import INITIAL_STAGE, Stage, stage_sequence
 from clab.training.dpo_spec import ContinualDPOSpec
 from clab.training.ewc import OnlineEWC, empirical_fisher
 from clab.training.hf_stage import StageCallback, carry_into_stage, stage_args
-from clab.training.reward_models import REWARD_DIR, ensure_reward_model, files_hash
+from clab.training.reward_models import (
+    REWARD_DIR,
+    chance_warning,
+    ensure_reward_model,
+    files_hash,
+)
 from clab.training.steps import dpo_stage_steps
 
 TRAINER_STATE = "trainer_state.pt"
@@ -303,11 +308,9 @@ class DPOStageTrainer:
                 f"reward model {t.name}: {how}; accuracy on {info['n_test']} test pairs "
                 f"{info['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
             )
-            if info["chance_level"]:
-                self.say(
-                    f"WARNING: reward model {t.name} is at chance level (its 95% interval "
-                    "reaches 0.5): its scores cannot show what the policy learned or forgot"
-                )
+            warning = chance_warning(t.name, (lo, hi))
+            if warning:
+                self.say(warning)
             out[t.name] = {
                 k: info.get(k)
                 for k in ("accuracy", "n_test", "interval", "chance_level", "reused_from")

@@ -8,8 +8,9 @@ holds its key: the sha256 of the task's pairs, of the base model's files and
 of the reward settings. A later run whose key matches any stored model (its
 own or another run's) links that model's files instead of training again.
 Its accuracy on the task's test pairs is measured once and kept in the
-marker; one whose 95% interval reaches 0.5 is at chance level, which the
-trainer reports in its log and in ``metrics/<run>/reward_models.json``.
+marker; one whose 95% interval reaches 0.5 (or lies below it: the task
+scored backwards) is at chance level, which the trainer reports in its log
+and in ``metrics/<run>/reward_models.json``.
 """
 
 from __future__ import annotations
@@ -155,6 +156,24 @@ def train_reward_model(
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None,
     }
+
+
+def chance_warning(task: str, interval: tuple[float, float]) -> str | None:
+    """The log's warning for a reward model its scores cannot be read from: one whose
+    95% interval reaches 0.5, or lies wholly below it (it prefers the rejected
+    responses: its scores would read forgetting as learning)."""
+    lo, hi = interval
+    if hi < 0.5:
+        return (
+            f"WARNING: reward model {task} prefers the rejected responses (its 95% interval "
+            f"[{lo:.3f}, {hi:.3f}] lies below 0.5): its scores would read forgetting as learning"
+        )
+    if lo <= 0.5:
+        return (
+            f"WARNING: reward model {task} is at chance level (its 95% interval reaches "
+            "0.5): its scores cannot show what the policy learned or forgot"
+        )
+    return None
 
 
 def test_accuracy(
