@@ -17,7 +17,9 @@ each stage's rise and each task's forgetting too.
 stage-end validation lines that ``clab run`` logs (``RUN STAGE: validation g0=...``),
 for runs whose evaluator pass did not happen (a job stopped after training). They
 score the same test problems, greedy, as the evaluator; the warm-up's row is not in
-the log, so stage 1's "before" is left out.
+the log, so stage 1's "before" is left out. Logs are read in the order given, so a
+run resumed in a later job continues from its log; a seed's first stage logged again
+starts that seed over (a rerun, said so): no seed mixes the stages of two runs.
 """
 
 from __future__ import annotations
@@ -139,7 +141,11 @@ def summaries_from_logs(logs: list[Path]) -> dict[str, dict[int, dict]]:
         for line in re.split(r"[\r\n]", log.read_text(errors="replace")):
             for run, seed, stage, scores in VALIDATION.findall(line):
                 row = {int(k[1:]): float(v) for k, v in (x.split("=") for x in scores.split())}
-                seen[(run, int(seed))][int(stage)] = row
+                key = (run, int(seed))
+                if int(stage) == 0 and seen[key]:  # a run from its start again: a rerun
+                    print(f"({run}-s{seed}: run again in {log}; the later run replaces it)\n")
+                    seen[key] = {}
+                seen[key][int(stage)] = row
     out: dict[str, dict[int, dict]] = defaultdict(dict)
     for (run, seed), rows in sorted(seen.items()):
         T = len(next(iter(rows.values())))

@@ -422,6 +422,34 @@ def test_seed_numbers_reads_the_stage_end_validations_of_a_log_when_no_evaluatio
     assert "+0.100 [+0.050, +0.150]  beyond the seed spread" in paired
 
 
+def test_a_rerun_log_replaces_its_seeds_whole_and_says_so(tmp_path, capsys):
+    """A rerun of seed 0 given after the first run's log: seed 0's every stage comes
+    from the rerun (never stage 1 of one run with stage 2 of the other), seeds 1 and 2
+    stay, and the output names the rerun; a rerun killed mid-way leaves the seed out."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from seed_numbers import main as seed_numbers
+
+    def log(name: str, rows: dict[int, tuple[float, ...]]) -> str:
+        text = ""
+        for seed, stages in rows.items():
+            for stage, g1 in enumerate(stages):
+                text += f"t x-s{seed} r0-g{stage}: validation g0=1.000 g1={g1:.3f}\n"
+        (tmp_path / name).write_text(text)
+        return str(tmp_path / name)
+
+    first = log("first.log", {0: (0.05, 0.35), 1: (0.05, 0.25), 2: (0.05, 0.30)})
+    rerun = log("rerun.log", {0: (0.10, 0.20)})  # seed 0 again: rise 0.10, not 0.30 or 0.15
+    seed_numbers(["--from-log", first, rerun])
+    out = capsys.readouterr().out
+    assert f"x-s0: run again in {rerun}; the later run replaces it" in out
+    row = next(x for x in out.splitlines() if x.startswith("| 2 | g1 |"))
+    assert "+0.10, +0.20, +0.25" in row
+    killed = log("killed.log", {0: (0.10,)})
+    seed_numbers(["--from-log", first, killed])
+    out = capsys.readouterr().out
+    assert "x-s0: stages [0] of 2 in the log; left out" in out and "over 2 seeds (1, 2)" in out
+
+
 def test_no_verdict_without_a_spread_and_seeds_left_out_of_a_pairing_are_named(tmp_path, capsys):
     """One seed, or seeds all alike, give no spread to judge against: "no verdict",
     never "no". A comparison names the seeds only one set has, and a row that lost a
