@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from clab.cli import main
-from clab.storage.layout import complete_stages
+from clab.storage.layout import COMPLETE_MARKER, complete_stages
 from clab.tracking.metrics_log import read_rows
 from rl_spec import write_spec
 
@@ -178,6 +178,46 @@ def test_a_run_killed_in_its_first_stage_resumes_to_the_same_numbers(run_dir, mo
         for key in ("lr_actor", "lr_critic", "weight_change_run", "weight_change_stage",
                     "policy_loss", "value_loss"):  # fmt: skip
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-8), (a["global_step"], key)
+
+
+def test_each_stage_records_the_machine_that_trained_it_so_a_resume_elsewhere_shows(
+    run_dir, monkeypatch
+):
+    """The same seed on another machine is another run (docs/demo.md): each stage's
+    marker (stage 0's too: a warm-up trains there) and its log line name the device,
+    host and software that trained it; a run stopped after stage 1 and resumed
+    "elsewhere" keeps stage 1's record."""
+    import torch
+    import transformers
+
+    import clab.runs.runner as runner
+
+    spec = write_spec(run_dir / "m.yaml", name="moved", data__groups=[0, 1], max_steps_per_stage=1)
+    original = runner.StageRunner._train_stage
+    with monkeypatch.context() as m:
+
+        def stops_before_stage_2(self, stage, *a, **k):
+            if stage.index == 2:
+                raise KeyboardInterrupt
+            return original(self, stage, *a, **k)
+
+        m.setattr(runner.StageRunner, "_train_stage", stops_before_stage_2)
+        assert main(["run", str(spec)]) == 130
+    here = runner.machine_facts("cpu")
+    elsewhere = {**here, "device": "NVIDIA H100 80GB HBM3", "host": "lease-2"}
+    monkeypatch.setattr(runner, "machine_facts", lambda device, workers=1: elsewhere)
+    assert main(["run", str(spec)]) == 0
+    markers = [
+        json.loads((d / COMPLETE_MARKER).read_text())
+        for _, d in complete_stages("checkpoints/moved")
+    ]
+    initial, first, second = (mk["machine"] for mk in markers)  # stage 0 holds the warm-up
+    assert initial == first and first["device"].startswith("cpu (") and first["workers"] == 1
+    assert first["torch"] == torch.__version__ and first["transformers"] == transformers.__version__
+    assert second == elsewhere
+    log = Path("logs/moved/train.log").read_text()
+    assert f"steps from step 0 on {here['device']}" in log
+    assert "steps from step 0 on NVIDIA H100 80GB HBM3" in log
 
 
 def _imports(path: Path, modules, package: str = "clab") -> set[str]:

@@ -52,6 +52,7 @@ from clab.storage.layout import (
     move_aside,
     stage_sequence,
 )
+from clab.tracking.machine import machine_facts
 from clab.tracking.metrics_log import MetricsLog
 from clab.tracking.wandb_run import WandbRun
 
@@ -204,6 +205,8 @@ class StageRunner:
         self.trainer: StageTrainer = trainer_module(spec).make_trainer(spec, rank, world)
         self.tasks = self.trainer.tasks()
         self.stages = stage_sequence(spec.rounds, len(self.tasks))
+        gpu = spec.resources.use_gpu and torch.cuda.is_available()
+        self.machine = machine_facts(torch.device("cuda") if gpu else "cpu", world)
 
     def barrier(self) -> None:
         if self.world > 1 and dist.is_initialized():
@@ -228,7 +231,7 @@ class StageRunner:
             work = self.ckpt_dir / INITIAL_WORK
             with atomic_dir(initial) as d:
                 facts = self.trainer.build_initial(d, work)
-                mark_complete(d, Stage(0, 0, 0), global_step=0, **facts)
+                mark_complete(d, Stage(0, 0, 0), global_step=0, machine=self.machine, **facts)
             shutil.rmtree(work, ignore_errors=True)
         if self.main:
             # written once stage 0 exists: a start that failed leaves no run behind
@@ -321,7 +324,10 @@ class StageRunner:
         spec, task = self.spec, self.tasks[stage.task]
         n_steps = self.trainer.stage_steps(stage.task)
         work = self.ckpt_dir / RESUME_DIR / stage.name
-        self.say(f"stage {stage.name}: task {task.name}, {n_steps} steps from step {start}")
+        where = self.machine["device"] + (f" x {self.world}" if self.world > 1 else "")
+        self.say(
+            f"stage {stage.name}: task {task.name}, {n_steps} steps from step {start} on {where}"
+        )
         bar = tqdm(
             total=n_steps,
             initial=start,
@@ -418,6 +424,7 @@ class StageRunner:
                 global_step=global_step,
                 validation=val_rows,
                 workers=self.world,
+                machine=self.machine,
             )
         shutil.rmtree(self.ckpt_dir / RESUME_DIR / stage.name, ignore_errors=True)
         with contextlib.suppress(OSError):  # leave no empty _resume/ behind a finished stage
