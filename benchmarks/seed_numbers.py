@@ -20,6 +20,8 @@ score the same test problems, greedy, as the evaluator; the warm-up's row is not
 the log, so stage 1's "before" is left out. Logs are read in the order given, so a
 run resumed in a later job continues from its log; a seed's first stage logged again
 starts that seed over (a rerun, said so): no seed mixes the stages of two runs.
+Where the logs name the device a stage trained on (since session 22), each table
+is followed by which seeds trained where.
 """
 
 from __future__ import annotations
@@ -131,20 +133,41 @@ def updated_share(metrics: Path, name: str, runs: dict[int, str]) -> str | None:
 
 
 VALIDATION = re.compile(r"(\S+)-s(\d+) r0-g(\d+): validation ((?:g\d+=(?:[0-9.]+|nan) ?)+)")
+# a stage's first line; its device since session 22 (older logs: none, and none shown)
+STAGE_START = re.compile(r"(\S+)-s(\d+) stage r0-g(\d+): task .* from step \d+ on (?P<device>.+)$")
+
+
+def devices_text(summaries: dict[int, dict]) -> str | None:
+    """Which machine trained which seeds, where the logs say: the same seed on another
+    machine is another run (docs/demo.md), so a table over several says so."""
+    by: dict[str, list[int]] = defaultdict(list)
+    for seed, summary in sorted(summaries.items()):
+        by[" + ".join(summary.get("devices") or ["not logged"])].append(seed)
+    if list(by) == ["not logged"]:
+        return None
+    return "trained on: " + "; ".join(
+        f"seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}: {d}" for d, s in by.items()
+    )
 
 
 def summaries_from_logs(logs: list[Path]) -> dict[str, dict[int, dict]]:
     """{experiment: {seed: summary}} from the stage-end validation lines of one-round
     runs (stage k trains group k); a run without every stage is left out, said so."""
     seen: dict[tuple[str, int], dict[int, dict[int, float]]] = defaultdict(dict)
+    devices: dict[tuple[str, int], dict[int, str]] = defaultdict(dict)
     for log in logs:
         for line in re.split(r"[\r\n]", log.read_text(errors="replace")):
-            for run, seed, stage, scores in VALIDATION.findall(line):
-                row = {int(k[1:]): float(v) for k, v in (x.split("=") for x in scores.split())}
+            start = STAGE_START.search(line)
+            found = [(*start.groups()[:3], None)] if start else VALIDATION.findall(line)
+            for run, seed, stage, scores in found:
                 key = (run, int(seed))
                 if int(stage) == 0 and seen[key]:  # a run from its start again: a rerun
                     print(f"({run}-s{seed}: run again in {log}; the later run replaces it)\n")
-                    seen[key] = {}
+                    seen[key], devices[key] = {}, {}
+                if scores is None:  # the stage's first line: where it trains
+                    devices[key][int(stage)] = start.group("device").strip()
+                    continue
+                row = {int(k[1:]): float(v) for k, v in (x.split("=") for x in scores.split())}
                 seen[key][int(stage)] = row
     out: dict[str, dict[int, dict]] = defaultdict(dict)
     for (run, seed), rows in sorted(seen.items()):
@@ -158,7 +181,7 @@ def summaries_from_logs(logs: list[Path]) -> dict[str, dict[int, dict]]:
         summary = summarize(R, [-1, *range(T)])
         summary.update(
             stage_tasks=[-1, *range(T)], task_names=[f"g{j}" for j in range(T)],
-            score="success_rate",
+            score="success_rate", devices=sorted(set(devices[(run, seed)].values())),
         )  # fmt: skip
         out[run][seed] = summary
     return out
@@ -174,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         sets = summaries_from_logs(args.from_log)
         for name, summaries in sets.items():
             print(set_table(name, summaries))
+            if (where := devices_text(summaries)) is not None:
+                print(where + "\n")
         for a in sets:
             for b in sets:
                 c = compare_summaries(a, sets[a], b, sets[b]) if a < b else None

@@ -429,21 +429,23 @@ def test_a_rerun_log_replaces_its_seeds_whole_and_says_so(tmp_path, capsys):
     sys.path.insert(0, str(REPO / "benchmarks"))
     from seed_numbers import main as seed_numbers
 
-    def log(name: str, rows: dict[int, tuple[float, ...]]) -> str:
+    def log(name: str, rows: dict[int, tuple[float, ...]], device: str = "GPU A") -> str:
         text = ""
         for seed, stages in rows.items():
             for stage, g1 in enumerate(stages):
-                text += f"t x-s{seed} r0-g{stage}: validation g0=1.000 g1={g1:.3f}\n"
+                text += f"t x-s{seed} stage r0-g{stage}: task g{stage}, 8 steps from step 0 on "
+                text += f"{device}\nt x-s{seed} r0-g{stage}: validation g0=1.000 g1={g1:.3f}\n"
         (tmp_path / name).write_text(text)
         return str(tmp_path / name)
 
     first = log("first.log", {0: (0.05, 0.35), 1: (0.05, 0.25), 2: (0.05, 0.30)})
-    rerun = log("rerun.log", {0: (0.10, 0.20)})  # seed 0 again: rise 0.10, not 0.30 or 0.15
+    rerun = log("rerun.log", {0: (0.10, 0.20)}, "GPU B")  # seed 0: rise 0.10, not 0.30 or 0.15
     seed_numbers(["--from-log", first, rerun])
     out = capsys.readouterr().out
     assert f"x-s0: run again in {rerun}; the later run replaces it" in out
     row = next(x for x in out.splitlines() if x.startswith("| 2 | g1 |"))
     assert "+0.10, +0.20, +0.25" in row
+    assert "trained on: seed 0: GPU B; seeds 1, 2: GPU A" in out  # the rerun's machine
     killed = log("killed.log", {0: (0.10,)})
     seed_numbers(["--from-log", first, killed])
     out = capsys.readouterr().out
