@@ -21,8 +21,10 @@ the average context over the response is prompt + new/2 tokens.
 ``--static-variants`` times the static engine in several builds in the same process,
 old against new: ``unfused`` (each projection its own product, as before
 ``clab.generation.fused``), ``fused`` (today's: q/k/v as one product, gate/up as one)
-and ``fused-autotune`` (the same, compiled with ``max-autotune``: inductor's tuned
-matrix products with their neighbours fused in; minutes more compilation).
+``fused-autotune`` (the same, compiled with ``max-autotune``: inductor's tuned
+matrix products with their neighbours fused in; minutes more compilation) and
+``fused-sdpa`` (fused, with each layer's attention as one SDPA call instead of two
+products and a softmax).
 
     PYTHONPATH=shared python benchmarks/bench_rollout.py [--batches 64 256]
     PYTHONPATH=shared python benchmarks/bench_rollout.py --batches 64 --engines hf hf-static \
@@ -92,6 +94,7 @@ VARIANTS = {
     "unfused": {"fuse": False},
     "fused": {"fuse": True},
     "fused-autotune": {"fuse": True, "compile_mode": "max-autotune"},
+    "fused-sdpa": {"fuse": True, "attention_kernel": "sdpa"},  # attention in one kernel
 }
 
 
@@ -257,11 +260,16 @@ def main() -> None:
             g1 = graphs()
             t_sta = min(timed(static, device)[0] for _ in range(args.repeats))
             g_rep = graphs()  # the prefill's graph, compiled at the second call
+            saved = [p.detach().clone() for p in model.parameters()]
             with torch.no_grad():  # an optimizer step's worth of change, in place
                 for p in model.parameters():
                     p.add_(torch.randn_like(p), alpha=1e-3)
             gen.load_weights(model)
             t_after, after_ids = timed(static, device)
+            with torch.no_grad():  # back: the next build's first call digests the same model
+                for p, w in zip(model.parameters(), saved, strict=True):
+                    p.copy_(w)
+            del saved
             new = after_ids.shape[1]  # tokens a row (all the full length)
             g2 = graphs()
             rows.append((B, variant, B * R / t_dyn, B * R / t_hfs, t_first, B * R / t_sta, bound))

@@ -111,7 +111,7 @@ def test_grouped_attention_is_sdpa():
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from clab.generation.attention import grouped_attention
+    from clab.generation.attention import grouped_attention, grouped_sdpa_attention
 
     torch.manual_seed(0)
     module = SimpleNamespace(num_key_value_groups=3, is_causal=True)
@@ -122,9 +122,36 @@ def test_grouped_attention_is_sdpa():
     for q, mask in [(4, padded), (1, None), (4, None), (1, padded[:, :, -1:])]:
         query = torch.randn(B, H, q, d)
         want, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
-        got, _ = grouped_attention(module, query, key, value, mask, scaling=0.3)
-        assert got.shape == want.shape == (B, q, H, d)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        for attention in (grouped_attention, grouped_sdpa_attention):
+            got, _ = attention(module, query, key, value, mask, scaling=0.3)
+            assert got.shape == want.shape == (B, q, H, d)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_sdpa_attention_kernel_gives_the_dynamic_engines_tokens(lm):
+    """``attention_kernel="sdpa"`` (one SDPA call a layer for the grouped heads): the
+    same sampled tokens as the dynamic engine, left-padded prompts of several lengths
+    (prefill rows with padding) and rows stopping at EOS; an unknown kernel is named."""
+    model, tok = lm
+    gen = rollout.StaticGenerator(
+        model, batch_size=3, max_prompt_length=40, max_new_tokens=10, attention_kernel="sdpa"
+    )
+    assert gen.model.config._attn_implementation == "clab_grouped_sdpa"
+    ids, mask = rollout.encode_prompts(tok, PROMPTS[:3], 40, "cpu", pad_to_max=True)
+    assert not mask.all()  # left padding in the prefill
+    torch.manual_seed(5)
+    out = gen.generate_ids(ids, mask, 3, tok, temperature=0.8)
+    torch.manual_seed(5)
+    want = hf_generate(
+        model, tok, PROMPTS[:3], max_prompt_length=40, max_new_tokens=10,
+        temperature=0.8, batch_size=3,
+    ).response_ids  # fmt: skip
+    assert torch.equal(out, want)
+    with pytest.raises(ValueError, match="attention_kernel: 'flash', not one of"):
+        rollout.StaticGenerator(
+            model, batch_size=3, max_prompt_length=40, max_new_tokens=10,
+            attention_kernel="flash",
+        )  # fmt: skip
 
 
 def test_static_engine_follows_the_weights_in_place(lm):

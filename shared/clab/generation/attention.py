@@ -23,6 +23,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "clab_grouped"
+SDPA_NAME = "clab_grouped_sdpa"
 
 
 def grouped_attention(
@@ -56,5 +57,42 @@ def grouped_attention(
     return out.view(B, H, q, d).transpose(1, 2).contiguous(), None
 
 
+def grouped_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """:func:`grouped_attention` with the two products and the softmax in one call of
+    PyTorch's SDPA, whose fused kernels take a mask when the heads are not grouped: a
+    group's query heads become query rows of their key/value head, each row with its
+    position's mask. On a GPU that is one kernel where the plain form runs three or
+    four a layer and a token (the decode step is bound by its kernels' count,
+    docs/benchmarks.md); the scores stay fp32 inside it instead of being rounded to
+    bf16 first, so on a GPU its tokens may differ from the plain form's."""
+    if dropout:
+        raise ValueError("the rollout copy's attention has no dropout")
+    B, H, q, d = query.shape
+    Hkv, kv = key.shape[1], key.shape[2]
+    G = H // Hkv
+    if attention_mask is None and q > 1:
+        attention_mask = torch.ones(q, kv, dtype=torch.bool, device=query.device).tril()
+    mask = attention_mask
+    if mask is not None:
+        mask = mask.reshape(-1, 1, q, kv)
+        if q > 1:  # row g * q + i is position i of the group's head g
+            mask = mask[:, :, None].expand(-1, -1, G, -1, -1).reshape(-1, 1, G * q, kv)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.reshape(B, Hkv, G * q, d), key, value, attn_mask=mask, scale=scaling
+    )
+    return out.view(B, H, q, d).transpose(1, 2).contiguous(), None
+
+
 AttentionInterface.register(NAME, grouped_attention)
 AttentionMaskInterface.register(NAME, sdpa_mask)
+AttentionInterface.register(SDPA_NAME, grouped_sdpa_attention)
+AttentionMaskInterface.register(SDPA_NAME, sdpa_mask)

@@ -222,12 +222,15 @@ class StaticGenerator:
         adopt: bool = False,
         fuse: bool = True,
         compile_mode: str = "reduce-overhead",
+        attention_kernel: str = "matmul",
     ):
         """``adopt``: generate from ``model`` itself instead of a copy (see
         :func:`static_generator`). ``fuse``: one product for q/k/v and one for
         gate/up (:mod:`clab.generation.fused`). ``compile_mode``: torch.compile's
         (``reduce-overhead``: CUDA graphs; ``max-autotune``: also tuned kernels for
-        the matrix products, with minutes more compilation)."""
+        the matrix products, with minutes more compilation). ``attention_kernel``:
+        the grouped attention as two products and a softmax (``matmul``) or as one
+        SDPA call (``sdpa``; :mod:`clab.generation.attention`)."""
         self.batch_size = batch_size
         self.max_prompt_length = max_prompt_length
         self.max_new_tokens = max_new_tokens
@@ -240,7 +243,12 @@ class StaticGenerator:
         # a policy trained with gradient checkpointing says use_cache: false, which
         # generate would follow: the cache is the point here
         copy.config.use_cache = copy.generation_config.use_cache = True
-        copy.set_attn_implementation(attention.NAME)  # see generation/attention.py
+        kernels = {"matmul": attention.NAME, "sdpa": attention.SDPA_NAME}
+        if attention_kernel not in kernels:
+            raise ValueError(
+                f"attention_kernel: {attention_kernel!r}, not one of {sorted(kernels)}"
+            )
+        copy.set_attn_implementation(kernels[attention_kernel])  # see generation/attention.py
         self.fused = fuse_projections(copy) if fuse else 0
         self.model = copy.eval().requires_grad_(False)
         self._targets = {**dict(copy.named_parameters()), **dict(copy.named_buffers())}
