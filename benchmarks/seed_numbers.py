@@ -21,7 +21,8 @@ the log, so stage 1's "before" is left out. Logs are read in the order given, so
 run resumed in a later job continues from its log; a seed's first stage logged again
 starts that seed over (a rerun, said so): no seed mixes the stages of two runs.
 Where the logs name the device a stage trained on (since session 22), each table
-is followed by which seeds trained where.
+is followed by which seeds trained where (a stage resumed elsewhere: both). The
+order is the command line's, and a shell glob sorts by name: give a rerun's log last.
 """
 
 from __future__ import annotations
@@ -133,8 +134,10 @@ def updated_share(metrics: Path, name: str, runs: dict[int, str]) -> str | None:
 
 
 VALIDATION = re.compile(r"(\S+)-s(\d+) r0-g(\d+): validation ((?:g\d+=(?:[0-9.]+|nan) ?)+)")
-# a stage's first line; its device since session 22 (older logs: none, and none shown)
-STAGE_START = re.compile(r"(\S+)-s(\d+) stage r0-g(\d+): task .* from step \d+ on (?P<device>.+)$")
+# a stage's first line; its device since session 22 (older lines: "not logged")
+STAGE_START = re.compile(
+    r"(\S+)-s(\d+) stage r0-g(\d+): task .* from step (?P<step>\d+)(?: on (?P<device>.+))?$"
+)
 
 
 def devices_text(summaries: dict[int, dict]) -> str | None:
@@ -153,24 +156,38 @@ def devices_text(summaries: dict[int, dict]) -> str | None:
 def summaries_from_logs(logs: list[Path]) -> dict[str, dict[int, dict]]:
     """{experiment: {seed: summary}} from the stage-end validation lines of one-round
     runs (stage k trains group k); a run without every stage is left out, said so."""
-    seen: dict[tuple[str, int], dict[int, dict[int, float]]] = defaultdict(dict)
-    devices: dict[tuple[str, int], dict[int, str]] = defaultdict(dict)
+    seen: dict[tuple[str, int], dict[int, dict[int, float]]] = {}
+    devices: dict[tuple[str, int], dict[int, set[str]]] = {}
     for log in logs:
         for line in re.split(r"[\r\n]", log.read_text(errors="replace")):
             start = STAGE_START.search(line)
             found = [(*start.groups()[:3], None)] if start else VALIDATION.findall(line)
             for run, seed, stage, scores in found:
-                key = (run, int(seed))
-                if int(stage) == 0 and seen[key]:  # a run from its start again: a rerun
-                    print(f"({run}-s{seed}: run again in {log}; the later run replaces it)\n")
-                    seen[key], devices[key] = {}, {}
-                if scores is None:  # the stage's first line: where it trains
-                    devices[key][int(stage)] = start.group("device").strip()
+                key, stage = (run, int(seed)), int(stage)
+                rows, where = seen.setdefault(key, {}), devices.setdefault(key, {})
+                # the run from its start again (a rerun): its first stage from step 0, or,
+                # in logs without stage lines, its first stage validated after later ones
+                # (a resume never validates stage 1 again once stage 2 is done)
+                again = stage == 0 and (
+                    (start and start.group("step") == "0" and (rows or where))
+                    or (not start and any(k > 0 for k in rows))
+                )
+                if again:
+                    if rows:
+                        print(f"({run}-s{seed}: run again in {log}; the later run replaces it)\n")
+                    rows.clear()
+                    where.clear()
+                if start:  # the stage's first line: where it trains (a resume: where it goes on)
+                    where.setdefault(stage, set()).add((start.group("device") or "").strip())
                     continue
-                row = {int(k[1:]): float(v) for k, v in (x.split("=") for x in scores.split())}
-                seen[key][int(stage)] = row
+                rows[stage] = {
+                    int(k[1:]): float(v) for k, v in (x.split("=") for x in scores.split())
+                }
     out: dict[str, dict[int, dict]] = defaultdict(dict)
     for (run, seed), rows in sorted(seen.items()):
+        if not rows:
+            print(f"({run}-s{seed}: no stage validated in the log; left out)\n")
+            continue
         T = len(next(iter(rows.values())))
         if sorted(rows) != list(range(T)):
             print(f"({run}-s{seed}: stages {sorted(rows)} of {T} in the log; left out)\n")
@@ -181,7 +198,8 @@ def summaries_from_logs(logs: list[Path]) -> dict[str, dict[int, dict]]:
         summary = summarize(R, [-1, *range(T)])
         summary.update(
             stage_tasks=[-1, *range(T)], task_names=[f"g{j}" for j in range(T)],
-            score="success_rate", devices=sorted(set(devices[(run, seed)].values())),
+            score="success_rate",
+            devices=sorted({d or "not logged" for ds in devices[(run, seed)].values() for d in ds}),
         )  # fmt: skip
         out[run][seed] = summary
     return out

@@ -450,6 +450,36 @@ def test_a_rerun_log_replaces_its_seeds_whole_and_says_so(tmp_path, capsys):
     seed_numbers(["--from-log", first, killed])
     out = capsys.readouterr().out
     assert "x-s0: stages [0] of 2 in the log; left out" in out and "over 2 seeds (1, 2)" in out
+    # a seed still in its first stage (or killed there): left out, said so, no traceback
+    live = tmp_path / "live.log"
+    live.write_text(
+        Path(first).read_text() + "t x-s3 stage r0-g0: task g0, 8 steps from step 0 on GPU A\n"
+    )
+    seed_numbers(["--from-log", str(live)])
+    out = capsys.readouterr().out
+    assert "x-s3: no stage validated in the log; left out" in out and "over 3 seeds" in out
+    # stage 1 resumed at its step 4 on another machine: the same run, trained on both
+    resumed = tmp_path / "resumed.log"
+    resumed.write_text(
+        "t x-s0 stage r0-g0: task g0, 8 steps from step 0 on GPU A\n"
+        "t x-s0 stage r0-g0: task g0, 8 steps from step 4 on GPU B\n"
+        "t x-s0 r0-g0: validation g0=1.000 g1=0.050\n"
+        "t x-s0 stage r0-g1: task g1, 8 steps from step 0 on GPU B\n"
+        "t x-s0 r0-g1: validation g0=0.500 g1=0.450\n"
+    )
+    seed_numbers(["--from-log", first, str(resumed)])
+    out = capsys.readouterr().out
+    assert "x-s0: run again" in out  # its first stage from step 0 again: a rerun of seed 0
+    assert "seed 0: GPU A + GPU B; seeds 1, 2: GPU A" in out
+    seed_numbers(["--from-log", str(resumed)])
+    assert "run again" not in capsys.readouterr().out  # a resume alone is no rerun
+    # logs from before the stage lines named a device: the validations alone tell a rerun
+    old = [x for x in Path(first).read_text().splitlines() if "validation" in x]
+    (tmp_path / "old.log").write_text("\n".join(old + old[:4]) + "\n")  # seeds 0, 1 again
+    seed_numbers(["--from-log", str(tmp_path / "old.log")])
+    out = capsys.readouterr().out
+    assert "x-s0: run again" in out and "x-s1: run again" in out and "x-s2: run" not in out
+    assert "trained on" not in out  # nothing logged: nothing said
 
 
 def test_no_verdict_without_a_spread_and_seeds_left_out_of_a_pairing_are_named(tmp_path, capsys):

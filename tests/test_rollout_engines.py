@@ -103,10 +103,11 @@ def test_static_engine_without_any_padding(lm):
     assert outs[1].texts == outs[0].texts
 
 
-def test_grouped_attention_is_sdpa():
-    """The rollout copy's attention against transformers' SDPA path on grouped heads
-    (3 query heads a key/value head): with a padding mask, with no mask for one
-    query, and with no mask for a prefill (SDPA's top-left causal)."""
+def test_grouped_attention_is_sdpa(monkeypatch):
+    """The rollout copy's attention, both forms, against transformers' SDPA path on
+    grouped heads (3 query heads a key/value head): with a padding mask, with no mask
+    for one query, and with no mask for a prefill (SDPA's top-left causal); the SDPA
+    form also when SDPA returns the GPU's memory-efficient kernel's layout."""
     from types import SimpleNamespace
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -126,6 +127,17 @@ def test_grouped_attention_is_sdpa():
             got, _ = attention(module, query, key, value, mask, scaling=0.3)
             assert got.shape == want.shape == (B, q, H, d)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # on a GPU a mask selects the memory-efficient kernel, whose output is strided as
+        # (B, rows, heads, d): the same values in that layout give the same result
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        with monkeypatch.context() as m:
+            m.setattr(
+                torch.nn.functional, "scaled_dot_product_attention",
+                lambda *a, sdpa=sdpa, **k: sdpa(*a, **k).transpose(1, 2).contiguous()
+                .transpose(1, 2),
+            )  # fmt: skip
+            got, _ = grouped_sdpa_attention(module, query, key, value, mask, scaling=0.3)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_the_sdpa_attention_kernel_gives_the_dynamic_engines_tokens(lm):

@@ -89,7 +89,10 @@ def grouped_sdpa_attention(
     out = torch.nn.functional.scaled_dot_product_attention(
         query.reshape(B, Hkv, G * q, d), key, value, attn_mask=mask, scale=scaling
     )
-    return out.view(B, H, q, d).transpose(1, 2).contiguous(), None
+    # (B, Hkv, G * q, d) -> (B, q, H, d); not a view: CUDA's memory-efficient kernel (the
+    # one a mask selects) returns its rows strided as (B, G * q, Hkv, d)
+    out = out.reshape(B, Hkv, G, q, d).permute(0, 3, 1, 2, 4)
+    return out.reshape(B, q, H, d).contiguous(), None
 
 
 AttentionInterface.register(NAME, grouped_attention)
