@@ -112,7 +112,7 @@ def test_grouped_attention_is_sdpa(monkeypatch):
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from clab.generation.attention import grouped_attention, grouped_sdpa_attention
+    from clab.generation.attention import grouped_attention
 
     torch.manual_seed(0)
     module = SimpleNamespace(num_key_value_groups=3, is_causal=True)
@@ -123,21 +123,31 @@ def test_grouped_attention_is_sdpa(monkeypatch):
     for q, mask in [(4, padded), (1, None), (4, None), (1, padded[:, :, -1:])]:
         query = torch.randn(B, H, q, d)
         want, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
-        for attention in (grouped_attention, grouped_sdpa_attention):
-            got, _ = attention(module, query, key, value, mask, scaling=0.3)
+        for sdpa in (False, True):
+            got, _ = grouped_attention(module, query, key, value, mask, scaling=0.3, sdpa=sdpa)
             assert got.shape == want.shape == (B, q, H, d)
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         # on a GPU a mask selects the memory-efficient kernel, whose output is strided as
         # (B, rows, heads, d): the same values in that layout give the same result
-        sdpa = torch.nn.functional.scaled_dot_product_attention
+        real = torch.nn.functional.scaled_dot_product_attention
         with monkeypatch.context() as m:
             m.setattr(
                 torch.nn.functional, "scaled_dot_product_attention",
-                lambda *a, sdpa=sdpa, **k: sdpa(*a, **k).transpose(1, 2).contiguous()
+                lambda *a, real=real, **k: real(*a, **k).transpose(1, 2).contiguous()
                 .transpose(1, 2),
             )  # fmt: skip
-            got, _ = grouped_sdpa_attention(module, query, key, value, mask, scaling=0.3)
+            got, _ = grouped_attention(module, query, key, value, mask, scaling=0.3, sdpa=True)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _dynamic_tokens(model, tok) -> torch.Tensor:
+    """The dynamic engine's tokens for the first three prompts, sampled from seed 5 at
+    temperature 0.8 (what the static builds below are held to)."""
+    torch.manual_seed(5)
+    return hf_generate(
+        model, tok, PROMPTS[:3], max_prompt_length=40, max_new_tokens=10,
+        temperature=0.8, batch_size=3,
+    ).response_ids  # fmt: skip
 
 
 def test_the_sdpa_attention_kernel_gives_the_dynamic_engines_tokens(lm):
@@ -153,12 +163,7 @@ def test_the_sdpa_attention_kernel_gives_the_dynamic_engines_tokens(lm):
     assert not mask.all()  # left padding in the prefill
     torch.manual_seed(5)
     out = gen.generate_ids(ids, mask, 3, tok, temperature=0.8)
-    torch.manual_seed(5)
-    want = hf_generate(
-        model, tok, PROMPTS[:3], max_prompt_length=40, max_new_tokens=10,
-        temperature=0.8, batch_size=3,
-    ).response_ids  # fmt: skip
-    assert torch.equal(out, want)
+    assert torch.equal(out, _dynamic_tokens(model, tok))
     with pytest.raises(ValueError, match="attention_kernel: 'flash', not one of"):
         rollout.StaticGenerator(
             model, batch_size=3, max_prompt_length=40, max_new_tokens=10,
@@ -267,12 +272,7 @@ def test_the_fused_copy_runs_three_products_fewer_a_layer_and_gives_the_same_tok
         torch.manual_seed(5)
         out = gen.generate_ids(ids, mask, 3, tok, temperature=0.8)
         counts[fuse] = seen[0]
-        torch.manual_seed(5)
-        want = hf_generate(
-            model, tok, PROMPTS[:3], max_prompt_length=40, max_new_tokens=10,
-            temperature=0.8, batch_size=3,
-        ).response_ids  # fmt: skip
-        assert torch.equal(out, want)
+        assert torch.equal(out, _dynamic_tokens(model, tok))
     assert counts[False] - counts[True] == 3 * layers
     assert counts[True] == 6 * layers + 1  # qkv, two attention products, o, gate_up, down; head
 
