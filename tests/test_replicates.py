@@ -8,6 +8,7 @@ page give every number as a mean over seeds with a Student-t interval over seeds
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -681,3 +682,33 @@ def test_paired_comparisons_give_each_stages_rise_and_each_tasks_forgetting(tmp_
     write("c-s0", 0.1, 0.2)
     one = ReplicateSet("c", "c", None, {0: "c-s0"})
     assert compare_sets(tmp_path, sets[0], one) is None  # one shared seed: no interval
+
+
+@pytest.mark.parametrize(
+    "logs",
+    [
+        ["grpo-ov4-rerun-validations.log"],
+        ["grpo-ov4-validations.log", "grpo-ov4-rerun-validations.log"],
+        ["grpo-ov4-validations.log", "grpo-ov4-page-validations.log"],
+    ],
+)
+def test_the_gpu_tables_docs_demo_quotes_are_what_the_kept_validation_logs_give(
+    logs, capsys
+):
+    """docs/demo.md pastes GPU figures no CI machine can retrain; the stage-end validations
+    they came from are kept in docs/demo/, so each quoted rise and forgetting is checked
+    against seed_numbers.py's reading of them, and a hand-edited number fails here."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from seed_numbers import main as seed_numbers
+
+    seed_numbers(["--from-log", *(str(REPO / "docs" / "demo" / name) for name in logs)])
+    out = capsys.readouterr().out
+    doc = (REPO / "docs" / "demo.md").read_text()
+    rows = [x.split(" | ") for x in out.splitlines() if x.startswith("| ")]
+    rises = {r[0].strip("| "): r[4] for r in rows if r[1] in ("g1", "g2", "g3")}
+    forgot = {r[0].strip("| "): r[3] for r in rows if r[0] in ("| g0", "| g1")}
+    assert len(rises) == 3 and len(forgot) == 2
+    quoted = [rises["2"], rises["3"], rises["4"], forgot["g0"]]
+    # the docs' rows: g1, g2, g3 rise and g0 forgetting in that order, bold or not
+    cells = [rf"\**{re.escape(c)}\**" for c in quoted]
+    assert re.search(r"\s*\|\s*".join(cells), doc), (logs, quoted)
