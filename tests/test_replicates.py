@@ -692,9 +692,7 @@ def test_paired_comparisons_give_each_stages_rise_and_each_tasks_forgetting(tmp_
         ["grpo-ov4-validations.log", "grpo-ov4-page-validations.log"],
     ],
 )
-def test_the_gpu_tables_docs_demo_quotes_are_what_the_kept_validation_logs_give(
-    logs, capsys
-):
+def test_the_gpu_tables_docs_demo_quotes_are_what_the_kept_validation_logs_give(logs, capsys):
     """docs/demo.md pastes GPU figures no CI machine can retrain; the stage-end validations
     they came from are kept in docs/demo/, so each quoted rise and forgetting is checked
     against seed_numbers.py's reading of them, and a hand-edited number fails here."""
