@@ -72,7 +72,9 @@ def _sequence_logps(
         batch = [q[:max_length] for q in seqs[s : s + batch_size]]  # TRL keeps the start
         ids, mask = _left_pad(batch, tokenizer.pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+        logits = model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False
+        ).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         tok_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
         width = ids.shape[1]

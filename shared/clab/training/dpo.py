@@ -160,7 +160,11 @@ def warmup_on_both_responses(
             for x in answer_batch(tokenizer, [examples[i] for i in idx], spec.dpo.max_length)
         )
         loss = model(
-            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), labels=lab
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids(mask),
+            labels=lab,
+            use_cache=False,  # a training pass: a KV cache would be built and dropped
         ).loss
         loss.backward()
         opt.step()

@@ -223,7 +223,8 @@ class K1Trainer:
             x = data[idx].to(self.device)
             # fp32 weights and optimizer state; bf16 autocast on a GPU (validation stays fp32)
             with torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
-                loss = self.model(input_ids=x, labels=x).loss  # shifted once, inside the model
+                # labels shift once inside the model; no KV cache in a training pass
+                loss = self.model(input_ids=x, labels=x, use_cache=False).loss
             if not torch.isfinite(loss):
                 raise ClabError(f"stage {ctx.stage.name}: loss is not finite; lower optim.lr")
             loss.backward()

@@ -79,7 +79,9 @@ def answer_losses(model, tokenizer, rows, max_length: int, batch_size: int) -> l
         ids, mask, lab = (
             t.to(device) for t in answer_batch(tokenizer, rows[s : s + batch_size], max_length)
         )
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+        logits = model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False
+        ).logits
         logits, target = logits[:, :-1].float(), lab[:, 1:]  # position t predicts token t+1
         nll = torch.nn.functional.cross_entropy(
             logits.transpose(1, 2), target, ignore_index=-100, reduction="none"
