@@ -150,9 +150,10 @@ class PPOSpec(SpecModel):
     compile_layers: bool = Field(
         False,
         description="torch.compile each decoder layer of the actor and critic once per run "
-        "(dynamic shapes, as torchtitan compiles its blocks): fewer kernel launches in the "
-        "scoring and update passes, the same numbers within rounding; the first step pays the "
-        "compilation (benchmarks/bench_gpu_ppo.py --compile-layers)",
+        "(dynamic shapes, as torchtitan compiles its blocks): each layer's elementwise work "
+        "runs as a few fused kernels in the scoring and update passes, the same numbers "
+        "within rounding; the first step pays the compilation "
+        "(benchmarks/bench_gpu_ppo.py --compile-layers)",
     )
 
 
