@@ -197,6 +197,8 @@ def main() -> None:
         trainer._rollout = rollout
         print(f"profiled training-only step: {row['step_time']:.2f} s")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
+        # the leaf kernels, by their own GPU time: where the time goes, not who called
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30))
 
     before = [p.detach().to("cpu", copy=True) for p in actor.parameters()]  # off the GPU
     t0 = time.perf_counter()
