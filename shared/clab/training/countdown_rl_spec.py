@@ -137,9 +137,7 @@ class PPOSpec(SpecModel):
     fused_logprobs: bool = Field(
         False,
         description="log-probs and entropy from the hidden states, chunk by chunk, without the "
-        "logits tensor (less memory at long responses; on a GPU each chunk's softmax "
-        "statistics and gradient run as compiled kernels, compiled in the first step; "
-        "docs/benchmarks.md)",
+        "logits tensor (less memory at long responses; docs/benchmarks.md)",
     )
     critic_warmup: int = Field(
         0,

@@ -8,10 +8,9 @@ holds several such tensors at once. Here the head's matmul, the log-softmax,
 the token's log-prob and the entropy run chunk by chunk over the tokens, and
 the backward recomputes each chunk's logits instead of keeping them, as veRL's
 ``LinearCrossEntropy`` and Liger's fused linear cross-entropy do (veRL and
-Liger write Triton kernels; here each chunk's softmax statistics and gradient
-are plain torch functions that inductor compiles into Triton kernels on a GPU
-and a CPU runs as they are). Numbers equal the plain path's within bf16
-rounding, compiled or not (``tests/test_fused_logprobs.py``).
+Liger write Triton kernels; this is plain torch, so it also runs on a CPU and
+in tests). Numbers equal the plain path's within bf16 rounding
+(``tests/test_fused_logprobs.py``).
 
 The computation must run inside the model's own forward, where FSDP has
 gathered the head's weight: :func:`fused_head` makes the model's output
@@ -35,64 +34,6 @@ def _chunks(n: int, vocab: int) -> Iterator[slice]:
         yield slice(s, min(s + step, n))
 
 
-def _chunk_stats(
-    z: torch.Tensor, tokens: torch.Tensor, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One chunk's head output [n, V] (in the matmul's dtype) -> log-sum-exp, log p of
-    each token and the entropy, in fp32. A function of its own so that on a GPU it
-    compiles into a few fused reductions that read the chunk's bf16 logits a few
-    times, where eager ops wrote and read fp32 copies of them once an op (an H100
-    profile: the head was 16% of a training step's GPU time, 32 ms a call for a
-    matmul of 4 ms)."""
-    z = z.float()
-    if temperature != 1.0:
-        z = z / temperature
-    lse = torch.logsumexp(z, dim=-1)
-    lp = z.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
-    ent = lse - (torch.exp(z - lse.unsqueeze(-1)) * z).sum(-1)  # H = lse - sum p z
-    return lse, lp, ent
-
-
-def _chunk_grad(
-    z: torch.Tensor,
-    tokens: torch.Tensor,
-    lse: torch.Tensor,
-    ent: torch.Tensor,
-    g_lp: torch.Tensor,
-    g_ent: torch.Tensor,
-    temperature: float,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """The gradient at one chunk's head output, from its recomputed logits: with
-    p = softmax(z), d lp / dz = onehot - p and d H / dz = -p (log p + H); summed in
-    fp32 and rounded to ``dtype`` once. Compiled on a GPU, as :func:`_chunk_stats`."""
-    z = z.float()
-    if temperature != 1.0:
-        z = z / temperature
-    logp = z - lse.unsqueeze(-1)
-    p = torch.exp(logp)
-    g = -g_ent.unsqueeze(-1) * p * (logp + ent.unsqueeze(-1)) - g_lp.unsqueeze(-1) * p
-    hit = torch.arange(z.shape[-1], device=z.device) == tokens.unsqueeze(-1)
-    g = torch.where(hit, g + g_lp.unsqueeze(-1), g)
-    if temperature != 1.0:
-        g = g / temperature
-    return g.to(dtype)
-
-
-# Where the chunk functions run compiled: a GPU's inductor kernels fuse them; a CPU
-# runs them eagerly (inductor's C++ compile costs more than it saves at test sizes).
-COMPILE_ON = ("cuda",)
-_COMPILED: dict = {}
-
-
-def _kernel(fn, device: torch.device):
-    if device.type not in COMPILE_ON:
-        return fn
-    if fn not in _COMPILED:  # chunk lengths vary with the rollout: dynamic shapes
-        _COMPILED[fn] = torch.compile(fn, dynamic=True)
-    return _COMPILED[fn]
-
-
 class _LinearLogprobEntropy(torch.autograd.Function):
     """hidden [N, H], weight [V, H], tokens [N] -> log p(token) [N], entropy [N]
     of softmax(hidden @ weight.T / temperature), matmuls in ``dtype``."""
@@ -103,9 +44,14 @@ class _LinearLogprobEntropy(torch.autograd.Function):
         lp = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         ent = torch.empty_like(lp)
         lse = torch.empty_like(lp)
-        stats = _kernel(_chunk_stats, hidden.device)
         for c in _chunks(hidden.shape[0], weight.shape[0]):
-            lse[c], lp[c], ent[c] = stats(h[c] @ w.T, tokens[c], temperature)
+            z = (h[c] @ w.T).float()
+            if temperature != 1.0:
+                z = z / temperature
+            lse[c] = torch.logsumexp(z, dim=-1)
+            lp[c] = z.gather(-1, tokens[c].unsqueeze(-1)).squeeze(-1) - lse[c]
+            # H = lse - sum p z, with p = softmax(z): one more vocabulary-sized buffer
+            ent[c] = lse[c] - z.softmax(-1).mul_(z).sum(-1)
         ctx.save_for_backward(hidden, weight, tokens, lse, ent)
         ctx.temperature, ctx.dtype = temperature, dtype
         return lp, ent
@@ -117,17 +63,31 @@ class _LinearLogprobEntropy(torch.autograd.Function):
         h, w = hidden.to(dtype), weight.to(dtype)
         g_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         g_w = None
-        g_lp = torch.zeros_like(lse) if g_lp is None else g_lp
-        g_ent = torch.zeros_like(lse) if g_ent is None else g_ent
         chunks = list(_chunks(hidden.shape[0], weight.shape[0]))
         # the head's gradient is summed over the chunks in fp32 and rounded once, as
         # one matmul over all tokens rounds it (veRL's kernel): summed in bf16 over 16
         # chunks it was 4.7e-3 from the fp32 gradient, against 2.9e-3 for one chunk
         # (tests/test_fused_logprobs.py); one chunk needs no fp32 copy
         acc = weight.dtype if len(chunks) == 1 else torch.float32
-        grad = _kernel(_chunk_grad, hidden.device)
         for c in chunks:
-            g_z = grad(h[c] @ w.T, tokens[c], lse[c], ent[c], g_lp[c], g_ent[c], T, dtype)
+            # two vocabulary-sized buffers a chunk, updated in place: the backward's
+            # temporaries are what sets the peak at the start of the model's backward
+            g_z = (h[c] @ w.T).float()
+            if T != 1.0:
+                g_z /= T
+            p = g_z.sub_(lse[c, None]).exp()  # g_z now holds log p
+            # d lp / dz = onehot - p;  d H / dz = -p (log p + H)
+            if g_ent is not None:
+                g_z.add_(ent[c, None]).mul_(p).mul_(-g_ent[c, None])
+            else:
+                g_z.zero_()
+            if g_lp is not None:
+                g_z.sub_(p.mul_(g_lp[c, None]))
+                g_z.scatter_add_(-1, tokens[c].unsqueeze(-1), g_lp[c].unsqueeze(-1))
+            del p
+            if T != 1.0:
+                g_z /= T
+            g_z = g_z.to(dtype)
             if g_h is not None:
                 g_h[c] = (g_z @ w).to(hidden.dtype)
             if ctx.needs_input_grad[1]:
