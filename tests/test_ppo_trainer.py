@@ -236,10 +236,12 @@ def test_compiled_layers_give_the_eager_step_within_rounding(tmp_path, dataset):
         layers = tr.actor.model.layers
         assert all((x._compiled_call_impl is not None) == compiled for x in layers)
         torch.manual_seed(1)
-        rows.append(tr.step(problems[:4]))
+        # a layer that fell back to eager past the recompile limit fails here
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            rows.append(tr.step(problems[:4]))
         weights.append([p.detach().clone() for p in tr.actor.parameters()])
     # forward with and without grad, actor and critic: a few graphs, not one a layer
-    assert 0 < counters["stats"]["unique_graphs"] < len(layers), dict(counters["stats"])
+    assert 0 < counters["stats"]["unique_graphs"] <= 4, dict(counters["stats"])
     for k in ("policy_loss", "value_loss", "entropy", "grad_norm", "critic_grad_norm"):
         assert rows[1][k] == pytest.approx(rows[0][k], rel=1e-4, abs=1e-6), k
     for a, b in zip(*weights, strict=True):  # AdamW moves each weight by about lr = 1e-3

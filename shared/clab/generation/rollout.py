@@ -156,11 +156,16 @@ def hf_generate(
         ids, mask = encode_prompts(
             tokenizer, prompts[start : start + batch_size], max_prompt_length, device
         )
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            generation_config=sampling_config(tokenizer, max_new_tokens, temperature, greedy),
-        )
+        # eagerly, whatever was compiled: a policy whose layers are compiled for training
+        # (ppo.compile_layers) would recompile each layer for its dynamic cache's state,
+        # one guard a layer, up to dynamo's recompile limit, after which the training
+        # passes through those layers would run eagerly too
+        with torch.compiler.set_stance("force_eager"):
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=sampling_config(tokenizer, max_new_tokens, temperature, greedy),
+            )
         parts.append((ids, mask, out[:, ids.shape[1] :]))
     model.train(was_training)
     return _assemble(parts, tokenizer)
