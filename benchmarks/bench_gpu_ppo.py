@@ -100,6 +100,11 @@ def main() -> None:
         help="torch.compile each decoder layer of actor and critic (training and scoring; "
         "the static engine's rollout copy compiles its own)",
     )
+    ap.add_argument(
+        "--compile-head",
+        action="store_true",
+        help="with --logprobs fused: each chunk's statistics and gradient through torch.compile",
+    )
     ap.add_argument("--profile", action="store_true", help="GPU time of a training-only step")
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,6 +142,8 @@ def main() -> None:
         new_keys["score_micro_batch_size"] = args.score_micro
     if args.logprobs == "fused":
         new_keys["fused_logprobs"] = True
+    if args.compile_head:
+        new_keys["compile_head"] = True
     ppo = PPOConfig(
         mini_batch_size=args.prompts // 2,
         micro_batch_size=args.micro,
@@ -160,6 +167,7 @@ def main() -> None:
         f"micro-batch {args.micro} (scoring {args.score_micro or args.micro}), "
         f"mini-batch {args.prompts // 2}, weights {args.weights}, log-probs {args.logprobs}, "
         f"layers {'compiled' if args.compile_layers else 'eager'}"
+        f"{', head compiled' if args.compile_head else ''}"
     )
 
     # the score_old passes, timed (they are the step's three forward passes)

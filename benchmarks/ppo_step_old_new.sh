@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 23's comparison in one command on one GPU: an older clab's PPO step by its own
 # copy of bench_gpu_ppo.py, then this checkout's (micro 8; micro 16 with the fused head
-# and compiled layers), then the static engine's rollouts. Same seed and shape for all.
+# and compiled layers, then also the head's chunk math compiled), then the static
+# engine's rollouts. Same seed and shape for all.
 #   git archive 309441a shared benchmarks | (mkdir -p /tmp/old && tar -x -C /tmp/old)
 #   bash benchmarks/ppo_step_old_new.sh /tmp/old
 # Each run is bounded by `timeout`, so one that hangs cannot eat the others' time; the
@@ -29,6 +30,8 @@ t() {  # t LIMIT DIR COMMAND...: COMMAND in DIR with DIR/shared first on the pat
 t 150 "$old" python3 benchmarks/bench_gpu_ppo.py $common --micro 8
 t 130 "$here" python3 benchmarks/bench_gpu_ppo.py $common --micro 8
 t 150 "$here" python3 benchmarks/bench_gpu_ppo.py $common --micro 16 --logprobs fused --compile-layers
+t 150 "$here" python3 benchmarks/bench_gpu_ppo.py $common --micro 16 --logprobs fused --compile-layers \
+  --compile-head
 t 140 "$here" python3 benchmarks/bench_rollout.py --batches 64 --repeats 2 --engines hf-static \
   --static-variants unfused fused
 exit $rc

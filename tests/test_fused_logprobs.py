@@ -47,6 +47,71 @@ def test_values_and_gradients_equal_the_plain_path_in_fp32(monkeypatch, T, chunk
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
 
 
+def test_even_chunks_cover_every_token_within_the_chunk_size_and_differ_by_one_at_most(
+    monkeypatch,
+):
+    """The compiled path's chunks: no one-token tail (a compiled function specialises on
+    a length of 1 and would compile again)."""
+    monkeypatch.setattr(fused_logprobs, "CHUNK_BYTES", 441 * 4 * 151936)
+    for n in (1, 2, 441, 442, 883, 4112, 8224):
+        sizes = [c.stop - c.start for c in fused_logprobs._even_chunks(n, 151936)]
+        assert sum(sizes) == n and max(sizes) <= 441 and max(sizes) - min(sizes) <= 1, n
+        assert min(sizes) > 1 or n == 1
+    assert len(fused_logprobs._even_chunks(442, 151936)) == 2  # 221 + 221, not 441 + 1
+
+
+def test_the_compiled_chunk_path_gives_the_plain_path_values_and_gradients(monkeypatch):
+    """``compiled=True`` (``ppo.compile_head``): each chunk's statistics and gradient
+    through torch.compile, here inductor on the CPU. Tempered and not, chunks of
+    unequal lengths, another token count, and gradients of other strides (a sum's
+    stride 0): the plain path's numbers, one graph for each of the two functions."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(fused_logprobs, "_COMPILED", {})
+    monkeypatch.setattr(fused_logprobs, "CHUNK_BYTES", 16 * 4 * 50)  # 16 tokens a chunk
+
+    def compiled(h, w, tok, T):
+        return linear_logprobs_and_entropy(h, w, tok, T, compiled=True)
+
+    for n, T in ((37, 0.7), (29, 0.7)):
+        h, w, tok, a, b = _case(n=n)
+        want = _grads(_plain, h, w, tok, a, b, T)
+        got = _grads(compiled, h, w, tok, a, b, T)
+        for x, y in zip(got, want, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    h, w, tok, _, _ = _case(n=37)
+    ones = torch.ones(37)
+    want = _grads(_plain, h, w, tok, ones, ones, 0.7)
+    got = _grads(compiled, h, w, tok, ones, ones, 0.7)  # the same, through plain sums:
+    for x, y in zip(got, want, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    lp, ent = compiled(h, w, tok, 0.7)
+    (lp.sum() + ent.sum()).backward()  # gradients of stride 0
+    torch.testing.assert_close(h.grad, want[2], rtol=1e-5, atol=1e-5)
+    assert len(fused_logprobs._COMPILED) == 2
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+
+
+def test_the_compiled_chunk_path_in_bf16_matches_the_eager_one_within_rounding(monkeypatch):
+    """The GPU's case: bf16 matmuls, fp32 statistics. Compiled and eager agree to bf16
+    rounding in values and gradients."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(fused_logprobs, "_COMPILED", {})
+    monkeypatch.setattr(fused_logprobs, "CHUNK_BYTES", 16 * 4 * 50)
+    h, w, tok, a, b = _case(n=37)
+    runs = []
+    for flag in (False, True):
+
+        def fn(h, w, tok, T, flag=flag):
+            return linear_logprobs_and_entropy(h, w, tok, T, torch.bfloat16, compiled=flag)
+
+        runs.append(_grads(fn, h, w, tok, a, b, 1.0))
+    for x, y in zip(*runs, strict=True):
+        torch.testing.assert_close(x, y, rtol=2e-2, atol=2e-2)
+
+
 def test_a_bf16_head_gradient_summed_over_many_chunks_is_as_close_as_one_chunks(monkeypatch):
     """FSDP gathers the head's weight in bf16, so its gradient is bf16: summed over
     the chunks in bf16 it drifted (here 4.7e-3 from the fp32 gradient at 16 chunks,
@@ -141,7 +206,7 @@ def _score(texts, problems):
     return [RewardResult(len(t) % 3 / 2, False, Reason.WRONG_VALUE) for t in texts]
 
 
-def _step(model_dir, problems, fused: bool) -> dict:
+def _step(model_dir, problems, fused: bool, compile_head: bool = False) -> dict:
     torch.manual_seed(0)
     tr = PPOTrainer(
         load_policy(model_dir),
@@ -158,6 +223,7 @@ def _step(model_dir, problems, fused: bool) -> dict:
             temperature=0.9,
             entropy_coef=0.01,
             fused_logprobs=fused,
+            compile_head=compile_head,
         ),
         _score,
     )
@@ -165,9 +231,16 @@ def _step(model_dir, problems, fused: bool) -> dict:
     return {k: v for row in out for k, v in row.items() if "time" not in k and "per_s" not in k}
 
 
-def test_a_ppo_step_gives_the_same_losses_fused_or_plain(tiny, dataset):
+@pytest.mark.parametrize("compile_head", [False, True])
+def test_a_ppo_step_gives_the_same_losses_fused_or_plain(tiny, dataset, compile_head, monkeypatch):
+    """Two PPO steps (tempered, with the entropy bonus) through the fused head, its
+    chunk math eager or compiled (``ppo.compile_head``), against the plain path."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(fused_logprobs, "_COMPILED", {})
     problems = read_group(dataset, 0, "train", 4)
-    fused, plain = _step(tiny, problems, True), _step(tiny, problems, False)
+    fused = _step(tiny, problems, True, compile_head)
+    assert len(fused_logprobs._COMPILED) == (2 if compile_head else 0)  # it ran compiled
+    plain = _step(tiny, problems, False)
     assert fused.keys() == plain.keys()
     for k in fused:
         assert fused[k] == pytest.approx(plain[k], rel=1e-4, abs=1e-5), k

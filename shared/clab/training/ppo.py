@@ -86,6 +86,9 @@ class PPOConfig:
     fused_logprobs: bool = _PPO.fused_logprobs
     critic_warmup: int = _PPO.critic_warmup
     compile_layers: bool = _PPO.compile_layers
+    # the fused head's chunk math through torch.compile (fused_logprobs: compiled=True);
+    # a benchmark's switch (bench_gpu_ppo.py --compile-head) until measured on a GPU
+    compile_head: bool = False
     mini_batch_size: int = _BATCH.mini  # this worker's share of batch.mini
     micro_batch_size: int = _BATCH.micro
     score_micro_batch_size: int | None = _BATCH.score_micro  # None: micro_batch_size
@@ -328,7 +331,7 @@ class PPOTrainer:
             # the last kept position predicts past the response: a dummy target, dropped
             targets = torch.nn.functional.pad(resp, (0, 1))
             inner = model.module if hasattr(model, "module") else model  # DDP
-            with self.autocast(), fused_head(inner, targets, T):
+            with self.autocast(), fused_head(inner, targets, T, self.cfg.compile_head):
                 out = model(**self._inputs(ro, idx), logits_to_keep=R + 1)
             return out.logits[:, :-1, 0], out.logits[:, :-1, 1]
         with self.autocast():
