@@ -107,6 +107,8 @@ def main() -> None:
     )
     ap.add_argument("--profile", action="store_true", help="GPU time of a training-only step")
     args = ap.parse_args()
+    if args.compile_head and args.logprobs != "fused":
+        ap.error("--compile-head compiles the fused head: give --logprobs fused too")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert dev.type == "cuda" or args.size == "tiny", "the 1.5B shape needs a GPU"
     sizes = QWEN25_15B if args.size == "qwen2.5-1.5b" else TINY

@@ -27,11 +27,12 @@ t() {  # t LIMIT DIR COMMAND...: COMMAND in DIR with DIR/shared first on the pat
   [ "$status" -ne 0 ] && echo "### exit $status" && [ "$rc" -eq 0 ] && rc=$status
   return 0
 }
-t 150 "$old" python3 benchmarks/bench_gpu_ppo.py $common --micro 8
-t 130 "$here" python3 benchmarks/bench_gpu_ppo.py $common --micro 8
-t 150 "$here" python3 benchmarks/bench_gpu_ppo.py $common --micro 16 --logprobs fused --compile-layers
-t 150 "$here" python3 benchmarks/bench_gpu_ppo.py $common --micro 16 --logprobs fused --compile-layers \
+# the caps sum to 560 s, under a lent machine's 600 s a command (a run takes 70 to 90 s)
+t 120 "$old" python3 benchmarks/bench_gpu_ppo.py $common --micro 8
+t 100 "$here" python3 benchmarks/bench_gpu_ppo.py $common --micro 8
+t 120 "$here" python3 benchmarks/bench_gpu_ppo.py $common --micro 16 --logprobs fused --compile-layers
+t 120 "$here" python3 benchmarks/bench_gpu_ppo.py $common --micro 16 --logprobs fused --compile-layers \
   --compile-head
-t 140 "$here" python3 benchmarks/bench_rollout.py --batches 64 --repeats 2 --engines hf-static \
+t 100 "$here" python3 benchmarks/bench_rollout.py --batches 64 --repeats 2 --engines hf-static \
   --static-variants unfused fused
 exit $rc

@@ -53,6 +53,7 @@ def test_even_chunks_cover_every_token_within_the_chunk_size_and_differ_by_one_a
     """The compiled path's chunks: no one-token tail (a compiled function specialises on
     a length of 1 and would compile again)."""
     monkeypatch.setattr(fused_logprobs, "CHUNK_BYTES", 441 * 4 * 151936)
+    assert fused_logprobs._even_chunks(0, 151936) == []
     for n in (1, 2, 441, 442, 883, 4112, 8224):
         sizes = [c.stop - c.start for c in fused_logprobs._even_chunks(n, 151936)]
         assert sum(sizes) == n and max(sizes) <= 441 and max(sizes) - min(sizes) <= 1, n
@@ -75,7 +76,7 @@ def test_the_compiled_chunk_path_gives_the_plain_path_values_and_gradients(monke
     def compiled(h, w, tok, T):
         return linear_logprobs_and_entropy(h, w, tok, T, compiled=True)
 
-    for n, T in ((37, 0.7), (29, 0.7)):
+    for n, T in ((37, 1.0), (29, 0.7)):
         h, w, tok, a, b = _case(n=n)
         want = _grads(_plain, h, w, tok, a, b, T)
         got = _grads(compiled, h, w, tok, a, b, T)
@@ -138,17 +139,22 @@ def test_a_bf16_head_gradient_summed_over_many_chunks_is_as_close_as_one_chunks(
     assert error(64) < 1.25 * one  # 16 chunks
 
 
-def test_an_entropy_term_alone_or_a_log_prob_term_alone_backpropagates():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_an_entropy_term_alone_or_a_log_prob_term_alone_backpropagates(compiled, monkeypatch):
     """A loss that uses only one of the two outputs (the scoring passes, or a zero
-    entropy coefficient) gets the other's gradient as None, not a crash."""
+    entropy coefficient) gets the other's gradient as None, not a crash, eager or
+    compiled."""
+    torch._dynamo.reset()
+    monkeypatch.setattr(fused_logprobs, "_COMPILED", {})
     h, w, tok, _, _ = _case()
-    lp, _ = linear_logprobs_and_entropy(h, w, tok)
-    lp.sum().backward()
-    g_lp = h.grad.clone()
-    h.grad = None
-    lp2, _ = _plain(h, w, tok, 1.0)
-    lp2.sum().backward()
-    torch.testing.assert_close(g_lp, h.grad, rtol=1e-5, atol=1e-5)
+    for pick in (0, 1):  # the log-probs alone, the entropy alone
+        out = linear_logprobs_and_entropy(h, w, tok, compiled=compiled)
+        out[pick].sum().backward()
+        got = h.grad.clone()
+        h.grad = w.grad = None
+        _plain(h, w, tok, 1.0)[pick].sum().backward()
+        torch.testing.assert_close(got, h.grad, rtol=1e-5, atol=1e-5)
+        h.grad = w.grad = None
 
 
 def test_bf16_matmuls_match_the_plain_path_under_autocast_within_rounding():

@@ -38,6 +38,8 @@ def _even_chunks(n: int, vocab: int) -> list[slice]:
     """At most :data:`CHUNK_BYTES` of fp32 logits a chunk, as :func:`_chunks`, but of
     near-equal lengths: a compiled chunk function specialises on a length of 1 (a
     tail of one token would compile it again), and its graph is one for the rest."""
+    if n == 0:
+        return []
     k = -(-n // max(1, CHUNK_BYTES // (4 * vocab)))
     q, r = divmod(n, k)  # r chunks of q + 1 tokens, then k - r of q
     starts = [i * q + min(i, r) for i in range(k + 1)]

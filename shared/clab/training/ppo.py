@@ -86,8 +86,9 @@ class PPOConfig:
     fused_logprobs: bool = _PPO.fused_logprobs
     critic_warmup: int = _PPO.critic_warmup
     compile_layers: bool = _PPO.compile_layers
-    # the fused head's chunk math through torch.compile (fused_logprobs: compiled=True);
-    # a benchmark's switch (bench_gpu_ppo.py --compile-head) until measured on a GPU
+    # with fused_logprobs: the fused head's chunk math through torch.compile (its
+    # compiled=True); a benchmark's switch (bench_gpu_ppo.py --compile-head) until a GPU
+    # has measured it
     compile_head: bool = False
     mini_batch_size: int = _BATCH.mini  # this worker's share of batch.mini
     micro_batch_size: int = _BATCH.micro
