@@ -130,3 +130,20 @@ def test_mean_token_loss_and_perplexity_by_hand():
     assert perplexity(loss) == pytest.approx(np.exp(loss))
     with pytest.raises(ClabError, match="shorter than one sequence"):
         windows([1, 2, 3], seq_len=5)
+
+
+def test_perplexity_passes_build_no_kv_cache(tmp_path):
+    """The K-1 service's per-corpus scores run a tiny Qwen2 whose config says
+    ``use_cache``: its passes must not build a cache they never read (a copy of every
+    layer's keys and values, per window batch)."""
+    from clab.metrics.language import mean_token_loss, window_token_losses, windows
+
+    model = load_policy(build_tiny_model(tmp_path / "m", ["a b c d e f g"] * 50, vocab_size=64))
+    assert model.config.use_cache
+    built = []
+    model.register_forward_hook(lambda m, a, out: built.append(out.past_key_values is not None))
+    data = windows(list(range(3, 40)) * 4, seq_len=16)
+    loss, _ = mean_token_loss(model, data, batch_size=4)
+    per_window = window_token_losses(model, data, batch_size=4)
+    assert built and not any(built)
+    assert np.mean(per_window) == pytest.approx(loss, rel=1e-5)

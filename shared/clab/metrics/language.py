@@ -24,6 +24,15 @@ def windows(ids: list[int], seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
 
 
+def _logits(model, x: torch.Tensor) -> torch.Tensor:
+    """An HF model whose config says ``use_cache`` (Qwen2's, Llama's) would build a KV
+    cache of every layer in a pass that never reads it again: asked not to. Any other
+    module keeps the plain ``model(input_ids=)`` contract."""
+    if getattr(getattr(model, "config", None), "use_cache", False):
+        return model(input_ids=x, use_cache=False).logits
+    return model(input_ids=x).logits
+
+
 @torch.no_grad()
 def mean_token_loss(model, data: torch.Tensor, batch_size: int = 32) -> tuple[float, int]:
     """(mean loss per predicted token, number of predicted tokens)."""
@@ -33,7 +42,7 @@ def mean_token_loss(model, data: torch.Tensor, batch_size: int = 32) -> tuple[fl
     model.eval()
     for s in range(0, len(data), batch_size):
         x = data[s : s + batch_size].to(device)
-        logits = model(input_ids=x).logits[:, :-1].float()
+        logits = _logits(model, x)[:, :-1].float()
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
         )
@@ -53,7 +62,7 @@ def window_token_losses(model, data: torch.Tensor, batch_size: int = 32) -> list
     model.eval()
     for s in range(0, len(data), batch_size):
         x = data[s : s + batch_size].to(device)
-        logits = model(input_ids=x).logits[:, :-1].float()
+        logits = _logits(model, x)[:, :-1].float()
         loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
         out += loss.mean(dim=1).tolist()
     model.train(was)
