@@ -192,6 +192,7 @@ def build(args, device: torch.device, world: int):
         rollout_engine=args.engine,
         score_micro_batch_size=args.score_micro or None,
         fused_logprobs=args.logprobs == "fused",
+        compile_head=args.compile_head,
     )
 
     def score(completions, problems):  # varied, so that advantages are not zero
@@ -233,6 +234,12 @@ def main() -> int:
         action="store_true",
         help="torch.compile each decoder layer of actor and critic before sharding",
     )
+    ap.add_argument(
+        "--compile-head",
+        action="store_true",
+        help="the fused head's chunk math through torch.compile (ppo.compile_head); "
+        "needs --logprobs fused",
+    )
     ap.add_argument("--label", default="")
     ap.add_argument(
         "--logprobs",
@@ -243,6 +250,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.emulate_world and args.strategy != "fsdp":
         ap.error("--emulate-world needs --strategy fsdp")
+    if args.compile_head and args.logprobs != "fused":
+        ap.error("--compile-head compiles the fused head: give --logprobs fused too")
     rank, world, device = init_group(args)
     cuda = device.type == "cuda"
     label = args.label or (
@@ -347,6 +356,7 @@ def main() -> int:
         "engine": args.engine,
         "logprobs": args.logprobs,
         "compiled_layers": args.compile_layers,
+        "compiled_head": args.compile_head,
         "batch_per_gpu": {
             "prompts": args.prompts_per_gpu,
             "mini": trainer.cfg.mini_batch_size,

@@ -24,7 +24,8 @@ old against new: ``unfused`` (each projection its own product, as before
 ``fused-autotune`` (the same, compiled with ``max-autotune``: inductor's tuned
 matrix products with their neighbours fused in; minutes more compilation) and
 ``fused-sdpa`` (fused, with each layer's attention as one SDPA call instead of two
-products and a softmax).
+products and a softmax) and ``fused-cdt`` (fused, reduce-overhead's CUDA graphs with
+inductor's coordinate-descent tuning of its own kernels' block sizes).
 
     PYTHONPATH=shared python benchmarks/bench_rollout.py [--batches 64 256]
     PYTHONPATH=shared python benchmarks/bench_rollout.py --batches 64 --engines hf hf-static \
@@ -95,6 +96,12 @@ VARIANTS = {
     "fused": {"fuse": True},
     "fused-autotune": {"fuse": True, "compile_mode": "max-autotune"},
     "fused-sdpa": {"fuse": True, "attention_kernel": "sdpa"},  # attention in one kernel
+    # reduce-overhead's CUDA graphs, with inductor's Triton kernels' block sizes tuned
+    # (the decode step's norms, softmaxes and the token choice over the vocabulary)
+    "fused-cdt": {
+        "fuse": True,
+        "compile_mode": {"triton.cudagraphs": True, "coordinate_descent_tuning": True},
+    },
 }
 
 

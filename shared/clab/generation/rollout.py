@@ -226,14 +226,16 @@ class StaticGenerator:
         compile: bool = True,
         adopt: bool = False,
         fuse: bool = True,
-        compile_mode: str = "reduce-overhead",
+        compile_mode: str | dict = "reduce-overhead",
         attention_kernel: str = "matmul",
     ):
         """``adopt``: generate from ``model`` itself instead of a copy (see
         :func:`static_generator`). ``fuse``: one product for q/k/v and one for
         gate/up (:mod:`clab.generation.fused`). ``compile_mode``: torch.compile's
         (``reduce-overhead``: CUDA graphs; ``max-autotune``: also tuned kernels for
-        the matrix products, with minutes more compilation). ``attention_kernel``:
+        the matrix products, with minutes more compilation; a dict: inductor's options
+        themselves, e.g. ``{"triton.cudagraphs": True, "coordinate_descent_tuning":
+        True}``, reduce-overhead's CUDA graphs with tuned block sizes). ``attention_kernel``:
         the grouped attention as two products and a softmax (``matmul``) or as one
         SDPA call (``sdpa``; :mod:`clab.generation.attention`)."""
         self.batch_size = batch_size
@@ -263,8 +265,11 @@ class StaticGenerator:
         )
         # one compiled function, two static graphs: the prefill's shapes and the decode
         # step's (dynamic=False: the second shape must not turn the first graph dynamic)
+        how = (
+            {"options": compile_mode} if isinstance(compile_mode, dict) else {"mode": compile_mode}
+        )
         self._step = (
-            torch.compile(self._next_token, mode=compile_mode, fullgraph=True, dynamic=False)
+            torch.compile(self._next_token, fullgraph=True, dynamic=False, **how)
             if self.compile
             else self._next_token
         )

@@ -86,10 +86,7 @@ class PPOConfig:
     fused_logprobs: bool = _PPO.fused_logprobs
     critic_warmup: int = _PPO.critic_warmup
     compile_layers: bool = _PPO.compile_layers
-    # with fused_logprobs: the fused head's chunk math through torch.compile (its
-    # compiled=True); a benchmark's switch (bench_gpu_ppo.py --compile-head) until a GPU
-    # has measured it
-    compile_head: bool = False
+    compile_head: bool = _PPO.compile_head
     mini_batch_size: int = _BATCH.mini  # this worker's share of batch.mini
     micro_batch_size: int = _BATCH.micro
     score_micro_batch_size: int | None = _BATCH.score_micro  # None: micro_batch_size
