@@ -221,6 +221,42 @@ def test_the_gpu_settings_traced_whole_once_and_stopping_late_give_the_same_toke
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # nothing new
 
 
+def test_the_first_static_call_builds_both_graphs_and_the_next_compiles_nothing(lm, monkeypatch):
+    """On a GPU the first call's prefill creates the KV cache eagerly; it must also
+    build the prefill's graph then, else the second call (a run's second step, a
+    benchmark's first timed one) pays that compilation. Traced here as on a GPU, one
+    call of one chunk: two graphs (prefill, decode), the dynamic engine's tokens; a
+    second call compiles nothing and gives them again."""
+    model, tok = lm
+
+    class Traced(rollout.StaticGenerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._step = torch.compile(
+                self._next_token, backend="eager", fullgraph=True, dynamic=False
+            )
+
+    def once(engine):
+        torch.manual_seed(5)
+        return hf_generate(
+            model, tok, PROMPTS[:3], max_prompt_length=40, max_new_tokens=10,
+            temperature=0.8, batch_size=3, engine=engine,
+        )  # fmt: skip
+
+    dyn = once("hf")
+    monkeypatch.setattr(rollout, "StaticGenerator", Traced)
+    rollout._STATIC.clear()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    first = once("hf-static")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # prefill, decode
+    assert torch.equal(first.response_ids, dyn.response_ids)
+    second = once("hf-static")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    assert torch.equal(second.response_ids, dyn.response_ids)
+    rollout._STATIC.clear()  # no traced generator left for the other tests
+
+
 def test_a_policy_whose_logits_are_not_finite_is_refused_while_generating(lm):
     """``torch.multinomial`` refused non-finite probabilities at every token (two host
     reads a token); the static engine checks once a call and says what happened."""

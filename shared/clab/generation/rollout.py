@@ -354,8 +354,8 @@ class StaticGenerator:
         for the real rows' shape, so the random stream is consumed as the dynamic
         engine consumes it for a batch of those rows; the filler rows start finished
         and never draw. The prefill runs through the compiled step too (its own
-        graph) once the cache exists; the very first call's prefill creates the cache
-        and stays eager."""
+        graph); the very first call's prefill runs eagerly first, to create the cache,
+        then compiled, so that the first call builds both graphs."""
         if ids.shape != (self.batch_size, self.max_prompt_length):
             shape = (self.batch_size, self.max_prompt_length)
             raise ValueError(f"a static chunk is {shape}, not {tuple(ids.shape)}")
@@ -373,7 +373,8 @@ class StaticGenerator:
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         # a cache not yet created is created by an eager prefill: creating it inside
         # the graph would break it
-        prefill = self._step if _cache_ready(self.cache) else self._next_token
+        first = not _cache_ready(self.cache)
+        compiled = self._step is not self._next_token
         self.cache.reset()
         with torch.autocast(self.device.type, enabled=False):
             next_pos = positions[:, -1:] + 1
@@ -383,7 +384,17 @@ class StaticGenerator:
                 if self.compile:
                     torch.compiler.cudagraph_mark_step_begin()
                 if t == 0:
-                    chosen, ok = prefill(ids, positions, full, self._noise, temperature, greedy)
+                    step_in = (ids, positions, full, self._noise, temperature, greedy)
+                    if first:
+                        chosen, ok = self._next_token(*step_in)
+                        if compiled:
+                            # and the prefill's graph built now, not in the next call (a
+                            # run's second step, a benchmark's first timed one, would
+                            # time a compilation): the same prefill again over the cache
+                            # reset, the same token (the noise is drawn outside the step)
+                            self.cache.reset()
+                    if compiled or not first:
+                        chosen, ok = self._step(*step_in)
                 else:
                     full[:, P + t - 1] = 1
                     step_in = (out[:, t - 1 : t], next_pos + (t - 1), full, self._noise)
