@@ -100,6 +100,7 @@ ALGORITHMS = {
         "ppo.entropy_coef=0.01",
         "ppo.critic_lr=1e-3",
         "ppo.fused_logprobs=false",  # the path its figures in docs/demo.md were made on
+        "ppo.compile_layers=false",  # the services compile their layers; the demo's figures did not
     ],
     "grpo": [
         "algorithm=grpo",

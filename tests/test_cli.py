@@ -58,11 +58,6 @@ def test_validate_prints_defaults_and_overrides(capsys):
         ("kind: countdown\n", ["noequals"], "expected dotted.key=value"),
         ("kind: countdown\nseed: 1\n", ["seed.x=1"], "'seed' is not a section"),
         ("kind: countdown-random-split\npool: {size: 0}\n", [], "field 'pool.size'"),
-        (
-            "kind: countdown-rl\nppo: {compile_head: true}\n",
-            [],
-            "ppo.compile_head compiles the fused head: set ppo.fused_logprobs: true too",
-        ),
     ],
 )
 def test_bad_specs_exit_2_with_one_clear_message(tmp_path, capsys, text, overrides, expected):

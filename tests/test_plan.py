@@ -475,7 +475,6 @@ def test_service_plans_under_ddp_and_fsdp():
         "rollout.tensor_parallel_size=2",
         "batch.micro=8",
         "ppo.fused_logprobs=false",
-        "ppo.compile_head=false",  # it compiles the fused head, refused without it
     ]
     ddp = plan_file(str(SPEC_15B), ["resources.strategy=ddp", *vllm_tp2])
     assert ddp.part("actor AdamW moments (fp32)").bytes == 12_349_714_432
@@ -501,7 +500,6 @@ def test_service_plans_under_ddp_and_fsdp():
     assert fsdp.part("actor logits (loss and its backward)").bytes > 20 * GiB
     # HF rollouts instead of vLLM's 0.4 of the GPU, and micro-batches of 2: it fits
     hf = ["rollout.engine=hf", "rollout.tensor_parallel_size=1", "ppo.fused_logprobs=false"]
-    hf.append("ppo.compile_head=false")
     small = plan_file(str(SPEC_15B), [*hf, "batch.micro=2"])
     assert small.fits is True and small.required_bytes == small.peak_bytes + CUDA_CONTEXT_BYTES
     # as shipped, micro-batches of 4 through the fused head: no logits tensor, about
@@ -509,7 +507,7 @@ def test_service_plans_under_ddp_and_fsdp():
     shipped = plan_file(str(SPEC_15B))
     assert shipped.fits is True and shipped.required_bytes < 14 * GiB
     assert not any(p.name.startswith(("logits", "actor logits")) for p in shipped.parts)
-    logits = plan_file(str(SPEC_15B), ["ppo.fused_logprobs=false", "ppo.compile_head=false"])
+    logits = plan_file(str(SPEC_15B), ["ppo.fused_logprobs=false"])
     assert logits.required_bytes - shipped.required_bytes > 10 * GiB
 
 

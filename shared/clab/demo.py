@@ -47,6 +47,7 @@ _TRAIN = [
     "ppo.actor_lr=3e-4",
     "ppo.critic_lr=1e-3",
     "ppo.fused_logprobs=false",  # the path its figures in docs/demo.md were made on
+    "ppo.compile_layers=false",  # the services compile their layers; the demo's figures did not
     "warmup.steps=400",
     "warmup.lr=5e-3",
     "warmup.batch_size=32",
