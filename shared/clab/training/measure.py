@@ -214,8 +214,12 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
         torch.cuda.reset_peak_memory_stats()
     rows = []
     try:
-        compiles = cuda and spec.rollout.engine == "hf-static"
-        _say("warm-up step" + (" (the static engine compiles: about a minute)" if compiles else ""))
+        what = [
+            *(["the static engine"] if cuda and spec.rollout.engine == "hf-static" else []),
+            *(["every decoder layer"] if spec.ppo.compile_layers else []),
+            *(["the fused head"] if spec.ppo.compile_head and spec.ppo.fused_logprobs else []),
+        ]
+        _say("warm-up step" + (f" (compiling {', '.join(what)}: a minute or more)" if what else ""))
         t0 = time.perf_counter()
         trainer.step(problems)
         warm = time.perf_counter() - t0
