@@ -75,7 +75,9 @@ def _score(texts, problems):
     return [RewardResult(len(t) % 3 / 2, False, Reason.WRONG_VALUE) for t in texts]
 
 
-def _trainer(model_dir: Path, strategy: str, fused: bool = False) -> PPOTrainer:
+def _trainer(
+    model_dir: Path, strategy: str, fused: bool = False, compile_head: bool = False
+) -> PPOTrainer:
     cfg = PPOConfig(
         actor_lr=1e-3,
         critic_lr=1e-3,
@@ -85,6 +87,7 @@ def _trainer(model_dir: Path, strategy: str, fused: bool = False) -> PPOTrainer:
         max_prompt_length=160,
         strategy="fsdp" if strategy == "fsdp" else "ddp",
         fused_logprobs=fused,
+        compile_head=compile_head,
     )
     return PPOTrainer(
         load_policy(model_dir),
@@ -238,26 +241,38 @@ def test_two_fsdp_workers_make_the_updates_of_one_process(tmp_path, dataset):
     assert moved > 1e-4  # the weights did move: the comparison is not trivial
 
 
-def _fused_fsdp_worker(rank: int, world: int, model_dir: Path, out: Path) -> None:
+def _fused_fsdp_worker(
+    rank: int, world: int, model_dir: Path, out: Path, compile_head: bool = False
+) -> None:
     from clab.distributed.fsdp import full_model_state
 
     rollout = torch.load(out / "rollout.pt", weights_only=False)
     torch.manual_seed(1)
-    tr = _trainer(model_dir, "fsdp", fused=True)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    tr = _trainer(model_dir, "fsdp", fused=True, compile_head=compile_head)
     _fixed_rollout(tr, rollout, slice(rank * 2, rank * 2 + 2))
     problems = read_group(model_dir.parent / "data", 0, "train", 4)[rank * 2 : rank * 2 + 2]
     rows = [tr.step(problems) for _ in range(3)]
     actor = full_model_state(tr.actor)
     if rank == 0:
-        torch.save({"rows": rows, "actor": actor}, out / "fsdp-fused.pt")
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        torch.save(
+            {"rows": rows, "actor": actor, "graphs": graphs}, out / f"fsdp-fused-{compile_head}.pt"
+        )
 
 
-def test_two_fsdp_workers_with_the_fused_head_make_the_updates_of_one_process(tmp_path, dataset):
+@pytest.mark.parametrize("compile_head", [False, True], ids=["eager", "compiled"])
+def test_two_fsdp_workers_with_the_fused_head_make_the_updates_of_one_process(
+    tmp_path, dataset, compile_head
+):
     """ppo.fused_logprobs under FSDP, where the head's weight (tied to the embedding
     here) exists only gathered inside the model's forward: 3 steps on two workers
     make the losses, norms and weights of one process on the fused path, and the
     losses and norms of one process on the plain path (its weights differ in rounding
-    that AdamW magnifies on near-zero gradients, as between one process's two paths)."""
+    that AdamW magnifies on near-zero gradients, as between one process's two paths).
+    With the head's chunk math compiled (``ppo.compile_head``, as the 1.5B services run
+    it), the same losses and norms within the compiled arithmetic's rounding."""
     model_dir = tmp_path / "m"
     (tmp_path / "data").symlink_to(dataset)
     probs = read_group(dataset, 0, "train", 4)
@@ -272,12 +287,15 @@ def test_two_fsdp_workers_with_the_fused_head_make_the_updates_of_one_process(tm
             torch.save(rollout, tmp_path / "rollout.pt")
         _fixed_rollout(single, rollout, slice(0, 4))
         expected[fused] = [single.step(probs) for _ in range(3)]
-    _spawn(_fused_fsdp_worker, model_dir, tmp_path)
-    got = torch.load(tmp_path / "fsdp-fused.pt", weights_only=False)
+    _spawn(_fused_fsdp_worker, model_dir, tmp_path, compile_head)
+    got = torch.load(tmp_path / f"fsdp-fused-{compile_head}.pt", weights_only=False)
+    assert (got["graphs"] > 0) == compile_head  # the head's chunk math ran compiled
     for fused in (True, False):
         for want, row in zip(expected[fused], got["rows"], strict=True):
             for key in COMPARED:
                 assert row[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+    if compile_head:
+        return
     for name, p in single.actor.state_dict().items():
         assert torch.allclose(got["actor"][name], p, rtol=1e-4, atol=1e-6), name
 
