@@ -76,8 +76,9 @@ def _score(texts, problems):
 
 
 def _trainer(
-    model_dir: Path, strategy: str, fused: bool = False, compile_head: bool = False
+    model_dir: Path, strategy: str, fused: bool = False, checkpointing: bool = False, **compiled
 ) -> PPOTrainer:
+    """``compiled``: PPOConfig's compile_head and compile_layers."""
     cfg = PPOConfig(
         actor_lr=1e-3,
         critic_lr=1e-3,
@@ -87,16 +88,13 @@ def _trainer(
         max_prompt_length=160,
         strategy="fsdp" if strategy == "fsdp" else "ddp",
         fused_logprobs=fused,
-        compile_head=compile_head,
+        **compiled,
     )
-    return PPOTrainer(
-        load_policy(model_dir),
-        load_critic(model_dir, seed=0),
-        load_policy(model_dir),
-        load_tokenizer(model_dir),
-        cfg,
-        _score,
-    )
+    actor, critic = load_policy(model_dir), load_critic(model_dir, seed=0)
+    if checkpointing:  # as the runner turns it on, before the trainer compiles and shards
+        actor.gradient_checkpointing_enable()
+        critic.gradient_checkpointing_enable()
+    return PPOTrainer(actor, critic, load_policy(model_dir), load_tokenizer(model_dir), cfg, _score)
 
 
 def _fixed_rollout(trainer: PPOTrainer, rollout, rows: slice) -> None:
@@ -241,38 +239,44 @@ def test_two_fsdp_workers_make_the_updates_of_one_process(tmp_path, dataset):
     assert moved > 1e-4  # the weights did move: the comparison is not trivial
 
 
-def _fused_fsdp_worker(
-    rank: int, world: int, model_dir: Path, out: Path, compile_head: bool = False
-) -> None:
+# the fused head's paths under FSDP: eager; its chunk math compiled; and as the 1.5B
+# services run, the head and every decoder layer compiled under activation checkpointing
+FUSED_PATHS = {
+    "eager": {},
+    "compiled-head": {"compile_head": True},
+    "services": {"compile_head": True, "compile_layers": True, "checkpointing": True},
+}
+
+
+def _fused_fsdp_worker(rank: int, world: int, model_dir: Path, out: Path, path: str) -> None:
     from clab.distributed.fsdp import full_model_state
 
     rollout = torch.load(out / "rollout.pt", weights_only=False)
     torch.manual_seed(1)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    tr = _trainer(model_dir, "fsdp", fused=True, compile_head=compile_head)
+    tr = _trainer(model_dir, "fsdp", fused=True, **FUSED_PATHS[path])
     _fixed_rollout(tr, rollout, slice(rank * 2, rank * 2 + 2))
     problems = read_group(model_dir.parent / "data", 0, "train", 4)[rank * 2 : rank * 2 + 2]
     rows = [tr.step(problems) for _ in range(3)]
     actor = full_model_state(tr.actor)
     if rank == 0:
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        torch.save(
-            {"rows": rows, "actor": actor, "graphs": graphs}, out / f"fsdp-fused-{compile_head}.pt"
-        )
+        torch.save({"rows": rows, "actor": actor, "graphs": graphs}, out / f"fsdp-fused-{path}.pt")
 
 
-@pytest.mark.parametrize("compile_head", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("path", list(FUSED_PATHS))
 def test_two_fsdp_workers_with_the_fused_head_make_the_updates_of_one_process(
-    tmp_path, dataset, compile_head
+    tmp_path, dataset, path
 ):
     """ppo.fused_logprobs under FSDP, where the head's weight (tied to the embedding
     here) exists only gathered inside the model's forward: 3 steps on two workers
     make the losses, norms and weights of one process on the fused path, and the
     losses and norms of one process on the plain path (its weights differ in rounding
     that AdamW magnifies on near-zero gradients, as between one process's two paths).
-    With the head's chunk math compiled (``ppo.compile_head``, as the 1.5B services run
-    it), the same losses and norms within the compiled arithmetic's rounding."""
+    With the head's chunk math compiled (``ppo.compile_head``), and with the layers
+    compiled too under activation checkpointing (the 1.5B services' path), the same
+    losses and norms within the compiled arithmetic's rounding."""
     model_dir = tmp_path / "m"
     (tmp_path / "data").symlink_to(dataset)
     probs = read_group(dataset, 0, "train", 4)
@@ -287,14 +291,14 @@ def test_two_fsdp_workers_with_the_fused_head_make_the_updates_of_one_process(
             torch.save(rollout, tmp_path / "rollout.pt")
         _fixed_rollout(single, rollout, slice(0, 4))
         expected[fused] = [single.step(probs) for _ in range(3)]
-    _spawn(_fused_fsdp_worker, model_dir, tmp_path, compile_head)
-    got = torch.load(tmp_path / f"fsdp-fused-{compile_head}.pt", weights_only=False)
-    assert (got["graphs"] > 0) == compile_head  # the head's chunk math ran compiled
+    _spawn(_fused_fsdp_worker, model_dir, tmp_path, path)
+    got = torch.load(tmp_path / f"fsdp-fused-{path}.pt", weights_only=False)
+    assert (got["graphs"] > 0) == (path != "eager")  # what should run compiled did
     for fused in (True, False):
         for want, row in zip(expected[fused], got["rows"], strict=True):
             for key in COMPARED:
                 assert row[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
-    if compile_head:
+    if path != "eager":
         return
     for name, p in single.actor.state_dict().items():
         assert torch.allclose(got["actor"][name], p, rtol=1e-4, atol=1e-6), name
