@@ -537,6 +537,20 @@ def test_a_non_finite_loss_stops_the_step_before_any_weight_moves(tiny, dataset)
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
+def test_the_15b_service_compiles_its_layers_and_head_and_the_demo_does_not():
+    """The service's measured path (layers and the fused head's chunk math compiled,
+    docs/benchmarks.md) reaches the trainer's config; the CPU demo, which starts from
+    the same spec, keeps the eager path its figures were made on."""
+    from clab.demo import SERVICE_OVERRIDES
+
+    path = Path(__file__).resolve().parents[1] / "services/curriculum-trainer-1.5b.yaml"
+    cfg = PPOConfig.from_spec(load_spec(path), 8, "bfloat16", True)
+    assert cfg.fused_logprobs and cfg.compile_layers and cfg.compile_head
+    demo = load_spec(path, SERVICE_OVERRIDES["curriculum-trainer-1.5b"])
+    cfg = PPOConfig.from_spec(demo, 1, None, False)
+    assert not cfg.compile_layers and not cfg.fused_logprobs  # the head is not compiled
+
+
 def test_the_services_dual_clip_reaches_the_actors_update(tiny, dataset):
     """Every token seven times likelier than when sampled, every advantage negative:
     under the services' dual clip (3) each token's loss is capped and the actor gets
