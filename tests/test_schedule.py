@@ -500,3 +500,39 @@ def test_hf_stage_steps_are_whole_epochs_as_transformers_trains_them(
     assert trainer.state.global_step == steps
     assert trainer.state.epoch == pytest.approx(epochs)
     assert sorted(seen) == sorted(list(range(n)) * epochs)
+
+
+
+def test_timed_steps_warm_up_until_a_step_compiles_nothing_and_flag_those_that_do():
+    """Compiled layers meet new call variants (grad mode, masks, dtypes) as sampled
+    responses vary: on an H100 the step after one warm-up compiled for 77 s against
+    5.8 s, and the median of two steps said 32 days a seed instead of 9.4."""
+    from clab.training.measure import timed_steps
+
+    def run(compiles, steps):
+        it, count = iter(compiles), {"g": 0}
+
+        def step():
+            count["g"] += next(it)
+            return {"step_time": float(count["g"])}
+
+        return timed_steps(step, steps, graphs=lambda: count["g"])
+
+    # two warm-ups compile, the third does not; the second timed step compiles again
+    rows, compiled, _, warm_steps = run([3, 2, 0, 0, 4, 0], 3)
+    assert warm_steps == 3 and compiled == [False, True, False] and len(rows) == 3
+    # a first step that compiles nothing is warm-up enough
+    assert run([0, 0, 0], 2)[3] == 1
+    # never quiet: the warm-up stops at three, and every timed step is flagged
+    _, compiled, _, warm_steps = run([1] * 5, 2)
+    assert warm_steps == 3 and compiled == [True, True]
+
+
+def test_measure_leaves_a_step_that_compiled_out_of_the_median(monkeypatch, elsewhere):
+    from clab.training import measure as m
+
+    calls = iter([0, 0, 0, 0, 0, 1, 1, 1])  # before/after: a warm-up, then 3 timed steps
+    monkeypatch.setattr(m, "_graphs", lambda: next(calls))
+    step = m.measure(load_spec(write_spec(Path("s.yaml"))))
+    assert "median of 2 steps after a warm-up" in step.source
+    assert "1 of the 3 timed steps compiled graphs: left out of the median" in step.source

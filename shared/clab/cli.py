@@ -97,9 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--measure-steps",
         type=int,
-        default=2,
+        default=3,
         metavar="K",
-        help="--measure: steps timed after one warm-up step (default 2)",
+        help="--measure: steps timed after the warm-up (default 3; their median is the step)",
     )
     ph = sub.add_parser(
         "plot-history",

@@ -29,6 +29,7 @@ import contextlib
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from clab.data.countdown.prompts import render_prompt
@@ -140,15 +141,61 @@ def _say(text: str) -> None:
     print(f"clab plan --measure: {text}", file=sys.stderr, flush=True)
 
 
+def _graphs() -> int:
+    """Graphs dynamo has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def timed_steps(
+    step: Callable[[], dict],
+    steps: int,
+    max_warm: int = 3,
+    graphs: Callable[[], int] | None = None,
+) -> tuple[list[dict], list[bool], float, int]:
+    """``steps`` steps' rows after warm-up steps, with whether each compiled a graph; the
+    warm-up's seconds and steps.
+
+    One warm-up step is not always enough: compiled decoder layers get a graph per
+    variant of their call (grad mode, whether the input needs a gradient, the
+    reference's bf16 weights, no mask when a micro-batch has no padding), and which
+    variants a step meets depends on where its sampled responses end. On an H100 the
+    1.5B service's first step after one warm-up took 77 s (compiling) against 5.8 s,
+    and the median of two such steps said 32 days a seed instead of 9.4. So the warm-up runs
+    until a step compiles nothing (``max_warm`` at most), and a timed step that still
+    compiles is flagged, for the caller to leave out."""
+    graphs = graphs or _graphs
+    t0 = time.perf_counter()
+    warm_steps = 0
+    while warm_steps < max_warm:
+        g = graphs()
+        step()
+        warm_steps += 1
+        if graphs() == g:
+            break
+        if warm_steps < max_warm:
+            _say(f"warm-up step {warm_steps} compiled graphs: one more")
+    warm = time.perf_counter() - t0
+    rows, compiled = [], []
+    for i in range(steps):
+        g = graphs()
+        rows.append(step())
+        compiled.append(graphs() > g)
+        note = " (it compiled graphs)" if compiled[-1] else ""
+        _say(f"step {i + 1} of {steps}: {rows[-1]['step_time']:.2f} s{note}")
+    return rows, compiled, warm, warm_steps
+
+
 # the step's parts as `clab plan` names them: the trainer's phases (PPOTrainer.step)
 PARTS = {"generation": "gen", "scoring": "old_log_prob", "updates": "update"}
 
 
-def measure(spec, steps: int = 2) -> StepTime:
-    """Seconds of one step of the spec's run, from ``steps`` timed steps (after one
-    warm-up step, which compiles and allocates the optimizer state), with the step's
-    parts: the trainer's named phases (generation with the rollout copy's gather, the
-    scoring passes, the updates) and the rest."""
+def measure(spec, steps: int = 3) -> StepTime:
+    """Seconds of one step of the spec's run, from the median of ``steps`` timed steps
+    (after warm-up steps, which compile and allocate the optimizer state), with the
+    step's parts: the trainer's named phases (generation with the rollout copy's gather,
+    the scoring passes, the updates) and the rest."""
     if spec.kind != "countdown-rl" or spec.algorithm != "ppo":
         what = f"{spec.kind}" + (f" ({spec.algorithm})" if spec.kind == "countdown-rl" else "")
         raise ClabError(
@@ -212,7 +259,6 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
             torch.cuda.set_per_process_memory_fraction(cap * GiB / total)
             capped = f", capped at resources.gpu_memory_gb {cap:g} GiB"
         torch.cuda.reset_peak_memory_stats()
-    rows = []
     try:
         what = [
             *(["the static engine"] if cuda and spec.rollout.engine == "hf-static" else []),
@@ -220,12 +266,7 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
             *(["the fused head"] if spec.ppo.compile_head and spec.ppo.fused_logprobs else []),
         ]
         _say("warm-up step" + (f" (compiling {', '.join(what)}: a minute or more)" if what else ""))
-        t0 = time.perf_counter()
-        trainer.step(problems)
-        warm = time.perf_counter() - t0
-        for i in range(steps):
-            rows.append(trainer.step(problems))
-            _say(f"step {i + 1} of {steps}: {rows[-1]['step_time']:.2f} s")
+        rows, compiled, warm, warm_steps = timed_steps(lambda: trainer.step(problems), steps)
     except torch.OutOfMemoryError:
         have = torch.cuda.get_device_properties(device).total_memory / GiB
         raise ClabError(
@@ -235,11 +276,12 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
     finally:
         if cuda:
             torch.cuda.set_per_process_memory_fraction(1.0)
+    clean = [r for r, c in zip(rows, compiled, strict=True) if not c] or rows
     med = statistics.median
-    step = med(r["step_time"] for r in rows)
-    part = {name: med(r[f"time/{key}"] for r in rows) for name, key in PARTS.items()}
-    length = med(r["response_length_mean"] for r in rows)
-    rate = med(r["tokens_per_s"] for r in rows) * world  # every worker at once
+    step = med(r["step_time"] for r in clean)
+    part = {name: med(r[f"time/{key}"] for r in clean) for name, key in PARTS.items()}
+    length = med(r["response_length_mean"] for r in clean)
+    rate = med(r["tokens_per_s"] for r in clean) * world  # every worker at once
     peak = f"; peak {torch.cuda.max_memory_allocated() / GiB:.1f} GiB allocated" if cuda else ""
     n = spec.rollout.responses_per_prompt
     how = (
@@ -249,10 +291,16 @@ def _measure(spec, steps: int, device, where: str, world: int, fsdp: bool) -> St
     )
     source = (
         f"measured on {where}{capped}: {share} prompts x {n} response{'s' if n > 1 else ''} "
-        f"(responses {length:,.0f} tokens on average), {how}; median of {len(rows)} "
-        f"step{'s' if len(rows) > 1 else ''} after a warm-up of {warm:.0f} s (models built in "
-        f"{built:.0f} s){peak}; random weights of {arch}"
+        f"(responses {length:,.0f} tokens on average), {how}; median of {len(clean)} "
+        f"step{'s' if len(clean) > 1 else ''} after a warm-up of {warm:.0f} s in {warm_steps} "
+        f"step{'s' if warm_steps > 1 else ''} (models built in {built:.0f} s){peak}; random "
+        f"weights of {arch}"
     )
+    if any(compiled):
+        n_c = sum(compiled)
+        source += f"; {n_c} of the {len(rows)} timed steps compiled graphs" + (
+            ": left out of the median" if len(clean) < len(rows) else ": the figure holds it"
+        )
     if world > 1:
         source += f"; {world} workers compute their shares at once: a step takes one share's time"
     source += f"; {rate:,.0f} tokens/s for the run"
