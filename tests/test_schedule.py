@@ -502,7 +502,6 @@ def test_hf_stage_steps_are_whole_epochs_as_transformers_trains_them(
     assert sorted(seen) == sorted(list(range(n)) * epochs)
 
 
-
 def test_timed_steps_warm_up_until_a_step_compiles_nothing_and_flag_those_that_do():
     """Compiled layers meet new call variants (grad mode, masks, dtypes) as sampled
     responses vary: on an H100 the step after one warm-up compiled for 77 s against
