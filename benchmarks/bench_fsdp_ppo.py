@@ -52,6 +52,7 @@ from clab.data.countdown.reading import Problem
 from clab.distributed.emulate import emulate_comms
 from clab.models.tiny import train_tokenizer
 from clab.rewards.countdown import Reason, RewardResult
+from clab.training.measure import graphs_compiled as graphs
 from clab.training.ppo import PPOConfig, PPOTrainer
 from model_shapes import QWEN25_15B, TINY
 
@@ -289,12 +290,14 @@ def main() -> int:
         )
         parts["allocated_before_first_step"] = torch.cuda.memory_allocated() / GIB
         torch.cuda.reset_peak_memory_stats()
-    rows = []
+    rows, compiled = [], []
     try:
         for i in range(args.steps + 1):
             phases.current = "step"
+            g = graphs()
             row = trainer.step(problems)
             phases.end_step()
+            new_graphs = graphs() - g
             if i == 0 and cuda:  # optimizer state exists after the first step
                 parts["gradients"] = (
                     nbytes(trainer.actor.parameters()) + nbytes(trainer.critic.parameters())
@@ -308,9 +311,11 @@ def main() -> int:
                 phases.extra.clear()
             else:
                 rows.append(row)
+                compiled.append(new_graphs > 0)
             if cuda:  # as it goes, for a run cut off before its summary
                 say(
-                    f"step {i} ({'warm-up' if i == 0 else 'measured'}) {row['step_time']:.1f} s; "
+                    f"step {i} ({'warm-up' if i == 0 else 'measured'}) {row['step_time']:.1f} s"
+                    f"{f' ({new_graphs} graphs compiled)' if new_graphs else ''}; "
                     f"peak allocated so far {torch.cuda.max_memory_allocated() / GIB:.2f} GiB"
                 )
     except torch.OutOfMemoryError as e:
@@ -387,6 +392,12 @@ def main() -> int:
         f"step {med['step_time']:.1f} s, {med['tokens_per_s']:,.0f} tokens/s over "
         f"{world} GPU(s){' (emulated: not a throughput)' if args.emulate_world else ''}, "
         f"generation {result['generation_share']:.0%} of the step"
+        + (
+            f"; {sum(compiled)} of the {len(rows)} measured steps compiled graphs (in the "
+            "median: clab plan --measure leaves such steps out)"
+            if any(compiled)
+            else ""
+        )
     )
     if cuda:
         p = parts

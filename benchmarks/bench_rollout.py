@@ -8,7 +8,7 @@ Qwen2.5-1.5B's architecture with random weights in bf16 (no download), prompts o
 exactly ``--prompt-tokens`` random tokens, ``--new-tokens`` sampled at temperature 1
 (a random model practically never samples EOS, so every row runs the full length).
 For each batch size: the dynamic engine as the PPO rollout calls it, after a short
-warm-up; the static engine's first call (the decode step compiled, CUDA graphs
+warm-up; the static engine's first call (its prefill and decode step compiled, CUDA graphs
 captured) and then its steady state; then the policy's weights are changed in place
 (as an optimizer step does), loaded into the static copy, and the call timed again,
 with the number of compiled graphs before and after (no recompilation expected).
@@ -43,6 +43,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from clab.generation.rollout import StaticGenerator, sampling_config
+from clab.training.measure import graphs_compiled as graphs
 from model_shapes import QWEN25_15B, TINY
 
 EOS = 0
@@ -81,13 +82,6 @@ def decode_bytes(model: Qwen2ForCausalLM, batch: int, context: float) -> float:
     head_dim = c.hidden_size // c.num_attention_heads
     kv = batch * context * c.num_hidden_layers * 2 * c.num_key_value_heads * head_dim * 2
     return weights + kv
-
-
-def graphs() -> int:
-    """Graphs dynamo has compiled in this process so far."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
 
 
 # the static engine's builds: StaticGenerator keywords
@@ -266,7 +260,7 @@ def main() -> None:
                   f"sha1 {digest}, row 0 begins {begins}", flush=True)  # fmt: skip
             g1 = graphs()
             t_sta = min(timed(static, device)[0] for _ in range(args.repeats))
-            g_rep = graphs()  # the prefill's graph, compiled at the second call
+            g_rep = graphs()  # none: the first call built the prefill's graph and the step's
             saved = [p.detach().clone() for p in model.parameters()]
             with torch.no_grad():  # an optimizer step's worth of change, in place
                 for p in model.parameters():

@@ -503,9 +503,9 @@ def test_hf_stage_steps_are_whole_epochs_as_transformers_trains_them(
 
 
 def test_timed_steps_warm_up_until_a_step_compiles_nothing_and_flag_those_that_do():
-    """Compiled layers meet new call variants (grad mode, masks, dtypes) as sampled
-    responses vary: on an H100 the step after one warm-up compiled for 77 s against
-    5.8 s, and the median of two steps said 32 days a seed instead of 9.4."""
+    """Compiled layers meet new call variants (grad mode, masks) as sampled responses
+    vary: on an H100 the first timed step after one warm-up step compiled for 77 s
+    against 5.6 and 5.8 s, and a two-step median said 32 days a seed instead of 9.4."""
     from clab.training.measure import timed_steps
 
     def run(compiles, steps):
@@ -527,11 +527,65 @@ def test_timed_steps_warm_up_until_a_step_compiles_nothing_and_flag_those_that_d
     assert warm_steps == 3 and compiled == [True, True]
 
 
-def test_measure_leaves_a_step_that_compiled_out_of_the_median(monkeypatch, elsewhere):
+def test_the_graph_counter_sees_a_compile_and_a_recompile():
+    """What ``timed_steps`` counts in ``clab plan --measure``: a misspelt counter would
+    read 0 for ever and turn the warm-up check off."""
+    from clab.training.measure import graphs_compiled
+
+    class Block(torch.nn.Module):  # dynamo skips torch.nn's own modules' frames
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return (x * self.w).relu()
+
+    block = torch.compile(Block(), backend="eager")
+    g0 = graphs_compiled()
+    block(torch.ones(2, 3))
+    g1 = graphs_compiled()
+    block(torch.ones(2, 3))  # the same call: nothing new
+    with torch.no_grad():  # another variant of the call, as the scoring passes make
+        block(torch.ones(2, 3))
+    assert g1 > g0 and graphs_compiled() > g1 and graphs_compiled() - g1 == 1
+
+
+def _measure_with_compiling_steps(monkeypatch, compiles: list[int]):
+    """``measure`` on the CPU spec, with the graph counter and the step times faked: a
+    step that compiles takes 100 s, the others their real time."""
     from clab.training import measure as m
 
-    calls = iter([0, 0, 0, 0, 0, 1, 1, 1])  # before/after: a warm-up, then 3 timed steps
-    monkeypatch.setattr(m, "_graphs", lambda: next(calls))
-    step = m.measure(load_spec(write_spec(Path("s.yaml"))))
-    assert "median of 2 steps after a warm-up" in step.source
-    assert "1 of the 3 timed steps compiled graphs: left out of the median" in step.source
+    count, calls = {"g": 0}, iter(compiles)
+    real = m.PPOTrainer.step
+
+    def step(self, problems):
+        row = real(self, problems)
+        added = next(calls)
+        count["g"] += added
+        return {**row, "step_time": 100.0} if added else row
+
+    monkeypatch.setattr(m.PPOTrainer, "step", step)
+    monkeypatch.setattr(m, "graphs_compiled", lambda: count["g"])
+    return m.measure(load_spec(write_spec(Path("s.yaml"))))
+
+
+def test_measure_leaves_a_step_that_compiled_out_of_the_median(monkeypatch, elsewhere):
+    # a quiet warm-up, then two of the three timed steps compile (100 s each)
+    step = _measure_with_compiling_steps(monkeypatch, [0, 0, 1, 1])
+    assert step.seconds < 100  # the quiet step's time, not the median of all three
+    assert "median of 1 step after a warm-up" in step.source
+    assert "2 of the 3 timed steps compiled graphs: left out of the median" in step.source
+
+
+def test_measure_when_every_step_compiles_says_its_figure_is_an_upper_one(monkeypatch, elsewhere):
+    step = _measure_with_compiling_steps(monkeypatch, [1] * 6)  # 3 warm-ups, 3 timed
+    assert step.seconds == 100
+    assert "in 3 steps" in step.source
+    assert "all 3 timed steps compiled graphs: an upper figure" in step.source
+
+
+def test_plan_times_three_steps_unless_told():
+    from clab.cli import _parser
+
+    args = _parser().parse_args(["plan", "s.yaml", "--measure"])
+    assert args.measure_steps == 3
