@@ -257,6 +257,29 @@ def test_the_first_static_call_builds_both_graphs_and_the_next_compiles_nothing(
     rollout._STATIC.clear()  # no traced generator left for the other tests
 
 
+def test_an_uncompiled_static_engine_runs_its_first_prefill_once(lm, monkeypatch):
+    """The first call's second prefill is there to build the compiled prefill's graph;
+    an uncompiled engine (a CPU) has none to build, and ran the prefill twice."""
+    model, tok = lm
+    prefills = []
+
+    class Counted(rollout.StaticGenerator):
+        def _next_token(self, ids, *rest):
+            if ids.shape[1] > 1:
+                prefills.append(ids.shape)
+            return super()._next_token(ids, *rest)
+
+    monkeypatch.setattr(rollout, "StaticGenerator", Counted)
+    rollout._STATIC.clear()
+    torch.manual_seed(5)
+    hf_generate(
+        model, tok, PROMPTS[:3], max_prompt_length=40, max_new_tokens=4,
+        temperature=0.8, batch_size=3, engine="hf-static",
+    )  # fmt: skip
+    assert len(prefills) == 1
+    rollout._STATIC.clear()
+
+
 def test_a_policy_whose_logits_are_not_finite_is_refused_while_generating(lm):
     """``torch.multinomial`` refused non-finite probabilities at every token (two host
     reads a token); the static engine checks once a call and says what happened."""

@@ -374,7 +374,7 @@ class StaticGenerator:
         # a cache not yet created is created by an eager prefill: creating it inside
         # the graph would break it
         first = not _cache_ready(self.cache)
-        compiled = self._step is not self._next_token
+        compiled = self._step != self._next_token  # bound methods: `==`, never `is`
         self.cache.reset()
         with torch.autocast(self.device.type, enabled=False):
             next_pos = positions[:, -1:] + 1
@@ -385,16 +385,15 @@ class StaticGenerator:
                     torch.compiler.cudagraph_mark_step_begin()
                 if t == 0:
                     step_in = (ids, positions, full, self._noise, temperature, greedy)
-                    if first:
-                        chosen, ok = self._next_token(*step_in)
-                        if compiled:
-                            # and the prefill's graph built now, not in the next call (a
-                            # run's second step, a benchmark's first timed one, would
-                            # time a compilation): the same prefill again over the cache
-                            # reset, the same token (the noise is drawn outside the step)
-                            self.cache.reset()
-                    if compiled or not first:
-                        chosen, ok = self._step(*step_in)
+                    if first and compiled:
+                        # the eager prefill creates the cache; then the prefill's graph is
+                        # built now, not in the next call (a run's second step, a
+                        # benchmark's first timed one, would time a compilation): the same
+                        # prefill again over the cache reset, the same token (the noise is
+                        # drawn outside the step)
+                        self._next_token(*step_in)
+                        self.cache.reset()
+                    chosen, ok = self._step(*step_in)
                 else:
                     full[:, P + t - 1] = 1
                     step_in = (out[:, t - 1 : t], next_pos + (t - 1), full, self._noise)
